@@ -1,0 +1,141 @@
+"""Update-box arithmetic, vectorized over queries with numpy.
+
+Sizes are uniform across queries (one plan serves every query); origins are per query. Per
+dimension, for an input box starting at ``x`` of width ``W`` through a window of extent ``K``
+(dilated kernel), stride ``S``, leading padding ``P`` and output width ``W_O`` (research §2.3):
+
+- output start ``x_O = max(ceil((P + x − K + 1)/S), 0)``, clamped inward to ``W_O − W_Ō``;
+- output width ``W_Ō = min(ceil((W + K − 1)/S), W_O)``;
+- read-in window ``x_R = x_O·S − P``, ``W_R = K + (W_Ō − 1)·S``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from compiler.ir import Combine, Concat, JoinAggregate, Node, Occlude, Pad, Pool
+from compiler.types import Size2
+
+Origins = tuple[np.ndarray, np.ndarray]  # (y0, x0), int64 arrays of one entry per position
+
+
+def ceil_div(a: np.ndarray, b: int) -> np.ndarray:
+    """Ceiling division that is exact for negative numerators.
+
+    >>> ceil_div(np.array([-3, -2, 0, 5]), 2).tolist()
+    [-1, -1, 0, 3]
+    """
+    return -((-a) // b)
+
+
+def window_size(size: int, extent: int, stride: int, out_dim: int) -> int:
+    """Uniform output width of a window operator for an input box of width ``size``.
+
+    >>> window_size(16, 3, 1, 224), window_size(20, 2, 2, 112), window_size(5, 7, 1, 7)
+    (18, 11, 7)
+    """
+    return min(math.ceil((size + extent - 1) / stride), out_dim)
+
+
+def window_start(start: np.ndarray, extent: int, stride: int, pad: int, size: int,
+                 out_dim: int) -> np.ndarray:
+    """Per-query output start, clamped so that ``[start, start + size)`` lies in the map.
+
+    >>> window_start(np.array([104, 0, 220]), 3, 1, 1, 18, 224).tolist()
+    [103, 0, 206]
+    """
+    first = np.maximum(ceil_div(start + pad - extent + 1, stride), 0)
+    return np.minimum(first, out_dim - size)
+
+
+def read_window(out_start: np.ndarray, out_size: int, extent: int, stride: int,
+                pad: int) -> tuple[np.ndarray, int]:
+    """The input cells a window operator reads to produce ``[out_start, out_start + out_size)``.
+
+    >>> start, size = read_window(np.array([0, 5]), 4, 3, 2, 1)
+    >>> start.tolist(), size
+    ([-1, 9], 9)
+    """
+    return out_start * stride - pad, extent + (out_size - 1) * stride
+
+
+def bounding_size(starts: list[np.ndarray], sizes: list[int], dim: int) -> int:
+    """Uniform size of the bounding box of several boxes: the largest over queries.
+
+    >>> bounding_size([np.array([3, 0]), np.array([4, 1])], [4, 5], 16)
+    6
+    """
+    low = np.minimum.reduce(starts)
+    high = np.maximum.reduce([s + n for s, n in zip(starts, sizes)])
+    return int(min(np.max(high - low), dim))
+
+
+def bounding_start(starts: list[np.ndarray], size: int, dim: int) -> np.ndarray:
+    """Per-query start of the bounding box, clamped inward for the uniform ``size``."""
+    return np.clip(np.minimum.reduce(starts), 0, dim - size)
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Top-left corners of the patch, one per query (row-major over the heatmap grid).
+
+    A last window that would cross the border is clipped (Captum's convention); ``top`` and
+    ``left`` are the unclipped corners.
+    """
+
+    top: np.ndarray
+    left: np.ndarray
+    rows: int
+    cols: int
+
+    @classmethod
+    def grid(cls, image: Size2, patch: Size2, stride: Size2) -> Positions:
+        """Every position: ``i·Sy`` for ``i = 0 … ceil((H − Ph)/Sy)``, and the same along x.
+
+        >>> p = Positions.grid(Size2(11, 224), Size2(4, 16), Size2(3, 4))
+        >>> p.rows, p.cols, int(p.top[-1]), len(p)
+        (4, 53, 9, 212)
+        """
+        rows = math.ceil((image.h - patch.h) / stride.h) + 1
+        cols = math.ceil((image.w - patch.w) / stride.w) + 1
+        tops = np.arange(rows, dtype=np.int64) * stride.h
+        lefts = np.arange(cols, dtype=np.int64) * stride.w
+        top, left = np.meshgrid(tops, lefts, indexing="ij")
+        return cls(top.ravel(), left.ravel(), rows, cols)
+
+    @classmethod
+    def centre(cls, image: Size2, patch: Size2) -> Positions:
+        """The one position the theoretical speedup is measured at (research §2.2)."""
+        top = np.array([(image.h - patch.h) // 2], dtype=np.int64)
+        left = np.array([(image.w - patch.w) // 2], dtype=np.int64)
+        return cls(top, left, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.top)
+
+
+def node_origins(node: Node, inputs: list[Node], origins: dict[str, Origins],
+                 positions: Positions) -> Origins:
+    """Per-query origins of a boxed node, from its inputs' origins and its own update form."""
+    update = node.update
+    assert update is not None and update.box is not None
+    box, size, op = update.box, node.schema.size, node.op
+    if isinstance(op, Occlude):
+        # A clipped last window shifts inward; the cells it adds keep their image values.
+        return np.minimum(positions.top, size.h - box.h), np.minimum(positions.left,
+                                                                     size.w - box.w)
+    if isinstance(op, (Combine, Concat)):
+        boxed = [i.name for i in inputs if i.name in origins]
+        return (bounding_start([origins[n][0] for n in boxed], box.h, size.h),
+                bounding_start([origins[n][1] for n in boxed], box.w, size.w))
+    y0, x0 = origins[inputs[0].name]
+    if isinstance(op, (JoinAggregate, Pool)):
+        extent, stride, pad = op.window.extent, op.window.stride, op.window.padding
+        return (window_start(y0, extent.h, stride.h, pad.top, box.h, size.h),
+                window_start(x0, extent.w, stride.w, pad.left, box.w, size.w))
+    if isinstance(op, Pad):
+        return y0 + op.padding.top, x0 + op.padding.left
+    return y0, x0  # element-wise: the box does not move

@@ -1,0 +1,19 @@
+"""The error hierarchy shared by every layer of krypton-ql.
+
+``krypton_ql`` re-exports these names; they live here because the compiler raises them and the
+compiler never imports the front end.
+"""
+
+from __future__ import annotations
+
+
+class KryptonError(Exception):
+    """Base class of every error krypton-ql raises on purpose."""
+
+
+class UnsupportedOperationError(KryptonError):
+    """The model contains an operation the importer cannot place in a relational plan."""
+
+
+class InvalidInputError(KryptonError):
+    """An image, model or option is not acceptable (wrong rank, NaN, patch too large, ...)."""

@@ -1,0 +1,309 @@
+"""The relational IR: one frozen dataclass per operator kind, and the ``Node`` that places one.
+
+A feature map is a relation ``A(c, y, x, v)``; a weight tensor is ``K(n, c, ky, kx, v)``.
+Operators never hold tensors: parameters are ``WeightRef`` handles into the model, bound by the
+runtime. Operators marked ``GLOBAL`` are global-context: every output reads every input cell,
+so the IVM rules project an update box to a full per-query tensor before them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
+
+from compiler.types import Agg, Padding, Schema, Size2, Window
+
+
+@dataclass(frozen=True, slots=True)
+class WeightRef:
+    """A handle to a parameter or buffer of the model, by its dotted path."""
+
+    path: str
+    shape: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return self.path
+
+
+# -- base relation and the query's update --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    """Scan of the base relation: the image ``A0(c, y, x, v)``."""
+
+    GLOBAL: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True)
+class Occlude:
+    """The query's update to the base relation: cells inside the patch take ``color``."""
+
+    patch: Size2
+    color: tuple[float, ...]
+    GLOBAL: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True)
+class Constant:
+    """A model tensor used as data (``get_attr``); it never changes under occlusion."""
+
+    ref: WeightRef
+    GLOBAL: ClassVar[bool] = False
+
+
+# -- local operators -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JoinAggregate:
+    """Convolution: ``O(n,y',x') = Σ A.v·K.v`` over ``A.c = K.c ∧ A.y = S·y' + D·K.ky − P ∧ …``,
+    grouped by ``(n, y', x')``; ``groups`` splits the channel join."""
+
+    weight: WeightRef
+    bias: WeightRef | None
+    window: Window
+    groups: int
+    GLOBAL: ClassVar[bool] = False
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[1] * self.groups
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """Pooling: the same group-by as a convolution with MAX or AVG and no channel join."""
+
+    agg: Agg
+    window: Window
+    count_include_pad: bool = True
+    divisor_override: int | None = None
+    GLOBAL: ClassVar[bool] = False
+
+
+class Activation(enum.Enum):
+    """Element-wise functions with at most two scalar parameters."""
+
+    IDENTITY = "identity"
+    RELU = "relu"
+    RELU6 = "relu6"
+    HARDTANH = "hardtanh"
+    LEAKY_RELU = "leaky_relu"
+    SILU = "silu"
+    HARDSWISH = "hardswish"
+    HARDSIGMOID = "hardsigmoid"
+    SIGMOID = "sigmoid"
+    TANH = "tanh"
+    GELU = "gelu"
+
+
+class Arith(enum.Enum):
+    """Arithmetic of a tensor and a scalar, or of two tensors; ``R*`` ops swap the operands."""
+
+    ADD = "+"
+    SUB = "-"
+    RSUB = "r-"
+    MUL = "*"
+    DIV = "/"
+    RDIV = "r/"
+
+
+@dataclass(frozen=True, slots=True)
+class Map:
+    """An element-wise activation: ``σ(A)(c,y,x) = f(A.v)``."""
+
+    fn: Activation
+    alpha: float = 0.0
+    beta: float = 0.0
+    GLOBAL: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True)
+class Scalar:
+    """Element-wise arithmetic with a constant: ``A.v ∘ value``."""
+
+    arith: Arith
+    value: float
+    GLOBAL: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True)
+class BatchNorm:
+    """Inference-mode batch norm: a per-channel affine map ``(A.v − μ_c)/σ_c·γ_c + β_c``."""
+
+    mean: WeightRef
+    var: WeightRef
+    weight: WeightRef | None
+    bias: WeightRef | None
+    eps: float
+    GLOBAL: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True)
+class Pad:
+    """Constant padding: shifts coordinates by (top, left) and adds border tuples of ``value``."""
+
+    padding: Padding
+    value: float = 0.0
+    GLOBAL: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True)
+class Combine:
+    """Element-wise arithmetic of two relations joined on ``(c, y, x)`` (residual add)."""
+
+    arith: Arith
+    GLOBAL: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True)
+class Concat:
+    """Channel-offset union of the inputs (``torch.cat(dim=1)``)."""
+
+    GLOBAL: ClassVar[bool] = False
+
+
+# -- global-context operators ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalAvgPool:
+    """Mean over H and W: ``O(c) = Σ_{y,x} A.v / HW``; shape ``[C,1,1]`` with keepdim."""
+
+    keepdim: bool = True
+    GLOBAL: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptivePool:
+    """Adaptive pooling to an output grid whose windows are not uniform."""
+
+    agg: Agg
+    output: Size2
+    GLOBAL: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class Flatten:
+    """Flatten every per-image axis into one."""
+
+    GLOBAL: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class Linear:
+    """A fully-connected layer ``O(n) = Σ_f A.v·K(n, f) + b(n)``."""
+
+    weight: WeightRef
+    bias: WeightRef | None
+    GLOBAL: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class Softmax:
+    """Softmax (or log-softmax) over the feature axis."""
+
+    log: bool = False
+    GLOBAL: ClassVar[bool] = True
+
+
+# -- operators that the IVM rules insert ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    """``view ⊕ patch`` over the whole map: a full per-query tensor for a global operator."""
+
+    GLOBAL: ClassVar[bool] = False
+
+
+Operator = (
+    Input
+    | Occlude
+    | Constant
+    | JoinAggregate
+    | Pool
+    | Map
+    | Scalar
+    | BatchNorm
+    | Pad
+    | Combine
+    | Concat
+    | GlobalAvgPool
+    | AdaptivePool
+    | Flatten
+    | Linear
+    | Softmax
+    | Project
+)
+
+ELEMENTWISE = (Map, Scalar, BatchNorm)
+
+
+# -- how a node is maintained under an update -------------------------------------------------
+
+
+class State(enum.Enum):
+    """What an occlusion query changes at a node."""
+
+    CLEAN = "clean"  # nothing: every query reads the view
+    BOX = "box"  # only cells inside a per-query box of uniform size
+    FULL = "full"  # possibly every cell: a full tensor per query
+
+
+class Strategy(enum.Enum):
+    """How a node's per-query value is computed."""
+
+    VIEW = "view"  # read the materialized view
+    OCCLUDE = "occlude"  # patch cells of the base relation
+    RECOMPUTE = "recompute"  # the operator on Window(view ⊕ patch) (Krypton)
+    DELTA = "delta"  # view + operator(Δ): linear operators only
+    ELEMENTWISE = "elementwise"  # the operator on the patch itself
+    BOUNDING_BOX = "bbox"  # inputs gathered over the bounding box of their boxes
+    PROJECT = "project"  # view ⊕ patch over the whole map
+    FULL = "full"  # the operator on full per-query tensors
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """The update form of a node: its state, strategy, uniform output box and read window."""
+
+    state: State
+    strategy: Strategy
+    box: Size2 | None = None
+    read: Size2 | None = None
+
+    def __str__(self) -> str:
+        text = self.strategy.value
+        if self.box is not None:
+            text += f" box={self.box}"
+        if self.read is not None:
+            text += f" read={self.read}"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """An operator placed in a plan: its name (the fx node's), inputs and output schema."""
+
+    name: str
+    op: Operator
+    inputs: tuple[str, ...]
+    schema: Schema
+    source: str = ""  # the model's module path or function, for messages and explain
+    update: Update | None = field(default=None)
+
+    def with_update(self, update: Update) -> Node:
+        return replace(self, update=update)
+
+    @property
+    def state(self) -> State:
+        if self.update is None:
+            raise ValueError(f"node {self.name} has no update form yet")
+        return self.update.state

@@ -1,0 +1,29 @@
+"""Compile options: one frozen object, validated by the front end, read by rules and lowering."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from compiler.types import Size2
+
+
+class LinearStrategy(enum.Enum):
+    """How linear operators are maintained: chosen by cost, or forced (for tests and studies)."""
+
+    AUTO = "auto"
+    RECOMPUTE = "recompute"
+    DELTA = "delta"
+
+
+@dataclass(frozen=True, slots=True)
+class CompileOptions:
+    """Everything the compiler needs to know about one occlusion workload."""
+
+    patch: Size2
+    stride: Size2
+    color: tuple[float, ...]
+    linear_strategy: LinearStrategy = LinearStrategy.AUTO
+    batch_size: int | None = None  # None: from the memory budget
+    memory_budget: int | None = None  # bytes for per-query buffers; None: no limit
+    images: int = 1  # images per run; queries = images × positions

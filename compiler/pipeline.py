@@ -1,0 +1,139 @@
+"""The rewrite pipeline: ordered stages of rules, the driver that applies them, and its trace.
+
+Each stage is one topological walk; every node is offered to the stage's rules in order and the
+first answer wins. After every stage the driver drops nodes the output no longer reads, runs
+``verify()`` and records the plan for ``explain(verbose=True)``. The exact pipeline never
+contains an approximate rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+
+from compiler import boxes
+from compiler.boxes import Origins, Positions
+from compiler.errors import KryptonError
+from compiler.ir import Node, State
+from compiler.options import CompileOptions
+from compiler.plan import Plan
+from compiler.rules.base import Rule, RuleContext
+from compiler.rules.batch_occlusion_queries import batch_occlusion_queries
+from compiler.rules.choose_linear_delta import choose_linear_delta
+from compiler.rules.fold_pad_into_conv import fold_pad_into_conv
+from compiler.rules.keep_clean_views import keep_clean_views
+from compiler.rules.merge_update_boxes import merge_update_boxes
+from compiler.rules.project_before_global import project_before_global
+from compiler.rules.push_delta_through_global_pool import push_delta_through_global_pool
+from compiler.rules.push_delta_through_join import push_delta_through_join
+from compiler.rules.push_delta_through_map import push_delta_through_map
+from compiler.rules.push_delta_through_occlude import push_delta_through_occlude
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Rules offered to every node in one walk; ``maintains`` stages must give every node an
+    update form."""
+
+    name: str
+    rules: tuple[Rule, ...]
+    maintains: bool = False
+
+
+STAGES: tuple[Stage, ...] = (
+    # Folding padding first lets the boxes see the convolution's true (asymmetric) padding.
+    Stage("normalize", (Rule(fold_pad_into_conv),)),
+    Stage(
+        "maintain",
+        (
+            # Clean subgraphs (constants, weights-only branches) keep their views.
+            Rule(keep_clean_views),
+            Rule(push_delta_through_occlude),
+            Rule(push_delta_through_join),
+            Rule(push_delta_through_map),
+            Rule(merge_update_boxes),
+            # The incremental global pool must win over projecting before a global operator.
+            Rule(push_delta_through_global_pool),
+            Rule(project_before_global),
+        ),
+        maintains=True,
+    ),
+    # Runs once every box is known: the delta form's cost depends on the input boxes.
+    Stage("choose", (Rule(choose_linear_delta),), maintains=True),
+)
+
+
+@dataclass(frozen=True)
+class TraceEntry:
+    """One step of the pipeline: the rules that fired (with counts) and the plan after it."""
+
+    stage: str
+    fired: tuple[tuple[str, int], ...]
+    plan: Plan
+
+
+@dataclass(frozen=True)
+class Optimized:
+    """The rewritten, batched plan, the trace that produced it and the per-query box origins."""
+
+    plan: Plan
+    trace: tuple[TraceEntry, ...]
+    origins: dict[str, Origins]
+
+    @property
+    def rules_fired(self) -> tuple[tuple[str, int], ...]:
+        return tuple(pair for entry in self.trace for pair in entry.fired)
+
+
+def optimize(logical: Plan, options: CompileOptions, positions: Positions) -> Optimized:
+    """Apply every stage to ``logical`` for the queries at ``positions``."""
+    plan, trace = logical, []
+    origins: dict[str, Origins] = {}
+    for stage in STAGES:
+        plan, fired, origins = _run_stage(stage, plan, options, positions)
+        plan.verify()
+        trace.append(TraceEntry(stage.name, fired, plan))
+    ctx = RuleContext(options, positions, {n.name: n for n in plan}, origins)
+    plan = batch_occlusion_queries(plan, ctx)
+    trace.append(TraceEntry("batch", (("batch_occlusion_queries", 1),), plan))
+    return Optimized(plan, tuple(trace), origins)
+
+
+def _run_stage(
+    stage: Stage, plan: Plan, options: CompileOptions, positions: Positions
+) -> tuple[Plan, tuple[tuple[str, int], ...], dict[str, Origins]]:
+    consumers = {node.name: plan.consumers(node.name) for node in plan}
+    ctx = RuleContext(options, positions, consumers=consumers)
+    fired: dict[str, int] = {}
+    for node in plan:
+        for result_node in _rewrite(node, stage, ctx, fired):
+            ctx.nodes[result_node.name] = result_node
+            if result_node.update is not None and result_node.update.state is State.BOX:
+                inputs = ctx.inputs(result_node)
+                ctx.origins[result_node.name] = boxes.node_origins(
+                    result_node, inputs, ctx.origins, positions
+                )
+    rewritten = _live(Plan(ctx.nodes.values(), plan.output))
+    counts = tuple((rule.name, fired[rule.name]) for rule in stage.rules if rule.name in fired)
+    return rewritten, counts, {k: v for k, v in ctx.origins.items() if k in rewritten}
+
+
+def _rewrite(node: Node, stage: Stage, ctx: RuleContext, fired: dict[str, int]) -> tuple[Node, ...]:
+    for rule in stage.rules:
+        result = rule.fn(node, ctx)
+        if result is not None:
+            fired[rule.name] = fired.get(rule.name, 0) + 1
+            return result if isinstance(result, tuple) else (result,)
+    if stage.maintains and node.update is None:
+        raise KryptonError(
+            f"no maintenance rule applies to node {node.name!r} ({type(node.op).__name__}); "
+            "this is a bug in krypton-ql"
+        )
+    return (node,)
+
+
+def _live(plan: Plan) -> Plan:
+    """Drop nodes the output does not read (e.g. a padding folded into its convolution)."""
+    keep = nx.ancestors(plan.graph, plan.output) | {plan.output}
+    return Plan([n for n in plan if n.name in keep], plan.output, plan.batching)

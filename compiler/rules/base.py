@@ -1,0 +1,72 @@
+"""The rule interface: ``(node, ctx) -> node | nodes | None``, and the context rules read.
+
+A rule never traverses and never mutates: the driver (``compiler.pipeline``) walks the plan in
+topological order, offers each node to the rules of a stage, and keeps the first answer. A rule
+may return several nodes: the last replaces the matched node, the others are inserted before it
+(for example a ``Project``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from compiler.boxes import Origins, Positions
+from compiler.ir import Node, Project, State, Strategy, Update
+from compiler.options import CompileOptions
+
+RuleResult = Node | tuple[Node, ...] | None
+
+
+@dataclass
+class RuleContext:
+    """Read access to the plan being rewritten (inputs come before consumers) and the queries."""
+
+    options: CompileOptions
+    positions: Positions
+    nodes: dict[str, Node] = field(default_factory=dict)  # already rewritten, by name
+    origins: dict[str, Origins] = field(default_factory=dict)  # per-query box origins
+    consumers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # in the input plan
+
+    def inputs(self, node: Node) -> list[Node]:
+        return [self.nodes[name] for name in node.inputs]
+
+
+RuleFn = Callable[[Node, RuleContext], RuleResult]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A named rewrite; ``exact`` is False only for rules in ``rules/approx``."""
+
+    fn: RuleFn
+    exact: bool = True
+
+    @property
+    def name(self) -> str:
+        return self.fn.__name__
+
+
+def full_update_with_projections(node: Node, ctx: RuleContext) -> tuple[Node, ...]:
+    """Make ``node`` a full per-query computation, projecting every boxed input first.
+
+    Shared by the rules that end incremental maintenance (global operators, broadcasts).
+    """
+    inserted: list[Node] = []
+    inputs: list[str] = []
+    for source in ctx.inputs(node):
+        if source.state is State.BOX:
+            project = _projection_of(source, ctx)
+            if project.name not in ctx.nodes:
+                inserted.append(project)
+            inputs.append(project.name)
+        else:
+            inputs.append(source.name)
+    rewritten = Node(node.name, node.op, tuple(inputs), node.schema, node.source,
+                     Update(State.FULL, Strategy.FULL))
+    return (*inserted, rewritten)
+
+
+def _projection_of(source: Node, ctx: RuleContext) -> Node:
+    return Node(f"{source.name}_project", Project(), (source.name,), source.schema,
+                f"view ⊕ patch of {source.name}", Update(State.FULL, Strategy.PROJECT))

@@ -1,0 +1,33 @@
+"""push_delta_through_join: ``Γ(A ⊕ ΔA ⋈ K) = Γ(Window(V_A ⊕ ΔA) ⋈ K)`` on the box (exact).
+
+Identity (research §2.3): a convolution or pooling group-by changes only for the groups whose
+window meets the input box; recomputing exactly those groups from the read-in window of
+``view ⊕ patch`` (out-of-range cells are padding) gives the new values. The box size is the
+uniform upper bound ``min(ceil((W + K − 1)/S), W_O)``.
+Preconditions: the input is boxed. Recompute is the default for every window operator; the
+linear ones may switch to the delta form in the cost stage.
+"""
+
+from __future__ import annotations
+
+from compiler import boxes
+from compiler.ir import JoinAggregate, Node, Pool, State, Strategy, Update
+from compiler.rules.base import RuleContext
+from compiler.types import Size2
+
+
+def push_delta_through_join(node: Node, ctx: RuleContext) -> Node | None:
+    if not isinstance(node.op, (JoinAggregate, Pool)):
+        return None
+    (source,) = ctx.inputs(node)
+    if source.state is not State.BOX:
+        return None
+    assert source.update is not None and source.update.box is not None
+    window, box_in, out = node.op.window, source.update.box, node.schema.size
+    extent, stride = window.extent, window.stride
+    box = Size2(
+        boxes.window_size(box_in.h, extent.h, stride.h, out.h),
+        boxes.window_size(box_in.w, extent.w, stride.w, out.w),
+    )
+    read = Size2(extent.h + (box.h - 1) * stride.h, extent.w + (box.w - 1) * stride.w)
+    return node.with_update(Update(State.BOX, Strategy.RECOMPUTE, box, read))  # Γ(W(V⊕Δ)⋈K)
