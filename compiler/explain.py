@@ -1,0 +1,166 @@
+"""Deterministic text rendering of plans: ``logical``, ``rewritten`` (with the rules that fired)
+and ``physical`` sections. No ids, addresses, timings or device names ever appear.
+"""
+
+from __future__ import annotations
+
+from compiler import sql as relational
+from compiler.cost import PlanCost, incremental_cost, naive_cost
+from compiler.ir import (
+    AdaptivePool,
+    BatchNorm,
+    Combine,
+    Constant,
+    JoinAggregate,
+    Linear,
+    Map,
+    Occlude,
+    Operator,
+    Pad,
+    Pool,
+    Scalar,
+    Softmax,
+)
+from compiler.physical import PhysicalPlan
+from compiler.pipeline import Optimized
+from compiler.plan import Plan
+
+
+def describe(op: Operator) -> str:
+    """One line of an operator's parameters.
+
+    >>> from compiler.ir import Activation, Arith
+    >>> describe(Map(Activation.LEAKY_RELU, 0.2)), describe(Scalar(Arith.MUL, 0.5))
+    ('leaky_relu(0.2)', 'v * 0.5')
+    """
+    if isinstance(op, Occlude):
+        return f"patch={op.patch} color={_floats(op.color)}"
+    if isinstance(op, Constant):
+        return str(op.ref)
+    if isinstance(op, JoinAggregate):
+        text = f"{op.in_channels}→{op.out_channels} {op.window}"
+        text += f" groups={op.groups}" if op.groups > 1 else ""
+        return text + (" +bias" if op.bias is not None else "")
+    if isinstance(op, Pool):
+        text = f"{op.agg.value} {op.window}"
+        return text + ("" if op.count_include_pad else " exclude_pad")
+    if isinstance(op, Map):
+        args = [f"{v:g}" for v in (op.alpha, op.beta) if v != 0.0]
+        return op.fn.value + (f"({', '.join(args)})" if args else "")
+    if isinstance(op, Scalar):
+        return f"v {op.arith.value} {op.value:g}"
+    if isinstance(op, BatchNorm):
+        return f"affine eps={op.eps:g}"
+    if isinstance(op, Pad):
+        return f"pad={op.padding} value={op.value:g}"
+    if isinstance(op, Combine):
+        return f"a {op.arith.value} b"
+    if isinstance(op, AdaptivePool):
+        return f"{op.agg.value} → {op.output}"
+    if isinstance(op, Linear):
+        return f"{op.weight.shape[1]}→{op.weight.shape[0]}"
+    if isinstance(op, Softmax):
+        return "log" if op.log else ""
+    return ""
+
+
+def _floats(values: tuple[float, ...]) -> str:
+    if len(set(values)) == 1:
+        return f"{values[0]:g}"
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def _quantity(value: float) -> str:
+    """Compact engineering notation.
+
+    >>> _quantity(86704128), _quantity(512), _quantity(0)
+    ('86.7M', '512', '0')
+    """
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:g}"
+
+
+def render_plan(plan: Plan, *, rewritten: bool) -> list[str]:
+    """One numbered line per node: kind, inputs, source, parameters, schema, form and cost."""
+    number = {node.name: index for index, node in enumerate(plan, start=1)}
+    lines = []
+    for node in plan:
+        inputs = ",".join(f"#{number[name]}" for name in node.inputs)
+        head = f"{type(node.op).__name__}({inputs})" if inputs else type(node.op).__name__
+        parts = [f"#{number[node.name]:<3} {head:<22}", node.source, describe(node.op),
+                 f"[{node.schema}]"]
+        sources = [plan[name] for name in node.inputs]
+        cost = incremental_cost(node, sources) if rewritten else naive_cost(node, sources)
+        if rewritten:
+            parts.append(f"{{{node.update}}}")
+        if cost.fma:
+            parts.append(f"fma={_quantity(cost.fma)}")
+        lines.append(" ".join(p for p in parts if p).rstrip())
+    return lines
+
+
+def render(logical: Plan, optimized: Optimized, physical: PhysicalPlan, centre: PlanCost,
+           positions: tuple[int, int], *, verbose: bool = False, sql: bool = False) -> str:
+    """The full explain text of a compiled occlusion plan."""
+    lines = ["== logical ==", *render_plan(logical, rewritten=False), ""]
+    if verbose:
+        lines += _trace(optimized)
+    fired = ", ".join(f"{name}×{count}" for name, count in optimized.rules_fired)
+    lines += ["== rewritten ==", f"rules: {fired}", *render_plan(optimized.plan, rewritten=True)]
+    lines += [
+        f"cost per query (patch at the centre): naive {_quantity(centre.naive.fma)} FMA, "
+        f"incremental {_quantity(centre.incremental.fma)} FMA; "
+        f"theoretical speedup {centre.speedup:.2f}×",
+        "",
+        "== physical ==",
+        *render_physical(physical, positions),
+    ]
+    if sql:
+        lines += ["", "== relational ==", *relational.render_plan(logical)]
+    return "\n".join(lines) + "\n"
+
+
+def render_physical(physical: PhysicalPlan, positions: tuple[int, int]) -> list[str]:
+    batching = physical.batching
+    budget = f", budget {_bytes(batching.budget)}" if batching.budget is not None else ""
+    lines = [
+        f"queries {batching.queries} ({positions[0]}×{positions[1]} positions per image), "
+        f"batch size {batching.batch_size} → {batching.batches} batches, "
+        f"{_bytes(batching.bytes_per_query)} per query{budget}",
+    ]
+    number = {step.node.name: index for index, step in enumerate(physical.steps, start=1)}
+    for step in physical.steps:
+        node, update = step.node, step.node.update
+        assert update is not None
+        text = f"#{number[node.name]:<3} {step.kernel.value:<18} {node.name}"
+        if update.box is not None:
+            text += f" buffer={node.schema.shape[0]}×{update.box}"
+        if update.read is not None:
+            text += f" window={update.read}"
+        lines.append(text)
+    return lines
+
+
+def _bytes(count: int) -> str:
+    """
+    >>> _bytes(3 << 20), _bytes(512)
+    ('3.00 MiB', '512 B')
+    """
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if count >= 1 << shift:
+            return f"{count / (1 << shift):.2f} {unit}"
+    return f"{count} B"
+
+
+def _trace(optimized: Optimized) -> list[str]:
+    lines, previous = [], None
+    for entry in optimized.trace:
+        fired = ", ".join(f"{name}×{count}" for name, count in entry.fired) or "no rule fired"
+        lines.append(f"== after stage {entry.stage} ({fired}) ==")
+        current = render_plan(entry.plan, rewritten=entry.stage != "normalize")
+        lines += ["SAME AS ABOVE"] if current == previous else current
+        lines.append("")
+        previous = current
+    return lines

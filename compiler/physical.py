@@ -1,0 +1,48 @@
+"""Physical plan: the kernel that computes each node, in execution order, with buffer lifetimes."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from compiler.ir import Node
+from compiler.plan import Batching
+
+
+class KernelId(enum.Enum):
+    """Every physical operator a backend implements (``runtime.reference`` implements all)."""
+
+    VIEW = "view"  # nothing to compute: queries read the materialized view
+    OCCLUDE = "occlude_patch"  # fill the patch box with the colour (image outside a clip)
+    GATHER_CONV2D = "gather_conv2d"  # gather Window(view ⊕ patch), convolve with padding 0
+    GATHER_POOL2D = "gather_pool2d"  # gather Window(view ⊕ patch), pool with padding 0
+    ELEMENTWISE = "elementwise"  # the map on the patch values
+    SHIFT = "shift"  # constant padding moves the box; values are unchanged
+    GATHER_COMBINE = "gather_combine"  # gather operands over the bounding box, combine
+    GATHER_CONCAT = "gather_concat"  # gather operands over the bounding box, concatenate
+    DELTA_CONV2D = "delta_conv2d"  # view_out + conv(Window(0 ⊕ Δ))
+    DELTA_POOL2D = "delta_pool2d"  # view_out + avg_pool(Window(0 ⊕ Δ))
+    DELTA_ELEMENTWISE = "delta_elementwise"  # view_out + scale·Δ (batch norm)
+    DELTA_COMBINE = "delta_combine"  # view_out + Δa ± Δb over the bounding box
+    DELTA_GLOBAL_POOL = "delta_global_pool"  # pooled view + (ΣΔ)/HW
+    PROJECT = "project"  # view ⊕ patch as a full per-query tensor
+    FULL = "full"  # the operator on full per-query tensors
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One kernel launch per batch: the node it computes and the buffers it releases after."""
+
+    node: Node
+    kernel: KernelId
+    frees: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PhysicalPlan:
+    """Steps in execution order, the views the steps read, the output and the batching."""
+
+    steps: tuple[Step, ...]
+    views: frozenset[str]
+    output: str
+    batching: Batching

@@ -1,0 +1,124 @@
+"""Relational export: convolution, pooling and element-wise nodes as SQL text.
+
+Relations (every value column is ``v``):
+
+- ``A(c, y, x, v)`` — the input feature map, in-range cells only (padding is absent tuples:
+  zero for a sum, ignored by MAX);
+- ``K(n, c, ky, kx, v)`` — convolution weights, ``c`` the absolute input channel (so grouped
+  and depthwise convolutions join on ``A.c = K.c`` too); ``B(n, v)`` — the bias;
+- ``G(y, x)`` — the output grid; ``W(ky, kx)`` — a pooling window's offsets;
+  ``D(y, x, v)`` — per-output divisors of an average pool whose border windows differ;
+- ``S(c, scale, shift)`` — batch norm folded to a per-channel affine map.
+
+The statements run on sqlglot's executor in tests (``tests/compiler/test_sql.py``) and must
+equal torch on small tensors: the relational semantics is executable, not decorative.
+"""
+
+from __future__ import annotations
+
+from compiler.ir import Activation, Arith, BatchNorm, JoinAggregate, Map, Node, Pool, Scalar
+from compiler.plan import Plan
+from compiler.types import Agg, Window
+
+
+def _coordinates(window: Window, offsets: str) -> str:
+    s, d, p = window.stride, window.dilation, window.padding
+    return (f"A.y = {s.h} * G.y + {d.h} * {offsets}.ky - {p.top} "
+            f"AND A.x = {s.w} * G.x + {d.w} * {offsets}.kx - {p.left}")
+
+
+def conv_sql(op: JoinAggregate) -> str:
+    """``O(n, y, x) = Σ A.v·K.v`` grouped by ``(n, y, x)``."""
+    bias_value = " + MAX(B.v)" if op.bias is not None else ""
+    bias_join = " JOIN B ON B.n = K.n" if op.bias is not None else ""
+    return (
+        f"SELECT K.n AS c, G.y AS y, G.x AS x, SUM(A.v * K.v){bias_value} AS v "
+        f"FROM G CROSS JOIN K JOIN A ON A.c = K.c AND {_coordinates(op.window, 'K')}"
+        f"{bias_join} GROUP BY K.n, G.y, G.x"
+    )
+
+
+def pool_sql(op: Pool, constant_divisor: int | None) -> str:
+    """MAX or AVG of ``A.v`` over each window; no channel join."""
+    if op.agg is Agg.MAX:
+        value, divisor_join = "MAX(A.v)", ""
+    elif constant_divisor is not None:
+        value, divisor_join = f"SUM(A.v) / {constant_divisor}.0", ""
+    else:
+        value, divisor_join = "SUM(A.v) / MAX(D.v)", " JOIN D ON D.y = G.y AND D.x = G.x"
+    return (
+        f"SELECT A.c AS c, G.y AS y, G.x AS x, {value} AS v "
+        f"FROM G CROSS JOIN W JOIN A ON {_coordinates(op.window, 'W')}{divisor_join} "
+        "GROUP BY A.c, G.y, G.x"
+    )
+
+
+def _clamp(expr: str, low: float, high: float) -> str:
+    return f"CASE WHEN {expr} < {low!r} THEN {low!r} WHEN {expr} > {high!r} THEN {high!r} " \
+           f"ELSE {expr} END"
+
+
+def activation_sql(op: Map, v: str = "A.v") -> str:
+    """The scalar expression of an activation over ``v``.
+
+    >>> activation_sql(Map(Activation.RELU))
+    'CASE WHEN A.v > 0.0 THEN A.v ELSE 0.0 END'
+    """
+    expressions = {
+        Activation.IDENTITY: v,
+        Activation.RELU: f"CASE WHEN {v} > 0.0 THEN {v} ELSE 0.0 END",
+        Activation.RELU6: _clamp(v, 0.0, 6.0),
+        Activation.HARDTANH: _clamp(v, op.alpha, op.beta),
+        Activation.LEAKY_RELU: f"CASE WHEN {v} > 0.0 THEN {v} ELSE {op.alpha!r} * {v} END",
+        Activation.SIGMOID: f"1.0 / (1.0 + EXP(-{v}))",
+        Activation.SILU: f"{v} / (1.0 + EXP(-{v}))",
+        Activation.TANH: f"TANH({v})",
+        Activation.HARDSIGMOID: f"({_clamp(f'({v} + 3.0)', 0.0, 6.0)}) / 6.0",
+        Activation.HARDSWISH: f"{v} * ({_clamp(f'({v} + 3.0)', 0.0, 6.0)}) / 6.0",
+        Activation.GELU: f"0.5 * {v} * (1.0 + ERF({v} / SQRT(2.0)))",
+    }
+    return expressions[op.fn]
+
+
+def map_sql(op: Map | Scalar | BatchNorm) -> str:
+    """A per-tuple map: the key columns pass through, ``v`` is transformed."""
+    if isinstance(op, Map):
+        return f"SELECT A.c AS c, A.y AS y, A.x AS x, {activation_sql(op)} AS v FROM A"
+    if isinstance(op, BatchNorm):
+        return ("SELECT A.c AS c, A.y AS y, A.x AS x, A.v * S.scale + S.shift AS v "
+                "FROM A JOIN S ON S.c = A.c")
+    forms = {Arith.ADD: "A.v + {}", Arith.SUB: "A.v - {}", Arith.RSUB: "{} - A.v",
+             Arith.MUL: "A.v * {}", Arith.DIV: "A.v / {}", Arith.RDIV: "{} / A.v"}
+    return f"SELECT A.c AS c, A.y AS y, A.x AS x, {forms[op.arith].format(repr(op.value))} AS v " \
+           "FROM A"
+
+
+def constant_divisor(op: Pool) -> int | None:
+    """The divisor every window of an average pool shares, if they all share one."""
+    if op.divisor_override is not None:
+        return op.divisor_override
+    if op.count_include_pad and not op.window.ceil_mode:
+        return op.window.kernel.area
+    return None
+
+
+def node_sql(node: Node) -> str | None:
+    """SQL for ``node`` over its input ``A``, or None for operators without an export."""
+    op = node.op
+    if isinstance(op, JoinAggregate):
+        return conv_sql(op)
+    if isinstance(op, Pool):
+        return pool_sql(op, constant_divisor(op))
+    if isinstance(op, (Map, Scalar, BatchNorm)):
+        return map_sql(op)
+    return None
+
+
+def render_plan(plan: Plan) -> list[str]:
+    """``name: SQL`` for every exportable node of a plan."""
+    lines = []
+    for node in plan:
+        text = node_sql(node)
+        if text is not None:
+            lines.append(f"{node.name}: {text};")
+    return lines

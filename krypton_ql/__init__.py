@@ -1,0 +1,25 @@
+"""krypton-ql: fast, exact occlusion-based explanations of CNN predictions, compiled as
+incremental queries.
+
+>>> import krypton_ql as kql
+>>> sorted(n for n in kql.__all__ if not n[0].isupper())[:4]
+['compile', 'explain', 'models', 'naive_heatmap']
+"""
+
+from krypton_ql import models
+from krypton_ql.api import OcclusionPlan, OcclusionResult, compile, explain, occlusion_heatmap
+from krypton_ql.errors import InvalidInputError, KryptonError, UnsupportedOperationError
+from krypton_ql.naive import naive_heatmap
+
+__all__ = [
+    "InvalidInputError",
+    "KryptonError",
+    "OcclusionPlan",
+    "OcclusionResult",
+    "UnsupportedOperationError",
+    "compile",
+    "explain",
+    "models",
+    "naive_heatmap",
+    "occlusion_heatmap",
+]

@@ -1,0 +1,164 @@
+"""The Python API: compile an occlusion workload into a plan, run it, explain it.
+
+This module strings the stages together (trace → import → optimize → lower → execute) and
+validates user input; it holds no logic of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from compiler import explain as explain_text
+from compiler.boxes import Positions
+from compiler.cost import PlanCost, plan_cost
+from compiler.errors import InvalidInputError
+from compiler.importer import import_model, trace
+from compiler.lower import lower
+from compiler.options import CompileOptions, LinearStrategy
+from compiler.pipeline import optimize
+from compiler.types import Score, Size2
+from krypton_ql import options as check
+from krypton_ql.progress import progress_callback
+from runtime.executor import Executor, materialize
+from runtime.memory import default_budget
+from runtime.weights import Weights
+
+log = logging.getLogger(__name__)
+
+ProgressArg = bool | Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class OcclusionResult:
+    """Everything one run computed."""
+
+    heatmaps: Tensor  # [N, T, rows, cols]: scores with the patch at each position
+    base: Tensor  # [N, T]: scores on the clean images
+    targets: Tensor  # [N, T]: the class of each score
+    queries: int  # occlusion queries executed
+
+
+class OcclusionPlan:
+    """A compiled occlusion workload for images of one shape. Build it with ``compile``."""
+
+    def __init__(self, model: nn.Module, shape: tuple[int, int, int], occlusion: check.Occlusion,
+                 target: Any, options: CompileOptions):
+        self.model, self.shape, self.occlusion, self.target = model, shape, occlusion, target
+        self.graph_module = trace(model)
+        self.logical = import_model(self.graph_module, shape, occlusion.patch, occlusion.color)
+        image = torch.Size(shape[1:])
+        self.positions = Positions.grid(_size(image), occlusion.patch, occlusion.stride)
+        self.optimized = optimize(self.logical, options, self.positions)
+        self.physical = lower(self.optimized.plan)
+        centre = optimize(self.logical, options, Positions.centre(_size(image), occlusion.patch))
+        self.centre_cost: PlanCost = plan_cost(self.logical, centre.plan)
+
+    @property
+    def theoretical_speedup(self) -> float:
+        """FMA ratio of full re-inference to the incremental plan, patch at the image centre."""
+        return self.centre_cost.speedup
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Heatmap rows and columns."""
+        return self.positions.rows, self.positions.cols
+
+    def explain(self, verbose: bool = False, sql: bool = False) -> str:
+        """The plan as text: logical, rewritten (rules that fired) and physical sections."""
+        return explain_text.render(self.logical, self.optimized, self.physical, self.centre_cost,
+                                   self.grid, verbose=verbose, sql=sql)
+
+    def run(self, image: Tensor, *, progress: ProgressArg = False) -> Tensor:
+        """The heatmap ``[rows, cols]`` of a ``[C,H,W]`` image, ``[N, rows, cols]`` of a batch."""
+        result = self.evaluate(image, progress=progress)
+        heatmaps = result.heatmaps[:, 0]
+        return heatmaps[0] if image.dim() == 3 else heatmaps
+
+    def evaluate(self, image: Tensor, *, targets: Tensor | None = None,
+                 positions: Tensor | None = None, progress: ProgressArg = False) -> OcclusionResult:
+        """Scores of every target at every position (or the ``positions`` given)."""
+        images = check.images(image, self.shape)
+        _check_device(self.model, images)
+        weights = Weights(self.graph_module)
+        with torch.no_grad():
+            views = materialize(self.physical, images, weights)
+            logits = views[self.physical.output]
+            if targets is None:
+                targets = check.targets(self.target, len(images), logits.shape[1],
+                                        logits.argmax(dim=1))
+            base = _scores(logits, targets, self.occlusion.score)
+            executor = Executor(self.physical, views, weights, self.optimized.origins,
+                                self.positions)
+            total = len(images) * (len(positions) if positions is not None else len(self.positions))
+            with progress_callback(progress, total, "occlusion") as report:
+                scores = executor.run(targets, self.occlusion.score,
+                                      self.physical.batching.batch_size, report, positions)
+        heatmaps = scores.reshape(len(images), targets.shape[1], *self.grid)
+        return OcclusionResult(heatmaps, base, targets, executor.queries_run)
+
+
+def _size(image: torch.Size) -> Size2:
+    return Size2(int(image[0]), int(image[1]))
+
+
+def _scores(logits: Tensor, targets: Tensor, score: Score) -> Tensor:
+    values = torch.softmax(logits, dim=1) if score is Score.PROB else logits
+    return values.gather(1, targets)
+
+
+def _check_device(model: nn.Module, images: Tensor) -> None:
+    parameter = next(iter(model.parameters()), None)
+    if parameter is not None and parameter.device != images.device:
+        raise InvalidInputError(
+            f"the image is on {images.device} but the model is on {parameter.device}"
+        )
+    if parameter is not None and parameter.dtype != images.dtype:
+        raise InvalidInputError(
+            f"the image is {images.dtype} but the model's parameters are {parameter.dtype}"
+        )
+
+
+def compile(model: nn.Module, input_shape: Any, *, patch: Any, stride: Any = 1,
+            color: Any = 0.0, target: Any = None, score: Any = "prob",
+            batch_size: int | None = None, memory_budget: int | None = None,
+            linear_strategy: str = "auto") -> OcclusionPlan:
+    """Compile an exact incremental occlusion plan for images of ``input_shape`` (C, H, W)."""
+    shape = check.input_shape(input_shape)
+    occlusion = check.occlusion(shape, patch, stride, color, score)
+    try:
+        strategy = LinearStrategy(linear_strategy)
+    except ValueError:
+        raise InvalidInputError(
+            f"linear_strategy must be 'auto', 'recompute' or 'delta', got {linear_strategy!r}"
+        ) from None
+    parameter = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    budget = memory_budget if memory_budget is not None else default_budget(device)
+    options = CompileOptions(occlusion.patch, occlusion.stride, occlusion.color, strategy,
+                             check.batch_size(batch_size), budget)
+    return OcclusionPlan(model, shape, occlusion, target, options)
+
+
+def occlusion_heatmap(model: nn.Module, image: Tensor, *, patch: Any, stride: Any = 1,
+                      color: Any = 0.0, target: Any = None, score: Any = "prob",
+                      batch_size: int | None = None, progress: ProgressArg = False) -> Tensor:
+    """Exact occlusion heatmap, computed incrementally: ``[rows, cols]`` for ``[C,H,W]``,
+    ``[N, rows, cols]`` for ``[N,C,H,W]``. Cell ``(i, j)`` is the target's score (softmax
+    probability, or the raw output with ``score="logit"``) with the patch at ``(i·Sy, j·Sx)``."""
+    images = check.images(image)
+    plan = compile(model, tuple(images.shape[1:]), patch=patch, stride=stride, color=color,
+                   target=target, score=score, batch_size=batch_size)
+    return plan.run(image, progress=progress)
+
+
+def explain(model: nn.Module, input_shape: Any, **options: Any) -> str:
+    """The plan ``compile(model, input_shape, **options)`` would run, as text."""
+    verbose = options.pop("verbose", False)
+    sql = options.pop("sql", False)
+    return compile(model, input_shape, **options).explain(verbose=verbose, sql=sql)

@@ -1,0 +1,84 @@
+"""The baseline: batched full re-inference of every occluded image, with the user's model.
+
+This never touches the compiler's plans, so it is an independent oracle for the incremental
+engine (it only shares argument validation and the position grid's definition).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from compiler.boxes import Positions
+from compiler.errors import InvalidInputError
+from compiler.types import Score, Size2
+from krypton_ql import options as check
+from krypton_ql.progress import progress_callback
+from runtime.memory import default_budget
+
+
+def naive_heatmap(model: nn.Module, image: Tensor, *, patch: Any, stride: Any = 1,
+                  color: Any = 0.0, target: Any = None, score: Any = "prob",
+                  batch_size: int | None = None, progress: bool | Any = False) -> Tensor:
+    """Same signature and semantics as ``occlusion_heatmap``, by full re-inference."""
+    images = check.images(image)
+    channels, height, width = (int(d) for d in images.shape[1:])
+    occlusion = check.occlusion((channels, height, width), patch, stride, color, score)
+    if any(m.training for m in model.modules()):
+        raise InvalidInputError("the model is in training mode; call model.eval() first")
+    positions = Positions.grid(Size2(height, width), occlusion.patch, occlusion.stride)
+    top = torch.as_tensor(positions.top, device=images.device)
+    left = torch.as_tensor(positions.left, device=images.device)
+    colour = torch.tensor(occlusion.color, dtype=images.dtype, device=images.device)
+    with torch.no_grad():
+        logits = model(images)
+        targets = check.targets(target, len(images), logits.shape[1], logits.argmax(dim=1))
+        size = check.batch_size(batch_size) or _batch_size(model, images[:1])
+        total = len(images) * len(positions)
+        scores = torch.empty(total, dtype=logits.dtype, device=images.device)
+        with progress_callback(progress, total, "naive") as report:
+            for start in range(0, total, size):
+                index = torch.arange(start, min(start + size, total), device=images.device)
+                image_index, position = index // len(positions), index % len(positions)
+                batch = occlude(images[image_index], top[position], left[position],
+                                occlusion.patch, colour)
+                output = model(batch)
+                values = torch.softmax(output, 1) if occlusion.score is Score.PROB else output
+                scores[index] = values.gather(1, targets[image_index]).squeeze(1)
+                if report is not None:
+                    report(int(index[-1]) + 1, total)
+    heatmaps = scores.reshape(len(images), positions.rows, positions.cols)
+    return heatmaps[0] if image.dim() == 3 else heatmaps
+
+
+def occlude(images: Tensor, top: Tensor, left: Tensor, patch: Size2, colour: Tensor) -> Tensor:
+    """Copies of ``images`` with each one's patch (clipped at the border) set to ``colour``."""
+    height, width = images.shape[2:]
+    rows = torch.arange(height, device=images.device)
+    cols = torch.arange(width, device=images.device)
+    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + patch.h)
+    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + patch.w)
+    mask = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
+    return torch.where(mask, colour[:, None, None], images)
+
+
+def _batch_size(model: nn.Module, image: Tensor) -> int:
+    """Images per forward from the memory budget and the activations of one image."""
+    total = 0
+
+    def count(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        nonlocal total
+        if isinstance(output, Tensor):
+            total += output.numel() * output.element_size()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        model(image)
+    finally:
+        for handle in handles:
+            handle.remove()
+    per_image = max(total, image.numel() * image.element_size())
+    return max(1, default_budget(image.device) // per_image)

@@ -1,0 +1,102 @@
+"""Execution: materialize the clean image's views once, then run the batched delta plan over
+batches of queries, with no Python loop over queries inside a batch."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from compiler.boxes import Origins, Positions
+from compiler.ir import Input
+from compiler.physical import PhysicalPlan
+from compiler.types import Score
+from runtime import full as full_ops
+from runtime.reference import KERNELS
+from runtime.values import Batch, Env, Patch
+from runtime.weights import Weights
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+def materialize(plan: PhysicalPlan, images: Tensor, weights: Weights) -> dict[str, Tensor]:
+    """One clean forward over every node; keep the views that some kernel reads."""
+    values: dict[str, Tensor] = {}
+    for step in plan.steps:
+        node = step.node
+        if isinstance(node.op, Input):
+            values[node.name] = images
+        else:
+            values[node.name] = full_ops.full(node, [values[i] for i in node.inputs], weights)
+        for name in step.frees:
+            if name not in plan.views:
+                del values[name]
+    return {name: values[name] for name in plan.views}
+
+
+class Executor:
+    """Runs a physical plan for every (image, position) query; reports scores per target."""
+
+    def __init__(self, plan: PhysicalPlan, views: dict[str, Tensor], weights: Weights,
+                 origins: dict[str, Origins], positions: Positions):
+        self.plan = plan
+        device = views[plan.output].device
+        self._origins = {name: (torch.as_tensor(y, device=device),
+                                torch.as_tensor(x, device=device))
+                         for name, (y, x) in origins.items()}
+        self._top = torch.as_tensor(positions.top, device=device)
+        self._left = torch.as_tensor(positions.left, device=device)
+        self._positions = len(positions)
+        self._env = Env(views, weights, Batch(*(torch.empty(0),) * 3, {}))
+        self.queries_run = 0
+
+    def run(self, targets: Tensor, score: Score, batch_size: int,
+            progress: Progress | None = None, positions: Tensor | None = None) -> Tensor:
+        """Scores ``[N, T, P]`` of the targets ``[N, T]`` at every position (or ``positions``)."""
+        count = len(targets)
+        chosen = positions if positions is not None else torch.arange(self._positions)
+        chosen = chosen.to(self._top.device)
+        total = count * len(chosen)
+        scores = torch.full((count * self._positions, targets.shape[1]), float("nan"),
+                            dtype=self._env.views[self.plan.output].dtype, device=chosen.device)
+        start, size = 0, batch_size
+        while start < total:
+            index = torch.arange(start, min(start + size, total), device=chosen.device)
+            image, position = index // len(chosen), chosen[index % len(chosen)]
+            try:
+                values = self._run_batch(image, position, targets, score)
+            except torch.OutOfMemoryError:
+                if size == 1:
+                    raise
+                size = max(1, size // 2)
+                log.warning("out of device memory; retrying with batch size %d", size)
+                continue
+            scores[image * self._positions + position] = values
+            start += len(index)
+            self.queries_run += len(index)
+            if progress is not None:
+                progress(start, total)
+        return scores.view(count, self._positions, -1).permute(0, 2, 1)
+
+    def _run_batch(self, image: Tensor, position: Tensor, targets: Tensor, score: Score) -> Tensor:
+        origins = {name: (y[position], x[position]) for name, (y, x) in self._origins.items()}
+        self._env.batch = Batch(image, self._top[position], self._left[position], origins)
+        values: dict[str, Patch | Tensor | None] = {}
+        for step in self.plan.steps:
+            inputs = [values[name] for name in step.node.inputs]
+            values[step.node.name] = KERNELS[step.kernel](step.node, inputs, self._env)
+            for name in step.frees:
+                del values[name]
+        output = values[self.plan.output]
+        assert isinstance(output, Tensor), "the plan output must be a full per-query tensor"
+        return select_scores(output, targets[image], score)
+
+
+def select_scores(logits: Tensor, targets: Tensor, score: Score) -> Tensor:
+    """Per-row scores of the target classes: softmax probabilities or the raw outputs."""
+    values = torch.softmax(logits, dim=1) if score is Score.PROB else logits
+    return values.gather(1, targets)

@@ -1,0 +1,130 @@
+"""Operators on full tensors with a leading batch axis: materialization of the views and the
+full per-query computations after an update has become global."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from compiler.ir import (
+    Activation,
+    AdaptivePool,
+    Arith,
+    BatchNorm,
+    Combine,
+    Concat,
+    Flatten,
+    GlobalAvgPool,
+    Input,
+    JoinAggregate,
+    Linear,
+    Map,
+    Node,
+    Occlude,
+    Pad,
+    Pool,
+    Project,
+    Scalar,
+    Softmax,
+)
+from compiler.types import Agg
+from runtime.weights import Weights
+
+ARITH: dict[Arith, Callable[[Tensor | float, Tensor | float], Tensor]] = {
+    Arith.ADD: operator.add,
+    Arith.SUB: operator.sub,
+    Arith.RSUB: lambda a, b: b - a,
+    Arith.MUL: operator.mul,
+    Arith.DIV: operator.truediv,
+    Arith.RDIV: lambda a, b: b / a,
+}
+
+ACTIVATIONS: dict[Activation, Callable[[Tensor, Map], Tensor]] = {
+    Activation.IDENTITY: lambda x, m: x,
+    Activation.RELU: lambda x, m: F.relu(x),
+    Activation.RELU6: lambda x, m: F.relu6(x),
+    Activation.HARDTANH: lambda x, m: F.hardtanh(x, m.alpha, m.beta),
+    Activation.LEAKY_RELU: lambda x, m: F.leaky_relu(x, m.alpha),
+    Activation.SILU: lambda x, m: F.silu(x),
+    Activation.HARDSWISH: lambda x, m: F.hardswish(x),
+    Activation.HARDSIGMOID: lambda x, m: F.hardsigmoid(x),
+    Activation.SIGMOID: lambda x, m: torch.sigmoid(x),
+    Activation.TANH: lambda x, m: torch.tanh(x),
+    Activation.GELU: lambda x, m: F.gelu(x),
+}
+
+
+def full(node: Node, inputs: list[Tensor], weights: Weights) -> Tensor:
+    """``node``'s operator on full tensors with a leading batch axis."""
+    op = node.op
+    if isinstance(op, JoinAggregate):
+        return conv2d(inputs[0], op, weights, with_padding=True)
+    if isinstance(op, Pool):
+        return pool2d(inputs[0], op, with_padding=True)
+    if isinstance(op, (Map, Scalar, BatchNorm)):
+        return elementwise(op, inputs[0], weights)
+    if isinstance(op, Pad):
+        p = op.padding
+        return F.pad(inputs[0], (p.left, p.right, p.top, p.bottom), value=op.value)
+    if isinstance(op, Combine):
+        return ARITH[op.arith](inputs[0], inputs[1])
+    if isinstance(op, Concat):
+        return torch.cat(inputs, dim=1)
+    return _global(node, inputs, weights)
+
+
+def _global(node: Node, inputs: list[Tensor], weights: Weights) -> Tensor:
+    op, x = node.op, inputs[0]
+    if isinstance(op, GlobalAvgPool):
+        return x.mean(dim=(2, 3), keepdim=op.keepdim)
+    if isinstance(op, AdaptivePool):
+        pool = F.adaptive_avg_pool2d if op.agg is Agg.AVG else F.adaptive_max_pool2d
+        return pool(x, (op.output.h, op.output.w))
+    if isinstance(op, Flatten):
+        return x.flatten(1)
+    if isinstance(op, Linear):
+        return F.linear(x, weights[op.weight], weights.get(op.bias))
+    if isinstance(op, Softmax):
+        return F.log_softmax(x, dim=1) if op.log else F.softmax(x, dim=1)
+    if isinstance(op, (Project, Input, Occlude)):
+        return x
+    raise AssertionError(f"no full implementation of {type(op).__name__}")
+
+
+def elementwise(op: Map | Scalar | BatchNorm, x: Tensor, weights: Weights) -> Tensor:
+    if isinstance(op, Map):
+        return ACTIVATIONS[op.fn](x, op)
+    if isinstance(op, Scalar):
+        return ARITH[op.arith](x, op.value)
+    return F.batch_norm(x, weights[op.mean], weights[op.var], weights.get(op.weight),
+                        weights.get(op.bias), False, 0.0, op.eps)
+
+
+def conv2d(x: Tensor, op: JoinAggregate, weights: Weights, *, with_padding: bool,
+          bias: bool = True) -> Tensor:
+    w, p = op.window, op.window.padding
+    b = weights.get(op.bias) if bias else None
+    padding: tuple[int, int] = (0, 0)
+    if with_padding and p.top == p.bottom and p.left == p.right:
+        padding = (p.top, p.left)
+    elif with_padding:
+        x = F.pad(x, (p.left, p.right, p.top, p.bottom))
+    return F.conv2d(x, weights[op.weight], b, (w.stride.h, w.stride.w), padding,
+                    (w.dilation.h, w.dilation.w), op.groups)
+
+
+def pool2d(x: Tensor, op: Pool, *, with_padding: bool) -> Tensor:
+    w = op.window
+    kernel, stride = (w.kernel.h, w.kernel.w), (w.stride.h, w.stride.w)
+    padding = (w.padding.top, w.padding.left) if with_padding else (0, 0)
+    ceil = w.ceil_mode and with_padding
+    if op.agg is Agg.MAX:
+        return F.max_pool2d(x, kernel, stride, padding, (w.dilation.h, w.dilation.w), ceil)
+    return F.avg_pool2d(x, kernel, stride, padding, ceil, op.count_include_pad,
+                        op.divisor_override)
+
+

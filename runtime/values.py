@@ -1,0 +1,106 @@
+"""Per-query values and the gathers that read ``view ⊕ patch`` windows.
+
+A per-query value is a ``Patch`` (values of a box of uniform size plus per-query origins), a
+full tensor with a leading batch axis, or ``None`` for a clean node (read its view). Views have
+a leading image axis; ``Batch.image`` maps each query to its image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from compiler.ir import JoinAggregate, Node, Pool
+from compiler.types import Size2
+from runtime.weights import Weights
+
+
+@dataclass
+class Patch:
+    """Values of a per-query box: ``values[b]`` covers rows ``y0[b] …`` and columns ``x0[b] …``."""
+
+    values: Tensor  # [B, C, h, w]
+    y0: Tensor  # [B] int64
+    x0: Tensor  # [B] int64
+
+
+Value = Patch | Tensor | None
+
+
+@dataclass
+class Batch:
+    """What kernels know about the queries of the current batch."""
+
+    image: Tensor  # [B] image index of each query
+    top: Tensor  # [B] unclipped patch corner
+    left: Tensor
+    origins: dict[str, tuple[Tensor, Tensor]]  # node -> per-query box origin
+
+
+@dataclass
+class Env:
+    """Everything a kernel may read besides its inputs."""
+
+    views: dict[str, Tensor]
+    weights: Weights
+    batch: Batch
+    cache: dict[str, Tensor] = field(default_factory=dict)  # derived constants, e.g. divisors
+
+
+def gather(view: Tensor | None, patch: Patch | None, image: Tensor, y0: Tensor, x0: Tensor,
+           size: Size2, map_size: Size2, fill: float = 0.0) -> Tensor:
+    """``window[b, c, i, j] = (view[image[b]] ⊕ patch[b])[c, y0[b] + i, x0[b] + j]``.
+
+    Cells outside the map take ``fill`` (the operator's padding); a missing view reads zeros.
+    """
+    if patch is not None and _same_box(patch, y0, x0, size):
+        return patch.values
+    device = image.device
+    ys = y0[:, None] + torch.arange(size.h, device=device)  # [B, h]
+    xs = x0[:, None] + torch.arange(size.w, device=device)  # [B, w]
+    if view is not None:
+        rows = ys.clamp(0, map_size.h - 1)[:, :, None]
+        cols = xs.clamp(0, map_size.w - 1)[:, None, :]
+        window = view[image[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+    else:
+        channels = patch.values.shape[1] if patch is not None else 1
+        dtype = patch.values.dtype if patch is not None else torch.float32
+        window = torch.zeros(len(y0), channels, size.h, size.w, device=device, dtype=dtype)
+    if patch is not None:
+        window = _overlay(window, patch, ys, xs)
+    outside = ~(((ys >= 0) & (ys < map_size.h))[:, :, None] &
+                ((xs >= 0) & (xs < map_size.w))[:, None, :])
+    if bool(outside.any()):
+        window = window.masked_fill(outside[:, None], fill)
+    return window.contiguous()
+
+
+def _same_box(patch: Patch, y0: Tensor, x0: Tensor, size: Size2) -> bool:
+    h, w = patch.values.shape[2:]
+    return (h, w) == (size.h, size.w) and torch.equal(patch.y0, y0) and torch.equal(patch.x0, x0)
+
+
+def _overlay(window: Tensor, patch: Patch, ys: Tensor, xs: Tensor) -> Tensor:
+    """Replace the window cells that lie in each query's patch by the patch values."""
+    h, w = patch.values.shape[2:]
+    py, px = ys - patch.y0[:, None], xs - patch.x0[:, None]
+    inside = (((py >= 0) & (py < h))[:, :, None] & ((px >= 0) & (px < w))[:, None, :])
+    batch = torch.arange(len(py), device=ys.device)[:, None, None]
+    values = patch.values[batch, :, py.clamp(0, h - 1)[:, :, None], px.clamp(0, w - 1)[:, None, :]]
+    return torch.where(inside[:, None], values.permute(0, 3, 1, 2), window)
+
+
+def gather_view(view: Tensor, image: Tensor, y0: Tensor, x0: Tensor, size: Size2) -> Tensor:
+    """The view over each query's box (boxes always lie inside the map)."""
+    return gather(view, None, image, y0, x0, size, Size2(view.shape[2], view.shape[3]))
+
+
+def read_origin(node: Node, origin: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """Read-in window start ``x_R = x_O·S − P`` of a window operator."""
+    assert isinstance(node.op, (JoinAggregate, Pool))
+    w = node.op.window
+    return origin[0] * w.stride.h - w.padding.top, origin[1] * w.stride.w - w.padding.left
+
+
