@@ -1,0 +1,1 @@
+"""Benchmarks (never run as tests). See benchmarks/RESULTS.md for recorded figures."""
