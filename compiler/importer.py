@@ -111,7 +111,8 @@ def import_model(
             output = _output_of(fx_node, names)
         elif fx_node.op == "get_attr":
             ref = ctx.weight(str(fx_node.target))
-            nodes.append(Node(fx_node.name, Constant(ref), (), ctx.schema(fx_node), str(ref)))
+            nodes.append(Node(fx_node.name, Constant(ref), (), constant_schema(fx_node, ref),
+                              str(ref)))
             names[fx_node] = fx_node.name
         elif ctx.is_batch_size(fx_node):
             continue  # metadata, read by the translator of the reshape that uses it
@@ -127,6 +128,18 @@ def import_model(
         )
     plan.verify()
     return plan
+
+
+def constant_schema(fx_node: fx.Node, ref: WeightRef) -> Schema:
+    """A model tensor used as data broadcasts against ``[N, C, H, W]``: align it to rank 4; its
+    leading axis must be 1 (it cannot vary across the batch)."""
+    shape = (1,) * (4 - len(ref.shape)) + ref.shape
+    if len(shape) != 4 or shape[0] != 1:
+        raise UnsupportedOperationError(
+            f"fx node {fx_node.name!r} uses tensor {ref.path} of shape {list(ref.shape)} as data; "
+            "only tensors that broadcast over the batch (leading size 1) are supported"
+        )
+    return Schema(shape[1:])
 
 
 def _translate(fx_node: fx.Node, ctx: ImportContext, names: dict[fx.Node, str]) -> Node:

@@ -21,20 +21,24 @@ from compiler.plan import Plan
 from compiler.types import Agg, Window
 
 
-def _coordinates(window: Window, offsets: str) -> str:
+def _window_cte(window: Window, offsets: str, columns: str) -> str:
+    """``T``: every (output cell, window offset) pair with the input cell it reads."""
     s, d, p = window.stride, window.dilation, window.padding
-    return (f"A.y = {s.h} * G.y + {d.h} * {offsets}.ky - {p.top} "
-            f"AND A.x = {s.w} * G.x + {d.w} * {offsets}.kx - {p.left}")
+    return (f"WITH T AS (SELECT {columns}G.y AS y, G.x AS x, "
+            f"{s.h} * G.y + {d.h} * {offsets}.ky - {p.top} AS ay, "
+            f"{s.w} * G.x + {d.w} * {offsets}.kx - {p.left} AS ax FROM G CROSS JOIN {offsets}) ")
 
 
 def conv_sql(op: JoinAggregate) -> str:
-    """``O(n, y, x) = Σ A.v·K.v`` grouped by ``(n, y, x)``."""
+    """``O(n, y, x) = Σ A.v·K.v`` over ``A.c = K.c ∧ A.y = S·y + D·K.ky − P ∧ …``, grouped by
+    ``(n, y, x)``."""
     bias_value = " + MAX(B.v)" if op.bias is not None else ""
-    bias_join = " JOIN B ON B.n = K.n" if op.bias is not None else ""
+    bias_join = " JOIN B ON B.n = T.n" if op.bias is not None else ""
     return (
-        f"SELECT K.n AS c, G.y AS y, G.x AS x, SUM(A.v * K.v){bias_value} AS v "
-        f"FROM G CROSS JOIN K JOIN A ON A.c = K.c AND {_coordinates(op.window, 'K')}"
-        f"{bias_join} GROUP BY K.n, G.y, G.x"
+        _window_cte(op.window, "K", "K.n AS n, K.c AS c, K.v AS kv, ")
+        + f"SELECT T.n AS c, T.y AS y, T.x AS x, SUM(A.v * T.kv){bias_value} AS v "
+        f"FROM T JOIN A ON A.c = T.c AND A.y = T.ay AND A.x = T.ax{bias_join} "
+        "GROUP BY T.n, T.y, T.x"
     )
 
 
@@ -45,11 +49,11 @@ def pool_sql(op: Pool, constant_divisor: int | None) -> str:
     elif constant_divisor is not None:
         value, divisor_join = f"SUM(A.v) / {constant_divisor}.0", ""
     else:
-        value, divisor_join = "SUM(A.v) / MAX(D.v)", " JOIN D ON D.y = G.y AND D.x = G.x"
+        value, divisor_join = "SUM(A.v) / MAX(D.v)", " JOIN D ON D.y = T.y AND D.x = T.x"
     return (
-        f"SELECT A.c AS c, G.y AS y, G.x AS x, {value} AS v "
-        f"FROM G CROSS JOIN W JOIN A ON {_coordinates(op.window, 'W')}{divisor_join} "
-        "GROUP BY A.c, G.y, G.x"
+        _window_cte(op.window, "W", "")
+        + f"SELECT A.c AS c, T.y AS y, T.x AS x, {value} AS v "
+        f"FROM T JOIN A ON A.y = T.ay AND A.x = T.ax{divisor_join} GROUP BY A.c, T.y, T.x"
     )
 
 

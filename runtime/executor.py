@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from compiler.boxes import Origins, Positions
-from compiler.ir import Input
+from compiler.ir import Constant, Input
 from compiler.physical import PhysicalPlan
 from compiler.types import Score
 from runtime import full as full_ops
@@ -30,6 +30,10 @@ def materialize(plan: PhysicalPlan, images: Tensor, weights: Weights) -> dict[st
         node = step.node
         if isinstance(node.op, Input):
             values[node.name] = images
+        elif isinstance(node.op, Constant):
+            tensor = weights[node.op.ref].to(images.dtype)
+            values[node.name] = tensor.reshape(1, *node.schema.shape).expand(
+                len(images), *node.schema.shape)
         else:
             values[node.name] = full_ops.full(node, [values[i] for i in node.inputs], weights)
         for name in step.frees:

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tests.compiler.rules.rule_checks import check_equivalence, fired, rewritten_lines
+
+
+class WithConstant(nn.Module):
+    """A learned per-position bias: a constant branch the occlusion never changes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.position = nn.Parameter(torch.randn(1, 3, 8, 8))
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc((self.conv(x) + self.position * 2.0).mean((2, 3)))
+
+
+SHAPE = (2, 8, 8)
+
+
+def test_golden_constant_branch_stays_clean() -> None:
+    lines = rewritten_lines(WithConstant().eval(), SHAPE, patch=2)
+    constant = next(line for line in lines if "Constant" in line)
+    scaled = next(line for line in lines if "Scalar" in line)
+    assert "{view}" in constant and "{view}" in scaled
+    assert fired(WithConstant().eval(), SHAPE)["keep_clean_views"] == 3
+
+
+def test_equivalent_to_the_model() -> None:
+    check_equivalence(WithConstant().eval(), SHAPE)

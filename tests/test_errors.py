@@ -1,0 +1,111 @@
+"""Bad input gets a clear KryptonError, never a deep traceback or a wrong heatmap."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import krypton_ql as kql
+
+
+class Unsupported(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(self.conv(x), scale_factor=2.0)
+        return self.fc(x.mean((2, 3)))
+
+
+def _model() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 2)).eval()
+
+
+IMAGE = torch.randn(3, 12, 12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(patch=13), "larger than the 12×12 image"),
+        (dict(patch=0), "patch must be at least 1"),
+        (dict(patch=4, stride=0), "stride must be at least 1"),
+        (dict(patch=4, stride=1.5), "stride must be an int"),
+        (dict(patch=(4, 4, 4)), "patch must be an int or a pair"),
+        (dict(patch=4, color=(0.0, 1.0)), "color has 2 values but the image has 3"),
+        (dict(patch=4, color=float("nan")), "color must be finite"),
+        (dict(patch=4, score="probability"), "score must be 'prob' or 'logit'"),
+        (dict(patch=4, target=7), "outside the model's 2 classes"),
+        (dict(patch=4, batch_size=0), "batch_size must be a positive int"),
+    ],
+)
+@pytest.mark.parametrize("heatmap", [kql.occlusion_heatmap, kql.naive_heatmap])
+def test_bad_options(heatmap, kwargs: dict, message: str) -> None:
+    with pytest.raises(kql.KryptonError, match=message):
+        heatmap(_model(), IMAGE, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (torch.randn(12, 12), "rank 2"),
+        (torch.randn(1, 1, 3, 12, 12), "rank 5"),
+        (torch.full((3, 12, 12), float("nan")), "NaN"),
+        (torch.ones(3, 12, 12, dtype=torch.int64), "floating-point"),
+        ([[0.0]], "torch.Tensor"),
+    ],
+)
+def test_bad_images(image, message: str) -> None:
+    with pytest.raises(kql.KryptonError, match=message):
+        kql.occlusion_heatmap(_model(), image, patch=4)
+
+
+def test_training_mode_is_refused() -> None:
+    with pytest.raises(kql.KryptonError, match="training mode"):
+        kql.occlusion_heatmap(_model().train(), IMAGE, patch=4)
+    with pytest.raises(kql.KryptonError, match="training mode"):
+        kql.naive_heatmap(_model().train(), IMAGE, patch=4)
+
+
+def test_unsupported_operation_is_named() -> None:
+    with pytest.raises(kql.UnsupportedOperationError, match=r"interpolate.*F\.interpolate"):
+        kql.occlusion_heatmap(Unsupported().eval(), IMAGE, patch=4)
+
+
+def test_wrong_channel_count_is_reported() -> None:
+    with pytest.raises(kql.KryptonError, match="does not accept inputs of shape"):
+        kql.occlusion_heatmap(_model(), torch.randn(1, 12, 12), patch=4)
+
+
+def test_plan_rejects_images_of_another_shape() -> None:
+    plan = kql.compile(_model(), (3, 12, 12), patch=4)
+    with pytest.raises(kql.KryptonError, match="compiled for"):
+        plan.run(torch.randn(3, 14, 12))
+
+
+def test_untraceable_model_is_a_krypton_error() -> None:
+    class Branchy(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:  # data-dependent control flow: fx cannot trace it
+                return x.flatten(1)
+            return -x.flatten(1)
+
+    with pytest.raises(kql.UnsupportedOperationError, match="cannot trace"):
+        kql.occlusion_heatmap(Branchy().eval(), IMAGE, patch=4)
+
+
+def test_segmentation_outputs_are_refused() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 2, 3)).eval()
+    with pytest.raises(kql.UnsupportedOperationError, match=r"\[N, classes\]"):
+        kql.occlusion_heatmap(model, IMAGE, patch=4)
+
+
+def test_reflect_padding_is_named() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    with pytest.raises(kql.UnsupportedOperationError, match="padding_mode='reflect'"):
+        kql.occlusion_heatmap(model, IMAGE, patch=4)
