@@ -1,6 +1,7 @@
 """Naive batched re-inference vs exact incremental inference, fp32, on this machine's CPU.
 
-VGG16 and ResNet18 (torchvision, random weights) at 224 px, patch 16, stride 4. To keep the
+VGG16 and ResNet18 (torchvision, random weights) and the pretrained EfficientNet-Lite0 at
+224 px, patch 16, stride 4. To keep the
 run short only a block of positions around the centre is computed; both methods compute the
 same block, and the per-query ratio is what counts. The incremental plan's one-time cost (the
 clean forward that materializes the views) is reported separately and included in the
@@ -21,6 +22,7 @@ import torchvision
 
 import krypton_ql as kql
 from compiler.types import Score
+from krypton_ql import models
 from krypton_ql.naive import occlude
 
 
@@ -97,7 +99,8 @@ def main() -> None:
     args = parser.parse_args()
     results = []
     for name in args.models.split(","):
-        model = getattr(torchvision.models, name)().eval()
+        model = (models.efficientnet_lite0() if name == "efficientnet_lite0"
+                 else getattr(torchvision.models, name)().eval())
         row = run(name, model, args.block, args.repeat)
         results.append(row)
         print(f"{name:9s} naive {row['naive_s_per_query'] * 1e3:7.1f} ms/query  exact "

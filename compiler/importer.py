@@ -109,16 +109,12 @@ def import_model(
             names[fx_node] = OCCLUDE
         elif fx_node.op == "output":
             output = _output_of(fx_node, names)
-        elif fx_node.op == "get_attr":
-            ref = ctx.weight(str(fx_node.target))
-            nodes.append(Node(fx_node.name, Constant(ref), (), constant_schema(fx_node, ref),
-                              str(ref)))
-            names[fx_node] = fx_node.name
-        elif ctx.is_batch_size(fx_node):
-            continue  # metadata, read by the translator of the reshape that uses it
+        elif fx_node.op == "get_attr" or ctx.is_batch_size(fx_node):
+            # Weights are read by their translators; a tensor used as data becomes a Constant
+            # when a translator reads it as an input. Batch sizes are reshape metadata.
+            continue
         else:
-            nodes.append(_translate(fx_node, ctx, names))
-            names[fx_node] = fx_node.name
+            nodes.extend(_translate(fx_node, ctx, names))
     assert output is not None
     plan = Plan(nodes, output)
     if len(plan[output].schema.shape) != 1:
@@ -142,16 +138,25 @@ def constant_schema(fx_node: fx.Node, ref: WeightRef) -> Schema:
     return Schema(shape[1:])
 
 
-def _translate(fx_node: fx.Node, ctx: ImportContext, names: dict[fx.Node, str]) -> Node:
+def _translate(fx_node: fx.Node, ctx: ImportContext, names: dict[fx.Node, str]) -> list[Node]:
+    """The node for ``fx_node``, preceded by Constants for model tensors it reads as data."""
     translator, source = _translator_for(fx_node, ctx)
     op, fx_inputs = translator(fx_node, ctx)
+    nodes = []
     for fx_input in fx_inputs:
+        if fx_input not in names and getattr(fx_input, "op", None) == "get_attr":
+            ref = ctx.weight(str(fx_input.target))
+            nodes.append(Node(fx_input.name, Constant(ref), (), constant_schema(fx_input, ref),
+                              str(ref)))
+            names[fx_input] = fx_input.name
         if fx_input not in names:
             raise UnsupportedOperationError(
-                f"fx node {fx_node.name!r} reads {fx_input.name!r}, which is not a tensor"
+                f"fx node {fx_node.name!r} reads {fx_input!r}, which is not a tensor"
             )
-    inputs = tuple(names[i] for i in fx_inputs)
-    return Node(fx_node.name, op, inputs, ctx.schema(fx_node), source)
+    nodes.append(Node(fx_node.name, op, tuple(names[i] for i in fx_inputs),
+                      ctx.schema(fx_node), source))
+    names[fx_node] = fx_node.name
+    return nodes
 
 
 def _translator_for(fx_node: fx.Node, ctx: ImportContext) -> tuple[translators.Translator, str]:
@@ -167,7 +172,8 @@ def _translator_for(fx_node: fx.Node, ctx: ImportContext) -> tuple[translators.T
         source = f".{fx_node.target}()"
     if translator is None:
         raise UnsupportedOperationError(
-            f"fx node {fx_node.name!r} (target {source}) has no relational translation; supported are convolutions, pooling, batch norm, "
+            f"fx node {fx_node.name!r} (target {source}) has no relational translation; "
+            "supported are convolutions, pooling, batch norm, "
             "element-wise activations, add/mul, cat(dim=1), flatten, linear and softmax"
         )
     return translator, source

@@ -98,7 +98,7 @@ def verify_node(node: Node, plan: Plan) -> None:
         _fail(node, "reads a non-spatial input")
     if isinstance(op, JoinAggregate):
         if inputs[0].schema.channels != op.in_channels:
-            _fail(node, f"reads {inputs[0].schema.channels} channels, weight wants {op.in_channels}")
+            _fail(node, f"reads {inputs[0].schema.channels} channels, the weight {op.in_channels}")
         if node.schema.channels != op.out_channels:
             _fail(node, "output channels disagree with the weight")
     if isinstance(op, Concat):

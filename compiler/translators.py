@@ -81,7 +81,8 @@ def _conv_window(
             pad = Padding(0, 0, 0, 0)
         elif stride_ == Size2(1, 1):
             total_h, total_w = dilation_.h * (kernel.h - 1), dilation_.w * (kernel.w - 1)
-            pad = Padding(total_h // 2, total_h - total_h // 2, total_w // 2, total_w - total_w // 2)
+            top, left = total_h // 2, total_w // 2
+            pad = Padding(top, total_h - top, left, total_w - left)
         else:
             raise _unsupported(node, "padding='same' with stride > 1")
     else:

@@ -83,10 +83,11 @@ class Padding:
 class Window:
     """Geometry of a sliding-window operator (convolution or pooling) over H and W.
 
-    >>> Window(Size2(3, 3), Size2(2, 2), Size2(1, 1), Padding(0, 1, 0, 1)).output_size(Size2(224, 224))
+    >>> same = Window(Size2(3, 3), Size2(2, 2), Size2(1, 1), Padding(0, 1, 0, 1))
+    >>> same.output_size(Size2(224, 224))
     Size2(h=112, w=112)
-    >>> Window(Size2(3, 3), Size2(2, 2), Size2(1, 1), Padding.symmetric(Size2(0, 0)), True).output_size(
-    ...     Size2(8, 8))
+    >>> ceil = Window(Size2(3, 3), Size2(2, 2), Size2(1, 1), Padding(0, 0, 0, 0), True)
+    >>> ceil.output_size(Size2(8, 8))
     Size2(h=4, w=4)
     """
 

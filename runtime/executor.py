@@ -39,7 +39,12 @@ def materialize(plan: PhysicalPlan, images: Tensor, weights: Weights) -> dict[st
         for name in step.frees:
             if name not in plan.views:
                 del values[name]
-    return {name: values[name] for name in plan.views}
+    return {name: _gatherable(values[name]) for name in plan.views}
+
+
+def _gatherable(view: Tensor) -> Tensor:
+    """Feature-map views are stored channels-last: a gathered cell's channels are contiguous."""
+    return view.contiguous(memory_format=torch.channels_last) if view.dim() == 4 else view
 
 
 class Executor:

@@ -68,13 +68,15 @@ def gather(view: Tensor | None, patch: Patch | None, image: Tensor, y0: Tensor, 
         channels = patch.values.shape[1] if patch is not None else 1
         dtype = patch.values.dtype if patch is not None else torch.float32
         window = torch.zeros(len(y0), channels, size.h, size.w, device=device, dtype=dtype)
+        window = window.contiguous(memory_format=torch.channels_last)
     if patch is not None:
         window = _overlay(window, patch, ys, xs)
     outside = ~(((ys >= 0) & (ys < map_size.h))[:, :, None] &
                 ((xs >= 0) & (xs < map_size.w))[:, None, :])
     if bool(outside.any()):
         window = window.masked_fill(outside[:, None], fill)
-    return window.contiguous()
+    # Channels-last keeps every gathered cell's channels contiguous (the views are stored so).
+    return window.contiguous(memory_format=torch.channels_last)
 
 
 def _same_box(patch: Patch, y0: Tensor, x0: Tensor, size: Size2) -> bool:

@@ -57,7 +57,8 @@ def test_convolution(conv: nn.Conv2d) -> None:
          for ky in range(conv.kernel_size[0]) for kx in range(conv.kernel_size[1])]
     tables = {"A": _relation_a(x), "K": k, "G": _grid(*expected.shape[1:])}
     if conv.bias is not None:
-        tables["B"] = [{"n": n, "v": float(conv.bias[n].detach())} for n in range(conv.out_channels)]
+        bias = conv.bias.detach()
+        tables["B"] = [{"n": n, "v": float(bias[n])} for n in range(conv.out_channels)]
     result = execute(sql.node_sql(node), tables=tables)
     assert torch.allclose(_to_tensor(result.rows, expected.shape), expected, atol=1e-5)
 

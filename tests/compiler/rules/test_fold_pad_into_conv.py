@@ -4,7 +4,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 from tests.compiler.rules.rule_checks import check_equivalence, fired, rewritten_lines
 
 

@@ -1,0 +1,53 @@
+"""Golden explain texts: deterministic, and they change only on purpose.
+
+Regenerate after an intended change with ``KRYPTON_UPDATE_GOLDEN=1 pytest tests/compiler``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import krypton_ql as kql
+
+GOLDEN = Path(__file__).parent.parent / "golden"
+
+
+class TinyResNet(nn.Module):
+    """A stem with TensorFlow padding, a strided residual block, global pool and linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, stride=2, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv1 = nn.Conv2d(4, 8, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.down = nn.Conv2d(4, 8, 1, stride=2)
+        self.pool = nn.MaxPool2d(2, ceil_mode=True)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self.bn(self.stem(F.pad(x, (0, 1, 0, 1)))))
+        y = self.conv2(F.relu(self.conv1(x))) + self.down(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.pool(y), 1), 1))
+
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["plain", "verbose"])
+def test_golden_explain(verbose: bool) -> None:
+    text = kql.explain(TinyResNet().eval(), (3, 32, 30), patch=6, stride=4, batch_size=16,
+                       memory_budget=1 << 20, verbose=verbose, sql=not verbose)
+    path = GOLDEN / f"tiny_resnet_{'verbose' if verbose else 'plain'}.txt"
+    if os.environ.get("KRYPTON_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text()
+
+
+def test_explain_is_deterministic_across_compilations() -> None:
+    texts = {kql.explain(TinyResNet().eval(), (3, 32, 30), patch=6, batch_size=4)
+             for _ in range(2)}
+    assert len(texts) == 1
