@@ -44,9 +44,13 @@ def naive_block(model, image, plan, positions, batch_size) -> tuple[torch.Tensor
     with torch.no_grad():
         target = model(image[None]).argmax(1)
         for i in range(0, len(positions), batch_size):
-            batch = occlude(image[None].expand(len(top[i:i + batch_size]), -1, -1, -1),
-                            top[i:i + batch_size], left[i:i + batch_size], plan.occlusion.patch,
-                            colour)
+            batch = occlude(
+                image[None].expand(len(top[i : i + batch_size]), -1, -1, -1),
+                top[i : i + batch_size],
+                left[i : i + batch_size],
+                plan.occlusion.patch,
+                colour,
+            )
             scores.append(torch.softmax(model(batch), 1)[:, target].squeeze(1))
     return torch.cat(scores), time.perf_counter() - start
 
@@ -78,11 +82,16 @@ def run(name: str, model: torch.nn.Module, block: int, repeat: int) -> dict:
     queries, total = len(positions), len(plan.positions)
     per_naive, per_exact = best_naive / queries, best_exact / queries
     return {
-        "model": name, "queries": queries, "naive_batch": naive_batch,
+        "model": name,
+        "queries": queries,
+        "naive_batch": naive_batch,
         "exact_batch": plan.physical.batching.batch_size,
-        "naive_s_per_query": per_naive, "exact_s_per_query": per_exact,
-        "materialize_s": setup, "speedup_per_query": per_naive / per_exact,
-        "projected_naive_s": per_naive * total, "projected_exact_s": setup + per_exact * total,
+        "naive_s_per_query": per_naive,
+        "exact_s_per_query": per_exact,
+        "materialize_s": setup,
+        "speedup_per_query": per_naive / per_exact,
+        "projected_naive_s": per_naive * total,
+        "projected_exact_s": setup + per_exact * total,
         "projected_speedup": per_naive * total / (setup + per_exact * total),
         "theoretical_speedup": plan.theoretical_speedup,
         "max_abs_diff": float((values - reference).abs().max()),
@@ -99,17 +108,27 @@ def main() -> None:
     args = parser.parse_args()
     results = []
     for name in args.models.split(","):
-        model = (models.efficientnet_lite0() if name == "efficientnet_lite0"
-                 else getattr(torchvision.models, name)().eval())
+        model = (
+            models.efficientnet_lite0()
+            if name == "efficientnet_lite0"
+            else getattr(torchvision.models, name)().eval()
+        )
         row = run(name, model, args.block, args.repeat)
         results.append(row)
-        print(f"{name:9s} naive {row['naive_s_per_query'] * 1e3:7.1f} ms/query  exact "
-              f"{row['exact_s_per_query'] * 1e3:7.1f} ms/query  speedup "
-              f"{row['speedup_per_query']:.2f}× (theory {row['theoretical_speedup']:.2f}×)  "
-              f"full heatmap {row['projected_naive_s']:.0f} s → {row['projected_exact_s']:.0f} s "
-              f"({row['projected_speedup']:.2f}×)  max|Δ| {row['max_abs_diff']:.1e}", flush=True)
-    meta = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "dtype": "float32"}
+        print(
+            f"{name:9s} naive {row['naive_s_per_query'] * 1e3:7.1f} ms/query  exact "
+            f"{row['exact_s_per_query'] * 1e3:7.1f} ms/query  speedup "
+            f"{row['speedup_per_query']:.2f}× (theory {row['theoretical_speedup']:.2f}×)  "
+            f"full heatmap {row['projected_naive_s']:.0f} s → {row['projected_exact_s']:.0f} s "
+            f"({row['projected_speedup']:.2f}×)  max|Δ| {row['max_abs_diff']:.1e}",
+            flush=True,
+        )
+    meta = {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "dtype": "float32",
+    }
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"meta": meta, "results": results}, out, indent=2)

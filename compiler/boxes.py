@@ -40,8 +40,9 @@ def window_size(size: int, extent: int, stride: int, out_dim: int) -> int:
     return min(math.ceil((size + extent - 1) / stride), out_dim)
 
 
-def window_start(start: np.ndarray, extent: int, stride: int, pad: int, size: int,
-                 out_dim: int) -> np.ndarray:
+def window_start(
+    start: np.ndarray, extent: int, stride: int, pad: int, size: int, out_dim: int
+) -> np.ndarray:
     """Per-query output start, clamped so that ``[start, start + size)`` lies in the map.
 
     >>> window_start(np.array([104, 0, 220]), 3, 1, 1, 18, 224).tolist()
@@ -51,8 +52,9 @@ def window_start(start: np.ndarray, extent: int, stride: int, pad: int, size: in
     return np.minimum(first, out_dim - size)
 
 
-def read_window(out_start: np.ndarray, out_size: int, extent: int, stride: int,
-                pad: int) -> tuple[np.ndarray, int]:
+def read_window(
+    out_start: np.ndarray, out_size: int, extent: int, stride: int, pad: int
+) -> tuple[np.ndarray, int]:
     """The input cells a window operator reads to produce ``[out_start, out_start + out_size)``.
 
     >>> start, size = read_window(np.array([0, 5]), 4, 3, 2, 1)
@@ -117,25 +119,29 @@ class Positions:
         return len(self.top)
 
 
-def node_origins(node: Node, inputs: list[Node], origins: dict[str, Origins],
-                 positions: Positions) -> Origins:
+def node_origins(
+    node: Node, inputs: list[Node], origins: dict[str, Origins], positions: Positions
+) -> Origins:
     """Per-query origins of a boxed node, from its inputs' origins and its own update form."""
     update = node.update
     assert update is not None and update.box is not None
     box, size, op = update.box, node.schema.size, node.op
     if isinstance(op, Occlude):
         # A clipped last window shifts inward; the cells it adds keep their image values.
-        return np.minimum(positions.top, size.h - box.h), np.minimum(positions.left,
-                                                                     size.w - box.w)
+        return np.minimum(positions.top, size.h - box.h), np.minimum(positions.left, size.w - box.w)
     if isinstance(op, (Combine, Concat)):
         boxed = [i.name for i in inputs if i.name in origins]
-        return (bounding_start([origins[n][0] for n in boxed], box.h, size.h),
-                bounding_start([origins[n][1] for n in boxed], box.w, size.w))
+        return (
+            bounding_start([origins[n][0] for n in boxed], box.h, size.h),
+            bounding_start([origins[n][1] for n in boxed], box.w, size.w),
+        )
     y0, x0 = origins[inputs[0].name]
     if isinstance(op, (JoinAggregate, Pool)):
         extent, stride, pad = op.window.extent, op.window.stride, op.window.padding
-        return (window_start(y0, extent.h, stride.h, pad.top, box.h, size.h),
-                window_start(x0, extent.w, stride.w, pad.left, box.w, size.w))
+        return (
+            window_start(y0, extent.h, stride.h, pad.top, box.h, size.h),
+            window_start(x0, extent.w, stride.w, pad.left, box.w, size.w),
+        )
     if isinstance(op, Pad):
         return y0 + op.padding.top, x0 + op.padding.left
     return y0, x0  # element-wise: the box does not move

@@ -89,8 +89,12 @@ def render_plan(plan: Plan, *, rewritten: bool) -> list[str]:
     for node in plan:
         inputs = ",".join(f"#{number[name]}" for name in node.inputs)
         head = f"{type(node.op).__name__}({inputs})" if inputs else type(node.op).__name__
-        parts = [f"#{number[node.name]:<3} {head:<22}", node.source, describe(node.op),
-                 f"[{node.schema}]"]
+        parts = [
+            f"#{number[node.name]:<3} {head:<22}",
+            node.source,
+            describe(node.op),
+            f"[{node.schema}]",
+        ]
         sources = [plan[name] for name in node.inputs]
         cost = incremental_cost(node, sources) if rewritten else naive_cost(node, sources)
         if rewritten:
@@ -101,8 +105,16 @@ def render_plan(plan: Plan, *, rewritten: bool) -> list[str]:
     return lines
 
 
-def render(logical: Plan, optimized: Optimized, physical: PhysicalPlan, centre: PlanCost,
-           positions: tuple[int, int], *, verbose: bool = False, sql: bool = False) -> str:
+def render(
+    logical: Plan,
+    optimized: Optimized,
+    physical: PhysicalPlan,
+    centre: PlanCost,
+    positions: tuple[int, int],
+    *,
+    verbose: bool = False,
+    sql: bool = False,
+) -> str:
     """The full explain text of a compiled occlusion plan."""
     lines = ["== logical ==", *render_plan(logical, rewritten=False), ""]
     if verbose:

@@ -146,15 +146,17 @@ def _translate(fx_node: fx.Node, ctx: ImportContext, names: dict[fx.Node, str]) 
     for fx_input in fx_inputs:
         if fx_input not in names and getattr(fx_input, "op", None) == "get_attr":
             ref = ctx.weight(str(fx_input.target))
-            nodes.append(Node(fx_input.name, Constant(ref), (), constant_schema(fx_input, ref),
-                              str(ref)))
+            nodes.append(
+                Node(fx_input.name, Constant(ref), (), constant_schema(fx_input, ref), str(ref))
+            )
             names[fx_input] = fx_input.name
         if fx_input not in names:
             raise UnsupportedOperationError(
                 f"fx node {fx_node.name!r} reads {fx_input!r}, which is not a tensor"
             )
-    nodes.append(Node(fx_node.name, op, tuple(names[i] for i in fx_inputs),
-                      ctx.schema(fx_node), source))
+    nodes.append(
+        Node(fx_node.name, op, tuple(names[i] for i in fx_inputs), ctx.schema(fx_node), source)
+    )
     names[fx_node] = fx_node.name
     return nodes
 

@@ -24,9 +24,11 @@ from compiler.types import Agg, Window
 def _window_cte(window: Window, offsets: str, columns: str) -> str:
     """``T``: every (output cell, window offset) pair with the input cell it reads."""
     s, d, p = window.stride, window.dilation, window.padding
-    return (f"WITH T AS (SELECT {columns}G.y AS y, G.x AS x, "
-            f"{s.h} * G.y + {d.h} * {offsets}.ky - {p.top} AS ay, "
-            f"{s.w} * G.x + {d.w} * {offsets}.kx - {p.left} AS ax FROM G CROSS JOIN {offsets}) ")
+    return (
+        f"WITH T AS (SELECT {columns}G.y AS y, G.x AS x, "
+        f"{s.h} * G.y + {d.h} * {offsets}.ky - {p.top} AS ay, "
+        f"{s.w} * G.x + {d.w} * {offsets}.kx - {p.left} AS ax FROM G CROSS JOIN {offsets}) "
+    )
 
 
 def conv_sql(op: JoinAggregate) -> str:
@@ -51,15 +53,16 @@ def pool_sql(op: Pool, constant_divisor: int | None) -> str:
     else:
         value, divisor_join = "SUM(A.v) / MAX(D.v)", " JOIN D ON D.y = T.y AND D.x = T.x"
     return (
-        _window_cte(op.window, "W", "")
-        + f"SELECT A.c AS c, T.y AS y, T.x AS x, {value} AS v "
+        _window_cte(op.window, "W", "") + f"SELECT A.c AS c, T.y AS y, T.x AS x, {value} AS v "
         f"FROM T JOIN A ON A.y = T.ay AND A.x = T.ax{divisor_join} GROUP BY A.c, T.y, T.x"
     )
 
 
 def _clamp(expr: str, low: float, high: float) -> str:
-    return f"CASE WHEN {expr} < {low!r} THEN {low!r} WHEN {expr} > {high!r} THEN {high!r} " \
-           f"ELSE {expr} END"
+    return (
+        f"CASE WHEN {expr} < {low!r} THEN {low!r} WHEN {expr} > {high!r} THEN {high!r} "
+        f"ELSE {expr} END"
+    )
 
 
 def activation_sql(op: Map, v: str = "A.v") -> str:
@@ -89,12 +92,21 @@ def map_sql(op: Map | Scalar | BatchNorm) -> str:
     if isinstance(op, Map):
         return f"SELECT A.c AS c, A.y AS y, A.x AS x, {activation_sql(op)} AS v FROM A"
     if isinstance(op, BatchNorm):
-        return ("SELECT A.c AS c, A.y AS y, A.x AS x, A.v * S.scale + S.shift AS v "
-                "FROM A JOIN S ON S.c = A.c")
-    forms = {Arith.ADD: "A.v + {}", Arith.SUB: "A.v - {}", Arith.RSUB: "{} - A.v",
-             Arith.MUL: "A.v * {}", Arith.DIV: "A.v / {}", Arith.RDIV: "{} / A.v"}
-    return f"SELECT A.c AS c, A.y AS y, A.x AS x, {forms[op.arith].format(repr(op.value))} AS v " \
-           "FROM A"
+        return (
+            "SELECT A.c AS c, A.y AS y, A.x AS x, A.v * S.scale + S.shift AS v "
+            "FROM A JOIN S ON S.c = A.c"
+        )
+    forms = {
+        Arith.ADD: "A.v + {}",
+        Arith.SUB: "A.v - {}",
+        Arith.RSUB: "{} - A.v",
+        Arith.MUL: "A.v * {}",
+        Arith.DIV: "A.v / {}",
+        Arith.RDIV: "{} / A.v",
+    }
+    return (
+        f"SELECT A.c AS c, A.y AS y, A.x AS x, {forms[op.arith].format(repr(op.value))} AS v FROM A"
+    )
 
 
 def constant_divisor(op: Pool) -> int | None:

@@ -72,9 +72,7 @@ def _target_name(node: fx.Node) -> str:
 # -- convolution and pooling ------------------------------------------------------------------
 
 
-def _conv_window(
-    node: fx.Node, kernel: Size2, stride: Any, padding: Any, dilation: Any
-) -> Window:
+def _conv_window(node: fx.Node, kernel: Size2, stride: Any, padding: Any, dilation: Any) -> Window:
     stride_, dilation_ = Size2.of(stride), Size2.of(dilation)
     if isinstance(padding, str):
         if padding == "valid":
@@ -103,8 +101,13 @@ def conv2d_module(node: fx.Node, ctx: ImportContext) -> Translation:
 
 def conv2d_function(node: fx.Node, ctx: ImportContext) -> Translation:
     args = _bind(
-        node, ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
-        bias=None, stride=1, padding=0, dilation=1, groups=1,
+        node,
+        ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+        bias=None,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
     )
     weight = ctx.weight_of(node, args["weight"])
     bias = ctx.weight_of(node, args["bias"]) if args["bias"] is not None else None
@@ -119,44 +122,86 @@ def _pool(node: fx.Node, agg: Agg, args: dict[str, Any]) -> Pool:
     kernel = Size2.of(args["kernel_size"])
     stride = Size2.of(args["stride"]) if args["stride"] not in (None, []) else kernel
     window = Window(
-        kernel, stride, Size2.of(args.get("dilation", 1)),
-        Padding.symmetric(Size2.of(args["padding"])), bool(args["ceil_mode"]),
+        kernel,
+        stride,
+        Size2.of(args.get("dilation", 1)),
+        Padding.symmetric(Size2.of(args["padding"])),
+        bool(args["ceil_mode"]),
     )
     return Pool(
         agg, window, bool(args.get("count_include_pad", True)), args.get("divisor_override")
     )
 
 
-_MAX_POOL_ARGS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode",
-                  "return_indices")
-_AVG_POOL_ARGS = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
-                  "divisor_override")
+_MAX_POOL_ARGS = (
+    "input",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "ceil_mode",
+    "return_indices",
+)
+_AVG_POOL_ARGS = (
+    "input",
+    "kernel_size",
+    "stride",
+    "padding",
+    "ceil_mode",
+    "count_include_pad",
+    "divisor_override",
+)
 
 
 def max_pool2d_module(node: fx.Node, ctx: ImportContext) -> Translation:
     m = ctx.module(node, nn.MaxPool2d)
-    args = dict(kernel_size=m.kernel_size, stride=m.stride, padding=m.padding,
-                dilation=m.dilation, ceil_mode=m.ceil_mode, return_indices=m.return_indices)
+    args = dict(
+        kernel_size=m.kernel_size,
+        stride=m.stride,
+        padding=m.padding,
+        dilation=m.dilation,
+        ceil_mode=m.ceil_mode,
+        return_indices=m.return_indices,
+    )
     return _pool(node, Agg.MAX, args), (node.args[0],)
 
 
 def avg_pool2d_module(node: fx.Node, ctx: ImportContext) -> Translation:
     m = ctx.module(node, nn.AvgPool2d)
-    args = dict(kernel_size=m.kernel_size, stride=m.stride, padding=m.padding,
-                ceil_mode=m.ceil_mode, count_include_pad=m.count_include_pad,
-                divisor_override=m.divisor_override)
+    args = dict(
+        kernel_size=m.kernel_size,
+        stride=m.stride,
+        padding=m.padding,
+        ceil_mode=m.ceil_mode,
+        count_include_pad=m.count_include_pad,
+        divisor_override=m.divisor_override,
+    )
     return _pool(node, Agg.AVG, args), (node.args[0],)
 
 
 def max_pool2d_function(node: fx.Node, ctx: ImportContext) -> Translation:
-    args = _bind(node, _MAX_POOL_ARGS, stride=None, padding=0, dilation=1, ceil_mode=False,
-                 return_indices=False)
+    args = _bind(
+        node,
+        _MAX_POOL_ARGS,
+        stride=None,
+        padding=0,
+        dilation=1,
+        ceil_mode=False,
+        return_indices=False,
+    )
     return _pool(node, Agg.MAX, args), (args["input"],)
 
 
 def avg_pool2d_function(node: fx.Node, ctx: ImportContext) -> Translation:
-    args = _bind(node, _AVG_POOL_ARGS, stride=None, padding=0, ceil_mode=False,
-                 count_include_pad=True, divisor_override=None)
+    args = _bind(
+        node,
+        _AVG_POOL_ARGS,
+        stride=None,
+        padding=0,
+        ceil_mode=False,
+        count_include_pad=True,
+        divisor_override=None,
+    )
     return _pool(node, Agg.AVG, args), (args["input"],)
 
 
@@ -201,7 +246,8 @@ def batch_norm_module(node: fx.Node, ctx: ImportContext) -> Translation:
         raise _unsupported(node, "batch norm without running statistics")
     prefix = node.target
     op = BatchNorm(
-        ctx.weight(f"{prefix}.running_mean"), ctx.weight(f"{prefix}.running_var"),
+        ctx.weight(f"{prefix}.running_mean"),
+        ctx.weight(f"{prefix}.running_var"),
         ctx.weight(f"{prefix}.weight") if m.affine else None,
         ctx.weight(f"{prefix}.bias") if m.affine else None,
         float(m.eps),
@@ -228,8 +274,9 @@ def _activation_function(fn: Activation) -> Translator:
     def translate(node: fx.Node, ctx: ImportContext) -> Translation:
         alpha, beta = 0.0, 0.0
         if fn is Activation.LEAKY_RELU:
-            alpha = float(_bind(node, ("input", "negative_slope"), negative_slope=0.01)[
-                "negative_slope"])
+            alpha = float(
+                _bind(node, ("input", "negative_slope"), negative_slope=0.01)["negative_slope"]
+            )
         elif fn is Activation.HARDTANH:
             args = _bind(node, ("input", "min_val", "max_val"), min_val=-1.0, max_val=1.0)
             alpha, beta = float(args["min_val"]), float(args["max_val"])
@@ -245,8 +292,12 @@ def identity(node: fx.Node, ctx: ImportContext) -> Translation:
 
 
 def _arithmetic(arith: Arith) -> Translator:
-    swapped = {Arith.SUB: Arith.RSUB, Arith.DIV: Arith.RDIV, Arith.ADD: Arith.ADD,
-               Arith.MUL: Arith.MUL}
+    swapped = {
+        Arith.SUB: Arith.RSUB,
+        Arith.DIV: Arith.RDIV,
+        Arith.ADD: Arith.ADD,
+        Arith.MUL: Arith.MUL,
+    }
 
     def translate(node: fx.Node, ctx: ImportContext) -> Translation:
         left, right = node.args[0], node.args[1]

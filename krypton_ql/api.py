@@ -47,8 +47,14 @@ class OcclusionResult:
 class OcclusionPlan:
     """A compiled occlusion workload for images of one shape. Build it with ``compile``."""
 
-    def __init__(self, model: nn.Module, shape: tuple[int, int, int], occlusion: check.Occlusion,
-                 target: Any, options: CompileOptions):
+    def __init__(
+        self,
+        model: nn.Module,
+        shape: tuple[int, int, int],
+        occlusion: check.Occlusion,
+        target: Any,
+        options: CompileOptions,
+    ):
         self.model, self.shape, self.occlusion, self.target = model, shape, occlusion, target
         self.graph_module = trace(model)
         self.logical = import_model(self.graph_module, shape, occlusion.patch, occlusion.color)
@@ -71,8 +77,15 @@ class OcclusionPlan:
 
     def explain(self, verbose: bool = False, sql: bool = False) -> str:
         """The plan as text: logical, rewritten (rules that fired) and physical sections."""
-        return explain_text.render(self.logical, self.optimized, self.physical, self.centre_cost,
-                                   self.grid, verbose=verbose, sql=sql)
+        return explain_text.render(
+            self.logical,
+            self.optimized,
+            self.physical,
+            self.centre_cost,
+            self.grid,
+            verbose=verbose,
+            sql=sql,
+        )
 
     def run(self, image: Tensor, *, progress: ProgressArg = False) -> Tensor:
         """The heatmap ``[rows, cols]`` of a ``[C,H,W]`` image, ``[N, rows, cols]`` of a batch."""
@@ -80,8 +93,14 @@ class OcclusionPlan:
         heatmaps = result.heatmaps[:, 0]
         return heatmaps[0] if image.dim() == 3 else heatmaps
 
-    def evaluate(self, image: Tensor, *, targets: Tensor | None = None,
-                 positions: Tensor | None = None, progress: ProgressArg = False) -> OcclusionResult:
+    def evaluate(
+        self,
+        image: Tensor,
+        *,
+        targets: Tensor | None = None,
+        positions: Tensor | None = None,
+        progress: ProgressArg = False,
+    ) -> OcclusionResult:
         """Scores of every target at every position (or the ``positions`` given)."""
         images = check.images(image, self.shape)
         _check_device(self.model, images)
@@ -90,15 +109,22 @@ class OcclusionPlan:
             views = materialize(self.physical, images, weights)
             logits = views[self.physical.output]
             if targets is None:
-                targets = check.targets(self.target, len(images), logits.shape[1],
-                                        logits.argmax(dim=1))
+                targets = check.targets(
+                    self.target, len(images), logits.shape[1], logits.argmax(dim=1)
+                )
             base = _scores(logits, targets, self.occlusion.score)
-            executor = Executor(self.physical, views, weights, self.optimized.origins,
-                                self.positions)
+            executor = Executor(
+                self.physical, views, weights, self.optimized.origins, self.positions
+            )
             total = len(images) * (len(positions) if positions is not None else len(self.positions))
             with progress_callback(progress, total, "occlusion") as report:
-                scores = executor.run(targets, self.occlusion.score,
-                                      self.physical.batching.batch_size, report, positions)
+                scores = executor.run(
+                    targets,
+                    self.occlusion.score,
+                    self.physical.batching.batch_size,
+                    report,
+                    positions,
+                )
         heatmaps = scores.reshape(len(images), targets.shape[1], *self.grid)
         return OcclusionResult(heatmaps, base, targets, executor.queries_run)
 
@@ -124,10 +150,19 @@ def _check_device(model: nn.Module, images: Tensor) -> None:
         )
 
 
-def compile(model: nn.Module, input_shape: Any, *, patch: Any, stride: Any = 1,
-            color: Any = 0.0, target: Any = None, score: Any = "prob",
-            batch_size: int | None = None, memory_budget: int | None = None,
-            linear_strategy: str = "auto") -> OcclusionPlan:
+def compile(
+    model: nn.Module,
+    input_shape: Any,
+    *,
+    patch: Any,
+    stride: Any = 1,
+    color: Any = 0.0,
+    target: Any = None,
+    score: Any = "prob",
+    batch_size: int | None = None,
+    memory_budget: int | None = None,
+    linear_strategy: str = "auto",
+) -> OcclusionPlan:
     """Compile an exact incremental occlusion plan for images of ``input_shape`` (C, H, W)."""
     shape = check.input_shape(input_shape)
     occlusion = check.occlusion(shape, patch, stride, color, score)
@@ -140,20 +175,43 @@ def compile(model: nn.Module, input_shape: Any, *, patch: Any, stride: Any = 1,
     parameter = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
     device = parameter.device if parameter is not None else torch.device("cpu")
     budget = memory_budget if memory_budget is not None else default_budget(device)
-    options = CompileOptions(occlusion.patch, occlusion.stride, occlusion.color, strategy,
-                             check.batch_size(batch_size), budget)
+    options = CompileOptions(
+        occlusion.patch,
+        occlusion.stride,
+        occlusion.color,
+        strategy,
+        check.batch_size(batch_size),
+        budget,
+    )
     return OcclusionPlan(model, shape, occlusion, target, options)
 
 
-def occlusion_heatmap(model: nn.Module, image: Tensor, *, patch: Any, stride: Any = 1,
-                      color: Any = 0.0, target: Any = None, score: Any = "prob",
-                      batch_size: int | None = None, progress: ProgressArg = False) -> Tensor:
+def occlusion_heatmap(
+    model: nn.Module,
+    image: Tensor,
+    *,
+    patch: Any,
+    stride: Any = 1,
+    color: Any = 0.0,
+    target: Any = None,
+    score: Any = "prob",
+    batch_size: int | None = None,
+    progress: ProgressArg = False,
+) -> Tensor:
     """Exact occlusion heatmap, computed incrementally: ``[rows, cols]`` for ``[C,H,W]``,
     ``[N, rows, cols]`` for ``[N,C,H,W]``. Cell ``(i, j)`` is the target's score (softmax
     probability, or the raw output with ``score="logit"``) with the patch at ``(i·Sy, j·Sx)``."""
     images = check.images(image)
-    plan = compile(model, tuple(images.shape[1:]), patch=patch, stride=stride, color=color,
-                   target=target, score=score, batch_size=batch_size)
+    plan = compile(
+        model,
+        tuple(images.shape[1:]),
+        patch=patch,
+        stride=stride,
+        color=color,
+        target=target,
+        score=score,
+        batch_size=batch_size,
+    )
     return plan.run(image, progress=progress)
 
 

@@ -30,10 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     model, classes = models.efficientnet_lite0(), models.imagenet_classes()
     plan = kql.compile(model, (3, models.CROP, models.CROP), patch=args.patch, stride=args.stride)
     rows, cols = plan.grid
-    print(f"EfficientNet-Lite0, patch {args.patch}, stride {args.stride}: {rows}×{cols} = "
-          f"{rows * cols} occlusion queries per photo; theoretical speedup "
-          f"{plan.theoretical_speedup:.2f}× (torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads)\n")
+    print(
+        f"EfficientNet-Lite0, patch {args.patch}, stride {args.stride}: {rows}×{cols} = "
+        f"{rows * cols} occlusion queries per photo; theoretical speedup "
+        f"{plan.theoretical_speedup:.2f}× (torch {torch.__version__}, "
+        f"{torch.get_num_threads()} CPU threads)\n"
+    )
     for name in args.photos.split(","):
         image = models.preprocess(models.sample_photo(name))
         start = time.perf_counter()
@@ -41,16 +43,25 @@ def main(argv: list[str] | None = None) -> int:
         exact_time = time.perf_counter() - start
         heatmap, base = result.heatmaps[0, 0], float(result.base[0, 0])
         label = classes[int(result.targets[0, 0])]
-        line = f"{name:10s} {label} (class {int(result.targets[0, 0])}, p={base:.3f})  " \
-               f"exact {exact_time:5.1f} s"
+        line = (
+            f"{name:10s} {label} (class {int(result.targets[0, 0])}, p={base:.3f})  "
+            f"exact {exact_time:5.1f} s"
+        )
         if not args.no_naive:
             start = time.perf_counter()
             naive = kql.naive_heatmap(model, image, patch=args.patch, stride=args.stride)
             naive_time = time.perf_counter() - start
-            line += (f"  naive {naive_time:5.1f} s  ({naive_time / exact_time:.2f}× faster, "
-                     f"max |Δ| {float((naive - heatmap).abs().max()):.1e})")
-        path = overlay_png(f"{args.out}/{name}.png", models.unnormalize(image), heatmap, base,
-                           f"{name}: {label} (p={base:.2f})")
+            line += (
+                f"  naive {naive_time:5.1f} s  ({naive_time / exact_time:.2f}× faster, "
+                f"max |Δ| {float((naive - heatmap).abs().max()):.1e})"
+            )
+        path = overlay_png(
+            f"{args.out}/{name}.png",
+            models.unnormalize(image),
+            heatmap,
+            base,
+            f"{name}: {label} (p={base:.2f})",
+        )
         print(f"{line}\n{'':11s}{drop_summary(heatmap, base)}; wrote {path}")
     return 0
 

@@ -19,9 +19,18 @@ from krypton_ql.progress import progress_callback
 from runtime.memory import default_budget
 
 
-def naive_heatmap(model: nn.Module, image: Tensor, *, patch: Any, stride: Any = 1,
-                  color: Any = 0.0, target: Any = None, score: Any = "prob",
-                  batch_size: int | None = None, progress: bool | Any = False) -> Tensor:
+def naive_heatmap(
+    model: nn.Module,
+    image: Tensor,
+    *,
+    patch: Any,
+    stride: Any = 1,
+    color: Any = 0.0,
+    target: Any = None,
+    score: Any = "prob",
+    batch_size: int | None = None,
+    progress: bool | Any = False,
+) -> Tensor:
     """Same signature and semantics as ``occlusion_heatmap``, by full re-inference."""
     images = check.images(image)
     channels, height, width = (int(d) for d in images.shape[1:])
@@ -42,8 +51,9 @@ def naive_heatmap(model: nn.Module, image: Tensor, *, patch: Any, stride: Any = 
             for start in range(0, total, size):
                 index = torch.arange(start, min(start + size, total), device=images.device)
                 image_index, position = index // len(positions), index % len(positions)
-                batch = occlude(images[image_index], top[position], left[position],
-                                occlusion.patch, colour)
+                batch = occlude(
+                    images[image_index], top[position], left[position], occlusion.patch, colour
+                )
                 output = model(batch)
                 values = torch.softmax(output, 1) if occlusion.score is Score.PROB else output
                 scores[index] = values.gather(1, targets[image_index]).squeeze(1)

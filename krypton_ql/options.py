@@ -76,15 +76,14 @@ def input_shape(value: Any) -> tuple[int, int, int]:
     raise InvalidInputError(f"input_shape must be (C, H, W) of positive ints, got {value!r}")
 
 
-def occlusion(shape: tuple[int, int, int], patch: Any, stride: Any, color: Any,
-              score_: Any) -> Occlusion:
+def occlusion(
+    shape: tuple[int, int, int], patch: Any, stride: Any, color: Any, score_: Any
+) -> Occlusion:
     """Validate the occlusion parameters against an image shape ``(C, H, W)``."""
     channels, height, width = shape
     patch_size, stride_size = size_pair("patch", patch), size_pair("stride", stride)
     if patch_size.h > height or patch_size.w > width:
-        raise InvalidInputError(
-            f"patch {patch_size} is larger than the {height}×{width} image"
-        )
+        raise InvalidInputError(f"patch {patch_size} is larger than the {height}×{width} image")
     return Occlusion(patch_size, stride_size, colour(color, channels), score(score_))
 
 
@@ -118,8 +117,10 @@ def targets(value: Any, count: int, classes: int, predicted: torch.Tensor) -> to
     if isinstance(value, torch.Tensor):
         value = value.tolist()
     values = [value] * count if _is_int(value) else value
-    if not isinstance(values, Sequence) or len(values) != count or not all(
-        _is_int(v) for v in values
+    if (
+        not isinstance(values, Sequence)
+        or len(values) != count
+        or not all(_is_int(v) for v in values)
     ):
         raise InvalidInputError(f"target must be an int or one int per image, got {value!r}")
     if any(not 0 <= v < classes for v in values):

@@ -23,16 +23,16 @@ def overlay_png(path: str | Path, photo: Tensor, heatmap: Tensor, base: float, t
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     height, width = photo.shape[1:]
-    upsampled = F.interpolate(heatmap[None, None].float(), size=(height, width),
-                              mode="bilinear", align_corners=False)[0, 0]
+    upsampled = F.interpolate(
+        heatmap[None, None].float(), size=(height, width), mode="bilinear", align_corners=False
+    )[0, 0]
     figure, axes = plt.subplots(1, 2, figsize=(9, 4.4), constrained_layout=True)
     picture = photo.permute(1, 2, 0).cpu().numpy()
     axes[0].imshow(picture)
     axes[0].set_title(title, fontsize=10)
     axes[1].imshow(picture)
     low, high = 0.75 * base, min(1.0, 1.25 * base)
-    shown = axes[1].imshow(upsampled.cpu().numpy(), cmap="jet_r", alpha=0.55, vmin=low,
-                           vmax=high)
+    shown = axes[1].imshow(upsampled.cpu().numpy(), cmap="jet_r", alpha=0.55, vmin=low, vmax=high)
     axes[1].set_title("probability with the patch here (red: dropped)", fontsize=10)
     for axis in axes:
         axis.axis("off")

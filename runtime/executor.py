@@ -33,7 +33,8 @@ def materialize(plan: PhysicalPlan, images: Tensor, weights: Weights) -> dict[st
         elif isinstance(node.op, Constant):
             tensor = weights[node.op.ref].to(images.dtype)
             values[node.name] = tensor.reshape(1, *node.schema.shape).expand(
-                len(images), *node.schema.shape)
+                len(images), *node.schema.shape
+            )
         else:
             values[node.name] = full_ops.full(node, [values[i] for i in node.inputs], weights)
         for name in step.frees:
@@ -50,28 +51,45 @@ def _gatherable(view: Tensor) -> Tensor:
 class Executor:
     """Runs a physical plan for every (image, position) query; reports scores per target."""
 
-    def __init__(self, plan: PhysicalPlan, views: dict[str, Tensor], weights: Weights,
-                 origins: dict[str, Origins], positions: Positions):
+    def __init__(
+        self,
+        plan: PhysicalPlan,
+        views: dict[str, Tensor],
+        weights: Weights,
+        origins: dict[str, Origins],
+        positions: Positions,
+    ):
         self.plan = plan
         device = views[plan.output].device
-        self._origins = {name: (torch.as_tensor(y, device=device),
-                                torch.as_tensor(x, device=device))
-                         for name, (y, x) in origins.items()}
+        self._origins = {
+            name: (torch.as_tensor(y, device=device), torch.as_tensor(x, device=device))
+            for name, (y, x) in origins.items()
+        }
         self._top = torch.as_tensor(positions.top, device=device)
         self._left = torch.as_tensor(positions.left, device=device)
         self._positions = len(positions)
         self._env = Env(views, weights, Batch(*(torch.empty(0),) * 3, {}))
         self.queries_run = 0
 
-    def run(self, targets: Tensor, score: Score, batch_size: int,
-            progress: Progress | None = None, positions: Tensor | None = None) -> Tensor:
+    def run(
+        self,
+        targets: Tensor,
+        score: Score,
+        batch_size: int,
+        progress: Progress | None = None,
+        positions: Tensor | None = None,
+    ) -> Tensor:
         """Scores ``[N, T, P]`` of the targets ``[N, T]`` at every position (or ``positions``)."""
         count = len(targets)
         chosen = positions if positions is not None else torch.arange(self._positions)
         chosen = chosen.to(self._top.device)
         total = count * len(chosen)
-        scores = torch.full((count * self._positions, targets.shape[1]), float("nan"),
-                            dtype=self._env.views[self.plan.output].dtype, device=chosen.device)
+        scores = torch.full(
+            (count * self._positions, targets.shape[1]),
+            float("nan"),
+            dtype=self._env.views[self.plan.output].dtype,
+            device=chosen.device,
+        )
         start, size = 0, batch_size
         while start < total:
             index = torch.arange(start, min(start + size, total), device=chosen.device)

@@ -100,12 +100,21 @@ def elementwise(op: Map | Scalar | BatchNorm, x: Tensor, weights: Weights) -> Te
         return ACTIVATIONS[op.fn](x, op)
     if isinstance(op, Scalar):
         return ARITH[op.arith](x, op.value)
-    return F.batch_norm(x, weights[op.mean], weights[op.var], weights.get(op.weight),
-                        weights.get(op.bias), False, 0.0, op.eps)
+    return F.batch_norm(
+        x,
+        weights[op.mean],
+        weights[op.var],
+        weights.get(op.weight),
+        weights.get(op.bias),
+        False,
+        0.0,
+        op.eps,
+    )
 
 
-def conv2d(x: Tensor, op: JoinAggregate, weights: Weights, *, with_padding: bool,
-          bias: bool = True) -> Tensor:
+def conv2d(
+    x: Tensor, op: JoinAggregate, weights: Weights, *, with_padding: bool, bias: bool = True
+) -> Tensor:
     w, p = op.window, op.window.padding
     b = weights.get(op.bias) if bias else None
     padding: tuple[int, int] = (0, 0)
@@ -113,8 +122,15 @@ def conv2d(x: Tensor, op: JoinAggregate, weights: Weights, *, with_padding: bool
         padding = (p.top, p.left)
     elif with_padding:
         x = F.pad(x, (p.left, p.right, p.top, p.bottom))
-    return F.conv2d(x, weights[op.weight], b, (w.stride.h, w.stride.w), padding,
-                    (w.dilation.h, w.dilation.w), op.groups)
+    return F.conv2d(
+        x,
+        weights[op.weight],
+        b,
+        (w.stride.h, w.stride.w),
+        padding,
+        (w.dilation.h, w.dilation.w),
+        op.groups,
+    )
 
 
 def pool2d(x: Tensor, op: Pool, *, with_padding: bool) -> Tensor:
@@ -124,7 +140,4 @@ def pool2d(x: Tensor, op: Pool, *, with_padding: bool) -> Tensor:
     ceil = w.ceil_mode and with_padding
     if op.agg is Agg.MAX:
         return F.max_pool2d(x, kernel, stride, padding, (w.dilation.h, w.dilation.w), ceil)
-    return F.avg_pool2d(x, kernel, stride, padding, ceil, op.count_include_pad,
-                        op.divisor_override)
-
-
+    return F.avg_pool2d(x, kernel, stride, padding, ceil, op.count_include_pad, op.divisor_override)

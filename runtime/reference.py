@@ -56,8 +56,9 @@ def occlude_patch(node: Node, inputs: list[Value], env: Env) -> Value:
     return Patch(torch.where(covered, color.expand_as(image[0]), image), y0, x0)
 
 
-def _window(node: Node, inputs: list[Value], env: Env, fill: float, *,
-            delta: bool = False) -> Tensor:
+def _window(
+    node: Node, inputs: list[Value], env: Env, fill: float, *, delta: bool = False
+) -> Tensor:
     """The read-in window of a window operator: ``Window(view ⊕ patch)``, or with ``delta``
     the zero-padded difference ``Window(0 ⊕ Δ)``."""
     assert node.update is not None and node.update.read is not None
@@ -67,10 +68,19 @@ def _window(node: Node, inputs: list[Value], env: Env, fill: float, *,
     ry, rx = read_origin(node, env.batch.origins[node.name])
     map_size = Size2(*env.views[source].shape[2:])
     if delta:
-        return gather(None, _difference(source, patch, env), env.batch.image, ry, rx,
-                      node.update.read, map_size, 0.0)
-    return gather(env.views[source], patch, env.batch.image, ry, rx, node.update.read,
-                  map_size, fill)
+        return gather(
+            None,
+            _difference(source, patch, env),
+            env.batch.image,
+            ry,
+            rx,
+            node.update.read,
+            map_size,
+            0.0,
+        )
+    return gather(
+        env.views[source], patch, env.batch.image, ry, rx, node.update.read, map_size, fill
+    )
 
 
 def _difference(source: str, patch: Patch, env: Env) -> Patch:
@@ -102,8 +112,9 @@ def _constant_divisor(op: Pool) -> bool:
 
 def _sum_pool(window: Tensor, op: Pool) -> Tensor:
     w = op.window
-    return F.avg_pool2d(window, (w.kernel.h, w.kernel.w), (w.stride.h, w.stride.w),
-                        divisor_override=1)
+    return F.avg_pool2d(
+        window, (w.kernel.h, w.kernel.w), (w.stride.h, w.stride.w), divisor_override=1
+    )
 
 
 def _divisor(node: Node, env: Env) -> Tensor:
@@ -113,8 +124,9 @@ def _divisor(node: Node, env: Env) -> Tensor:
     if divisor is None:
         source = env.views[node.inputs[0]]
         ones = torch.ones(1, 1, *source.shape[2:], dtype=source.dtype, device=source.device)
-        counts = full_ops.pool2d(ones, Pool(Agg.AVG, node.op.window, node.op.count_include_pad,
-                                            1), with_padding=True)
+        counts = full_ops.pool2d(
+            ones, Pool(Agg.AVG, node.op.window, node.op.count_include_pad, 1), with_padding=True
+        )
         means = full_ops.pool2d(ones, node.op, with_padding=True)
         divisor = env.cache[node.name] = torch.round(counts / means)
     y0, x0 = env.batch.origins[node.name]
@@ -226,8 +238,9 @@ def delta_combine(node: Node, inputs: list[Value], env: Env) -> Value:
     box, result = _box(node), _view_out(node, env)
     for index, (name, value) in enumerate(zip(node.inputs, inputs)):
         if isinstance(value, Patch):
-            change = gather(None, _difference(name, value, env), env.batch.image, y0, x0, box,
-                            _map_size(node))
+            change = gather(
+                None, _difference(name, value, env), env.batch.image, y0, x0, box, _map_size(node)
+            )
             negative = index == 1 and node.op.arith is Arith.SUB
             result = result - change if negative else result + change
     return _patch(node, result, env)

@@ -49,8 +49,16 @@ class Env:
     cache: dict[str, Tensor] = field(default_factory=dict)  # derived constants, e.g. divisors
 
 
-def gather(view: Tensor | None, patch: Patch | None, image: Tensor, y0: Tensor, x0: Tensor,
-           size: Size2, map_size: Size2, fill: float = 0.0) -> Tensor:
+def gather(
+    view: Tensor | None,
+    patch: Patch | None,
+    image: Tensor,
+    y0: Tensor,
+    x0: Tensor,
+    size: Size2,
+    map_size: Size2,
+    fill: float = 0.0,
+) -> Tensor:
     """``window[b, c, i, j] = (view[image[b]] ⊕ patch[b])[c, y0[b] + i, x0[b] + j]``.
 
     Cells outside the map take ``fill`` (the operator's padding); a missing view reads zeros.
@@ -71,8 +79,9 @@ def gather(view: Tensor | None, patch: Patch | None, image: Tensor, y0: Tensor, 
         window = window.contiguous(memory_format=torch.channels_last)
     if patch is not None:
         window = _overlay(window, patch, ys, xs)
-    outside = ~(((ys >= 0) & (ys < map_size.h))[:, :, None] &
-                ((xs >= 0) & (xs < map_size.w))[:, None, :])
+    outside = ~(
+        ((ys >= 0) & (ys < map_size.h))[:, :, None] & ((xs >= 0) & (xs < map_size.w))[:, None, :]
+    )
     if bool(outside.any()):
         window = window.masked_fill(outside[:, None], fill)
     # Channels-last keeps every gathered cell's channels contiguous (the views are stored so).
@@ -88,7 +97,7 @@ def _overlay(window: Tensor, patch: Patch, ys: Tensor, xs: Tensor) -> Tensor:
     """Replace the window cells that lie in each query's patch by the patch values."""
     h, w = patch.values.shape[2:]
     py, px = ys - patch.y0[:, None], xs - patch.x0[:, None]
-    inside = (((py >= 0) & (py < h))[:, :, None] & ((px >= 0) & (px < w))[:, None, :])
+    inside = ((py >= 0) & (py < h))[:, :, None] & ((px >= 0) & (px < w))[:, None, :]
     batch = torch.arange(len(py), device=ys.device)[:, None, None]
     values = patch.values[batch, :, py.clamp(0, h - 1)[:, :, None], px.clamp(0, w - 1)[:, None, :]]
     return torch.where(inside[:, None], values.permute(0, 3, 1, 2), window)
@@ -104,5 +113,3 @@ def read_origin(node: Node, origin: tuple[Tensor, Tensor]) -> tuple[Tensor, Tens
     assert isinstance(node.op, (JoinAggregate, Pool))
     w = node.op.window
     return origin[0] * w.stride.h - w.padding.top, origin[1] * w.stride.w - w.padding.left
-
-

@@ -10,8 +10,12 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 ACTIVATIONS = {
-    "relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "leaky": lambda: nn.LeakyReLU(0.1),
-    "hardswish": nn.Hardswish, "sigmoid": nn.Sigmoid,
+    "relu": nn.ReLU,
+    "relu6": nn.ReLU6,
+    "silu": nn.SiLU,
+    "leaky": lambda: nn.LeakyReLU(0.1),
+    "hardswish": nn.Hardswish,
+    "sigmoid": nn.Sigmoid,
 }
 
 
@@ -35,8 +39,11 @@ class Residual(nn.Module):
         self.bn1 = _bn(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = _bn(cout)
-        self.shortcut = (nn.Identity() if stride == 1 and cin == cout else
-                         nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _bn(cout)))
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _bn(cout))
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
@@ -56,15 +63,17 @@ class Inception(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         pool = F.avg_pool2d(x, 3, 1, 1)
-        return torch.cat([self.b1(x), self.b7b(F.relu(self.b7a(x))), F.silu(self.b5(x)),
-                          self.bp(pool)], dim=1)
+        return torch.cat(
+            [self.b1(x), self.b7b(F.relu(self.b7a(x))), F.silu(self.b5(x)), self.bp(pool)], dim=1
+        )
 
 
 class AsymmetricPadConv(nn.Module):
     """``F.pad`` with unequal sides (TensorFlow "SAME"-style) followed by a valid conv."""
 
-    def __init__(self, cin: int, cout: int, pad: tuple[int, int, int, int], kernel: int,
-                 stride: int):
+    def __init__(
+        self, cin: int, cout: int, pad: tuple[int, int, int, int], kernel: int, stride: int
+    ):
         super().__init__()
         self.pad = pad
         self.conv = nn.Conv2d(cin, cout, kernel, stride)
@@ -106,12 +115,15 @@ class Case:
     description: str
 
     def __repr__(self) -> str:
-        return (f"Case({self.description}; image {list(self.image.shape)}, patch {self.patch}, "
-                f"stride {self.stride}, color {self.color})")
+        return (
+            f"Case({self.description}; image {list(self.image.shape)}, patch {self.patch}, "
+            f"stride {self.stride}, color {self.color})"
+        )
 
 
-def _out(size: int, kernel: int, stride: int, pad: int, dilation: int = 1,
-         ceil: bool = False) -> int:
+def _out(
+    size: int, kernel: int, stride: int, pad: int, dilation: int = 1, ceil: bool = False
+) -> int:
     span = size + 2 * pad - dilation * (kernel - 1) - 1
     out = (-(-span // stride) if ceil else span // stride) + 1
     if ceil and (out - 1) * stride >= size + pad:
@@ -159,8 +171,9 @@ def _block(draw: st.DrawFn, kind: str, c: int, h: int, w: int):  # noqa: C901
         stride, dilation = draw(st.integers(1, 2)), draw(st.integers(1, 2))
         ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
         groups = draw(st.sampled_from([g for g in (1, 2) if c % g == 0 and out % g == 0]))
-        conv = nn.Conv2d(c, out, (kh, kw), stride, (ph, pw), dilation, groups,
-                         bias=draw(st.booleans()))
+        conv = nn.Conv2d(
+            c, out, (kh, kw), stride, (ph, pw), dilation, groups, bias=draw(st.booleans())
+        )
         return conv, out, _out(h, kh, stride, ph, dilation), _out(w, kw, stride, pw, dilation)
     if kind == "depthwise":
         k = draw(st.sampled_from([3, 5]))
@@ -177,16 +190,21 @@ def _block(draw: st.DrawFn, kind: str, c: int, h: int, w: int):  # noqa: C901
         if draw(st.booleans()):
             pool: nn.Module = nn.MaxPool2d(k, stride, pad, ceil_mode=ceil)
         else:
-            pool = nn.AvgPool2d(k, stride, pad, ceil_mode=ceil,
-                                count_include_pad=draw(st.booleans()))
+            pool = nn.AvgPool2d(
+                k, stride, pad, ceil_mode=ceil, count_include_pad=draw(st.booleans())
+            )
         return pool, c, _out(h, k, stride, pad, ceil=ceil), _out(w, k, stride, pad, ceil=ceil)
     if kind == "pad_conv":
         pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
         k, stride = draw(st.sampled_from([3, 5])), draw(st.integers(1, 2))
         out = draw(st.integers(2, 5))
         left, right, top, bottom = pad
-        return (AsymmetricPadConv(c, out, pad, k, stride), out,
-                _out(h + top + bottom, k, stride, 0), _out(w + left + right, k, stride, 0))
+        return (
+            AsymmetricPadConv(c, out, pad, k, stride),
+            out,
+            _out(h + top + bottom, k, stride, 0),
+            _out(w + left + right, k, stride, 0),
+        )
     if kind == "residual":
         out, stride = draw(st.integers(2, 5)), draw(st.integers(1, 2))
         return Residual(c, out, stride), out, _out(h, 3, stride, 1), _out(w, 3, stride, 1)

@@ -13,11 +13,18 @@ from tests.strategies import Case, cnn_cases
 @settings(max_examples=150)
 @given(case=cnn_cases(), strategy=st.sampled_from(["auto", "recompute", "delta"]))
 def test_incremental_equals_naive_on_random_cnns(case: Case, strategy: str) -> None:
-    plan = kql.compile(case.model, case.image.shape, patch=case.patch, stride=case.stride,
-                       color=case.color, linear_strategy=strategy)
+    plan = kql.compile(
+        case.model,
+        case.image.shape,
+        patch=case.patch,
+        stride=case.stride,
+        color=case.color,
+        linear_strategy=strategy,
+    )
     exact = plan.run(case.image)
-    naive = kql.naive_heatmap(case.model, case.image, patch=case.patch, stride=case.stride,
-                              color=case.color)
+    naive = kql.naive_heatmap(
+        case.model, case.image, patch=case.patch, stride=case.stride, color=case.color
+    )
     assert exact.shape == naive.shape == plan.grid
     assert float((exact - naive).abs().max()) <= 1e-5
     plan.optimized.plan.verify()
@@ -38,8 +45,13 @@ def test_small_batches_cover_every_query() -> None:
     import torch
     from torch import nn
 
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                          nn.Flatten(), nn.Linear(4, 3)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
     image = torch.randn(3, 11, 13)
     exact = kql.occlusion_heatmap(model, image, patch=3, stride=2, batch_size=7)
     naive = kql.naive_heatmap(model, image, patch=3, stride=2, batch_size=5)

@@ -21,8 +21,9 @@ class Unsupported(nn.Module):
 
 
 def _model() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(4, 2)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    ).eval()
 
 
 IMAGE = torch.randn(3, 12, 12)
@@ -105,7 +106,11 @@ def test_segmentation_outputs_are_refused() -> None:
 
 
 def test_reflect_padding_is_named() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    ).eval()
     with pytest.raises(kql.UnsupportedOperationError, match="padding_mode='reflect'"):
         kql.occlusion_heatmap(model, IMAGE, patch=4)

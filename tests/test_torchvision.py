@@ -48,6 +48,8 @@ def test_theoretical_speedup_reproduces_the_paper(build, size, expected, toleran
 def test_theoretical_speedup_falls_with_patch_size_as_in_the_paper() -> None:
     """VGG16 at patch 4 / 8 / 32 (research §2.8: 8.59, 7.85, 5.04)."""
     model = torchvision.models.vgg16().eval()
-    speedups = [kql.compile(model, (3, 224, 224), patch=p, batch_size=1).theoretical_speedup
-                for p in (4, 8, 32)]
+    speedups = [
+        kql.compile(model, (3, 224, 224), patch=p, batch_size=1).theoretical_speedup
+        for p in (4, 8, 32)
+    ]
     assert speedups == pytest.approx([8.59, 7.85, 5.04], rel=0.02)

@@ -62,11 +62,23 @@ def full_update_with_projections(node: Node, ctx: RuleContext) -> tuple[Node, ..
             inputs.append(project.name)
         else:
             inputs.append(source.name)
-    rewritten = Node(node.name, node.op, tuple(inputs), node.schema, node.source,
-                     Update(State.FULL, Strategy.FULL))
+    rewritten = Node(
+        node.name,
+        node.op,
+        tuple(inputs),
+        node.schema,
+        node.source,
+        Update(State.FULL, Strategy.FULL),
+    )
     return (*inserted, rewritten)
 
 
 def _projection_of(source: Node, ctx: RuleContext) -> Node:
-    return Node(f"{source.name}_project", Project(), (source.name,), source.schema,
-                f"view ⊕ patch of {source.name}", Update(State.FULL, Strategy.PROJECT))
+    return Node(
+        f"{source.name}_project",
+        Project(),
+        (source.name,),
+        source.schema,
+        f"view ⊕ patch of {source.name}",
+        Update(State.FULL, Strategy.PROJECT),
+    )

@@ -57,8 +57,11 @@ def buffer_values(node: Node) -> int:
 def scratch_values(node: Node, plan: Plan) -> int:
     """Values of the transient gather buffers ``node`` needs while it runs."""
     update = node.update
-    if update is None or update.strategy not in (Strategy.RECOMPUTE, Strategy.DELTA,
-                                                 Strategy.BOUNDING_BOX):
+    if update is None or update.strategy not in (
+        Strategy.RECOMPUTE,
+        Strategy.DELTA,
+        Strategy.BOUNDING_BOX,
+    ):
         return 0
     cells = update.read.area if update.read is not None else (update.box.area if update.box else 0)
     return sum(plan[name].schema.shape[0] for name in node.inputs) * cells

@@ -18,8 +18,9 @@ RESIZE, CROP = 256, 224
 SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 
 
-def efficientnet_lite0(pretrained: bool = True, image_size: int | tuple[int, int] = CROP
-                       ) -> EfficientNetLite0:
+def efficientnet_lite0(
+    pretrained: bool = True, image_size: int | tuple[int, int] = CROP
+) -> EfficientNetLite0:
     """EfficientNet-Lite0 in eval mode, with ImageNet weights unless ``pretrained=False``."""
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     model = EfficientNetLite0(size)
@@ -68,5 +69,12 @@ def sample_photo(name: str) -> np.ndarray:
     return getattr(skimage.data, name)()
 
 
-__all__ = ["SAMPLE_PHOTOS", "EfficientNetLite0", "efficientnet_lite0", "imagenet_classes",
-           "preprocess", "sample_photo", "unnormalize"]
+__all__ = [
+    "SAMPLE_PHOTOS",
+    "EfficientNetLite0",
+    "efficientnet_lite0",
+    "imagenet_classes",
+    "preprocess",
+    "sample_photo",
+    "unnormalize",
+]

@@ -16,8 +16,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # (expand ratio, kernel, stride, output channels, repeats) of the seven MBConv stages.
-STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
-          (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+STAGES = (
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+)
 STEM, HEAD, BN_EPS, BN_MOMENTUM = 32, 1280, 1e-3, 0.01
 
 
@@ -34,16 +41,30 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 class Conv2dSame(nn.Conv2d):
     """A bias-free convolution with static "SAME" zero padding for a given input size."""
 
-    def __init__(self, size: tuple[int, int], in_channels: int, out_channels: int, kernel: int,
-                 stride: int = 1, groups: int = 1):
+    def __init__(
+        self,
+        size: tuple[int, int],
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        stride: int = 1,
+        groups: int = 1,
+    ):
         super().__init__(in_channels, out_channels, kernel, stride, bias=False, groups=groups)
         top, bottom = same_padding(size[0], kernel, stride)
         left, right = same_padding(size[1], kernel, stride)
         self.static_padding = nn.ZeroPad2d((left, right, top, bottom))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(self.static_padding(x), self.weight, self.bias, self.stride,
-                        0, self.dilation, self.groups)
+        return F.conv2d(
+            self.static_padding(x),
+            self.weight,
+            self.bias,
+            self.stride,
+            0,
+            self.dilation,
+            self.groups,
+        )
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -54,8 +75,15 @@ class MBConvBlock(nn.Module):
     """Inverted residual: 1×1 expand, depthwise k×k, 1×1 project; identity skip when the stride
     is 1 and the channels are unchanged."""
 
-    def __init__(self, size: tuple[int, int], in_channels: int, out_channels: int, expand: int,
-                 kernel: int, stride: int):
+    def __init__(
+        self,
+        size: tuple[int, int],
+        in_channels: int,
+        out_channels: int,
+        expand: int,
+        kernel: int,
+        stride: int,
+    ):
         super().__init__()
         mid = in_channels * expand
         self.expands = expand != 1

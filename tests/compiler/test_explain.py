@@ -39,8 +39,16 @@ class TinyResNet(nn.Module):
 
 @pytest.mark.parametrize("verbose", [False, True], ids=["plain", "verbose"])
 def test_golden_explain(verbose: bool) -> None:
-    text = kql.explain(TinyResNet().eval(), (3, 32, 30), patch=6, stride=4, batch_size=16,
-                       memory_budget=1 << 20, verbose=verbose, sql=not verbose)
+    text = kql.explain(
+        TinyResNet().eval(),
+        (3, 32, 30),
+        patch=6,
+        stride=4,
+        batch_size=16,
+        memory_budget=1 << 20,
+        verbose=verbose,
+        sql=not verbose,
+    )
     path = GOLDEN / f"tiny_resnet_{'verbose' if verbose else 'plain'}.txt"
     if os.environ.get("KRYPTON_UPDATE_GOLDEN"):
         path.write_text(text)
@@ -48,6 +56,5 @@ def test_golden_explain(verbose: bool) -> None:
 
 
 def test_explain_is_deterministic_across_compilations() -> None:
-    texts = {kql.explain(TinyResNet().eval(), (3, 32, 30), patch=6, batch_size=4)
-             for _ in range(2)}
+    texts = {kql.explain(TinyResNet().eval(), (3, 32, 30), patch=6, batch_size=4) for _ in range(2)}
     assert len(texts) == 1

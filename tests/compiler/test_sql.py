@@ -17,8 +17,12 @@ from compiler.types import Size2
 
 def _relation_a(x: torch.Tensor) -> list[dict]:
     c, h, w = x.shape
-    return [{"c": i, "y": y, "x": xx, "v": float(x[i, y, xx])}
-            for i in range(c) for y in range(h) for xx in range(w)]
+    return [
+        {"c": i, "y": y, "x": xx, "v": float(x[i, y, xx])}
+        for i in range(c)
+        for y in range(h)
+        for xx in range(w)
+    ]
 
 
 def _grid(h: int, w: int) -> list[dict]:
@@ -41,8 +45,10 @@ def _node(module: nn.Module, shape: tuple[int, int, int]):
 
 @pytest.mark.parametrize(
     "conv",
-    [nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, (2, 3), stride=2, dilation=(1, 2),
-                                                groups=2, bias=False, padding=(1, 0))],
+    [
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.Conv2d(4, 4, (2, 3), stride=2, dilation=(1, 2), groups=2, bias=False, padding=(1, 0)),
+    ],
     ids=["3x3", "grouped-strided-dilated"],
 )
 def test_convolution(conv: nn.Conv2d) -> None:
@@ -51,10 +57,19 @@ def test_convolution(conv: nn.Conv2d) -> None:
     node = _node(conv, tuple(x.shape))
     group_in = conv.in_channels // conv.groups
     group_out = conv.out_channels // conv.groups
-    k = [{"n": n, "c": (n // group_out) * group_in + c, "ky": ky, "kx": kx,
-          "v": float(conv.weight[n, c, ky, kx].detach())}
-         for n in range(conv.out_channels) for c in range(group_in)
-         for ky in range(conv.kernel_size[0]) for kx in range(conv.kernel_size[1])]
+    k = [
+        {
+            "n": n,
+            "c": (n // group_out) * group_in + c,
+            "ky": ky,
+            "kx": kx,
+            "v": float(conv.weight[n, c, ky, kx].detach()),
+        }
+        for n in range(conv.out_channels)
+        for c in range(group_in)
+        for ky in range(conv.kernel_size[0])
+        for kx in range(conv.kernel_size[1])
+    ]
     tables = {"A": _relation_a(x), "K": k, "G": _grid(*expected.shape[1:])}
     if conv.bias is not None:
         bias = conv.bias.detach()
@@ -65,8 +80,11 @@ def test_convolution(conv: nn.Conv2d) -> None:
 
 @pytest.mark.parametrize(
     "pool",
-    [nn.MaxPool2d(3, 2, 1, ceil_mode=True), nn.AvgPool2d(2, 2),
-     nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False)],
+    [
+        nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+        nn.AvgPool2d(2, 2),
+        nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
+    ],
     ids=["max-ceil", "avg", "avg-ceil-exclude-pad"],
 )
 def test_pooling(pool: nn.Module) -> None:
@@ -74,14 +92,20 @@ def test_pooling(pool: nn.Module) -> None:
     expected = pool(x[None])[0]
     node = _node(pool, tuple(x.shape))
     kernel = node.op.window.kernel
-    tables = {"A": _relation_a(x), "G": _grid(*expected.shape[1:]),
-              "W": [{"ky": a, "kx": b} for a in range(kernel.h) for b in range(kernel.w)]}
+    tables = {
+        "A": _relation_a(x),
+        "G": _grid(*expected.shape[1:]),
+        "W": [{"ky": a, "kx": b} for a in range(kernel.h) for b in range(kernel.w)],
+    }
     if sql.constant_divisor(node.op) is None:
         ones = torch.ones(1, 1, *x.shape[1:])
         counts = F.avg_pool2d(ones, 3, 2, 1, True, False, divisor_override=1)
         divisor = counts / F.avg_pool2d(ones, 3, 2, 1, True, False)
-        tables["D"] = [{"y": y, "x": xx, "v": float(divisor[0, 0, y, xx].round())}
-                       for y in range(divisor.shape[2]) for xx in range(divisor.shape[3])]
+        tables["D"] = [
+            {"y": y, "x": xx, "v": float(divisor[0, 0, y, xx].round())}
+            for y in range(divisor.shape[2])
+            for xx in range(divisor.shape[3])
+        ]
     result = execute(sql.node_sql(node), tables=tables)
     assert torch.allclose(_to_tensor(result.rows, expected.shape), expected, atol=1e-6)
 
@@ -103,7 +127,9 @@ def test_batch_norm_as_a_join_with_its_affine_relation() -> None:
     scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
     shift = (bn.bias - bn.running_mean * scale).detach()
     node = _node(bn, tuple(x.shape))
-    tables = {"A": _relation_a(x), "S": [{"c": c, "scale": float(scale[c]),
-                                          "shift": float(shift[c])} for c in range(3)]}
+    tables = {
+        "A": _relation_a(x),
+        "S": [{"c": c, "scale": float(scale[c]), "shift": float(shift[c])} for c in range(3)],
+    }
     result = execute(sql.node_sql(node), tables=tables)
     assert torch.allclose(_to_tensor(result.rows, x.shape), bn(x[None])[0], atol=1e-5)

@@ -23,13 +23,18 @@ def fired(model: nn.Module, shape: tuple[int, int, int], **options) -> dict[str,
     return dict(kql.compile(model, shape, batch_size=8, **options).optimized.rules_fired)
 
 
-def check_equivalence(model: nn.Module, shape: tuple[int, int, int], examples: int = 12,
-                      **fixed) -> None:
+def check_equivalence(
+    model: nn.Module, shape: tuple[int, int, int], examples: int = 12, **fixed
+) -> None:
     """The rewritten plan computes what the model computes, for random patches and images."""
 
     @settings(max_examples=examples)
-    @given(patch=st.integers(1, min(shape[1:])), stride=st.integers(1, 4),
-           color=st.floats(-2, 2, width=32), seed=st.integers(0, 1000))
+    @given(
+        patch=st.integers(1, min(shape[1:])),
+        stride=st.integers(1, 4),
+        color=st.floats(-2, 2, width=32),
+        seed=st.integers(0, 1000),
+    )
     def equivalent(patch: int, stride: int, color: float, seed: int) -> None:
         torch.manual_seed(seed)
         image = torch.randn(shape)

@@ -4,8 +4,15 @@ from torch import nn
 
 from tests.compiler.rules.rule_checks import check_equivalence, fired, rewritten_lines
 
-MODEL = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.AvgPool2d(3, 2, 1),
-                      nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)).eval()
+MODEL = nn.Sequential(
+    nn.Conv2d(2, 3, 3, padding=1),
+    nn.BatchNorm2d(3),
+    nn.AvgPool2d(3, 2, 1),
+    nn.ReLU(),
+    nn.AdaptiveAvgPool2d(1),
+    nn.Flatten(),
+    nn.Linear(3, 2),
+).eval()
 SHAPE = (2, 9, 10)
 
 

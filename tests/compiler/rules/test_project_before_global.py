@@ -4,8 +4,15 @@ from torch import nn
 
 from tests.compiler.rules.rule_checks import check_equivalence, fired, rewritten_lines
 
-MODEL = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.AdaptiveMaxPool2d(2), nn.Flatten(),
-                      nn.Linear(8, 3), nn.ReLU(), nn.Linear(3, 3)).eval()
+MODEL = nn.Sequential(
+    nn.Conv2d(3, 2, 3),
+    nn.ReLU(),
+    nn.AdaptiveMaxPool2d(2),
+    nn.Flatten(),
+    nn.Linear(8, 3),
+    nn.ReLU(),
+    nn.Linear(3, 3),
+).eval()
 SHAPE = (3, 9, 11)
 
 

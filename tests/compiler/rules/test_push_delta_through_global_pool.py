@@ -4,8 +4,9 @@ from torch import nn
 
 from tests.compiler.rules.rule_checks import check_equivalence, fired, rewritten_lines
 
-MODEL = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                      nn.Flatten(), nn.Linear(4, 3)).eval()
+MODEL = nn.Sequential(
+    nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+).eval()
 SHAPE = (3, 10, 9)
 
 

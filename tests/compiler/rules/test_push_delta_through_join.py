@@ -4,8 +4,12 @@ from torch import nn
 
 from tests.compiler.rules.rule_checks import check_equivalence, fired, rewritten_lines
 
-MODEL = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.MaxPool2d(2, ceil_mode=True),
-                      nn.Flatten(), nn.Linear(3 * 3 * 3, 2)).eval()
+MODEL = nn.Sequential(
+    nn.Conv2d(2, 3, 3, stride=2, padding=1),
+    nn.MaxPool2d(2, ceil_mode=True),
+    nn.Flatten(),
+    nn.Linear(3 * 3 * 3, 2),
+).eval()
 SHAPE = (2, 11, 10)
 
 

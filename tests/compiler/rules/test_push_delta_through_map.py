@@ -4,8 +4,15 @@ from torch import nn
 
 from tests.compiler.rules.rule_checks import check_equivalence, fired, rewritten_lines
 
-MODEL = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3), nn.SiLU(), nn.Hardswish(),
-                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)).eval()
+MODEL = nn.Sequential(
+    nn.Conv2d(2, 3, 1),
+    nn.BatchNorm2d(3),
+    nn.SiLU(),
+    nn.Hardswish(),
+    nn.AdaptiveAvgPool2d(1),
+    nn.Flatten(),
+    nn.Linear(3, 2),
+).eval()
 SHAPE = (2, 9, 9)
 
 
