@@ -22,10 +22,10 @@ from compiler.importer import import_model, trace
 from compiler.lower import lower
 from compiler.options import CompileOptions, LinearStrategy
 from compiler.pipeline import optimize
-from compiler.types import Score, Size2
+from compiler.types import Size2
 from krypton_ql import options as check
 from krypton_ql.progress import progress_callback
-from runtime.executor import Executor, materialize
+from runtime.executor import Executor, materialize, select_scores
 from runtime.memory import default_budget
 from runtime.weights import Weights
 
@@ -112,7 +112,7 @@ class OcclusionPlan:
                 targets = check.targets(
                     self.target, len(images), logits.shape[1], logits.argmax(dim=1)
                 )
-            base = _scores(logits, targets, self.occlusion.score)
+            base = select_scores(logits, targets, self.occlusion.score)
             executor = Executor(
                 self.physical, views, weights, self.optimized.origins, self.positions
             )
@@ -131,11 +131,6 @@ class OcclusionPlan:
 
 def _size(image: torch.Size) -> Size2:
     return Size2(int(image[0]), int(image[1]))
-
-
-def _scores(logits: Tensor, targets: Tensor, score: Score) -> Tensor:
-    values = torch.softmax(logits, dim=1) if score is Score.PROB else logits
-    return values.gather(1, targets)
 
 
 def _check_device(model: nn.Module, images: Tensor) -> None:

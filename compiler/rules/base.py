@@ -56,7 +56,7 @@ def full_update_with_projections(node: Node, ctx: RuleContext) -> tuple[Node, ..
     inputs: list[str] = []
     for source in ctx.inputs(node):
         if source.state is State.BOX:
-            project = _projection_of(source, ctx)
+            project = _projection_of(source)
             if project.name not in ctx.nodes:
                 inserted.append(project)
             inputs.append(project.name)
@@ -73,7 +73,7 @@ def full_update_with_projections(node: Node, ctx: RuleContext) -> tuple[Node, ..
     return (*inserted, rewritten)
 
 
-def _projection_of(source: Node, ctx: RuleContext) -> Node:
+def _projection_of(source: Node) -> Node:
     return Node(
         f"{source.name}_project",
         Project(),
