@@ -95,14 +95,18 @@ class Positions:
 
     @classmethod
     def grid(cls, image: Size2, patch: Size2, stride: Size2) -> Positions:
-        """Every position: ``i·Sy`` for ``i = 0 … ceil((H − Ph)/Sy)``, and the same along x.
+        """Every position: ``i·Sy`` for ``i = 0 … ceil((H − Ph)/Sy)``, and the same along x
+        (Captum's windows). With a stride larger than the patch, which Captum refuses, a last
+        window that would start past the border is dropped.
 
         >>> p = Positions.grid(Size2(11, 224), Size2(4, 16), Size2(3, 4))
         >>> p.rows, p.cols, int(p.top[-1]), len(p)
         (4, 53, 9, 212)
+        >>> Positions.grid(Size2(2, 5), Size2(1, 1), Size2(2, 3)).top.tolist()
+        [0, 0]
         """
-        rows = math.ceil((image.h - patch.h) / stride.h) + 1
-        cols = math.ceil((image.w - patch.w) / stride.w) + 1
+        rows = min(math.ceil((image.h - patch.h) / stride.h) + 1, math.ceil(image.h / stride.h))
+        cols = min(math.ceil((image.w - patch.w) / stride.w) + 1, math.ceil(image.w / stride.w))
         tops = np.arange(rows, dtype=np.int64) * stride.h
         lefts = np.arange(cols, dtype=np.int64) * stride.w
         top, left = np.meshgrid(tops, lefts, indexing="ij")

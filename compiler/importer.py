@@ -197,6 +197,10 @@ def _propagate_shapes(gm: fx.GraphModule, input_shape: tuple[int, int, int]) -> 
         with torch.no_grad():
             ShapeProp(gm).propagate(sample)
     except Exception as error:
+        root = error
+        while root.__cause__ is not None:
+            root = root.__cause__
+        reason = (str(root).strip().splitlines() or [type(root).__name__])[0]
         raise InvalidInputError(
-            f"the model does not accept inputs of shape {list(input_shape)}: {error}"
+            f"the model does not accept inputs of shape {list(input_shape)}: {reason}"
         ) from error

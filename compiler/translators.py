@@ -384,7 +384,7 @@ def mean_function(node: fx.Node, ctx: ImportContext) -> Translation:
     args = _bind(node, ("input", "dim", "keepdim"), dim=None, keepdim=False)
     dims = args["dim"]
     dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
-    if sorted(d % 4 for d in dims) != [2, 3]:
+    if not all(isinstance(d, int) for d in dims) or sorted(d % 4 for d in dims) != [2, 3]:
         raise _unsupported(node, f"mean over dims {dims} (only the spatial dims 2 and 3)")
     return GlobalAvgPool(keepdim=bool(args["keepdim"])), (args["input"],)
 

@@ -1,0 +1,147 @@
+"""torch.fx -> IR translation: each supported form lands on the right operator; others are
+named in the error."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import krypton_ql as kql
+from compiler import ir
+from compiler.importer import import_model, trace
+from compiler.types import Padding, Size2
+
+
+def _ops(module: nn.Module, shape=(3, 14, 14)) -> list:
+    module.eval()
+    with contextlib.suppress(Exception):  # the import reports what is wrong
+        module(torch.zeros(1, *shape))  # initializes lazy layers
+    plan = import_model(trace(module), shape, Size2(2, 2), (0.0,) * shape[0])
+    return [node.op for node in plan][2:]  # after Input and Occlude
+
+
+class Lambda(nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn, self.fc = fn, nn.LazyLinear(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.fn(x), 1))
+
+
+def test_same_padding_with_an_even_kernel_is_asymmetric() -> None:
+    warnings.filterwarnings("ignore", "Using padding='same'")
+    model = Lambda(nn.Conv2d(3, 3, 4, padding="same"))
+    (conv, *_rest) = _ops(model)
+    assert isinstance(conv, ir.JoinAggregate)
+    assert conv.window.padding == Padding(1, 2, 1, 2)
+    image = torch.randn(3, 14, 14)
+    exact = kql.occlusion_heatmap(model, image, patch=3, stride=2, score="logit")
+    naive = kql.naive_heatmap(model, image, patch=3, stride=2, score="logit")
+    assert float((exact - naive).abs().max()) <= 1e-5
+
+
+def test_functional_conv_reads_weights_by_handle() -> None:
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(3, 1, 3, 3))
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = F.conv2d(F.pad(x, (1, 1, 0, 2)), self.weight, None, 2, 0, 1, 3)
+            return self.fc(y.mean((2, 3)))
+
+    pad, conv, pool, fc = _ops(Functional())
+    assert isinstance(pad, ir.Pad) and pad.padding == Padding(0, 2, 1, 1)
+    assert conv.weight.path == "weight" and conv.groups == 3 and conv.bias is None
+    assert isinstance(pool, ir.GlobalAvgPool) and not pool.keepdim
+    assert isinstance(fc, ir.Linear)
+
+
+@pytest.mark.parametrize(
+    ("fn", "expected"),
+    [
+        (lambda x: x * 0.5, ir.Scalar(ir.Arith.MUL, 0.5)),
+        (lambda x: 2.0 - x, ir.Scalar(ir.Arith.RSUB, 2.0)),
+        (lambda x: x / 4, ir.Scalar(ir.Arith.DIV, 4.0)),
+        (lambda x: F.leaky_relu(x, 0.3), ir.Map(ir.Activation.LEAKY_RELU, 0.3)),
+        (lambda x: F.hardtanh(x, -2.0, 3.0), ir.Map(ir.Activation.HARDTANH, -2.0, 3.0)),
+        (lambda x: x.sigmoid(), ir.Map(ir.Activation.SIGMOID)),
+        (lambda x: F.dropout(x, 0.5, False), ir.Map(ir.Activation.IDENTITY)),
+    ],
+    ids=["mul", "rsub", "div", "leaky", "hardtanh", "sigmoid", "dropout"],
+)
+def test_elementwise_forms(fn, expected) -> None:
+    assert _ops(Lambda(fn))[0] == expected
+
+
+def test_adaptive_pooling_is_local_when_windows_are_uniform() -> None:
+    local = _ops(Lambda(nn.AdaptiveAvgPool2d(7)))[0]
+    assert isinstance(local, ir.Pool) and local.window.kernel == Size2(2, 2)
+    general = _ops(Lambda(nn.AdaptiveAvgPool2d(5)))[0]
+    assert isinstance(general, ir.AdaptivePool) and general.output == Size2(5, 5)
+
+
+def test_view_by_batch_size_is_a_flatten() -> None:
+    class Viewed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3 * 14 * 14, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.softmax(self.fc(x.view(x.size(0), -1)), dim=1)
+
+    flatten, linear, softmax = _ops(Viewed())
+    assert isinstance(flatten, ir.Flatten) and isinstance(softmax, ir.Softmax)
+
+
+@pytest.mark.parametrize(
+    ("fn", "message"),
+    [
+        (lambda x: x.view(1, -1), "reshape other than flattening"),
+        (lambda x: torch.cat([x, x], dim=2), "cat along dim 2"),
+        (lambda x: F.pad(x, (1, 1, 1, 1), mode="reflect"), "pad mode 'reflect'"),
+        (lambda x: F.max_pool2d(x, 2, return_indices=True)[0], "max_pool2d_with_indices"),
+        (lambda x: x * x.mean(), "torch.Tensor.mean|mean over dims"),
+    ],
+    ids=["view-batch-1", "cat-spatial", "reflect", "indices", "global-mean"],
+)
+def test_unsupported_forms_name_the_node(fn, message: str) -> None:
+    with pytest.raises(kql.UnsupportedOperationError, match=message):
+        _ops(Lambda(fn))
+
+
+def test_two_inputs_are_refused() -> None:
+    class TwoInputs(nn.Module):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return (x + y).flatten(1)
+
+    with pytest.raises(kql.KryptonError, match="more than one input|does not accept"):
+        import_model(trace(TwoInputs().eval()), (3, 4, 4), Size2(1, 1), (0.0,) * 3)
+
+
+def test_logical_plan_runs_like_the_model() -> None:
+    """Materializing the logical plan reproduces the model's own output."""
+    from compiler.boxes import Positions
+    from compiler.lower import lower
+    from compiler.options import CompileOptions
+    from compiler.pipeline import optimize
+    from runtime.executor import materialize
+    from runtime.weights import Weights
+
+    model = Lambda(lambda x: F.silu(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)))
+    model.eval()
+    gm = trace(model)
+    plan = import_model(gm, (3, 14, 14), Size2(2, 2), (0.0,) * 3)
+    options = CompileOptions(Size2(2, 2), Size2(1, 1), (0.0,) * 3, batch_size=4)
+    physical = lower(optimize(plan, options, Positions.centre(Size2(14, 14), Size2(2, 2))).plan)
+    image = torch.randn(2, 3, 14, 14)
+    views = materialize(physical, image, Weights(gm))
+    with torch.no_grad():
+        assert torch.allclose(views[physical.output], model(image), atol=1e-6)
