@@ -1,0 +1,99 @@
+"""The public API: targets, scores, progress, batches of images, out-of-memory retries."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import krypton_ql as kql
+from runtime import reference
+
+
+def _model() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 6, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 4),
+    ).eval()
+
+
+def test_targets_per_image_and_scores() -> None:
+    model, images = _model(), torch.randn(2, 3, 12, 10)
+    for target in (None, 3, [1, 2]):
+        for score in ("prob", "logit"):
+            exact = kql.occlusion_heatmap(
+                model, images, patch=3, stride=2, target=target, score=score
+            )
+            naive = kql.naive_heatmap(model, images, patch=3, stride=2, target=target, score=score)
+            assert exact.shape == (2, 6, 5)
+            assert float((exact - naive).abs().max()) <= 1e-5
+
+
+def test_heatmap_values_are_the_scores_of_occluded_images() -> None:
+    """Cell (i, j) is the target's probability with the patch at (i·Sy, j·Sx)."""
+    model, image = _model(), torch.randn(3, 12, 10)
+    heatmap = kql.occlusion_heatmap(model, image, patch=(4, 3), stride=(3, 2), color=0.25, target=1)
+    occluded = image.clone()
+    occluded[:, 6:10, 4:7] = 0.25  # row 2, column 2
+    with torch.no_grad():
+        expected = torch.softmax(model(occluded[None]), 1)[0, 1]
+    assert float(heatmap[2, 2]) == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_evaluate_reports_base_scores_and_query_count() -> None:
+    model, image = _model(), torch.randn(3, 12, 10)
+    plan = kql.compile(model, image.shape, patch=3, stride=3)
+    result = plan.evaluate(image)
+    with torch.no_grad():
+        probabilities = torch.softmax(model(image[None]), 1)
+    assert int(result.targets[0, 0]) == int(probabilities.argmax())
+    assert float(result.base[0, 0]) == pytest.approx(float(probabilities.max()), abs=1e-6)
+    assert result.queries == len(plan.positions)
+    subset = plan.evaluate(image, positions=torch.tensor([0, 5]))
+    assert subset.queries == 2
+    flat = subset.heatmaps.reshape(-1)
+    assert not torch.isnan(flat[[0, 5]]).any() and torch.isnan(flat[1]).item()
+
+
+def test_progress_callback_sees_every_query() -> None:
+    seen: list[tuple[int, int]] = []
+    kql.occlusion_heatmap(
+        _model(),
+        torch.randn(3, 12, 10),
+        patch=3,
+        stride=2,
+        batch_size=7,
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    assert seen[-1] == (30, 30) and len(seen) == 5
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+def test_out_of_memory_halves_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    original = reference.KERNELS[reference.KernelId.GATHER_CONV2D]
+
+    def flaky(node, inputs, env):
+        calls.append(len(env.batch.image))
+        if len(env.batch.image) > 8:
+            raise torch.OutOfMemoryError("simulated")
+        return original(node, inputs, env)
+
+    monkeypatch.setitem(reference.KERNELS, reference.KernelId.GATHER_CONV2D, flaky)
+    model, image = _model(), torch.randn(3, 12, 10)
+    exact = kql.occlusion_heatmap(model, image, patch=3, stride=2, batch_size=30)
+    naive = kql.naive_heatmap(model, image, patch=3, stride=2)
+    assert float((exact - naive).abs().max()) <= 1e-5
+    assert calls[:2] == [30, 15] and max(calls[2:]) <= 8  # 30 → 15 → 7
+
+
+def test_explain_matches_the_plan() -> None:
+    text = kql.explain(_model(), (3, 12, 10), patch=3, stride=2, batch_size=4)
+    assert text.startswith("== logical ==")
+    assert "== rewritten ==" in text and "== physical ==" in text
+    assert "batch size 4 → 8 batches" in text
