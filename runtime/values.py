@@ -62,6 +62,9 @@ def gather(
     """``window[b, c, i, j] = (view[image[b]] ⊕ patch[b])[c, y0[b] + i, x0[b] + j]``.
 
     Cells outside the map take ``fill`` (the operator's padding); a missing view reads zeros.
+    Works on channels-last rows (one cell's channels are contiguous): one gather from the view,
+    then only the cells inside each query's patch are overwritten. The result is a
+    channels-last ``[B, C, h, w]`` tensor.
     """
     if patch is not None and _same_box(patch, y0, x0, size):
         return patch.values
@@ -69,23 +72,29 @@ def gather(
     ys = y0[:, None] + torch.arange(size.h, device=device)  # [B, h]
     xs = x0[:, None] + torch.arange(size.w, device=device)  # [B, w]
     if view is not None:
-        rows = ys.clamp(0, map_size.h - 1)[:, :, None]
-        cols = xs.clamp(0, map_size.w - 1)[:, None, :]
-        window = view[image[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+        rows = _cells(view)
+        window = rows[
+            image[:, None, None],
+            ys.clamp(0, map_size.h - 1)[:, :, None],
+            xs.clamp(0, map_size.w - 1)[:, None, :],
+        ]  # [B, h, w, C]
     else:
-        channels = patch.values.shape[1] if patch is not None else 1
-        dtype = patch.values.dtype if patch is not None else torch.float32
-        window = torch.zeros(len(y0), channels, size.h, size.w, device=device, dtype=dtype)
-        window = window.contiguous(memory_format=torch.channels_last)
+        assert patch is not None
+        shape = (len(y0), size.h, size.w, patch.values.shape[1])
+        window = torch.zeros(shape, device=device, dtype=patch.values.dtype)
     if patch is not None:
-        window = _overlay(window, patch, ys, xs)
+        _overlay(window, patch, ys, xs)
     outside = ~(
         ((ys >= 0) & (ys < map_size.h))[:, :, None] & ((xs >= 0) & (xs < map_size.w))[:, None, :]
     )
     if bool(outside.any()):
-        window = window.masked_fill(outside[:, None], fill)
-    # Channels-last keeps every gathered cell's channels contiguous (the views are stored so).
-    return window.contiguous(memory_format=torch.channels_last)
+        window[outside] = fill
+    return window.permute(0, 3, 1, 2)
+
+
+def _cells(tensor: Tensor) -> Tensor:
+    """``[N, C, H, W]`` as ``[N, H, W, C]`` (free for channels-last storage)."""
+    return tensor.permute(0, 2, 3, 1)
 
 
 def _same_box(patch: Patch, y0: Tensor, x0: Tensor, size: Size2) -> bool:
@@ -93,14 +102,13 @@ def _same_box(patch: Patch, y0: Tensor, x0: Tensor, size: Size2) -> bool:
     return (h, w) == (size.h, size.w) and torch.equal(patch.y0, y0) and torch.equal(patch.x0, x0)
 
 
-def _overlay(window: Tensor, patch: Patch, ys: Tensor, xs: Tensor) -> Tensor:
-    """Replace the window cells that lie in each query's patch by the patch values."""
+def _overlay(window: Tensor, patch: Patch, ys: Tensor, xs: Tensor) -> None:
+    """Overwrite, in place, the window cells that lie in each query's patch."""
     h, w = patch.values.shape[2:]
     py, px = ys - patch.y0[:, None], xs - patch.x0[:, None]
     inside = ((py >= 0) & (py < h))[:, :, None] & ((px >= 0) & (px < w))[:, None, :]
-    batch = torch.arange(len(py), device=ys.device)[:, None, None]
-    values = patch.values[batch, :, py.clamp(0, h - 1)[:, :, None], px.clamp(0, w - 1)[:, None, :]]
-    return torch.where(inside[:, None], values.permute(0, 3, 1, 2), window)
+    b, i, j = inside.nonzero(as_tuple=True)
+    window[b, i, j] = _cells(patch.values)[b, py[b, i], px[b, j]]
 
 
 def gather_view(view: Tensor, image: Tensor, y0: Tensor, x0: Tensor, size: Size2) -> Tensor:
