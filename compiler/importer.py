@@ -168,7 +168,7 @@ def _translator_for(fx_node: fx.Node, ctx: ImportContext) -> tuple[translators.T
         source = f"{fx_node.target} ({type(module).__name__})"
     elif fx_node.op == "call_function":
         translator = translators.FUNCTIONS.get(fx_node.target)
-        source = translators._target_name(fx_node)
+        source = translators.target_name(fx_node)
     else:
         translator = translators.METHODS.get(str(fx_node.target))
         source = f".{fx_node.target}()"
