@@ -132,7 +132,8 @@ def main() -> None:
         row = run(name, model, args.block, args.repeat, batches)
         results.append(row)
         print(
-            f"{name:9s} naive {row['naive_s_per_query'] * 1e3:7.1f} ms/query  exact "
+            f"{name:9s} naive {row['naive_s_per_query'] * 1e3:7.1f} ms/query "
+            f"(batch {row['naive_batch']})  exact "
             f"{row['exact_s_per_query'] * 1e3:7.1f} ms/query  speedup "
             f"{row['speedup_per_query']:.2f}× (theory {row['theoretical_speedup']:.2f}×)  "
             f"full heatmap {row['projected_naive_s']:.0f} s → {row['projected_exact_s']:.0f} s "
