@@ -38,9 +38,10 @@ def block_positions(plan: kql.OcclusionPlan, block: int) -> torch.Tensor:
 
 def naive_block(model, image, plan, positions, batch_size) -> tuple[torch.Tensor, float]:
     """Full re-inference of the occluded image at each position of the block."""
-    top = torch.as_tensor(plan.positions.top)[positions]
-    left = torch.as_tensor(plan.positions.left)[positions]
-    colour = torch.tensor(plan.occlusion.color)
+    device = image.device
+    top = torch.as_tensor(plan.positions.top, device=device)[positions.to(device)]
+    left = torch.as_tensor(plan.positions.left, device=device)[positions.to(device)]
+    colour = torch.tensor(plan.occlusion.color, device=device)
     scores = []
     start = time.perf_counter()
     with torch.no_grad():
@@ -54,7 +55,13 @@ def naive_block(model, image, plan, positions, batch_size) -> tuple[torch.Tensor
                 colour,
             )
             scores.append(torch.softmax(model(batch), 1)[:, target].squeeze(1))
+    _synchronize(device)
     return torch.cat(scores), time.perf_counter() - start
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def exact_block(plan, image, positions) -> tuple[torch.Tensor, float, float]:
@@ -64,17 +71,24 @@ def exact_block(plan, image, positions) -> tuple[torch.Tensor, float, float]:
     setup = time.perf_counter() - start
     start = time.perf_counter()
     result = plan.evaluate(image, positions=positions)
+    _synchronize(image.device)
     elapsed = time.perf_counter() - start
     rows, cols = plan.grid
-    values = result.heatmaps[0, 0].reshape(rows * cols)[positions]
+    values = result.heatmaps[0, 0].reshape(rows * cols)[positions.to(image.device)]
     return values, elapsed, setup
 
 
 def run(
-    name: str, model: torch.nn.Module, block: int, repeat: int, naive_batches: list[int]
+    name: str,
+    model: torch.nn.Module,
+    block: int,
+    repeat: int,
+    naive_batches: list[int],
+    device: torch.device,
 ) -> dict:
     torch.manual_seed(0)
-    image = torch.randn(3, 224, 224)
+    model = model.to(device)
+    image = torch.randn(3, 224, 224, device=device)
     plan = kql.compile(model, image.shape, patch=16, stride=4)
     positions = block_positions(plan, block)
     naive_times = {size: float("inf") for size in naive_batches}
@@ -114,6 +128,7 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=8, help="block side, in positions")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--models", default="vgg16,resnet18,efficientnet_lite0")
     parser.add_argument(
         "--naive-batch",
@@ -129,7 +144,7 @@ def main() -> None:
             else getattr(torchvision.models, name)().eval()
         )
         batches = [int(b) for b in args.naive_batch.split(",")]
-        row = run(name, model, args.block, args.repeat, batches)
+        row = run(name, model, args.block, args.repeat, batches, torch.device(args.device))
         results.append(row)
         print(
             f"{name:9s} naive {row['naive_s_per_query'] * 1e3:7.1f} ms/query "
@@ -141,6 +156,8 @@ def main() -> None:
             flush=True,
         )
     meta = {
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
