@@ -26,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stride", type=int, default=8)
     parser.add_argument("--photos", default=",".join(models.SAMPLE_PHOTOS))
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
+    parser.add_argument(
+        "--naive-batch",
+        type=int,
+        default=16,
+        help="images per forward of the naive baseline (the paper's CPU batch)",
+    )
     args = parser.parse_args(argv)
     model, classes = models.efficientnet_lite0(), models.imagenet_classes()
     plan = kql.compile(model, (3, models.CROP, models.CROP), patch=args.patch, stride=args.stride)
@@ -49,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not args.no_naive:
             start = time.perf_counter()
-            naive = kql.naive_heatmap(model, image, patch=args.patch, stride=args.stride)
+            naive = kql.naive_heatmap(
+                model, image, patch=args.patch, stride=args.stride, batch_size=args.naive_batch
+            )
             naive_time = time.perf_counter() - start
             line += (
                 f"  naive {naive_time:5.1f} s  ({naive_time / exact_time:.2f}× faster, "

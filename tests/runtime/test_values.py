@@ -20,33 +20,42 @@ def _loop_reference(view, patch, image, y0, x0, size, fill):
         if patch is not None:
             h, w = patch.values.shape[2:]
             py, px = int(patch.y0[b]), int(patch.x0[b])
-            full[:, py:py + h, px:px + w] = patch.values[b]
+            full[:, py : py + h, px : px + w] = patch.values[b]
         padded = F.pad(full, (margin,) * 4, value=fill)
         top, left = int(y0[b]) + margin, int(x0[b]) + margin
-        windows.append(padded[:, top:top + size.h, left:left + size.w])
+        windows.append(padded[:, top : top + size.h, left : left + size.w])
     return torch.stack(windows)
 
 
 @given(
-    channels=st.integers(1, 4), height=st.integers(3, 12), width=st.integers(3, 12),
-    window=st.tuples(st.integers(1, 9), st.integers(1, 9)), box=st.integers(1, 3),
-    fill=st.sampled_from([0.0, float("-inf")]), seed=st.integers(0, 999), data=st.data(),
+    channels=st.integers(1, 4),
+    height=st.integers(3, 12),
+    width=st.integers(3, 12),
+    window=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    box=st.integers(1, 3),
+    fill=st.sampled_from([0.0, float("-inf")]),
+    seed=st.integers(0, 999),
+    data=st.data(),
 )
 def test_gather_equals_the_loop(channels, height, width, window, box, fill, seed, data) -> None:
     torch.manual_seed(seed)
     queries = data.draw(st.integers(1, 5))
     view = torch.randn(2, channels, height, width).contiguous(memory_format=torch.channels_last)
     box_h, box_w = min(box, height), min(box, width)
-    py = torch.tensor(data.draw(st.lists(st.integers(0, height - box_h), min_size=queries,
-                                         max_size=queries)))
-    px = torch.tensor(data.draw(st.lists(st.integers(0, width - box_w), min_size=queries,
-                                         max_size=queries)))
+    py = torch.tensor(
+        data.draw(st.lists(st.integers(0, height - box_h), min_size=queries, max_size=queries))
+    )
+    px = torch.tensor(
+        data.draw(st.lists(st.integers(0, width - box_w), min_size=queries, max_size=queries))
+    )
     patch = Patch(torch.randn(queries, channels, box_h, box_w), py, px)
     size = Size2(*window)
-    y0 = py + torch.tensor(data.draw(st.lists(st.integers(-4, 2), min_size=queries,
-                                              max_size=queries)))
-    x0 = px + torch.tensor(data.draw(st.lists(st.integers(-4, 2), min_size=queries,
-                                              max_size=queries)))
+    y0 = py + torch.tensor(
+        data.draw(st.lists(st.integers(-4, 2), min_size=queries, max_size=queries))
+    )
+    x0 = px + torch.tensor(
+        data.draw(st.lists(st.integers(-4, 2), min_size=queries, max_size=queries))
+    )
     image = torch.randint(0, 2, (queries,))
     for source in (patch, None):
         got = gather(view, source, image, y0, x0, size, Size2(height, width), fill)
