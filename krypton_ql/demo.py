@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             heatmap,
             base,
             f"{name}: {label} (p={base:.2f})",
+            (args.patch, args.patch),
+            (args.stride, args.stride),
         )
         print(f"{line}\n{'':11s}{drop_summary(heatmap, base)}; wrote {path}")
     return 0
