@@ -68,6 +68,19 @@ class Inception(nn.Module):
         )
 
 
+class SqueezeExcite(nn.Module):
+    """Channel gating by a global summary: everything after it depends on the whole image."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, 2, 1)
+        self.expand = nn.Conv2d(2, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = torch.sigmoid(self.expand(F.relu(self.reduce(x.mean((2, 3), keepdim=True)))))
+        return x * scale * 0.5 - 0.1
+
+
 class AsymmetricPadConv(nn.Module):
     """``F.pad`` with unequal sides (TensorFlow "SAME"-style) followed by a valid conv."""
 
@@ -140,9 +153,9 @@ def cnn_cases(draw: st.DrawFn, dag: bool | None = None) -> Case:
     layers: list[nn.Module] = []
     names: list[str] = []
     c, h, w = channels, height, width
-    kinds = ["conv", "bn", "act", "pool", "pad_conv", "residual", "inception", "depthwise"]
+    kinds = ["conv", "bn", "act", "pool", "pad_conv", "residual", "inception", "depthwise", "se"]
     if dag is False:
-        kinds = [k for k in kinds if k not in ("residual", "inception")]
+        kinds = [k for k in kinds if k not in ("residual", "inception", "se")]
     for _ in range(draw(st.integers(2, 5))):
         kind = draw(st.sampled_from(kinds))
         layer, c2, h2, w2 = _block(draw, kind, c, h, w)
@@ -208,5 +221,7 @@ def _block(draw: st.DrawFn, kind: str, c: int, h: int, w: int):  # noqa: C901
     if kind == "residual":
         out, stride = draw(st.integers(2, 5)), draw(st.integers(1, 2))
         return Residual(c, out, stride), out, _out(h, 3, stride, 1), _out(w, 3, stride, 1)
+    if kind == "se":
+        return SqueezeExcite(c), c, h, w
     width = draw(st.integers(1, 3))
     return Inception(c, width), 4 * width, h, w
