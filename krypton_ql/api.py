@@ -58,11 +58,11 @@ class OcclusionPlan:
         self.model, self.shape, self.occlusion, self.target = model, shape, occlusion, target
         self.graph_module = trace(model)
         self.logical = import_model(self.graph_module, shape, occlusion.patch, occlusion.color)
-        image = torch.Size(shape[1:])
-        self.positions = Positions.grid(_size(image), occlusion.patch, occlusion.stride)
+        image = Size2(shape[1], shape[2])
+        self.positions = Positions.grid(image, occlusion.patch, occlusion.stride)
         self.optimized = optimize(self.logical, options, self.positions)
         self.physical = lower(self.optimized.plan)
-        centre = optimize(self.logical, options, Positions.centre(_size(image), occlusion.patch))
+        centre = optimize(self.logical, options, Positions.centre(image, occlusion.patch))
         self.centre_cost: PlanCost = plan_cost(self.logical, centre.plan)
 
     @property
@@ -101,7 +101,11 @@ class OcclusionPlan:
         positions: Tensor | None = None,
         progress: ProgressArg = False,
     ) -> OcclusionResult:
-        """Scores of every target at every position (or the ``positions`` given)."""
+        """Scores of every target at every position (or the ``positions`` given).
+
+        ``targets`` is an int tensor ``[N, T]`` of classes per image (default: the target given
+        to ``compile``, else the predicted class); ``positions`` indexes the row-major grid.
+        """
         images = check.images(image, self.shape)
         _check_device(self.model, images)
         weights = Weights(self.graph_module)
@@ -112,6 +116,8 @@ class OcclusionPlan:
                 targets = check.targets(
                     self.target, len(images), logits.shape[1], logits.argmax(dim=1)
                 )
+            else:
+                targets = check.target_table(targets, len(images), logits.shape[1], logits.device)
             base = select_scores(logits, targets, self.occlusion.score)
             executor = Executor(
                 self.physical, views, weights, self.optimized.origins, self.positions
@@ -127,10 +133,6 @@ class OcclusionPlan:
                 )
         heatmaps = scores.reshape(len(images), targets.shape[1], *self.grid)
         return OcclusionResult(heatmaps, base, targets, executor.queries_run)
-
-
-def _size(image: torch.Size) -> Size2:
-    return Size2(int(image[0]), int(image[1]))
 
 
 def _check_device(model: nn.Module, images: Tensor) -> None:

@@ -128,6 +128,16 @@ def targets(value: Any, count: int, classes: int, predicted: torch.Tensor) -> to
     return torch.tensor(values, dtype=torch.int64, device=predicted.device).reshape(count, 1)
 
 
+def target_table(value: Any, count: int, classes: int, device: torch.device) -> torch.Tensor:
+    """Several target classes per image: an int tensor ``[N, T]`` of valid classes."""
+    table = torch.as_tensor(value, device=device)
+    if table.dim() != 2 or table.shape[0] != count or table.dtype not in (torch.int32, torch.int64):
+        raise InvalidInputError(f"targets must be an int tensor [{count}, T], got {value!r}")
+    if table.numel() and (int(table.min()) < 0 or int(table.max()) >= classes):
+        raise InvalidInputError(f"targets {value!r} fall outside the model's {classes} classes")
+    return table.to(torch.int64)
+
+
 def batch_size(value: Any) -> int | None:
     if value is None:
         return None

@@ -97,3 +97,18 @@ def test_explain_matches_the_plan() -> None:
     assert text.startswith("== logical ==")
     assert "== rewritten ==" in text and "== physical ==" in text
     assert "batch size 4 → 8 batches" in text
+
+
+def test_several_targets_in_one_pass() -> None:
+    model, images = _model(), torch.randn(2, 3, 12, 10)
+    plan = kql.compile(model, images.shape, patch=3, stride=2)
+    result = plan.evaluate(images, targets=torch.tensor([[0, 3], [2, 1]]))
+    assert result.heatmaps.shape == (2, 2, 6, 5) and result.queries == 60
+    for image, classes in enumerate(([0, 3], [2, 1])):
+        for index, target in enumerate(classes):
+            single = kql.naive_heatmap(model, images[image], patch=3, stride=2, target=target)
+            assert float((result.heatmaps[image, index] - single).abs().max()) <= 1e-5
+    with pytest.raises(kql.KryptonError, match="outside the model's 4 classes"):
+        plan.evaluate(images, targets=torch.tensor([[0], [4]]))
+    with pytest.raises(kql.KryptonError, match="int tensor"):
+        plan.evaluate(images, targets=torch.tensor([0, 1]))
