@@ -5,7 +5,7 @@ and ``physical`` sections. No ids, addresses, timings or device names ever appea
 from __future__ import annotations
 
 from compiler import sql as relational
-from compiler.cost import PlanCost, incremental_cost, naive_cost
+from compiler.cost import WORD, PlanCost, incremental_cost, naive_cost
 from compiler.ir import (
     AdaptivePool,
     BatchNorm,
@@ -142,6 +142,11 @@ def render_physical(physical: PhysicalPlan, positions: tuple[int, int]) -> list[
         f"batch size {batching.batch_size} → {batching.batches} batches, "
         f"{_bytes(batching.bytes_per_query)} per query{budget}",
     ]
+    view_values = sum(s.node.schema.numel for s in physical.steps if s.node.name in physical.views)
+    lines.append(
+        f"views kept: {len(physical.views)} of {len(physical.steps)} nodes, "
+        f"{_bytes(view_values * WORD)} per image"
+    )
     number = {step.node.name: index for index, step in enumerate(physical.steps, start=1)}
     for step in physical.steps:
         node, update = step.node, step.node.update
