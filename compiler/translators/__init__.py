@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torchvision.ops
 from torch import nn
 
 from compiler.ir import Activation, Arith
@@ -24,6 +25,7 @@ from compiler.translators.elementwise import (
     identity,
     pad_function,
     pad_module,
+    stochastic_depth,
 )
 from compiler.translators.global_ops import (
     cat_function,
@@ -100,6 +102,7 @@ FUNCTIONS: dict[Any, Translator] = {
     F.gelu: activation_function(Activation.GELU),
     F.dropout: identity,
     F.dropout2d: identity,
+    torchvision.ops.stochastic_depth: stochastic_depth,
     F.pad: pad_function,
     operator.add: arithmetic(Arith.ADD),
     operator.iadd: arithmetic(Arith.ADD),

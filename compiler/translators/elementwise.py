@@ -69,6 +69,14 @@ def activation_function(fn: Activation) -> Translator:
     return translate
 
 
+def stochastic_depth(node: fx.Node, ctx: ImportContext) -> Translation:
+    """torchvision's stochastic depth is the identity at inference."""
+    args = bind(node, ("input", "p", "mode", "training"), training=True)
+    if args["training"]:
+        raise unsupported(node, "stochastic depth in training mode")
+    return Map(Activation.IDENTITY), (args["input"],)
+
+
 def identity(node: fx.Node, ctx: ImportContext) -> Translation:
     return Map(Activation.IDENTITY), (node.args[0],)
 
