@@ -3,11 +3,14 @@ incremental queries.
 
 >>> import krypton_ql as kql
 >>> sorted(n for n in kql.__all__ if not n[0].isupper())[:4]
-['compile', 'explain', 'models', 'naive_heatmap']
+['compile', 'connect', 'explain', 'models']
 """
 
 from krypton_ql import models
 from krypton_ql.api import OcclusionPlan, OcclusionResult, compile, explain, occlusion_heatmap
+from krypton_ql.dsl.errors import QueryError
+from krypton_ql.dsl.result import Result
+from krypton_ql.dsl.session import Session, connect
 from krypton_ql.errors import InvalidInputError, KryptonError, UnsupportedOperationError
 from krypton_ql.naive import naive_heatmap
 
@@ -16,8 +19,12 @@ __all__ = [
     "KryptonError",
     "OcclusionPlan",
     "OcclusionResult",
+    "QueryError",
+    "Result",
+    "Session",
     "UnsupportedOperationError",
     "compile",
+    "connect",
     "explain",
     "models",
     "naive_heatmap",

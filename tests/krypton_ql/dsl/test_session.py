@@ -1,0 +1,220 @@
+"""The query language: results equal the Python API, pushdown runs fewer queries, errors
+point at the mistake."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import krypton_ql as kql
+
+
+def _model() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 6, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 4),
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def session() -> kql.Session:
+    torch.manual_seed(0)
+    session = kql.connect()
+    session.register_model("cnn", _model())
+    session.register_images("scans", torch.randn(3, 3, 16, 14))
+    return session
+
+
+def test_heatmap_per_image_equals_the_python_api(session) -> None:
+    result = session.sql(
+        "SELECT image, heatmap(prob) AS h FROM occlusion(scans, cnn, "
+        "patch => 4, stride => 2) GROUP BY image ORDER BY image"
+    )
+    model, images = (
+        session._models["cnn"].get(),
+        torch.stack(list(session._images["scans"].items.values())),
+    )
+    expected = kql.occlusion_heatmap(model, images, patch=4, stride=2)
+    assert result.columns == ["image", "h"] and [r[0] for r in result.rows] == ["0", "1", "2"]
+    assert float((result.heatmaps - expected.double()).abs().max()) <= 1e-5
+
+
+def test_top_drops_with_pushdown_equal_the_python_api(session) -> None:
+    query = (
+        "SELECT y, x, drop FROM occlusion(scans, cnn, patch => 4, stride => 2) "
+        "WHERE image = '1' AND class IN (0, 2) AND y BETWEEN 2 AND 8 AND class = 2 "
+        "ORDER BY drop DESC LIMIT 3"
+    )
+    result = session.sql(query)
+    model, image = session._models["cnn"].get(), session._images["scans"].items["1"]
+    heatmap = kql.naive_heatmap(model, image, patch=4, stride=2, target=2)
+    with torch.no_grad():
+        base = torch.softmax(model(image[None]), 1)[0, 2]
+    drops = [
+        (float(base - heatmap[r, c]), 2 * r, 2 * c)
+        for r in range(1, 5)
+        for c in range(heatmap.shape[1])
+    ]
+    expected = sorted(drops, reverse=True)[:3]
+    assert [(y, x) for y, x, _ in result.rows] == [(y, x) for _, y, x in expected]
+    assert [d for _, _, d in result.rows] == pytest.approx([d for d, _, _ in expected], abs=1e-5)
+    # Pushdown: one image, one class, 4 of 7 rows of positions.
+    assert session.last_queries == 4 * 6
+
+
+def test_pushdown_runs_fewer_queries(session) -> None:
+    base = "SELECT count(*) AS n FROM occlusion(scans, cnn, patch => 4, stride => 2)"
+    full = session.sql(base)
+    assert full.rows == [(3 * 7 * 6,)] and session.last_queries == 3 * 7 * 6
+    narrow = session.sql(base + " WHERE row < 2 AND col >= 4 AND image IN ('0', '2')")
+    assert narrow.rows == [(2 * 2 * 2,)] and session.last_queries == 2 * 2 * 2
+    classes = session.sql(base + " WHERE class IN (1, 3)")
+    assert classes.rows == [(2 * 3 * 7 * 6,)] and session.last_queries == 3 * 7 * 6
+
+
+def test_aggregates_and_arithmetic(session) -> None:
+    result = session.sql(
+        "SELECT image, class, avg(prob) AS mean, max(drop) AS worst, count(*) AS n, "
+        "min(base_prob - drop) AS low FROM occlusion(scans, cnn, patch => 4, stride => 4) "
+        "WHERE class IN (0, 1) GROUP BY image, class ORDER BY image, class"
+    )
+    assert len(result.rows) == 6 and all(row[4] == 4 * 4 for row in result.rows)
+    for image, target, mean, worst, _count, low in result.rows:
+        model, picture = session._models["cnn"].get(), session._images["scans"].items[image]
+        heatmap = kql.naive_heatmap(model, picture, patch=4, stride=4, target=target)
+        assert mean == pytest.approx(float(heatmap.mean()), abs=1e-6)
+        with torch.no_grad():
+            base = float(torch.softmax(model(picture[None]), 1)[0, target])
+        assert worst == pytest.approx(base - float(heatmap.min()), abs=1e-6)
+        assert low == pytest.approx(float(heatmap.min()), abs=1e-6)
+
+
+def test_explain_shows_pushdown_and_plan(session) -> None:
+    text = session.explain(
+        "SELECT y FROM occlusion(scans, cnn, patch => 4, stride => 2, "
+        "batch_size => 8) WHERE row = 1 AND image = '0'"
+    )
+    assert text.startswith("== pushdown ==\npositions: 6 of 42 (filters: row = 1)\n")
+    assert "images: 1 of 3 (0)" in text and "== rewritten ==" in text
+    result = session.sql("EXPLAIN VERBOSE SELECT y FROM occlusion(scans, cnn, patch => 4)")
+    assert result.columns == ["plan"] and "== after stage maintain" in result.rows[0][0]
+
+
+def test_built_in_model_and_photos_need_no_setup() -> None:
+    result = kql.connect().sql(
+        "SELECT image, class, base_prob FROM occlusion(photos, efficientnet_lite0, "
+        "patch => 112, stride => 112) WHERE image = 'coffee' AND row = 0 AND col = 0"
+    )
+    assert result.rows[0][:2] == ("coffee", 967) and result.rows[0][2] > 0.9
+
+
+@pytest.mark.parametrize(
+    ("query", "message", "line", "col"),
+    [
+        ("SELECT y FROM occlusion(scans, cnn, patch => 4,, stride => 2)", "missing", 1, 48),
+        (
+            "SELECT y\nFROM occlusion(scans, cnn, patch => 4)\nWHERE z > 1",
+            "unknown column 'z'",
+            3,
+            7,
+        ),
+        ("SELECT y FROM occlusion(scanz, cnn, patch => 4)", "unknown images 'scanz'", 1, 25),
+        ("SELECT y FROM occlusion(scans, cnm, patch => 4)", "unknown model 'cnm'", 1, 32),
+        ("SELECT y FROM occlusion(scans, cnn, patch => 40)", "larger than the 16×14", 1, 46),
+        ("SELECT y FROM occlusion(scans, cnn, patch => 4, stride => 0)", "at least 1", 1, 59),
+        ("SELECT y FROM occlusion(scans, cnn, patch => 4, tau => 0.5)", "not available yet", 1, 56),
+        ("SELECT y FROM occlusion(scans, cnn, patch => 4, patch => 2)", "given twice", 1, 58),
+        ("SELECT y FROM occlusion(scans, cnn, patch => 4, colour => 1)", "unknown option", 1, 59),
+        ("SELECT y FROM scans", "FROM must be occlusion", 1, 15),
+        ("SELECT y FROM occlusion(scans, cnn)", "needs patch", 1, 15),
+        (
+            "SELECT y, heatmap(prob) FROM occlusion(scans, cnn, patch => 4) GROUP BY image",
+            "must appear in GROUP BY",
+            1,
+            8,
+        ),
+        (
+            "SELECT y FROM occlusion(scans, cnn, patch => 4) WHERE image = 'nine'",
+            "unknown image 'nine'",
+            1,
+            64,
+        ),
+        ("SELEC y FROM occlusion(scans, cnn, patch => 4)", "expected .EXPLAIN", 1, 1),
+        ("SELECT y FROM occlusion(scans, cnn, patch => 4) WHERE", "syntax error", 1, 49),
+    ],
+)
+def test_errors_point_at_the_mistake(session, query, message, line, col) -> None:
+    with pytest.raises(kql.QueryError, match=message) as raised:
+        session.sql(query)
+    assert (raised.value.line, raised.value.col) == (line, col), str(raised.value)
+    assert "^" in raised.value.excerpt
+
+
+VALID = [
+    "SELECT image, heatmap(prob) AS h FROM occlusion(scans, cnn, patch => 4, stride => 3) "
+    "GROUP BY image",
+    "SELECT y, x, drop FROM occlusion(scans, cnn, patch => 4, stride => 3) WHERE image = '1' "
+    "AND class IN (0, 2) AND y BETWEEN 2 AND 8 ORDER BY drop DESC LIMIT 10",
+    "EXPLAIN SELECT count(*) FROM occlusion(scans, cnn, patch => (4, 3), color => 0.5)",
+]
+
+
+@settings(max_examples=150)
+@given(data=st.data())
+def test_mutated_queries_raise_only_krypton_errors(session, data) -> None:
+    """Drop, duplicate or replace tokens of valid queries: the result is a result or a
+    KryptonError, never another exception."""
+    words = (
+        data.draw(st.sampled_from(VALID))
+        .replace("(", " ( ")
+        .replace(")", " ) ")
+        .replace(",", " , ")
+        .split()
+    )
+    for _ in range(data.draw(st.integers(1, 3))):
+        index = data.draw(st.integers(0, len(words) - 1))
+        action = data.draw(st.sampled_from(["drop", "duplicate", "replace"]))
+        if action == "drop" and len(words) > 1:
+            words.pop(index)
+        elif action == "duplicate":
+            words.insert(index, words[index])
+        else:
+            words[index] = data.draw(
+                st.sampled_from(
+                    [
+                        "(",
+                        ")",
+                        ",",
+                        "=>",
+                        "'x'",
+                        "-1",
+                        "0",
+                        "1e9",
+                        "NULL",
+                        "prob",
+                        "heatmap",
+                        "GROUP",
+                        "BY",
+                        "WHERE",
+                        "AND",
+                        "SELECT",
+                        "*",
+                        "image",
+                        "class",
+                        "drop",
+                        "row",
+                    ]
+                )
+            )
+    with contextlib.suppress(kql.KryptonError):  # anything else fails the test
+        session.sql(" ".join(words))
