@@ -85,9 +85,7 @@ def _option(node: exp.Expression, occlusion: Occlusion, text: str) -> None:
     name = str(node.this.name if hasattr(node.this, "name") else node.this).lower()
     if name in occlusion.options:
         raise fail(f"option '{name}' is given twice", node, text)
-    if name in APPROXIMATE:
-        raise fail(f"option '{name}' (approximate inference) is not available yet", node, text)
-    if name not in OPTIONS:
+    if name not in OPTIONS and name not in APPROXIMATE:
         known = ", ".join(sorted(OPTIONS | APPROXIMATE))
         raise fail(f"unknown option '{name}' (options: {known})", node, text)
     value = node.expression
@@ -97,6 +95,26 @@ def _option(node: exp.Expression, occlusion: Occlusion, text: str) -> None:
     else:
         occlusion.options[name] = literal(value, text)
     occlusion.option_nodes[name] = node
+    if name in APPROXIMATE:
+        _check_range(name, occlusion.options[name], node, text)
+        raise fail(f"option '{name}' (approximate inference) is not available yet", node, text)
+
+
+# The approximation options' domains, checked now so that a query is told what is wrong with
+# it before it is told that approximation is not available yet.
+RANGES = {
+    "tau": (0.0, 1.0, "in (0, 1]"),
+    "drilldown": (0.0, 1.0, "in (0, 1]"),
+    "ssim": (0.0, 1.0, "in (0, 1]"),
+    "speedup": (1.0, float("inf"), "greater than 1"),
+}
+
+
+def _check_range(name: str, value: Any, node: exp.Expression, text: str) -> None:
+    low, high, words = RANGES[name]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not (low < value <= high):
+        raise fail(f"{name} must be a number {words}, got {value!r}", node, text)
 
 
 def _push_down(where: exp.Where | None, occlusion: Occlusion, text: str) -> None:

@@ -283,7 +283,7 @@ def _photo_loader(path: Path) -> Callable[[], np.ndarray]:
         from PIL import Image
 
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            return np.array(image.convert("RGB"))  # a writable copy
 
     return load
 
