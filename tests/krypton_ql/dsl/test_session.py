@@ -231,3 +231,16 @@ def test_mutated_queries_raise_only_krypton_errors(session, data) -> None:
             )
     with contextlib.suppress(kql.KryptonError):  # anything else fails the test
         session.sql(" ".join(words))
+
+
+def test_results_print_in_a_terminal_and_a_notebook(session) -> None:
+    result = session.sql(
+        "SELECT image, count(*) AS n, heatmap(prob) AS h FROM occlusion(scans, "
+        "cnn, patch => 8, stride => 8) GROUP BY image ORDER BY image LIMIT 2"
+    )
+    text = repr(result)
+    assert text.splitlines()[0].split("|")[0].strip() == "image"
+    assert "heatmap 2×2" in text and text.endswith("(2 rows)")
+    page = result._repr_html_()
+    assert page.count("<tr>") == 3 and "<th>n</th>" in page
+    assert result.explain().startswith("== pushdown ==")
