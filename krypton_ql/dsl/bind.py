@@ -29,6 +29,7 @@ class Occlusion:
     option_nodes: dict[str, exp.Expression] = field(default_factory=dict)
     position_filters: list[exp.Expression] = field(default_factory=list)
     classes: list[int] | None = None
+    class_nodes: list[exp.Expression] = field(default_factory=list)
     image_names: list[str] | None = None
 
 
@@ -134,6 +135,7 @@ def _push_down(where: exp.Where | None, occlusion: Occlusion, text: str) -> None
                 if any(not isinstance(c, int) or isinstance(c, bool) for c in classes):
                     raise fail("class is compared with integers", predicate, text)
                 occlusion.classes = _intersect(occlusion.classes, classes)
+                occlusion.class_nodes.append(predicate)
         elif columns == {"image"}:
             names = _equalities(predicate, text)
             if names is not None:

@@ -44,12 +44,16 @@ class Statement:
 
 
 def position(node: exp.Expression, text: str) -> tuple[int, int]:
-    """Start and end offsets of a node in ``text`` (the first token sqlglot recorded)."""
-    for child in node.walk():
-        meta = getattr(child, "meta", None) or {}
-        if "start" in meta:
-            return int(meta["start"]), int(meta["end"]) + 1
-    return 0, len(text)
+    """Start and end offsets of a node in ``text``: the span of the tokens sqlglot recorded
+    in it."""
+    spans = [
+        (int(meta["start"]), int(meta["end"]) + 1)
+        for child in node.walk()
+        if "start" in (meta := getattr(child, "meta", None) or {})
+    ]
+    if not spans:
+        return 0, len(text)
+    return min(s for s, _ in spans), max(e for _, e in spans)
 
 
 def fail(message: str, node: exp.Expression, text: str) -> QueryError:

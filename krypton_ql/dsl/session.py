@@ -19,7 +19,7 @@ import krypton_ql.api as api
 from compiler.errors import InvalidInputError
 from krypton_ql.dsl.bind import Occlusion, bind, position_mask
 from krypton_ql.dsl.errors import QueryError
-from krypton_ql.dsl.parse import Statement, parse
+from krypton_ql.dsl.parse import Statement, fail, parse
 from krypton_ql.dsl.relation import run_relation
 from krypton_ql.dsl.result import Result
 
@@ -120,6 +120,7 @@ class Session:
         model = self._model(occlusion, statement)
         names, images = self._load_images(occlusion, statement, model)
         plan = self._compile(occlusion, statement, model.get(), images)
+        _check_classes(occlusion, statement, plan)
         grid_columns = _grid(plan)
         mask = position_mask(occlusion, grid_columns, statement.text)
         pushdown = _describe_pushdown(
@@ -298,26 +299,38 @@ def _find(text: str, word: str) -> int:
 
 
 def _argument_error(statement: Statement, index: int, message: str) -> QueryError:
-    from krypton_ql.dsl.parse import fail
-
-    select = statement.select
-    source = select.args.get("from_") or select.args.get("from")
-    return fail(message, source.this.this.expressions[index], statement.text)
+    return fail(message, _function(statement).expressions[index], statement.text)
 
 
 def _node_error(statement: Statement, node: Any, message: str) -> QueryError:
-    from krypton_ql.dsl.parse import fail
-
     return fail(message, node, statement.text)
 
 
 def _option_named(message: str, occlusion: Occlusion) -> str | None:
-    for name in occlusion.option_nodes:
-        if message.startswith(name) or f" {name} " in message:
-            return name
-    if "patch" in message and "image" in message:
-        return "patch"
-    return None
+    """The option an argument check complains about (its messages start with the name)."""
+    return next((name for name in occlusion.option_nodes if message.startswith(name)), None)
+
+
+def _function(statement: Statement) -> Any:
+    select = statement.select
+    source = select.args.get("from_") or select.args.get("from")
+    return source.this.this
+
+
+def _check_classes(occlusion: Occlusion, statement: Statement, plan: api.OcclusionPlan) -> None:
+    """Classes named by the query exist in the model's output."""
+    count = plan.logical[plan.logical.output].schema.shape[0]
+    named = occlusion.classes or []
+    nodes = occlusion.class_nodes
+    if occlusion.classes is None and "target" in occlusion.options:
+        named, nodes = [occlusion.options["target"]], [occlusion.option_nodes["target"]]
+    for value in named:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < count:
+            raise _node_error(
+                statement,
+                nodes[0] if nodes else _function(statement),
+                f"class {value!r} is outside the model's {count} classes",
+            )
 
 
 def connect() -> Session:

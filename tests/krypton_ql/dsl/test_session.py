@@ -142,6 +142,18 @@ def test_built_in_model_and_photos_need_no_setup() -> None:
         ),
         ("SELECT y FROM occlusion(scans, cnn, patch => 4, score => 'p')", "score must be", 1, 58),
         (
+            "SELECT y FROM occlusion(scans, cnn, patch => 4) WHERE class IN (1, 9)",
+            "class 9 is outside the model's 4 classes",
+            1,
+            55,
+        ),
+        (
+            "SELECT y FROM occlusion(scans, cnn, patch => 4, target => 4)",
+            "class 4 is outside",
+            1,
+            59,
+        ),
+        (
             "SELECT y FROM occlusion(scans, cnn, patch => 4, backend => 'triton')",
             "not available yet",
             1,
