@@ -63,6 +63,7 @@ class Session:
         photos = {name: (lambda n=name: models.sample_photo(n)) for name in models.SAMPLE_PHOTOS}
         self._images["photos"] = _Images(photos, raw=True)
         self.last_queries = 0  # occlusion queries the last statement executed
+        self._plans: dict[tuple[Any, ...], api.OcclusionPlan] = {}  # compiled plans, reused
 
     # -- catalog ------------------------------------------------------------------------------
 
@@ -79,6 +80,7 @@ class Session:
         if not isinstance(module, nn.Module):
             raise InvalidInputError(f"register_model needs an nn.Module, got {type(module)}")
         self._models[name] = _Model(module.eval(), transform, classes)
+        self._plans.clear()  # a plan binds the module it was compiled for
 
     def register_images(self, name: str, images: Any) -> list[str]:
         """Register a tensor ``[N,C,H,W]`` or a list of tensors (named by index), or image files
@@ -186,8 +188,20 @@ class Session:
                 statement.text,
                 0,
             )
-        photo = item() if callable(item) else item
-        return model.transform(photo)
+        try:
+            photo = item() if callable(item) else item
+            image = model.transform(photo)
+        except Exception as error:  # user code or an unreadable file
+            raise QueryError(
+                f"image {name!r} could not be loaded and transformed: {error}", statement.text, 0
+            ) from error
+        if not isinstance(image, Tensor):
+            raise QueryError(
+                f"the model's transform returned {type(image).__name__}, not a tensor",
+                statement.text,
+                0,
+            )
+        return image
 
     def _compile(
         self, occlusion: Occlusion, statement: Statement, module: nn.Module, images: Tensor
@@ -210,14 +224,19 @@ class Session:
         if len(images) == 0:
             raise QueryError("no images match the query", statement.text, 0)
         options.pop("target", None)
+        key = (id(module), tuple(images.shape[1:]), tuple(sorted(options.items())))
+        if key in self._plans:
+            return self._plans[key]
         try:
-            return api.compile(module, tuple(images.shape[1:]), **options)
+            plan = api.compile(module, tuple(images.shape[1:]), **options)
         except InvalidInputError as error:
             name = _option_named(str(error), occlusion)
             node = occlusion.option_nodes.get(name) if name else None
             if node is None:
                 raise QueryError(str(error), statement.text, 0) from None
             raise _node_error(statement, node, str(error)) from None
+        self._plans[key] = plan
+        return plan
 
     def _relation(
         self,
