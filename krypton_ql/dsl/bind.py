@@ -10,7 +10,14 @@ import numpy as np
 from sqlglot import exp
 
 from krypton_ql.dsl.errors import QueryError
-from krypton_ql.dsl.expressions import conjuncts, evaluate, literal, referenced
+from krypton_ql.dsl.expressions import (
+    FUNCTIONS,
+    conjuncts,
+    evaluate,
+    is_aggregate,
+    literal,
+    referenced,
+)
 from krypton_ql.dsl.parse import Statement, fail
 
 COLUMNS = ("image", "row", "col", "y", "x", "class", "prob", "base_prob", "drop")
@@ -53,8 +60,34 @@ def bind(statement: Statement) -> Occlusion:
     for argument in arguments[2:]:
         _option(argument, occlusion, text)
     _check_columns(select, text)
+    _check_functions(select, text)
     _push_down(select.args.get("where"), occlusion, text)
     return occlusion
+
+
+def _check_functions(select: exp.Select, text: str) -> None:
+    """Every function a query calls is one the language has, before any query runs."""
+    source = function_of(select)
+    operators = (exp.Binary, exp.Connector, exp.Predicate, exp.Unary)
+    for node in select.walk(prune=lambda n: n is source):
+        if not isinstance(node, exp.Func) or isinstance(node, operators) or node is source:
+            continue
+        if is_aggregate(node) or type(node) in FUNCTIONS:
+            continue
+        name = node.name if isinstance(node, exp.Anonymous) else node.sql_name()
+        raise fail(
+            f"unknown function '{str(name).lower()}' (functions: abs, sqrt, exp, ln, "
+            "count, sum, avg, min, max, heatmap)",
+            node,
+            text,
+        )
+
+
+def function_of(select: exp.Select) -> exp.Expression | None:
+    """The ``occlusion(…)`` call of the FROM clause, if there is one."""
+    source = select.args.get("from_") or select.args.get("from")
+    table = source.this if source is not None else None
+    return table.this if isinstance(table, exp.Table) else None
 
 
 def _check_columns(select: exp.Select, text: str) -> None:

@@ -105,6 +105,13 @@ def evaluate(node: exp.Expression, columns: Columns, text: str) -> Any:
         return FUNCTIONS[type(node)](_number(evaluate(node.this, columns, text), node, text))
     if is_aggregate(node):
         raise fail(f"aggregate {node.sql()} is not allowed here", node, text)
+    if isinstance(node, exp.Anonymous):
+        raise fail(
+            f"unknown function '{node.name}' (functions: abs, sqrt, exp, ln, count, sum, "
+            "avg, min, max, heatmap)",
+            node,
+            text,
+        )
     raise fail(f"unsupported expression {node.sql()}", node, text)
 
 

@@ -161,6 +161,12 @@ def test_built_in_model_and_photos_need_no_setup() -> None:
         ),
         ("SELECT y FROM occlusion(scans, cnn, patch => 4, colour => 1)", "unknown option", 1, 59),
         ("SELECT y FROM scans", "FROM must be occlusion", 1, 15),
+        (
+            "SELECT y, blur(prob) FROM occlusion(scans, cnn, patch => 4)",
+            "unknown function 'blur'",
+            1,
+            11,
+        ),
         ("SELECT y FROM occlusion(scans, cnn)", "needs patch", 1, 15),
         (
             "SELECT y, heatmap(prob) FROM occlusion(scans, cnn, patch => 4) GROUP BY image",
