@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import krypton_ql as kql
 from runtime import reference
-
-
-def _model() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(6, 6, 3, padding=1),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(6, 4),
-    ).eval()
+from tests.helpers import small_cnn
 
 
 def test_targets_per_image_and_scores() -> None:
-    model, images = _model(), torch.randn(2, 3, 12, 10)
+    model, images = small_cnn(), torch.randn(2, 3, 12, 10)
     for target in (None, 3, [1, 2]):
         for score in ("prob", "logit"):
             exact = kql.occlusion_heatmap(
@@ -36,7 +24,7 @@ def test_targets_per_image_and_scores() -> None:
 
 def test_heatmap_values_are_the_scores_of_occluded_images() -> None:
     """Cell (i, j) is the target's probability with the patch at (i·Sy, j·Sx)."""
-    model, image = _model(), torch.randn(3, 12, 10)
+    model, image = small_cnn(), torch.randn(3, 12, 10)
     heatmap = kql.occlusion_heatmap(model, image, patch=(4, 3), stride=(3, 2), color=0.25, target=1)
     occluded = image.clone()
     occluded[:, 6:10, 4:7] = 0.25  # row 2, column 2
@@ -46,7 +34,7 @@ def test_heatmap_values_are_the_scores_of_occluded_images() -> None:
 
 
 def test_evaluate_reports_base_scores_and_query_count() -> None:
-    model, image = _model(), torch.randn(3, 12, 10)
+    model, image = small_cnn(), torch.randn(3, 12, 10)
     plan = kql.compile(model, image.shape, patch=3, stride=3)
     result = plan.evaluate(image)
     with torch.no_grad():
@@ -63,7 +51,7 @@ def test_evaluate_reports_base_scores_and_query_count() -> None:
 def test_progress_callback_sees_every_query() -> None:
     seen: list[tuple[int, int]] = []
     kql.occlusion_heatmap(
-        _model(),
+        small_cnn(),
         torch.randn(3, 12, 10),
         patch=3,
         stride=2,
@@ -85,7 +73,7 @@ def test_out_of_memory_halves_the_batch(monkeypatch: pytest.MonkeyPatch) -> None
         return original(node, inputs, env)
 
     monkeypatch.setitem(reference.KERNELS, reference.KernelId.GATHER_CONV2D, flaky)
-    model, image = _model(), torch.randn(3, 12, 10)
+    model, image = small_cnn(), torch.randn(3, 12, 10)
     exact = kql.occlusion_heatmap(model, image, patch=3, stride=2, batch_size=30)
     naive = kql.naive_heatmap(model, image, patch=3, stride=2)
     assert float((exact - naive).abs().max()) <= 1e-5
@@ -93,14 +81,14 @@ def test_out_of_memory_halves_the_batch(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_explain_matches_the_plan() -> None:
-    text = kql.explain(_model(), (3, 12, 10), patch=3, stride=2, batch_size=4)
+    text = kql.explain(small_cnn(), (3, 12, 10), patch=3, stride=2, batch_size=4)
     assert text.startswith("== logical ==")
     assert "== rewritten ==" in text and "== physical ==" in text
     assert "batch size 4 → 8 batches" in text
 
 
 def test_several_targets_in_one_pass() -> None:
-    model, images = _model(), torch.randn(2, 3, 12, 10)
+    model, images = small_cnn(), torch.randn(2, 3, 12, 10)
     plan = kql.compile(model, images.shape, patch=3, stride=2)
     result = plan.evaluate(images, targets=torch.tensor([[0, 3], [2, 1]]))
     assert result.heatmaps.shape == (2, 2, 6, 5) and result.queries == 60

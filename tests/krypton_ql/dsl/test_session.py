@@ -9,28 +9,16 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 import krypton_ql as kql
-
-
-def _model() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(6, 6, 3, padding=1),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(6, 4),
-    ).eval()
+from tests.helpers import small_cnn
 
 
 @pytest.fixture(scope="module")
 def session() -> kql.Session:
     torch.manual_seed(0)
     session = kql.connect()
-    session.register_model("cnn", _model())
+    session.register_model("cnn", small_cnn())
     session.register_images("scans", torch.randn(3, 3, 16, 14))
     return session
 
