@@ -1,0 +1,226 @@
+"""Fused gather + implicit-GEMM convolution over per-query windows of ``view ⊕ patch``.
+
+For query ``b`` with image ``img[b]``, read-in origin ``(ry[b], rx[b])`` and patch box at
+``(py[b], px[b])`` of size ``PH×PW``::
+
+    out[b, n, i, j] = bias[n] + Σ_{c, ky, kx} W[n, c, ky, kx] · A[b, g(n)·Cg + c,
+                                                             ry[b] + i·Sy + ky·Dy,
+                                                             rx[b] + j·Sx + kx·Dx]
+    A[b, c, y, x] = patch[b, c, y − py[b], x − px[b]]   inside the patch box,
+                    view[img[b], c, y, x]               elsewhere inside the map,
+                    0                                   outside the map (zero padding).
+
+The gather never materializes: each A-tile load reads the patch inside the box and the shared
+view outside it. M = B·OH·OW output pixels (all queries' pixels, so tiles stay full even when
+each query's box is small), N = output channels of a group, K = Cg·KH·KW. Twin:
+``runtime.values.gather`` followed by ``F.conv2d`` with padding 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+def get_autotune_configs() -> list[triton.Config]:
+    """Tile shapes (BLOCK_M output pixels × BLOCK_N channels × BLOCK_K reduction)."""
+    shapes = [
+        (64, 64, 32, 4),
+        (128, 64, 32, 4),
+        (64, 128, 32, 4),
+        (128, 128, 32, 8),
+        (32, 32, 32, 4),
+        (128, 32, 16, 4),
+    ]
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=2)
+        for m, n, k, w in shapes
+    ]
+
+
+# The interpreter (CPU tensors) runs one small tile; autotuning there would only cost time.
+INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
+
+
+@triton.jit
+def gather_conv2d_kernel(
+    # pointers
+    view,
+    patch,
+    image,
+    read_y,
+    read_x,
+    patch_y,
+    patch_x,
+    weight,
+    bias,
+    out,
+    # sizes
+    M,
+    H,
+    W,
+    PH,
+    PW,
+    OH,
+    OW,
+    CG,
+    COG,
+    KH,
+    KW,
+    # geometry
+    SY,
+    SX,
+    DY,
+    DX,
+    # strides
+    sv_n,
+    sv_c,
+    sv_h,
+    sv_w,
+    sp_b,
+    sp_c,
+    sp_h,
+    sp_w,
+    sw_n,
+    sw_c,
+    sw_h,
+    sw_w,
+    so_b,
+    so_c,
+    so_h,
+    so_w,
+    # meta-parameters
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid_m, pid_n, group = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixels of all queries
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels within the group
+    row_ok, col_ok = rows < M, cols < COG
+    b = rows // (OH * OW)
+    i = (rows % (OH * OW)) // OW
+    j = rows % OW
+    img = tl.load(image + b, mask=row_ok, other=0)
+    base_y = tl.load(read_y + b, mask=row_ok, other=0) + i * SY
+    base_x = tl.load(read_x + b, mask=row_ok, other=0) + j * SX
+    top = tl.load(patch_y + b, mask=row_ok, other=0)
+    left = tl.load(patch_x + b, mask=row_ok, other=0)
+    K = CG * KH * KW
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        c = ks // (KH * KW)
+        ky = (ks % (KH * KW)) // KW
+        kx = ks % KW
+        y = base_y[:, None] + ky[None, :] * DY
+        x = base_x[:, None] + kx[None, :] * DX
+        channel = group * CG + c[None, :]
+        valid = row_ok[:, None] & k_ok[None, :] & (y >= 0) & (y < H) & (x >= 0) & (x < W)
+        py, px = y - top[:, None], x - left[:, None]
+        inside = (py >= 0) & (py < PH) & (px >= 0) & (px < PW)
+        from_view = tl.load(
+            view + img[:, None] * sv_n + channel * sv_c + y * sv_h + x * sv_w,
+            mask=valid & ~inside,
+            other=0.0,
+        )
+        from_patch = tl.load(
+            patch + b[:, None] * sp_b + channel * sp_c + py * sp_h + px * sp_w,
+            mask=valid & inside,
+            other=0.0,
+        )
+        a = (from_view + from_patch).to(tl.float32)
+        w = tl.load(
+            weight
+            + (group * COG + cols[None, :]) * sw_n
+            + c[:, None] * sw_c
+            + ky[:, None] * sw_h
+            + kx[:, None] * sw_w,
+            mask=k_ok[:, None] & col_ok[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        acc += tl.dot(a, w, input_precision="ieee")
+    if HAS_BIAS:
+        acc += tl.load(bias + group * COG + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    pointers = (
+        out
+        + b[:, None] * so_b
+        + (group * COG + cols[None, :]) * so_c
+        + i[:, None] * so_h
+        + j[:, None] * so_w
+    )
+    tl.store(pointers, acc.to(out.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+_autotuned = triton.autotune(configs=get_autotune_configs(), key=["M", "COG", "CG", "KH", "KW"])(
+    gather_conv2d_kernel
+)
+
+
+def gather_conv2d(
+    view: Tensor,
+    patch: Tensor,
+    image: Tensor,
+    read_y: Tensor,
+    read_x: Tensor,
+    patch_y: Tensor,
+    patch_x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+    out_size: tuple[int, int],
+) -> Tensor:
+    """``conv2d(Window(view ⊕ patch))`` for every query, without building the windows.
+
+    ``view`` is ``[N, C, H, W]``, ``patch`` ``[B, C, PH, PW]`` with per-query origins
+    ``patch_y/x``; the windows start at ``read_y/x``; the result is ``[B, C_out, OH, OW]``.
+    """
+    assert view.dim() == 4 and patch.dim() == 4 and weight.dim() == 4
+    queries, oh, ow = patch.shape[0], out_size[0], out_size[1]
+    c_out, cg, kh, kw = weight.shape
+    assert cg * groups == view.shape[1] and c_out % groups == 0
+    out = torch.empty(queries, c_out, oh, ow, device=patch.device, dtype=patch.dtype)
+    m, cog = queries * oh * ow, c_out // groups
+    metadata = [t.to(torch.int64).contiguous() for t in (image, read_y, read_x, patch_y, patch_x)]
+    args = (
+        view,
+        patch,
+        *metadata,
+        weight,
+        bias if bias is not None else weight,
+        out,
+        m,
+        view.shape[2],
+        view.shape[3],
+        patch.shape[2],
+        patch.shape[3],
+        oh,
+        ow,
+        cg,
+        cog,
+        kh,
+        kw,
+        stride[0],
+        stride[1],
+        dilation[0],
+        dilation[1],
+        *view.stride(),
+        *patch.stride(),
+        *weight.stride(),
+        *out.stride(),
+    )
+
+    def grid(meta: dict) -> tuple[int, int, int]:
+        return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(cog, meta["BLOCK_N"]), groups)
+
+    if patch.device.type == "cpu":  # Triton's interpreter
+        gather_conv2d_kernel[grid](*args, HAS_BIAS=bias is not None, **INTERPRETER_CONFIG)
+    else:
+        _autotuned[grid](*args, HAS_BIAS=bias is not None)
+    return out

@@ -1,0 +1,91 @@
+"""The fused gather-convolution kernel against ``gather`` + ``F.conv2d`` on odd shapes and
+windows that cross the border."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from compiler.types import Size2
+from runtime.values import Patch, gather
+
+kernels = pytest.importorskip("runtime.kernels.gather_conv2d")
+
+
+@settings(max_examples=12)
+@given(
+    channels=st.sampled_from([1, 2, 3, 4]),
+    depthwise=st.booleans(),
+    c_out=st.integers(1, 5),
+    kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    stride=st.integers(1, 2),
+    dilation=st.integers(1, 2),
+    height=st.integers(4, 9),
+    width=st.integers(4, 9),
+    out=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    bias=st.booleans(),
+    seed=st.integers(0, 999),
+    data=st.data(),
+)
+def test_matches_gather_then_conv(
+    channels, depthwise, c_out, kernel, stride, dilation, height, width, out, bias, seed, data
+) -> None:
+    torch.manual_seed(seed)
+    groups = channels if depthwise else 1
+    c_out = channels if depthwise else c_out
+    queries = data.draw(st.integers(1, 3))
+    view = torch.randn(2, channels, height, width).contiguous(memory_format=torch.channels_last)
+    ph, pw = min(3, height), min(2, width)
+    patch = torch.randn(queries, channels, ph, pw)
+    py = torch.tensor([data.draw(st.integers(0, height - ph)) for _ in range(queries)])
+    px = torch.tensor([data.draw(st.integers(0, width - pw)) for _ in range(queries)])
+    ry = py + torch.tensor([data.draw(st.integers(-3, 1)) for _ in range(queries)])
+    rx = px + torch.tensor([data.draw(st.integers(-3, 1)) for _ in range(queries)])
+    image = torch.randint(0, 2, (queries,))
+    weight = torch.randn(c_out, channels // groups, *kernel)
+    b = torch.randn(c_out) if bias else None
+    window = Size2(
+        dilation * (kernel[0] - 1) + 1 + (out[0] - 1) * stride,
+        dilation * (kernel[1] - 1) + 1 + (out[1] - 1) * stride,
+    )
+    gathered = gather(view, Patch(patch, py, px), image, ry, rx, window, Size2(height, width))
+    expected = F.conv2d(gathered, weight, b, stride, 0, dilation, groups)
+    got = kernels.gather_conv2d(
+        view,
+        patch,
+        image,
+        ry,
+        rx,
+        py,
+        px,
+        weight,
+        b,
+        (stride, stride),
+        (dilation, dilation),
+        groups,
+        out,
+    )
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+def test_compiled_on_the_gpu_matches() -> None:
+    torch.manual_seed(0)
+    view = torch.randn(1, 64, 56, 56, device="cuda")
+    patch = torch.randn(256, 64, 12, 12, device="cuda")
+    py = torch.randint(0, 44, (256,), device="cuda")
+    px = torch.randint(0, 44, (256,), device="cuda")
+    weight = torch.randn(64, 64, 3, 3, device="cuda")
+    image = torch.zeros(256, dtype=torch.int64, device="cuda")
+    gathered = gather(
+        view, Patch(patch, py, px), image, py - 2, px - 2, Size2(16, 16), Size2(56, 56)
+    )
+    expected = F.conv2d(gathered, weight, None)
+    got = kernels.gather_conv2d(
+        view, patch, image, py - 2, px - 2, py, px, weight, None, (1, 1), (1, 1), 1, (14, 14)
+    )
+    assert torch.allclose(got, expected, atol=1e-3, rtol=1e-3)
