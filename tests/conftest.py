@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import os
 
-import pytest
 import torch
-from hypothesis import HealthCheck, settings
+
+# Triton kernels run in the interpreter on machines without CUDA; the switch must be on before
+# any kernel is decorated, i.e. before pytest imports a kernel module (tests or doctests).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
     "ci",
