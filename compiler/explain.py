@@ -114,6 +114,7 @@ def render(
     *,
     verbose: bool = False,
     sql: bool = False,
+    backend: str = "torch reference",
 ) -> str:
     """The full explain text of a compiled occlusion plan."""
     lines = ["== logical ==", *render_plan(logical, rewritten=False), ""]
@@ -127,14 +128,16 @@ def render(
         f"theoretical speedup {centre.speedup:.2f}×",
         "",
         "== physical ==",
-        *render_physical(physical, positions),
+        *render_physical(physical, positions, backend),
     ]
     if sql:
         lines += ["", "== relational ==", *relational.render_plan(logical)]
     return "\n".join(lines) + "\n"
 
 
-def render_physical(physical: PhysicalPlan, positions: tuple[int, int]) -> list[str]:
+def render_physical(
+    physical: PhysicalPlan, positions: tuple[int, int], backend: str = "torch reference"
+) -> list[str]:
     batching = physical.batching
     budget = f", budget {_bytes(batching.budget)}" if batching.budget is not None else ""
     lines = [
@@ -143,6 +146,7 @@ def render_physical(physical: PhysicalPlan, positions: tuple[int, int]) -> list[
         f"{_bytes(batching.bytes_per_query)} per query{budget}",
     ]
     view_values = sum(s.node.schema.numel for s in physical.steps if s.node.name in physical.views)
+    lines.append(f"backend: {backend}")
     lines.append(
         f"views kept: {len(physical.views)} of {len(physical.steps)} nodes, "
         f"{_bytes(view_values * WORD)} per image"

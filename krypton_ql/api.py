@@ -25,6 +25,8 @@ from compiler.pipeline import optimize
 from compiler.types import Size2
 from krypton_ql import options as check
 from krypton_ql.progress import progress_callback
+from runtime.backends import Backend, kernels_for, resolve
+from runtime.backends import describe as describe_backend
 from runtime.executor import Executor, materialize, select_scores
 from runtime.memory import default_budget
 from runtime.weights import Weights
@@ -54,8 +56,10 @@ class OcclusionPlan:
         occlusion: check.Occlusion,
         target: Any,
         options: CompileOptions,
+        backend: Backend = Backend.TORCH,
     ):
         self.model, self.shape, self.occlusion, self.target = model, shape, occlusion, target
+        self.backend = backend
         self.graph_module = trace(model)
         self.logical = import_model(self.graph_module, shape, occlusion.patch, occlusion.color)
         image = Size2(shape[1], shape[2])
@@ -85,6 +89,7 @@ class OcclusionPlan:
             self.grid,
             verbose=verbose,
             sql=sql,
+            backend=describe_backend(self.backend),
         )
 
     def run(self, image: Tensor, *, progress: ProgressArg = False) -> Tensor:
@@ -120,7 +125,12 @@ class OcclusionPlan:
                 targets = check.target_table(targets, len(images), logits.shape[1], logits.device)
             base = select_scores(logits, targets, self.occlusion.score)
             executor = Executor(
-                self.physical, views, weights, self.optimized.origins, self.positions
+                self.physical,
+                views,
+                weights,
+                self.optimized.origins,
+                self.positions,
+                kernels_for(self.backend),
             )
             total = len(images) * (len(positions) if positions is not None else len(self.positions))
             with progress_callback(progress, total, "occlusion") as report:
@@ -159,6 +169,7 @@ def compile(
     batch_size: int | None = None,
     memory_budget: int | None = None,
     linear_strategy: str = "auto",
+    backend: str = "auto",
 ) -> OcclusionPlan:
     """Compile an exact incremental occlusion plan for images of ``input_shape`` (C, H, W)."""
     shape = check.input_shape(input_shape)
@@ -180,7 +191,13 @@ def compile(
         check.batch_size(batch_size),
         budget,
     )
-    return OcclusionPlan(model, shape, occlusion, target, options)
+    try:
+        chosen = Backend(backend)
+    except ValueError:
+        raise InvalidInputError(
+            f"backend must be 'auto', 'torch' or 'triton', got {backend!r}"
+        ) from None
+    return OcclusionPlan(model, shape, occlusion, target, options, resolve(chosen, device.type))
 
 
 def occlusion_heatmap(
@@ -194,6 +211,7 @@ def occlusion_heatmap(
     score: Any = "prob",
     batch_size: int | None = None,
     progress: ProgressArg = False,
+    backend: str = "auto",
 ) -> Tensor:
     """Exact occlusion heatmap, computed incrementally: ``[rows, cols]`` for ``[C,H,W]``,
     ``[N, rows, cols]`` for ``[N,C,H,W]``. Cell ``(i, j)`` is the target's score (softmax
@@ -208,6 +226,7 @@ def occlusion_heatmap(
         target=target,
         score=score,
         batch_size=batch_size,
+        backend=backend,
     )
     return plan.run(image, progress=progress)
 

@@ -11,10 +11,10 @@ from torch import Tensor
 
 from compiler.boxes import Origins, Positions
 from compiler.ir import Constant, Input
-from compiler.physical import PhysicalPlan
+from compiler.physical import KernelId, PhysicalPlan
 from compiler.types import Score
 from runtime import full as full_ops
-from runtime.reference import KERNELS
+from runtime.reference import KERNELS, Kernel
 from runtime.values import Batch, Env, Patch
 from runtime.weights import Weights
 
@@ -58,8 +58,10 @@ class Executor:
         weights: Weights,
         origins: dict[str, Origins],
         positions: Positions,
+        kernels: dict[KernelId, Kernel] | None = None,
     ):
         self.plan = plan
+        self._kernels = kernels if kernels is not None else KERNELS
         device = views[plan.output].device
         self._origins = {
             name: (torch.as_tensor(y, device=device), torch.as_tensor(x, device=device))
@@ -115,7 +117,7 @@ class Executor:
         values: dict[str, Patch | Tensor | None] = {}
         for step in self.plan.steps:
             inputs = [values[name] for name in step.node.inputs]
-            values[step.node.name] = KERNELS[step.kernel](step.node, inputs, self._env)
+            values[step.node.name] = self._kernels[step.kernel](step.node, inputs, self._env)
             for name in step.frees:
                 del values[name]
         output = values[self.plan.output]

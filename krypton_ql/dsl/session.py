@@ -207,13 +207,13 @@ class Session:
         self, occlusion: Occlusion, statement: Statement, module: nn.Module, images: Tensor
     ) -> api.OcclusionPlan:
         options = dict(occlusion.options)
-        backend = options.pop("backend", "auto")
-        if backend not in ("auto", "torch"):
+        backend = options.get("backend", "auto")
+        if backend not in ("auto", "torch", "triton"):
             node = occlusion.option_nodes["backend"]
             raise _node_error(
                 statement,
                 node,
-                f"backend '{backend}' is not available yet (available: auto, torch)",
+                f"backend '{backend}' is not available (available: auto, torch, triton)",
             )
         if "patch" not in options:
             raise QueryError(

@@ -142,8 +142,8 @@ def test_built_in_model_and_photos_need_no_setup() -> None:
             59,
         ),
         (
-            "SELECT y FROM occlusion(scans, cnn, patch => 4, backend => 'triton')",
-            "not available yet",
+            "SELECT y FROM occlusion(scans, cnn, patch => 4, backend => 'cuda')",
+            "is not available",
             1,
             60,
         ),
