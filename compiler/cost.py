@@ -33,7 +33,7 @@ class Cost:
         return (self.fma, self.bytes)
 
 
-def fma(node: Node, inputs: list[Node], out_cells: int) -> int:
+def fma(node: Node, out_cells: int) -> int:
     """FMAs of ``node`` when it computes ``out_cells`` output positions per channel."""
     op = node.op
     if isinstance(op, JoinAggregate):
@@ -48,7 +48,7 @@ def naive_cost(node: Node, inputs: list[Node]) -> Cost:
     """Cost of computing ``node`` in full re-inference."""
     cells = node.schema.size.area if node.schema.is_spatial else 1
     moved = node.schema.numel + sum(i.schema.numel for i in inputs)
-    return Cost(fma(node, inputs, cells), moved * WORD)
+    return Cost(fma(node, cells), moved * WORD)
 
 
 def incremental_cost(node: Node, inputs: list[Node]) -> Cost:
@@ -71,7 +71,7 @@ def incremental_cost(node: Node, inputs: list[Node]) -> Cost:
     gathered = sum(i.schema.channels for i in inputs) * (
         update.read.area if update.read is not None else box_cells
     )
-    work = fma(node, inputs, box_cells)
+    work = fma(node, box_cells)
     if strategy is Strategy.DELTA:
         # Δ = patch − view over each input box, the zero window around it, view_out + op(Δ).
         differences = sum(2 * _boxed_values(i) for i in inputs)

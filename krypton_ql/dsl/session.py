@@ -216,11 +216,7 @@ class Session:
                 f"backend '{backend}' is not available (available: auto, torch, triton)",
             )
         if "patch" not in options:
-            raise QueryError(
-                "occlusion() needs patch => size",
-                statement.text,
-                _find(statement.text, "occlusion"),
-            )
+            raise _node_error(statement, _function(statement), "occlusion() needs patch => size")
         if len(images) == 0:
             raise QueryError("no images match the query", statement.text, 0)
         options.pop("target", None)
