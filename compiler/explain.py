@@ -115,8 +115,10 @@ def render(
     verbose: bool = False,
     sql: bool = False,
     backend: str = "torch reference",
+    choices: dict[str, str] | None = None,
 ) -> str:
-    """The full explain text of a compiled occlusion plan."""
+    """The full explain text of a compiled occlusion plan (``choices``: the implementation
+    each measured step ran, once a run has happened)."""
     lines = ["== logical ==", *render_plan(logical, rewritten=False), ""]
     if verbose:
         lines += _trace(optimized)
@@ -128,7 +130,7 @@ def render(
         f"theoretical speedup {centre.speedup:.2f}×",
         "",
         "== physical ==",
-        *render_physical(physical, positions, backend),
+        *render_physical(physical, positions, backend, choices or {}),
     ]
     if sql:
         lines += ["", "== relational ==", *relational.render_plan(logical)]
@@ -136,7 +138,10 @@ def render(
 
 
 def render_physical(
-    physical: PhysicalPlan, positions: tuple[int, int], backend: str = "torch reference"
+    physical: PhysicalPlan,
+    positions: tuple[int, int],
+    backend: str = "torch reference",
+    choices: dict[str, str] | None = None,
 ) -> list[str]:
     batching = physical.batching
     budget = f", budget {_bytes(batching.budget)}" if batching.budget is not None else ""
@@ -145,21 +150,30 @@ def render_physical(
         f"batch size {batching.batch_size} → {batching.batches} batches, "
         f"{_bytes(batching.bytes_per_query)} per query{budget}",
     ]
-    view_values = sum(s.node.schema.numel for s in physical.steps if s.node.name in physical.views)
+    views = [node for node in physical.nodes if node.name in physical.views]
+    view_values = sum(node.schema.numel for node in views)
     lines.append(f"backend: {backend}")
     lines.append(
-        f"views kept: {len(physical.views)} of {len(physical.steps)} nodes, "
+        f"views kept: {len(views)} of {len(physical.nodes)} nodes, "
         f"{_bytes(view_values * WORD)} per image"
     )
-    number = {step.node.name: index for index, step in enumerate(physical.steps, start=1)}
-    for step in physical.steps:
+    fused = sum(len(step.epilogue) for step in physical.steps)
+    lines.append(f"steps: {len(physical.steps)} ({fused} element-wise nodes fused into epilogues)")
+    choices = choices or {}
+    for number, step in enumerate(physical.steps, start=1):
         node, update = step.node, step.node.update
         assert update is not None
-        text = f"#{number[node.name]:<3} {step.kernel.value:<18} {node.name}"
+        text = f"#{number:<3} {step.kernel.value:<18} {node.name}"
+        if step.epilogue:
+            text += " → " + " → ".join(e.name for e in step.epilogue)
         if update.box is not None:
-            text += f" buffer={node.schema.shape[0]}×{update.box}"
+            text += f" buffer={step.output.schema.shape[0]}×{update.box}"
         if update.read is not None:
             text += f" window={update.read}"
+        if step.launch is not None:
+            text += f" {step.launch}"
+        if node.name in choices:
+            text += f" ran={choices[node.name]}"
         lines.append(text)
     return lines
 

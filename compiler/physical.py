@@ -1,4 +1,5 @@
-"""Physical plan: the kernel that computes each node, in execution order, with buffer lifetimes."""
+"""Physical plan: the kernel that computes each node, in execution order, with its fused
+element-wise epilogue, launch geometry and buffer lifetimes."""
 
 from __future__ import annotations
 
@@ -29,20 +30,62 @@ class KernelId(enum.Enum):
     FULL = "full"  # the operator on full per-query tensors
 
 
+# Kernels whose result is a per-query box: an element-wise epilogue can run on it in place.
+BOXED = frozenset(KernelId) - {
+    KernelId.VIEW,
+    KernelId.PROJECT,
+    KernelId.FULL,
+    KernelId.DELTA_GLOBAL_POOL,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """The work of one launch for a batch of ``batch`` queries.
+
+    A convolution is an implicit GEMM per group (``M = batch × m`` output pixels × ``N``
+    output channels × ``K`` reduction); other kernels map over ``batch × m`` output values.
+    ``m`` counts one query's outputs.
+    """
+
+    batch: int
+    m: int
+    n: int = 1
+    k: int = 1
+    groups: int = 1
+    gemm: bool = False
+
+    def __str__(self) -> str:
+        if self.gemm:
+            groups = f" ×{self.groups} groups" if self.groups > 1 else ""
+            return f"gemm M={self.batch}×{self.m} N={self.n} K={self.k}{groups}"
+        return f"map {self.batch}×{self.m}"
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One kernel launch per batch: the node it computes and the buffers it releases after."""
+    """One kernel launch per batch: the node it computes, the element-wise nodes fused into its
+    epilogue (applied before the result is stored), and the buffers it releases after."""
 
     node: Node
     kernel: KernelId
     frees: tuple[str, ...] = ()
+    epilogue: tuple[Node, ...] = ()
+    launch: Launch | None = None
+
+    @property
+    def output(self) -> Node:
+        """The node whose value the step stores (the last epilogue node, if any)."""
+        return self.epilogue[-1] if self.epilogue else self.node
 
 
 @dataclass(frozen=True, slots=True)
 class PhysicalPlan:
-    """Steps in execution order, the views the steps read, the output and the batching."""
+    """Steps in execution order, every node in order (for materialization), the views the steps
+    read, the output and the batching."""
 
     steps: tuple[Step, ...]
+    nodes: tuple[Node, ...]
     views: frozenset[str]
     output: str
     batching: Batching

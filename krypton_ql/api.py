@@ -25,8 +25,7 @@ from compiler.pipeline import optimize
 from compiler.types import Size2
 from krypton_ql import options as check
 from krypton_ql.progress import progress_callback
-from runtime.backends import Backend, kernels_for, resolve
-from runtime.backends import describe as describe_backend
+from runtime.backends import Backend, ConvChoice, resolve, runner_for
 from runtime.executor import Executor, materialize, select_scores
 from runtime.memory import default_budget
 from runtime.weights import Weights
@@ -57,9 +56,11 @@ class OcclusionPlan:
         target: Any,
         options: CompileOptions,
         backend: Backend = Backend.TORCH,
+        conv: ConvChoice = ConvChoice.MEASURE,
     ):
         self.model, self.shape, self.occlusion, self.target = model, shape, occlusion, target
         self.backend = backend
+        self.runner = runner_for(backend, conv)
         self.graph_module = trace(model)
         self.logical = import_model(self.graph_module, shape, occlusion.patch, occlusion.color)
         image = Size2(shape[1], shape[2])
@@ -89,7 +90,8 @@ class OcclusionPlan:
             self.grid,
             verbose=verbose,
             sql=sql,
-            backend=describe_backend(self.backend),
+            backend=self.runner.describe(),
+            choices=self.runner.choices,
         )
 
     def run(self, image: Tensor, *, progress: ProgressArg = False) -> Tensor:
@@ -130,7 +132,7 @@ class OcclusionPlan:
                 weights,
                 self.optimized.origins,
                 self.positions,
-                kernels_for(self.backend),
+                self.runner,
             )
             total = len(images) * (len(positions) if positions is not None else len(self.positions))
             with progress_callback(progress, total, "occlusion") as report:
@@ -170,8 +172,15 @@ def compile(
     memory_budget: int | None = None,
     linear_strategy: str = "auto",
     backend: str = "auto",
+    conv: str = "measure",
 ) -> OcclusionPlan:
-    """Compile an exact incremental occlusion plan for images of ``input_shape`` (C, H, W)."""
+    """Compile an exact incremental occlusion plan for images of ``input_shape`` (C, H, W).
+
+    ``backend``: ``"auto"`` (Triton kernels on CUDA, the torch reference on the CPU),
+    ``"torch"`` or ``"triton"`` (on CPU tensors: Triton's interpreter, slow — for tests).
+    ``conv`` (Triton backend): run each convolution with the fused kernel (``"triton"``),
+    gather + cuDNN (``"cudnn"``), or whichever is faster on the first batch (``"measure"``).
+    """
     shape = check.input_shape(input_shape)
     occlusion = check.occlusion(shape, patch, stride, color, score)
     try:
@@ -197,7 +206,15 @@ def compile(
         raise InvalidInputError(
             f"backend must be 'auto', 'torch' or 'triton', got {backend!r}"
         ) from None
-    return OcclusionPlan(model, shape, occlusion, target, options, resolve(chosen, device.type))
+    try:
+        conv_choice = ConvChoice(conv)
+    except ValueError:
+        raise InvalidInputError(
+            f"conv must be 'measure', 'triton' or 'cudnn', got {conv!r}"
+        ) from None
+    return OcclusionPlan(
+        model, shape, occlusion, target, options, resolve(chosen, device.type), conv_choice
+    )
 
 
 def occlusion_heatmap(

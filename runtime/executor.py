@@ -11,10 +11,10 @@ from torch import Tensor
 
 from compiler.boxes import Origins, Positions
 from compiler.ir import Constant, Input
-from compiler.physical import KernelId, PhysicalPlan
+from compiler.physical import PhysicalPlan
 from compiler.types import Score
 from runtime import full as full_ops
-from runtime.reference import KERNELS, Kernel
+from runtime.backends import Runner, TorchRunner
 from runtime.values import Batch, Env, Patch
 from runtime.weights import Weights
 
@@ -26,8 +26,8 @@ Progress = Callable[[int, int], None]
 def materialize(plan: PhysicalPlan, images: Tensor, weights: Weights) -> dict[str, Tensor]:
     """One clean forward over every node; keep the views that some kernel reads."""
     values: dict[str, Tensor] = {}
-    for step in plan.steps:
-        node = step.node
+    last_reader = {name: node.name for node in plan.nodes for name in node.inputs}
+    for node in plan.nodes:
         if isinstance(node.op, Input):
             values[node.name] = images
         elif isinstance(node.op, Constant):
@@ -37,8 +37,8 @@ def materialize(plan: PhysicalPlan, images: Tensor, weights: Weights) -> dict[st
             )
         else:
             values[node.name] = full_ops.full(node, [values[i] for i in node.inputs], weights)
-        for name in step.frees:
-            if name not in plan.views:
+        for name in dict.fromkeys(node.inputs):
+            if last_reader[name] == node.name and name not in plan.views:
                 del values[name]
     return {name: _gatherable(values[name]) for name in plan.views}
 
@@ -58,10 +58,10 @@ class Executor:
         weights: Weights,
         origins: dict[str, Origins],
         positions: Positions,
-        kernels: dict[KernelId, Kernel] | None = None,
+        runner: Runner | None = None,
     ):
         self.plan = plan
-        self._kernels = kernels if kernels is not None else KERNELS
+        self.runner = runner if runner is not None else TorchRunner()
         device = views[plan.output].device
         self._origins = {
             name: (torch.as_tensor(y, device=device), torch.as_tensor(x, device=device))
@@ -117,7 +117,7 @@ class Executor:
         values: dict[str, Patch | Tensor | None] = {}
         for step in self.plan.steps:
             inputs = [values[name] for name in step.node.inputs]
-            values[step.node.name] = self._kernels[step.kernel](step.node, inputs, self._env)
+            values[step.output.name] = self.runner.run(step, inputs, self._env)
             for name in step.frees:
                 del values[name]
         output = values[self.plan.output]

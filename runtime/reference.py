@@ -100,12 +100,12 @@ def gather_pool2d(node: Node, inputs: list[Value], env: Env) -> Value:
     assert isinstance(node.op, Pool)
     fill = float("-inf") if node.op.agg is Agg.MAX else 0.0
     window = _window(node, inputs, env, fill)
-    if node.op.agg is Agg.MAX or _constant_divisor(node.op):
+    if node.op.agg is Agg.MAX or constant_divisor(node.op):
         return _patch(node, full_ops.pool2d(window, node.op, with_padding=False), env)
     return _patch(node, _sum_pool(window, node.op) / _divisor(node, env), env)
 
 
-def _constant_divisor(op: Pool) -> bool:
+def constant_divisor(op: Pool) -> bool:
     """Every window of an average pool divides by ``kh·kw`` (or the override)."""
     return op.divisor_override is not None or (op.count_include_pad and not op.window.ceil_mode)
 
@@ -119,19 +119,24 @@ def _sum_pool(window: Tensor, op: Pool) -> Tensor:
 
 def _divisor(node: Node, env: Env) -> Tensor:
     """PyTorch's per-output divisor of an average pool over the box (border windows differ)."""
+    y0, x0 = env.batch.origins[node.name]
+    image = torch.zeros_like(y0)
+    return gather_view(divisor_map(node, env), image, y0, x0, _box(node))
+
+
+def divisor_map(node: Node, env: Env) -> Tensor:
+    """``[1, 1, OH, OW]``: the divisor of every output of an average pool over the full map."""
     assert isinstance(node.op, Pool)
     divisor = env.cache.get(node.name)
     if divisor is None:
         source = env.views[node.inputs[0]]
-        ones = torch.ones(1, 1, *source.shape[2:], dtype=source.dtype, device=source.device)
+        ones = torch.ones(1, 1, *source.shape[2:], dtype=torch.float32, device=source.device)
         counts = full_ops.pool2d(
             ones, Pool(Agg.AVG, node.op.window, node.op.count_include_pad, 1), with_padding=True
         )
         means = full_ops.pool2d(ones, node.op, with_padding=True)
-        divisor = env.cache[node.name] = torch.round(counts / means)
-    y0, x0 = env.batch.origins[node.name]
-    image = torch.zeros_like(y0)
-    return gather_view(divisor, image, y0, x0, _box(node))
+        divisor = env.cache[node.name] = torch.round(counts / means).to(source.dtype)
+    return divisor
 
 
 def elementwise(node: Node, inputs: list[Value], env: Env) -> Value:
@@ -212,7 +217,7 @@ def delta_conv2d(node: Node, inputs: list[Value], env: Env) -> Value:
 def delta_pool2d(node: Node, inputs: list[Value], env: Env) -> Value:
     assert isinstance(node.op, Pool) and node.op.agg is Agg.AVG
     window = _window(node, inputs, env, 0.0, delta=True)
-    if _constant_divisor(node.op):
+    if constant_divisor(node.op):
         change = full_ops.pool2d(window, node.op, with_padding=False)
     else:
         change = _sum_pool(window, node.op) / _divisor(node, env)

@@ -23,6 +23,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from runtime.kernels.epilogue import IDENTITY, Epilogue, apply
+
 
 def get_autotune_configs() -> list[triton.Config]:
     """Tile shapes (BLOCK_M output pixels × BLOCK_N channels × BLOCK_K reduction)."""
@@ -57,6 +59,10 @@ def gather_conv2d_kernel(
     weight,
     bias,
     out,
+    scale,
+    shift,
+    alpha,
+    beta,
     # sizes
     M,
     H,
@@ -93,6 +99,9 @@ def gather_conv2d_kernel(
     so_w,
     # meta-parameters
     HAS_BIAS: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+    ACT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -146,6 +155,10 @@ def gather_conv2d_kernel(
         acc += tl.dot(a, w, input_precision="ieee")
     if HAS_BIAS:
         acc += tl.load(bias + group * COG + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    channel = group * COG + cols
+    acc = apply(
+        acc, channel[None, :], col_ok[None, :], scale, shift, alpha, beta, HAS_SCALE, HAS_SHIFT, ACT
+    )
     pointers = (
         out
         + b[:, None] * so_b
@@ -175,8 +188,10 @@ def gather_conv2d(
     dilation: tuple[int, int],
     groups: int,
     out_size: tuple[int, int],
+    epilogue: Epilogue = IDENTITY,
 ) -> Tensor:
-    """``conv2d(Window(view ⊕ patch))`` for every query, without building the windows.
+    """``epilogue(conv2d(Window(view ⊕ patch)))`` for every query, without building the
+    windows.
 
     ``view`` is ``[N, C, H, W]``, ``patch`` ``[B, C, PH, PW]`` with per-query origins
     ``patch_y/x``; the windows start at ``read_y/x``; the result is ``[B, C_out, OH, OW]``.
@@ -195,6 +210,7 @@ def gather_conv2d(
         weight,
         bias if bias is not None else weight,
         out,
+        *epilogue.pointers(weight),
         m,
         view.shape[2],
         view.shape[3],
@@ -219,8 +235,9 @@ def gather_conv2d(
     def grid(meta: dict) -> tuple[int, int, int]:
         return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(cog, meta["BLOCK_N"]), groups)
 
+    flags = {"HAS_BIAS": bias is not None, **epilogue.flags()}
     if patch.device.type == "cpu":  # Triton's interpreter
-        gather_conv2d_kernel[grid](*args, HAS_BIAS=bias is not None, **INTERPRETER_CONFIG)
+        gather_conv2d_kernel[grid](*args, **flags, **INTERPRETER_CONFIG)
     else:
-        _autotuned[grid](*args, HAS_BIAS=bias is not None)
+        _autotuned[grid](*args, **flags)
     return out

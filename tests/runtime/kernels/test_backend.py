@@ -1,34 +1,72 @@
-"""The Triton backend end to end (in the interpreter on CPU): exact heatmaps."""
+"""The Triton backend end to end (in the interpreter on CPU): exact heatmaps on random CNNs,
+with fused epilogues, every gather kernel and both convolution implementations."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+from hypothesis import given, settings
 from torch import nn
 
 import krypton_ql as kql
+from tests.strategies import Case, cnn_cases
 
 
-def test_triton_backend_equals_naive() -> None:
+@settings(max_examples=15)
+@given(case=cnn_cases(dag=True))
+def test_triton_backend_equals_naive_on_random_cnns(case: Case) -> None:
+    plan = kql.compile(
+        case.model,
+        case.image.shape,
+        patch=case.patch,
+        stride=case.stride,
+        color=case.color,
+        backend="triton",
+    )
+    rows, cols = plan.grid
+    # The interpreter is slow: a spread of positions, border ones included.
+    chosen = torch.unique(torch.linspace(0, rows * cols - 1, 7).round().long())
+    exact = plan.evaluate(case.image, positions=chosen).heatmaps[0, 0].flatten()[chosen]
+    naive = kql.naive_heatmap(
+        case.model, case.image, patch=case.patch, stride=case.stride, color=case.color
+    )
+    assert float((exact - naive.flatten()[chosen]).abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("conv", ["triton", "cudnn", "measure"])
+def test_each_convolution_implementation(conv: str) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1),
-        nn.ReLU(),
+        nn.BatchNorm2d(4),
+        nn.Hardswish(),
         nn.Conv2d(4, 4, 3, stride=2, groups=2, bias=False),
         nn.ReLU(),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(4, 3),
     ).eval()
+    model[1].running_mean.uniform_(-1, 1)
+    model[1].running_var.uniform_(0.5, 2)
     image = torch.randn(3, 11, 10)
-    plan = kql.compile(model, image.shape, patch=3, stride=4, backend="triton")
-    assert "\nbackend: triton (gather_conv2d); torch reference for the other operators\n" in (
-        plan.explain()
-    )
+    plan = kql.compile(model, image.shape, patch=3, stride=4, backend="triton", conv=conv)
+    text = plan.explain()
+    assert "\nbackend: triton (gather_conv2d, gather_pool2d" in text
+    assert "gather_conv2d      _0 → _1 → _2 buffer=" in text  # conv + BN + hardswish fused
     exact = plan.run(image)
     naive = kql.naive_heatmap(model, image, patch=3, stride=4)
     assert float((exact - naive).abs().max()) <= 1e-5
+    ran = "triton" if conv == "measure" else conv  # the interpreter never measures
+    assert plan.runner.choices == {"_0": ran, "_3": ran}
+    assert f"ran={ran}" in plan.explain()
 
 
 def test_auto_is_the_reference_on_cpu() -> None:
     plan = kql.compile(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)).eval(), (3, 2, 2), patch=1)
     assert "\nbackend: torch reference\n" in plan.explain()
+
+
+def test_unknown_conv_choice_is_refused() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2)).eval()
+    with pytest.raises(kql.KryptonError, match="conv must be 'measure', 'triton' or 'cudnn'"):
+        kql.compile(model, (3, 2, 2), patch=1, backend="triton", conv="fastest")

@@ -1,0 +1,263 @@
+"""Gathers over a box of ``view ⊕ patch`` for one or two operands, combined element-wise, with
+an element-wise epilogue: the kernel behind ``gather_combine`` (residual add, SE scaling),
+``gather_concat`` (one launch per operand into its channel slice) and ``project`` (the box is
+the whole map).
+
+``out[b, c, i, j] = epilogue(A[b, c, y0[b]+i, x0[b]+j] ∘ B[b, c, y0[b]+i, x0[b]+j])`` where each
+operand reads its patch inside its own box and its view (of image ``image[b]``) elsewhere, and
+zero outside the map. A broadcast view (``expand``) has stride 0 on the broadcast axes.
+Twins: ``runtime.reference.gather_combine`` / ``gather_concat`` / ``project``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from compiler.ir import Arith
+from runtime.kernels.epilogue import IDENTITY, Epilogue, apply
+
+# ``ARITH`` codes of the kernel; 0 copies the first operand.
+ARITH_CODES = {
+    None: 0,
+    Arith.ADD: 1,
+    Arith.SUB: 2,
+    Arith.MUL: 3,
+    Arith.DIV: 4,
+    Arith.RSUB: 5,
+    Arith.RDIV: 6,
+}
+
+
+def get_autotune_configs() -> list[triton.Config]:
+    """Tile shapes (BLOCK_M cells × BLOCK_C channels)."""
+    shapes = [(32, 32, 4), (64, 64, 4), (16, 128, 4), (128, 16, 4)]
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_C": c}, num_warps=w, num_stages=1) for m, c, w in shapes
+    ]
+
+
+INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_C": 8}
+
+
+@triton.jit
+def _operand(view, patch, patch_y, patch_x, img, b, row_ok, y, x, PH, PW, channel, ok,
+             HAS_PATCH: tl.constexpr, sv_n, sv_c, sv_h, sv_w, sp_b, sp_c, sp_h, sp_w):  # fmt: skip
+    """One operand's values at cells ``(y, x)``: its patch inside its box, else its view."""
+    if HAS_PATCH:
+        top = tl.load(patch_y + b, mask=row_ok, other=0)
+        left = tl.load(patch_x + b, mask=row_ok, other=0)
+        py, px = y - top, x - left
+        inside = ((py >= 0) & (py < PH) & (px >= 0) & (px < PW))[:, None]
+        from_patch = tl.load(
+            patch
+            + b[:, None] * sp_b
+            + channel[None, :] * sp_c
+            + py[:, None] * sp_h
+            + px[:, None] * sp_w,
+            mask=ok & inside,
+            other=0.0,
+        )
+        from_view = tl.load(
+            view
+            + img[:, None] * sv_n
+            + channel[None, :] * sv_c
+            + y[:, None] * sv_h
+            + x[:, None] * sv_w,
+            mask=ok & ~inside,
+            other=0.0,
+        )
+        value = tl.where(inside, from_patch, from_view)
+    else:
+        value = tl.load(
+            view
+            + img[:, None] * sv_n
+            + channel[None, :] * sv_c
+            + y[:, None] * sv_h
+            + x[:, None] * sv_w,
+            mask=ok,
+            other=0.0,
+        )
+    return value.to(tl.float32)
+
+
+@triton.jit
+def gather_combine_kernel(
+    a_view,
+    a_patch,
+    a_top,
+    a_left,
+    b_view,
+    b_patch,
+    b_top,
+    b_left,
+    image,
+    box_y,
+    box_x,
+    out,
+    scale,
+    shift,
+    alpha,
+    beta,
+    M,
+    C,
+    H,
+    W,
+    BH,
+    BW,
+    A_PH,
+    A_PW,
+    B_PH,
+    B_PW,
+    sa_n,
+    sa_c,
+    sa_h,
+    sa_w,
+    sap_b,
+    sap_c,
+    sap_h,
+    sap_w,
+    sb_n,
+    sb_c,
+    sb_h,
+    sb_w,
+    sbp_b,
+    sbp_c,
+    sbp_h,
+    sbp_w,
+    so_b,
+    so_c,
+    so_h,
+    so_w,
+    A_PATCH: tl.constexpr,
+    B_PATCH: tl.constexpr,
+    ARITH: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+    ACT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    channel = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_ok, col_ok = rows < M, channel < C
+    b = rows // (BH * BW)
+    i = (rows % (BH * BW)) // BW
+    j = rows % BW
+    img = tl.load(image + b, mask=row_ok, other=0)
+    y = tl.load(box_y + b, mask=row_ok, other=0) + i
+    x = tl.load(box_x + b, mask=row_ok, other=0) + j
+    ok = (row_ok & (y >= 0) & (y < H) & (x >= 0) & (x < W))[:, None] & col_ok[None, :]
+    value = _operand(a_view, a_patch, a_top, a_left, img, b, row_ok, y, x, A_PH, A_PW, channel,
+                     ok, A_PATCH, sa_n, sa_c, sa_h, sa_w, sap_b, sap_c, sap_h, sap_w)  # fmt: skip
+    if ARITH != 0:
+        other = _operand(b_view, b_patch, b_top, b_left, img, b, row_ok, y, x, B_PH, B_PW,
+                         channel, ok, B_PATCH, sb_n, sb_c, sb_h, sb_w, sbp_b, sbp_c, sbp_h,
+                         sbp_w)  # fmt: skip
+        if ARITH == 1:
+            value = value + other
+        elif ARITH == 2:
+            value = value - other
+        elif ARITH == 3:
+            value = value * other
+        elif ARITH == 4:
+            value = value / other
+        elif ARITH == 5:
+            value = other - value
+        else:
+            value = other / value
+    value = apply(
+        value, channel[None, :], col_ok[None, :], scale, shift, alpha, beta, HAS_SCALE, HAS_SHIFT,
+        ACT,
+    )  # fmt: skip
+    pointers = (
+        out + b[:, None] * so_b + channel[None, :] * so_c + i[:, None] * so_h + j[:, None] * so_w
+    )
+    tl.store(pointers, value.to(out.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+_autotuned = triton.autotune(configs=get_autotune_configs(), key=["M", "C", "ARITH"])(
+    gather_combine_kernel
+)
+
+Operand = tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]  # view, patch, top, left
+
+
+def gather_combine(
+    operands: list[Operand],
+    image: Tensor,
+    box_y: Tensor,
+    box_x: Tensor,
+    box: tuple[int, int],
+    arith: Arith | None = None,
+    *,
+    epilogue: Epilogue = IDENTITY,
+    out: Tensor | None = None,
+) -> Tensor:
+    """``epilogue(A ∘ B)`` (or ``epilogue(A)`` with one operand and no ``arith``) over each
+    query's box at ``(box_y, box_x)`` of size ``box``; ``out`` may be a channel slice of a
+    larger tensor."""
+    assert len(operands) == (1 if arith is None else 2)
+    first = operands[0]
+    second = operands[1] if arith is not None else first
+    channels, height, width = first[0].shape[1:]
+    queries = len(box_y)
+    if out is None:
+        out = torch.empty(queries, channels, *box, device=box_y.device, dtype=first[0].dtype)
+    m = queries * box[0] * box[1]
+    args = [
+        *_pointers(first),
+        *_pointers(second),
+        image.to(torch.int64).contiguous(),
+        box_y.to(torch.int64).contiguous(),
+        box_x.to(torch.int64).contiguous(),
+        out,
+        *epilogue.pointers(first[0]),
+        m,
+        channels,
+        height,
+        width,
+        *box,
+        *_patch_size(first),
+        *_patch_size(second),
+        *first[0].stride(),
+        *_patch_strides(first),
+        *second[0].stride(),
+        *_patch_strides(second),
+        *out.stride(),
+    ]
+    flags = {
+        "A_PATCH": first[1] is not None,
+        "B_PATCH": second[1] is not None,
+        "ARITH": ARITH_CODES[arith],
+        **epilogue.flags(),
+    }
+
+    def grid(meta: dict) -> tuple[int, int]:
+        return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(channels, meta["BLOCK_C"]))
+
+    if box_y.device.type == "cpu":  # Triton's interpreter
+        gather_combine_kernel[grid](*args, **flags, **INTERPRETER_CONFIG)
+    else:
+        _autotuned[grid](*args, **flags)
+    return out
+
+
+def _pointers(operand: Operand) -> tuple:
+    view, patch, top, left = operand
+    if patch is None:
+        return view, view, view, view  # never read
+    assert top is not None and left is not None
+    return view, patch, top.to(torch.int64).contiguous(), left.to(torch.int64).contiguous()
+
+
+def _patch_size(operand: Operand) -> tuple[int, int]:
+    patch = operand[1]
+    return (0, 0) if patch is None else (patch.shape[2], patch.shape[3])
+
+
+def _patch_strides(operand: Operand) -> tuple[int, ...]:
+    patch = operand[1]
+    return (0, 0, 0, 0) if patch is None else tuple(patch.stride())

@@ -1,0 +1,220 @@
+"""Fused gather + pooling over per-query windows of ``view ⊕ patch``, with an element-wise
+epilogue.
+
+Rows of a tile are output pixels of all queries (``M = B·OH·OW``), columns are channels; each
+tap of the ``KH×KW`` window reads the patch inside the query's box and the shared view outside
+it. Taps outside the map are padding: skipped by a max, zero in a sum. An average divides by a
+constant or by a per-output divisor map (PyTorch's border rule), read at the output's position
+in the map. Twin: ``runtime.reference.gather_pool2d``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from runtime.kernels.epilogue import IDENTITY, Epilogue, apply
+
+
+def get_autotune_configs() -> list[triton.Config]:
+    """Tile shapes (BLOCK_M output pixels × BLOCK_C channels)."""
+    shapes = [(32, 32, 4), (64, 32, 4), (16, 64, 4), (128, 16, 4), (32, 128, 8)]
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_C": c}, num_warps=w, num_stages=1) for m, c, w in shapes
+    ]
+
+
+INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_C": 8}
+
+
+@triton.jit
+def gather_pool2d_kernel(
+    view,
+    patch,
+    image,
+    read_y,
+    read_x,
+    patch_y,
+    patch_x,
+    out_y,
+    out_x,
+    divisor,
+    out,
+    scale,
+    shift,
+    alpha,
+    beta,
+    M,
+    C,
+    H,
+    W,
+    PH,
+    PW,
+    OH,
+    OW,
+    KH,
+    KW,
+    SY,
+    SX,
+    DY,
+    DX,
+    DIVISOR_WIDTH,
+    constant_divisor,
+    sv_n,
+    sv_c,
+    sv_h,
+    sv_w,
+    sp_b,
+    sp_c,
+    sp_h,
+    sp_w,
+    so_b,
+    so_c,
+    so_h,
+    so_w,
+    IS_MAX: tl.constexpr,
+    DIVISOR_MAP: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+    ACT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    channel = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_ok, col_ok = rows < M, channel < C
+    b = rows // (OH * OW)
+    i = (rows % (OH * OW)) // OW
+    j = rows % OW
+    img = tl.load(image + b, mask=row_ok, other=0)
+    base_y = tl.load(read_y + b, mask=row_ok, other=0) + i * SY
+    base_x = tl.load(read_x + b, mask=row_ok, other=0) + j * SX
+    top = tl.load(patch_y + b, mask=row_ok, other=0)
+    left = tl.load(patch_x + b, mask=row_ok, other=0)
+    if IS_MAX:
+        acc = tl.full((BLOCK_M, BLOCK_C), float("-inf"), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+    for tap in range(0, KH * KW):
+        y = base_y + (tap // KW) * DY
+        x = base_x + (tap % KW) * DX
+        valid = row_ok & (y >= 0) & (y < H) & (x >= 0) & (x < W)
+        py, px = y - top, x - left
+        inside = (py >= 0) & (py < PH) & (px >= 0) & (px < PW)
+        both = valid[:, None] & col_ok[None, :]
+        from_view = tl.load(
+            view
+            + img[:, None] * sv_n
+            + channel[None, :] * sv_c
+            + y[:, None] * sv_h
+            + x[:, None] * sv_w,
+            mask=both & ~inside[:, None],
+            other=0.0,
+        )
+        from_patch = tl.load(
+            patch
+            + b[:, None] * sp_b
+            + channel[None, :] * sp_c
+            + py[:, None] * sp_h
+            + px[:, None] * sp_w,
+            mask=both & inside[:, None],
+            other=0.0,
+        )
+        value = tl.where(inside[:, None], from_patch, from_view).to(tl.float32)
+        if IS_MAX:
+            acc = tl.where(both, tl.maximum(acc, value), acc)
+        else:
+            acc += tl.where(both, value, 0.0)
+    if not IS_MAX:
+        if DIVISOR_MAP:
+            oy = tl.load(out_y + b, mask=row_ok, other=0) + i
+            ox = tl.load(out_x + b, mask=row_ok, other=0) + j
+            count = tl.load(divisor + oy * DIVISOR_WIDTH + ox, mask=row_ok, other=1.0)
+            acc = acc / count.to(tl.float32)[:, None]
+        else:
+            acc = acc / constant_divisor
+    acc = apply(
+        acc, channel[None, :], col_ok[None, :], scale, shift, alpha, beta, HAS_SCALE, HAS_SHIFT, ACT
+    )
+    pointers = (
+        out + b[:, None] * so_b + channel[None, :] * so_c + i[:, None] * so_h + j[:, None] * so_w
+    )
+    tl.store(pointers, acc.to(out.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+_autotuned = triton.autotune(configs=get_autotune_configs(), key=["M", "C", "KH", "KW"])(
+    gather_pool2d_kernel
+)
+
+
+def gather_pool2d(
+    view: Tensor,
+    patch: Tensor,
+    image: Tensor,
+    read_y: Tensor,
+    read_x: Tensor,
+    patch_y: Tensor,
+    patch_x: Tensor,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    out_size: tuple[int, int],
+    *,
+    is_max: bool,
+    divisor: float | tuple[Tensor, Tensor, Tensor] = 1.0,
+    epilogue: Epilogue = IDENTITY,
+) -> Tensor:
+    """``epilogue(pool(Window(view ⊕ patch)))`` for every query ``[B, C, OH, OW]``.
+
+    ``divisor`` of an average: a constant, or ``(map, out_y, out_x)`` — the per-output divisor
+    map ``[OH_map, OW_map]`` and each query's output origin in it.
+    """
+    queries, channels = patch.shape[:2]
+    oh, ow = out_size
+    out = torch.empty(queries, channels, oh, ow, device=patch.device, dtype=patch.dtype)
+    m = queries * oh * ow
+    metadata = [t.to(torch.int64).contiguous() for t in (image, read_y, read_x, patch_y, patch_x)]
+    if isinstance(divisor, tuple):
+        counts, out_y, out_x = divisor
+        counts = counts.to(torch.float32).contiguous()
+        origins = [out_y.to(torch.int64).contiguous(), out_x.to(torch.int64).contiguous()]
+        width, constant = counts.shape[-1], 1.0
+    else:
+        counts, origins, width, constant = patch, metadata[1:3], 1, float(divisor)
+    args = (
+        view,
+        patch,
+        *metadata,
+        *origins,
+        counts,
+        out,
+        *epilogue.pointers(patch),
+        m,
+        channels,
+        view.shape[2],
+        view.shape[3],
+        patch.shape[2],
+        patch.shape[3],
+        oh,
+        ow,
+        *kernel,
+        *stride,
+        *dilation,
+        width,
+        constant,
+        *view.stride(),
+        *patch.stride(),
+        *out.stride(),
+    )
+    flags = {"IS_MAX": is_max, "DIVISOR_MAP": isinstance(divisor, tuple), **epilogue.flags()}
+
+    def grid(meta: dict) -> tuple[int, int]:
+        return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(channels, meta["BLOCK_C"]))
+
+    if patch.device.type == "cpu":  # Triton's interpreter
+        gather_pool2d_kernel[grid](*args, **flags, **INTERPRETER_CONFIG)
+    else:
+        _autotuned[grid](*args, **flags)
+    return out
