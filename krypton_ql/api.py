@@ -57,7 +57,10 @@ class OcclusionPlan:
         options: CompileOptions,
         backend: Backend = Backend.TORCH,
         conv: ConvChoice = ConvChoice.MEASURE,
+        dtype: torch.dtype | None = None,
     ):
+        self.dtype = dtype
+        model = check.in_precision(model, dtype)
         self.model, self.shape, self.occlusion, self.target = model, shape, occlusion, target
         self.backend = backend
         self.runner = runner_for(backend, conv)
@@ -114,6 +117,8 @@ class OcclusionPlan:
         to ``compile``, else the predicted class); ``positions`` indexes the row-major grid.
         """
         images = check.images(image, self.shape)
+        if self.dtype is not None:
+            images = images.to(self.dtype)
         _check_device(self.model, images)
         weights = Weights(self.graph_module)
         with torch.no_grad():
@@ -173,6 +178,7 @@ def compile(
     linear_strategy: str = "auto",
     backend: str = "auto",
     conv: str = "measure",
+    precision: str | None = None,
 ) -> OcclusionPlan:
     """Compile an exact incremental occlusion plan for images of ``input_shape`` (C, H, W).
 
@@ -180,6 +186,9 @@ def compile(
     ``"torch"`` or ``"triton"`` (on CPU tensors: Triton's interpreter, slow — for tests).
     ``conv`` (Triton backend): run each convolution with the fused kernel (``"triton"``),
     gather + cuDNN (``"cudnn"``), or whichever is faster on the first batch (``"measure"``).
+    ``precision``: ``None`` runs in the model's own dtype; ``"fp32"``, ``"bf16"`` or ``"fp16"``
+    run a converted copy of the model on images cast to it (fp32 allows TF32 where torch does).
+    Scores are always reported in fp32.
     """
     shape = check.input_shape(input_shape)
     occlusion = check.occlusion(shape, patch, stride, color, score)
@@ -212,8 +221,9 @@ def compile(
         raise InvalidInputError(
             f"conv must be 'measure', 'triton' or 'cudnn', got {conv!r}"
         ) from None
+    dtype = check.precision(precision)
     return OcclusionPlan(
-        model, shape, occlusion, target, options, resolve(chosen, device.type), conv_choice
+        model, shape, occlusion, target, options, resolve(chosen, device.type), conv_choice, dtype
     )
 
 
@@ -229,6 +239,7 @@ def occlusion_heatmap(
     batch_size: int | None = None,
     progress: ProgressArg = False,
     backend: str = "auto",
+    precision: str | None = None,
 ) -> Tensor:
     """Exact occlusion heatmap, computed incrementally: ``[rows, cols]`` for ``[C,H,W]``,
     ``[N, rows, cols]`` for ``[N,C,H,W]``. Cell ``(i, j)`` is the target's score (softmax
@@ -244,6 +255,7 @@ def occlusion_heatmap(
         score=score,
         batch_size=batch_size,
         backend=backend,
+        precision=precision,
     )
     return plan.run(image, progress=progress)
 

@@ -30,9 +30,13 @@ def naive_heatmap(
     score: Any = "prob",
     batch_size: int | None = None,
     progress: bool | Any = False,
+    precision: str | None = None,
 ) -> Tensor:
     """Same signature and semantics as ``occlusion_heatmap``, by full re-inference."""
     images = check.images(image)
+    dtype = check.precision(precision)
+    model = check.in_precision(model, dtype)
+    images = images.to(dtype) if dtype is not None else images
     channels, height, width = (int(d) for d in images.shape[1:])
     occlusion = check.occlusion((channels, height, width), patch, stride, color, score)
     if any(m.training for m in model.modules()):
@@ -46,7 +50,7 @@ def naive_heatmap(
         targets = check.targets(target, len(images), logits.shape[1], logits.argmax(dim=1))
         size = check.batch_size(batch_size) or _batch_size(model, images[:1])
         total = len(images) * len(positions)
-        scores = torch.empty(total, dtype=logits.dtype, device=images.device)
+        scores = torch.empty(total, dtype=torch.float32, device=images.device)
         with progress_callback(progress, total, "naive") as report:
             for start in range(0, total, size):
                 index = torch.arange(start, min(start + size, total), device=images.device)
@@ -55,6 +59,7 @@ def naive_heatmap(
                     images[image_index], top[position], left[position], occlusion.patch, colour
                 )
                 output = model(batch)
+                output = output.float()  # scores in fp32 whatever the model's precision
                 values = torch.softmax(output, 1) if occlusion.score is Score.PROB else output
                 scores[index] = values.gather(1, targets[image_index]).squeeze(1)
                 if report is not None:

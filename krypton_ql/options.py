@@ -144,3 +144,27 @@ def batch_size(value: Any) -> int | None:
     if not _is_int(value) or value < 1:
         raise InvalidInputError(f"batch_size must be a positive int or None, got {value!r}")
     return int(value)
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision(value: Any) -> torch.dtype | None:
+    """``None`` (the model's own precision) or one of ``fp32``, ``bf16``, ``fp16``."""
+    if value is None:
+        return None
+    if value not in PRECISIONS:
+        raise InvalidInputError(
+            f"precision must be one of {', '.join(PRECISIONS)} (or None), got {value!r}"
+        )
+    return PRECISIONS[value]
+
+
+def in_precision(model: Any, dtype: torch.dtype | None) -> Any:
+    """The model, or a copy of it converted to ``dtype`` (the caller's model is left alone)."""
+    import copy
+
+    parameter = next(iter(model.parameters()), None)
+    if dtype is None or parameter is None or parameter.dtype == dtype:
+        return model
+    return copy.deepcopy(model).to(dtype)

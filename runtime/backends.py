@@ -12,7 +12,9 @@ ran, and explain shows it. On CPU tensors Triton kernels run in the interpreter 
 from __future__ import annotations
 
 import enum
+import importlib.util
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -20,6 +22,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from compiler.errors import InvalidInputError
 from compiler.ir import Combine, Concat, JoinAggregate, Node, Pool
 from compiler.physical import KernelId, Step
 from compiler.types import Agg
@@ -43,9 +46,29 @@ class ConvChoice(enum.Enum):
 
 
 def resolve(backend: Backend, device_type: str) -> Backend:
+    """The backend that runs on ``device_type``; prepares Triton's interpreter for CPU tensors."""
+    has_triton = importlib.util.find_spec("triton") is not None
     if backend is Backend.AUTO:
-        return Backend.TRITON if device_type == "cuda" else Backend.TORCH
+        if device_type == "cuda" and not has_triton:
+            log.warning("triton is not installed: running the torch reference backend on CUDA")
+        return Backend.TRITON if device_type == "cuda" and has_triton else Backend.TORCH
+    if backend is Backend.TRITON:
+        if not has_triton:
+            raise InvalidInputError("backend='triton' needs the triton package")
+        if device_type == "cpu":
+            _interpreter()
     return backend
+
+
+def _interpreter() -> None:
+    """Kernels on CPU tensors run in Triton's interpreter, which must be on before Triton is
+    imported (its own library functions are compiled then)."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        raise InvalidInputError(
+            "backend='triton' on CPU tensors runs Triton's interpreter (slow; meant for tests): "
+            "set TRITON_INTERPRET=1 in the environment before starting Python, or use "
+            "backend='torch' (the default on the CPU)"
+        )
 
 
 class Runner(Protocol):

@@ -89,7 +89,7 @@ class Executor:
         scores = torch.full(
             (count * self._positions, targets.shape[1]),
             float("nan"),
-            dtype=self._env.views[self.plan.output].dtype,
+            dtype=torch.float32,
             device=chosen.device,
         )
         start, size = 0, batch_size
@@ -126,6 +126,8 @@ class Executor:
 
 
 def select_scores(logits: Tensor, targets: Tensor, score: Score) -> Tensor:
-    """Per-row scores of the target classes: softmax probabilities or the raw outputs."""
+    """Per-row scores of the target classes, in fp32 whatever the model's precision: softmax
+    probabilities or the raw outputs."""
+    logits = logits.float()
     values = torch.softmax(logits, dim=1) if score is Score.PROB else logits
     return values.gather(1, targets)

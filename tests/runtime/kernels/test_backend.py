@@ -70,3 +70,10 @@ def test_unknown_conv_choice_is_refused() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2)).eval()
     with pytest.raises(kql.KryptonError, match="conv must be 'measure', 'triton' or 'cudnn'"):
         kql.compile(model, (3, 2, 2), patch=1, backend="triton", conv="fastest")
+
+
+def test_triton_on_cpu_without_the_interpreter_is_explained(monkeypatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2)).eval()
+    with pytest.raises(kql.KryptonError, match="set TRITON_INTERPRET=1 in the environment"):
+        kql.compile(model, (3, 2, 2), patch=1, backend="triton")
