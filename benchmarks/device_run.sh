@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# One device-machine run: GPU tests, then the GPU benchmark; logs and JSON under $OUT.
+#
+# Prepare the wheels the GPU image lacks first (on the development machine):
+#   ../shared/tools/gpu-wheels.sh
+# then run this script on the device machine with `.whl` carried:
+#   bash benchmarks/device_run.sh [benchmark options...]
+set -uo pipefail
+out=${OUT:-/tmp/krypton-out}
+mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+  && export PYTHONPATH=/tmp/site:$PWD || exit 1
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
+timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -30 \
+  | tee "$out/gpu_tests.log"
+python3 -m benchmarks.gpu --json "$out/gpu.json" "$@" 2>&1 | tee "$out/gpu_bench.log"

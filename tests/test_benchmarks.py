@@ -1,0 +1,26 @@
+"""The benchmark harnesses run end to end (tiny settings on the CPU; the figures are not
+checked here, only that every method runs and exact agrees with naive)."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import gpu
+
+
+def test_gpu_harness_runs_on_the_cpu(tmp_path) -> None:
+    out = tmp_path / "gpu.json"
+    rows = gpu.main(
+        "--models resnet18 --precision fp32,bf16 --methods naive,captum,torch --size 64 "
+        f"--stride 16 --repeat 1 --device cpu --json {out}".split()
+    )
+    methods = [(row["precision"], row["method"]) for row in rows]
+    assert methods == [
+        (p, m) for p in ("fp32", "bf16") for m in ("naive", "captum", "exact (torch)")
+    ]
+    for row in rows:
+        if row["method"] == "exact (torch)":
+            assert row["max_abs_diff"] <= (1e-5 if row["precision"] == "fp32" else 1e-3)
+            assert row["speedup"] > 0
+    saved = json.loads(out.read_text())
+    assert saved["meta"]["device"] == "cpu" and len(saved["results"]) == 6
