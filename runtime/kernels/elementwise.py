@@ -11,8 +11,16 @@ from torch import Tensor
 
 from runtime.kernels.epilogue import Epilogue, apply
 
-BLOCK = 1024  # elements per program: a memory-bound map, one vector per thread
-INTERPRETER_BLOCK = 64
+
+def get_autotune_configs() -> list[triton.Config]:
+    """Elements per program of a memory-bound map."""
+    return [
+        triton.Config({"BLOCK": block}, num_warps=w)
+        for block, w in ((256, 2), (1024, 4), (4096, 8))
+    ]
+
+
+INTERPRETER_CONFIG = {"BLOCK": 64}
 
 
 @triton.jit
@@ -49,19 +57,20 @@ def elementwise_kernel(
     tl.store(out + index, value.to(out.dtype.element_ty), mask=ok)
 
 
+_autotuned = triton.autotune(configs=get_autotune_configs(), key=["N", "C"])(elementwise_kernel)
+
+
 def elementwise(x: Tensor, epilogue: Epilogue) -> Tensor:
     """``epilogue(x)`` for ``x`` ``[B, C, H, W]``."""
     out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     count = x.numel()
-    block = INTERPRETER_BLOCK if x.device.type == "cpu" else BLOCK
-    elementwise_kernel[(triton.cdiv(count, block),)](
-        x,
-        out,
-        *epilogue.pointers(x),
-        count,
-        *x.shape[1:],
-        *x.stride(),
-        **epilogue.flags(),
-        BLOCK=block,
-    )
+    args = (x, out, *epilogue.pointers(x), count, *x.shape[1:], *x.stride())
+
+    def grid(meta: dict) -> tuple[int]:
+        return (triton.cdiv(count, meta["BLOCK"]),)
+
+    if x.device.type == "cpu":  # Triton's interpreter
+        elementwise_kernel[grid](*args, **epilogue.flags(), **INTERPRETER_CONFIG)
+    else:
+        _autotuned[grid](*args, **epilogue.flags())
     return out
