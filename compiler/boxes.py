@@ -141,6 +141,8 @@ def node_origins(
         )
     y0, x0 = origins[inputs[0].name]
     if isinstance(op, (JoinAggregate, Pool)):
+        if update.crop is not None:  # an approximate centre crop of the input box
+            y0, x0 = y0 + update.crop.h, x0 + update.crop.w
         extent, stride, pad = op.window.extent, op.window.stride, op.window.padding
         return (
             window_start(y0, extent.h, stride.h, pad.top, box.h, size.h),

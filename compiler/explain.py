@@ -22,7 +22,7 @@ from compiler.ir import (
     Softmax,
 )
 from compiler.physical import PhysicalPlan
-from compiler.pipeline import Optimized
+from compiler.pipeline import Optimized, is_approximate
 from compiler.plan import Plan
 
 
@@ -122,7 +122,10 @@ def render(
     lines = ["== logical ==", *render_plan(logical, rewritten=False), ""]
     if verbose:
         lines += _trace(optimized)
-    fired = ", ".join(f"{name}×{count}" for name, count in optimized.rules_fired)
+    fired = ", ".join(
+        f"{'≈' if is_approximate(name) else ''}{name}×{count}"
+        for name, count in optimized.rules_fired
+    )
     lines += ["== rewritten ==", f"rules: {fired}", *render_plan(optimized.plan, rewritten=True)]
     lines += [
         f"cost per query (patch at the centre): naive {_quantity(centre.naive.fma)} FMA, "

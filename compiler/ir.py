@@ -278,13 +278,18 @@ class Update:
     strategy: Strategy
     box: Size2 | None = None
     read: Size2 | None = None
+    # Approximate only: the box was cut below the exact one (projective-field thresholding), and
+    # the input box's start moves by ``crop`` cells before the window formula (a centre crop).
+    crop: Size2 | None = None
 
     def __str__(self) -> str:
-        text = self.strategy.value
+        text = ("≈" if self.crop is not None else "") + self.strategy.value
         if self.box is not None:
             text += f" box={self.box}"
         if self.read is not None:
             text += f" read={self.read}"
+        if self.crop is not None:
+            text += f" crop=+{self.crop}"
         return text
 
 

@@ -27,3 +27,4 @@ class CompileOptions:
     batch_size: int | None = None  # None: from the memory budget
     memory_budget: int | None = None  # bytes for per-query buffers; None: no limit
     images: int = 1  # images per run; queries = images × positions
+    tau: float = 1.0  # projective-field threshold; 1 is exact (rules/approx)

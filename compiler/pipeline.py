@@ -18,6 +18,7 @@ from compiler.errors import KryptonError
 from compiler.ir import Node, State
 from compiler.options import CompileOptions
 from compiler.plan import Plan
+from compiler.rules.approx.threshold_projective_field import threshold_projective_field
 from compiler.rules.base import Rule, RuleContext
 from compiler.rules.batch_occlusion_queries import batch_occlusion_queries
 from compiler.rules.choose_linear_delta import choose_linear_delta
@@ -63,6 +64,22 @@ STAGES: tuple[Stage, ...] = (
     Stage("choose", (Rule(choose_linear_delta),), maintains=True),
 )
 
+# Approximate rules, by the stage they join (first in it) when a workload asks for them.
+APPROXIMATE: dict[str, tuple[Rule, ...]] = {
+    "maintain": (Rule(threshold_projective_field, exact=False),),
+}
+
+
+def stages(options: CompileOptions) -> tuple[Stage, ...]:
+    """The pipeline for ``options``: ``STAGES``, plus the approximate rules it asks for."""
+    if options.tau >= 1.0:
+        return STAGES
+    return tuple(Stage(s.name, APPROXIMATE.get(s.name, ()) + s.rules, s.maintains) for s in STAGES)
+
+
+def is_approximate(rule_name: str) -> bool:
+    return any(rule.name == rule_name for rules in APPROXIMATE.values() for rule in rules)
+
 
 @dataclass(frozen=True)
 class TraceEntry:
@@ -90,7 +107,7 @@ def optimize(logical: Plan, options: CompileOptions, positions: Positions) -> Op
     """Apply every stage to ``logical`` for the queries at ``positions``."""
     plan, trace = logical, []
     origins: dict[str, Origins] = {}
-    for stage in STAGES:
+    for stage in stages(options):
         plan, fired, origins = _run_stage(stage, plan, options, positions)
         plan.verify()
         trace.append(TraceEntry(stage.name, fired, plan))

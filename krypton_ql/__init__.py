@@ -6,8 +6,9 @@ incremental queries.
 ['compile', 'connect', 'explain', 'models']
 """
 
-from krypton_ql import models
+from krypton_ql import models, quality
 from krypton_ql.api import OcclusionPlan, OcclusionResult, compile, explain, occlusion_heatmap
+from krypton_ql.approx import DrillDownPlan, Profile, tune
 from krypton_ql.dsl.errors import QueryError
 from krypton_ql.dsl.result import Result
 from krypton_ql.dsl.session import Session, connect
@@ -17,7 +18,9 @@ from krypton_ql.naive import naive_heatmap
 __all__ = [
     "InvalidInputError",
     "KryptonError",
+    "DrillDownPlan",
     "OcclusionPlan",
+    "Profile",
     "OcclusionResult",
     "QueryError",
     "Result",
@@ -29,4 +32,6 @@ __all__ = [
     "models",
     "naive_heatmap",
     "occlusion_heatmap",
+    "quality",
+    "tune",
 ]

@@ -179,8 +179,15 @@ def compile(
     backend: str = "auto",
     conv: str = "measure",
     precision: str | None = None,
-) -> OcclusionPlan:
-    """Compile an exact incremental occlusion plan for images of ``input_shape`` (C, H, W).
+    tau: float | None = None,
+    drilldown: float | None = None,
+    speedup: float | None = None,
+    ssim: float | None = None,
+    profile: Any = None,
+    drilldown_mode: str = "grid",
+) -> Any:
+    """Compile an incremental occlusion plan for images of ``input_shape`` (C, H, W): exact
+    unless an approximation is asked for.
 
     ``backend``: ``"auto"`` (Triton kernels on CUDA, the torch reference on the CPU),
     ``"torch"`` or ``"triton"`` (on CPU tensors: Triton's interpreter, slow — for tests).
@@ -189,9 +196,28 @@ def compile(
     ``precision``: ``None`` runs in the model's own dtype; ``"fp32"``, ``"bf16"`` or ``"fp16"``
     run a converted copy of the model on images cast to it (fp32 allows TF32 where torch does).
     Scores are always reported in fp32.
+
+    Approximation (off unless asked; explain marks it ``≈``):
+    ``tau`` in (0, 1]: cap every layer's update box at ``round(τ·W_O)`` per side, centred;
+    cells outside keep their clean values (projective-field thresholding; 1 is exact).
+    ``drilldown`` (a fraction r in (0, 1]) and/or ``speedup`` (a target > 1; defaults r = 0.25,
+    target 3): run every position at a coarse stride, then ``stride`` only at a fraction r of
+    the cells (``DrillDownPlan``). ``ssim`` in (0, 1] with ``profile`` (from ``kql.tune``):
+    the smallest τ — and the drill-down, if the profile measured one — that met the target.
+    ``drilldown_mode``: ``"grid"`` (the paper's coarse stride, bilinear interpolation) or
+    ``"lattice"`` (the same query budget on a lattice of fine cells, thin-plate-spline
+    reconstruction: much closer to exact; see ``compiler/rules/approx/adaptive_drilldown.py``).
     """
     shape = check.input_shape(input_shape)
     occlusion = check.occlusion(shape, patch, stride, color, score)
+    if ssim is not None:
+        from krypton_ql.approx import resolve_ssim
+
+        tau, drilldown, speedup, drilldown_mode = resolve_ssim(
+            ssim, profile, occlusion.patch, tau, drilldown, speedup, drilldown_mode
+        )
+    elif profile is not None:
+        raise InvalidInputError("profile= is read by ssim=; give ssim too")
     try:
         strategy = LinearStrategy(linear_strategy)
     except ValueError:
@@ -201,14 +227,6 @@ def compile(
     parameter = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
     device = parameter.device if parameter is not None else torch.device("cpu")
     budget = memory_budget if memory_budget is not None else default_budget(device)
-    options = CompileOptions(
-        occlusion.patch,
-        occlusion.stride,
-        occlusion.color,
-        strategy,
-        check.batch_size(batch_size),
-        budget,
-    )
     try:
         chosen = Backend(backend)
     except ValueError:
@@ -222,9 +240,33 @@ def compile(
             f"conv must be 'measure', 'triton' or 'cudnn', got {conv!r}"
         ) from None
     dtype = check.precision(precision)
-    return OcclusionPlan(
-        model, shape, occlusion, target, options, resolve(chosen, device.type), conv_choice, dtype
-    )
+    threshold = check.fraction("tau", tau, default=1.0)
+
+    def plan(occlusion: check.Occlusion) -> OcclusionPlan:
+        options = CompileOptions(
+            occlusion.patch,
+            occlusion.stride,
+            occlusion.color,
+            strategy,
+            check.batch_size(batch_size),
+            budget,
+            tau=threshold,
+        )
+        resolved = resolve(chosen, device.type)
+        return OcclusionPlan(model, shape, occlusion, target, options, resolved, conv_choice, dtype)
+
+    if drilldown is None and speedup is None:
+        return plan(occlusion)
+    from krypton_ql.approx import DrillDownPlan, drilldown_settings
+
+    if occlusion.stride.h != occlusion.stride.w:
+        raise InvalidInputError("drill-down needs a square stride (one int)")
+    settings = drilldown_settings(drilldown, speedup, occlusion.stride.h, drilldown_mode)
+    assert settings is not None
+    if settings.mode == "lattice":
+        return DrillDownPlan(None, plan(occlusion), settings)
+    coarse = check.occlusion(shape, patch, settings.coarse, color, score)
+    return DrillDownPlan(plan(coarse), plan(occlusion), settings)
 
 
 def occlusion_heatmap(
@@ -240,10 +282,18 @@ def occlusion_heatmap(
     progress: ProgressArg = False,
     backend: str = "auto",
     precision: str | None = None,
+    tau: float | None = None,
+    drilldown: float | None = None,
+    speedup: float | None = None,
+    ssim: float | None = None,
+    profile: Any = None,
+    drilldown_mode: str = "grid",
 ) -> Tensor:
-    """Exact occlusion heatmap, computed incrementally: ``[rows, cols]`` for ``[C,H,W]``,
+    """Occlusion heatmap, computed incrementally: ``[rows, cols]`` for ``[C,H,W]``,
     ``[N, rows, cols]`` for ``[N,C,H,W]``. Cell ``(i, j)`` is the target's score (softmax
-    probability, or the raw output with ``score="logit"``) with the patch at ``(i·Sy, j·Sx)``."""
+    probability, or the raw output with ``score="logit"``) with the patch at ``(i·Sy, j·Sx)``.
+    Exact unless ``tau``, ``drilldown``, ``speedup`` or ``ssim`` asks for an approximation
+    (see ``compile``)."""
     images = check.images(image)
     plan = compile(
         model,
@@ -256,6 +306,12 @@ def occlusion_heatmap(
         batch_size=batch_size,
         backend=backend,
         precision=precision,
+        tau=tau,
+        drilldown=drilldown,
+        speedup=speedup,
+        ssim=ssim,
+        profile=profile,
+        drilldown_mode=drilldown_mode,
     )
     return plan.run(image, progress=progress)
 

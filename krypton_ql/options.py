@@ -168,3 +168,12 @@ def in_precision(model: Any, dtype: torch.dtype | None) -> Any:
     if dtype is None or parameter is None or parameter.dtype == dtype:
         return model
     return copy.deepcopy(model).to(dtype)
+
+
+def fraction(name: str, value: Any, *, default: float | None = None) -> float | None:
+    """A number in (0, 1] (``None`` gives ``default``)."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 < float(value) <= 1:
+        raise InvalidInputError(f"{name} must be a number in (0, 1], got {value!r}")
+    return float(value)

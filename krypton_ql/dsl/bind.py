@@ -23,7 +23,9 @@ from krypton_ql.dsl.parse import Statement, fail
 COLUMNS = ("image", "row", "col", "y", "x", "class", "prob", "base_prob", "drop")
 POSITION_COLUMNS = frozenset({"row", "col", "y", "x"})
 APPROXIMATE = frozenset({"tau", "drilldown", "speedup", "ssim"})
-OPTIONS = frozenset({"patch", "stride", "color", "target", "score", "batch_size", "backend"})
+OPTIONS = frozenset(
+    {"patch", "stride", "color", "target", "score", "batch_size", "backend", "drilldown_mode"}
+)
 
 
 @dataclass
@@ -131,11 +133,9 @@ def _option(node: exp.Expression, occlusion: Occlusion, text: str) -> None:
     occlusion.option_nodes[name] = node
     if name in APPROXIMATE:
         _check_range(name, occlusion.options[name], node, text)
-        raise fail(f"option '{name}' (approximate inference) is not available yet", node, text)
 
 
-# The approximation options' domains, checked now so that a query is told what is wrong with
-# it before it is told that approximation is not available yet.
+# The approximation options' domains, checked while binding (before anything runs).
 RANGES = {
     "tau": (0.0, 1.0, "in (0, 1]"),
     "drilldown": (0.0, 1.0, "in (0, 1]"),

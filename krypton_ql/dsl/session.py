@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ class _Model:
     transform: Transform | None
     classes: Sequence[str] | None
     loader: Callable[[], nn.Module] | None = None
+    profile: Any = None  # a krypton_ql.Profile that ssim => … queries read
 
     def get(self) -> nn.Module:
         if self.module is None:
@@ -74,13 +76,31 @@ class Session:
         *,
         transform: Transform | None = None,
         classes: Sequence[str] | None = None,
+        profile: Any = None,
     ) -> None:
         """Make ``module`` available to queries as ``name``; ``transform`` turns raw photos
-        (image files) into its input."""
+        (image files) into its input; ``profile`` (from ``kql.tune``) serves ``ssim => …``."""
         if not isinstance(module, nn.Module):
             raise InvalidInputError(f"register_model needs an nn.Module, got {type(module)}")
-        self._models[name] = _Model(module.eval(), transform, classes)
+        self._models[name] = _Model(module.eval(), transform, classes, profile=profile)
         self._plans.clear()  # a plan binds the module it was compiled for
+
+    def tune(self, model: str, images: str, **options: Any) -> Any:
+        """``kql.tune`` the registered ``model`` on the image set ``images`` (same options:
+        ``ssim``, ``patch``, ``stride``, ``drilldown``, …) and keep the profile for its
+        ``ssim => …`` queries. Returns the profile."""
+        from krypton_ql.approx import tune
+
+        if model not in self._models:
+            raise InvalidInputError(f"unknown model {model!r} (models: {', '.join(self._models)})")
+        if images not in self._images:
+            raise InvalidInputError(f"unknown images {images!r}")
+        entry, catalog = self._models[model], self._images[images]
+        context: Any = SimpleNamespace(text=f"tune({model!r}, {images!r})")
+        sample = torch.stack([self._image(catalog, name, entry, context) for name in catalog.items])
+        entry.profile = tune(entry.get(), sample, **options)
+        self._plans.clear()
+        return entry.profile
 
     def register_images(self, name: str, images: Any) -> list[str]:
         """Register a tensor ``[N,C,H,W]`` or a list of tensors (named by index), or image files
@@ -220,7 +240,22 @@ class Session:
         if len(images) == 0:
             raise QueryError("no images match the query", statement.text, 0)
         options.pop("target", None)
-        key = (id(module), tuple(images.shape[1:]), tuple(sorted(options.items())))
+        if "ssim" in options:
+            profile = self._models[occlusion.model].profile
+            if profile is None:
+                raise _node_error(
+                    statement,
+                    occlusion.option_nodes["ssim"],
+                    f"ssim needs a tuning profile for model '{occlusion.model}': run "
+                    f"session.tune('{occlusion.model}', '<images>', ssim=…) or register the "
+                    "model with profile=kql.tune(…)",
+                )
+            options["profile"] = profile
+        key = (
+            id(module),
+            tuple(images.shape[1:]),
+            tuple(sorted((k, id(v) if k == "profile" else v) for k, v in options.items())),
+        )
         if key in self._plans:
             return self._plans[key]
         try:

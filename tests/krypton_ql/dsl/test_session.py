@@ -120,7 +120,18 @@ def test_built_in_model_and_photos_need_no_setup() -> None:
         ("SELECT y FROM occlusion(scans, cnm, patch => 4)", "unknown model 'cnm'", 1, 32),
         ("SELECT y FROM occlusion(scans, cnn, patch => 40)", "larger than the 16×14", 1, 46),
         ("SELECT y FROM occlusion(scans, cnn, patch => 4, stride => 0)", "at least 1", 1, 59),
-        ("SELECT y FROM occlusion(scans, cnn, patch => 4, tau => 0.5)", "not available yet", 1, 56),
+        (
+            "SELECT y FROM occlusion(scans, cnn, patch => 4, ssim => 0.9)",
+            "ssim needs a tuning profile for model 'cnn'",
+            1,
+            57,
+        ),
+        (
+            "SELECT y FROM occlusion(scans, cnn, patch => 4, speedup => 20, drilldown => 0.5)",
+            "speedup 20× is out of reach",
+            1,
+            60,
+        ),
         ("SELECT y FROM occlusion(scans, cnn, patch => 4, patch => 2)", "given twice", 1, 58),
         (
             "SELECT y FROM occlusion(scans, cnn, patch => 4, tau => 1.5)",

@@ -1,0 +1,256 @@
+"""Approximate inference: projective-field thresholding, adaptive drill-down, tuning to an
+SSIM target, quality metrics, and the query-language options."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import krypton_ql as kql
+from compiler.boxes import Positions
+from compiler.rules.approx import adaptive_drilldown as drill
+from compiler.types import Size2
+from krypton_ql import models, quality
+from tests.helpers import small_cnn
+
+
+def _two_convs() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
+
+
+def test_tau_one_is_the_exact_plan() -> None:
+    model, shape = small_cnn(), (3, 20, 18)
+    exact = kql.compile(model, shape, patch=4, stride=3)
+    same = kql.compile(model, shape, patch=4, stride=3, tau=1.0)
+    assert same.explain() == exact.explain()
+    assert "≈" not in same.explain()
+    image = torch.randn(shape)
+    assert torch.equal(same.run(image), exact.run(image))
+
+
+def test_tau_boxes_equal_hand_computed_ones() -> None:
+    """32×32 image, patch 8 at (12, 12), τ = 0.25.
+    conv1 (k3 s1 p1, 32 outputs): exact box 10 > cap round(8) = 8 → box 8; the implied input
+    is 8 − 3 + 1 = 6 wide, so the input start moves by (8 − 6)//2 = 1 to 13, and the output
+    start is ceil((1 + 13 − 3 + 1)/1) = 12; read window 3 + 7 = 10.
+    conv2 (k3 s2 p1, 16 outputs): exact min(ceil(10/2), 16) = 5 > cap 4 → box 4; implied input
+    4·2 − 3 + 1 = 6, start 12 + (8 − 6)//2 = 13, output start ceil((1 + 13 − 3 + 1)/2) = 6;
+    read window 3 + 3·2 = 9."""
+    plan = kql.compile(_two_convs(), (3, 32, 32), patch=8, stride=12, tau=0.25)
+    centre = 4  # positions (0, 12, 24)²: index 4 is (12, 12)
+    assert (int(plan.positions.top[centre]), int(plan.positions.left[centre])) == (12, 12)
+    nodes = {node.source.split(" ")[0]: node for node in plan.optimized.plan}
+    origins = plan.optimized.origins
+    for name, box, read, start in (("0", 8, 10, 12), ("1", 4, 9, 6)):
+        update = nodes[name].update
+        assert (update.box, update.read) == (Size2(box, box), Size2(read, read)), name
+        y, x = origins[nodes[name].name]
+        assert (int(y[centre]), int(x[centre])) == (start, start), name
+    assert "≈threshold_projective_field×2" in plan.explain()
+    assert "{≈recompute box=8×8 read=10×10 crop=+1×1}" in plan.explain()
+
+
+def test_tau_keeps_view_values_outside_the_box() -> None:
+    """An independent oracle for one capped layer: the conv output of the occluded image inside
+    the capped box, the clean conv output outside it, then the rest of the network."""
+    torch.manual_seed(1)
+    conv, head = nn.Conv2d(3, 4, 5, padding=2), nn.Linear(4, 3)
+    model = nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head).eval()
+    image = torch.randn(3, 24, 24)
+    plan = kql.compile(model, image.shape, patch=6, stride=6, tau=0.25)
+    node = next(n for n in plan.optimized.plan if n.source.startswith("0"))
+    box = node.update.box
+    ys, xs = plan.optimized.origins[node.name]
+    heatmap = plan.run(image)
+    with torch.no_grad():
+        clean = conv(image[None])[0]
+        target = int(model(image[None]).argmax())
+        expected = []
+        for index, (top, left) in enumerate(zip(plan.positions.top, plan.positions.left)):
+            occluded = image.clone()
+            occluded[:, top : top + 6, left : left + 6] = 0
+            mixed = clean.clone()
+            y, x = int(ys[index]), int(xs[index])
+            window = conv(occluded[None])[0][:, y : y + box.h, x : x + box.w]
+            mixed[:, y : y + box.h, x : x + box.w] = window
+            expected.append(F.softmax(head(mixed.mean((1, 2))), 0)[target])
+    assert box == Size2(6, 6)  # capped from 10
+    expected = torch.stack(expected).reshape(plan.grid)
+    assert float((heatmap - expected).abs().max()) <= 1e-6
+    exact = kql.naive_heatmap(model, image, patch=6, stride=6)
+    assert float((heatmap - exact).abs().max()) > 1e-4  # it is an approximation
+
+
+# research §2.8, Fig. 7a (patch 16, patch at the centre)
+FIG_7A = {
+    "vgg16": {1.0: 6.52, 0.9: 6.70, 0.8: 7.22, 0.7: 7.57, 0.6: 8.65, 0.5: 9.20, 0.4: 11.39},
+    "resnet18": {1.0: 2.19, 0.9: 2.57, 0.8: 2.80, 0.7: 3.50, 0.6: 4.84, 0.5: 5.36, 0.4: 7.73},
+}
+
+
+@pytest.mark.parametrize("name", list(FIG_7A))
+def test_theoretical_speedups_with_tau_reproduce_the_paper(name: str) -> None:
+    model = getattr(torchvision.models, name)().eval()
+    got = {
+        tau: kql.compile(model, (3, 224, 224), patch=16, batch_size=1, tau=tau).theoretical_speedup
+        for tau in FIG_7A[name]
+    }
+    assert got == pytest.approx(FIG_7A[name], rel=0.02)
+
+
+@pytest.mark.parametrize(
+    ("ratio", "target", "coarse"),
+    [(0.1, 5, 13), (0.4, 2, 13), (0.25, 3, 14)],  # OCT, chest X-ray, ImageNet (research §5.2)
+)
+def test_drilldown_query_counts_follow_the_formula(ratio, target, coarse) -> None:
+    torch.manual_seed(0)
+    model = small_cnn()
+    image = torch.randn(3, 224, 224)
+    plan = kql.compile(model, image.shape, patch=16, stride=4, drilldown=ratio, speedup=target)
+    assert plan.settings.coarse == coarse
+    result = plan.evaluate(image)
+    fine = Positions.grid(Size2(224, 224), Size2(16, 16), Size2(4, 4))
+    stage1 = len(Positions.grid(Size2(224, 224), Size2(16, 16), Size2(coarse, coarse)))
+    assert result.queries == stage1 + math.ceil(ratio * len(fine))
+    measured = len(fine) / result.queries
+    assert measured == pytest.approx(drill.predicted_speedup(coarse, 4, ratio), rel=0.05)
+    assert measured == pytest.approx(target, rel=0.05)
+    text = plan.explain()
+    assert "== ≈ adaptive drill-down (grid) ==" in text and "predicted speedup" in text
+
+
+def test_drilldown_refines_the_lowest_cells_exactly() -> None:
+    torch.manual_seed(0)
+    model = small_cnn()
+    image = torch.randn(3, 48, 48)
+    plan = kql.compile(model, image.shape, patch=8, stride=2, drilldown=0.2, speedup=3.2)
+    assert plan.settings.coarse == 6
+    heatmap = plan.run(image)
+    exact = kql.naive_heatmap(model, image, patch=8, stride=2)
+    refined = torch.as_tensor(plan.last_selected[0])
+    assert not torch.isnan(heatmap).any()
+    assert int(refined.sum()) == math.ceil(0.2 * heatmap.numel())
+    assert float((heatmap[refined] - exact[refined]).abs().max()) <= 1e-5
+    # stage 1's cells (every third fine cell here) are exact too: interpolation passes them
+    coarse = 3
+    assert float((heatmap[::coarse, ::coarse] - exact[::coarse, ::coarse]).abs().max()) <= 1e-5
+
+
+def test_lattice_drilldown_samples_exactly_and_reconstructs_the_rest() -> None:
+    torch.manual_seed(0)
+    model = small_cnn()
+    image = torch.randn(3, 40, 40)
+    options = dict(patch=8, stride=2, drilldown=0.05, speedup=3.0)
+    plan = kql.compile(model, image.shape, drilldown_mode="lattice", **options)
+    result = plan.evaluate(image)
+    rows, cols = plan.grid
+    assert result.queries == int(plan.last_selected.sum())
+    assert rows * cols / result.queries == pytest.approx(plan.settings.predicted_speedup, rel=0.05)
+    exact = kql.naive_heatmap(model, image, patch=8, stride=2)
+    sampled = torch.as_tensor(plan.last_selected[0])
+    assert float((result.heatmaps[0, 0][sampled] - exact[sampled]).abs().max()) <= 1e-5
+    assert quality.spearman(exact, result.heatmaps[0, 0]) > 0.8
+
+
+def test_interpolation_and_lattice_geometry() -> None:
+    coarse = np.array([[0.0, 4.0], [8.0, 12.0]])
+    fine = drill.interpolate(coarse, 8, 4, (3, 3))
+    assert fine.tolist() == [[0.0, 2.0, 4.0], [4.0, 6.0, 8.0], [8.0, 10.0, 12.0]]
+    mask = drill.lattice((53, 53), 3.0)
+    assert abs(mask.mean() - 1 / 3) < 0.01
+    # every unsampled cell has a sample next to it
+    padded = np.pad(mask, 1)
+    neighbours = padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
+    assert int((~(mask | neighbours)).sum()) <= 1  # the far corner may miss out
+
+
+def test_quality_metrics_against_known_cases() -> None:
+    rng = np.random.default_rng(0)
+    exact = rng.random((20, 20))
+    assert quality.ssim(exact, exact) == 1.0
+    assert quality.ssim(exact, exact + 0.3 * rng.random((20, 20))) < 0.95
+    assert quality.spearman(exact, 2 * exact + 1) == pytest.approx(1.0)
+    assert quality.spearman(exact, -exact) == pytest.approx(-1.0)
+    assert quality.top_iou(exact, exact, 0.1) == 1.0
+    shifted = np.roll(exact, 10, axis=0)
+    assert quality.top_iou(exact, shifted, 0.1) < 0.3
+
+
+def test_tau_tuned_on_some_photos_holds_on_others() -> None:
+    """Pretrained EfficientNet-Lite0: tune τ at SSIM 0.9 on two photos (coarse grid: patch 32,
+    stride 16, to stay fast), check SSIM ≥ 0.9 on the two photos it never saw."""
+    model = models.efficientnet_lite0()
+    photos = {name: models.preprocess(models.sample_photo(name)) for name in models.SAMPLE_PHOTOS}
+    sample = torch.stack([photos["chelsea"], photos["coffee"]])
+    profile = kql.tune(model, sample, ssim=0.9, patch=32, stride=16)
+    assert profile.tau_for(0.9) < 1.0  # it found an approximation
+    assert len(profile.taus) <= 4  # bisection, not the whole grid of seven
+    restored = kql.Profile.from_json(profile.to_json())
+    for name in ("astronaut", "rocket"):
+        exact = kql.occlusion_heatmap(model, photos[name], patch=32, stride=16)
+        approx = kql.occlusion_heatmap(
+            model, photos[name], patch=32, stride=16, ssim=0.9, profile=restored
+        )
+        assert quality.ssim(exact, approx) >= 0.9, name
+
+
+def test_approximation_options_are_checked() -> None:
+    model, shape = small_cnn(), (3, 16, 16)
+    with pytest.raises(kql.KryptonError, match=r"tau must be a number in \(0, 1\]"):
+        kql.compile(model, shape, patch=4, tau=0)
+    with pytest.raises(kql.KryptonError, match="ssim= needs a tuning profile"):
+        kql.compile(model, shape, patch=4, ssim=0.9)
+    with pytest.raises(kql.KryptonError, match="speedup 5× is out of reach"):
+        kql.compile(model, shape, patch=4, drilldown=0.5, speedup=5)
+    with pytest.raises(kql.KryptonError, match="drilldown_mode must be one of grid, lattice"):
+        kql.compile(model, shape, patch=4, drilldown=0.1, drilldown_mode="spiral")
+    profile = kql.Profile(8, 4, "min", {"1": [1.0]})
+    with pytest.raises(kql.KryptonError, match="tuned at patch 8"):
+        kql.compile(model, shape, patch=4, ssim=0.9, profile=profile)
+
+
+def test_query_language_approximation_options() -> None:
+    torch.manual_seed(0)
+    session = kql.connect()
+    model = small_cnn()
+    images = torch.randn(2, 3, 24, 24)
+    session.register_model("cnn", model)
+    session.register_images("scans", images)
+    exact = session.sql(
+        "SELECT image, heatmap(prob) AS h FROM occlusion(scans, cnn, patch => 4, stride => 2) "
+        "GROUP BY image"
+    )
+    approx = session.sql(
+        "SELECT image, heatmap(prob) AS h FROM occlusion(scans, cnn, patch => 4, stride => 2, "
+        "tau => 0.25) GROUP BY image"
+    )
+    direct = kql.occlusion_heatmap(model, images, patch=4, stride=2, tau=0.25)
+    for (_, h), d in zip(approx.rows, direct):
+        assert np.allclose(h, d.numpy(), atol=1e-6)
+    assert "≈threshold_projective_field" in approx.explain()
+    assert "≈" not in exact.explain()
+    drilled = session.sql(
+        "EXPLAIN SELECT heatmap(prob) FROM occlusion(scans, cnn, patch => 4, stride => 2, "
+        "drilldown => 0.1, speedup => 4, drilldown_mode => 'lattice')"
+    )
+    assert "≈ adaptive drill-down (lattice)" in drilled.rows[0][0]
+    session.tune("cnn", "scans", ssim=0.9, patch=4, stride=2)
+    tuned = session.sql(
+        "SELECT image, heatmap(prob) AS h FROM occlusion(scans, cnn, patch => 4, stride => 2, "
+        "ssim => 0.9) GROUP BY image"
+    )
+    for (_, e), (_, a) in zip(exact.rows, tuned.rows):
+        assert quality.ssim(e, a) >= 0.9
