@@ -123,7 +123,7 @@ def run(
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--block", type=int, default=8, help="block side, in positions")
     parser.add_argument("--repeat", type=int, default=2)
@@ -135,7 +135,7 @@ def main() -> None:
         default="1,4,16,64",
         help="naive batch sizes to try; the fastest is the baseline",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     results = []
     for name in args.models.split(","):
         model = (

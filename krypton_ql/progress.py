@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -11,9 +13,11 @@ Report = Callable[[int, int], None]
 
 
 @contextmanager
-def progress_callback(progress: bool | Report, total: int, label: str) -> Iterator[Report | None]:
-    """Yield a ``(done, total)`` callback: ``True`` shows a tqdm bar on stderr, a callable is
-    used as is, ``False`` reports nothing."""
+def progress_callback(progress: Any, total: int, label: str) -> Iterator[Report | None]:
+    """Yield a ``(done, total)`` callback: ``True`` shows a tqdm bar on stderr, ``"auto"`` shows
+    one when stderr is a terminal, a callable is used as is, ``False`` reports nothing."""
+    if progress == "auto":
+        progress = sys.stderr.isatty()
     if callable(progress):
         yield progress
         return

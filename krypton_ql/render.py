@@ -17,21 +17,20 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 
-def overlay_png(
-    path: str | Path,
-    photo: Tensor,
-    heatmap: Tensor,
-    base: float,
-    title: str,
-    patch: tuple[int, int],
-    stride: tuple[int, int],
-) -> Path:
-    """Write ``photo`` ([3,H,W] in [0,1]) beside the heatmap overlay, with a colour bar.
+def limits(base: float | None, heatmap: Tensor) -> tuple[float, float]:
+    """Colour limits: the paper's ``[0.75·p, min(1, 1.25·p)]`` for a probability heatmap with
+    clean probability ``p``; the heatmap's own range otherwise (``base`` None).
 
-    Cell ``(i, j)`` is drawn at the centre of its patch, ``(i·Sy + Ph/2, j·Sx + Pw/2)``.
+    >>> limits(0.8, torch.zeros(2, 2)), limits(None, torch.tensor([[1.0, 3.0]]))
+    ((0.6000000000000001, 1.0), (1.0, 3.0))
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if base is not None:
+        return 0.75 * base, min(1.0, 1.25 * base)
+    return float(heatmap.min()), float(heatmap.max())
+
+
+def _draw(axis, photo: Tensor, heatmap: Tensor, span, patch, stride):
+    """The photo with the heatmap over it; cell ``(i, j)`` at its patch centre."""
     rows, cols = heatmap.shape
     extent = (
         patch[1] / 2 - stride[1] / 2,
@@ -39,26 +38,79 @@ def overlay_png(
         (rows - 1) * stride[0] + patch[0] / 2 + stride[0] / 2,
         patch[0] / 2 - stride[0] / 2,
     )
-    figure, axes = plt.subplots(1, 2, figsize=(9, 4.4), constrained_layout=True)
-    picture = photo.permute(1, 2, 0).cpu().numpy()
-    axes[0].imshow(picture)
-    axes[0].set_title(title, fontsize=10)
-    axes[1].imshow(picture)
-    low, high = 0.75 * base, min(1.0, 1.25 * base)
-    shown = axes[1].imshow(
+    axis.imshow(photo.permute(1, 2, 0).cpu().numpy())
+    shown = axis.imshow(
         heatmap.float().cpu().numpy(),
         cmap="jet_r",
         alpha=0.55,
-        vmin=low,
-        vmax=high,
+        vmin=span[0],
+        vmax=span[1],
         extent=extent,
         interpolation="bilinear",
     )
-    axes[1].set_xlim(-0.5, photo.shape[2] - 0.5)
-    axes[1].set_ylim(photo.shape[1] - 0.5, -0.5)
-    axes[1].set_title("probability with the patch here (red: dropped)", fontsize=10)
-    for axis in axes:
-        axis.axis("off")
+    axis.set_xlim(-0.5, photo.shape[2] - 0.5)
+    axis.set_ylim(photo.shape[1] - 0.5, -0.5)
+    axis.axis("off")
+    return shown
+
+
+def overlay_png(
+    path: str | Path,
+    photo: Tensor,
+    heatmap: Tensor,
+    base: float | None,
+    title: str,
+    patch: tuple[int, int],
+    stride: tuple[int, int],
+) -> Path:
+    """Write ``photo`` ([3,H,W] in [0,1]) beside the heatmap overlay, with a colour bar.
+
+    ``base`` is the clean probability of a probability heatmap (the paper's colour limits,
+    red = the prediction dropped); None colours any other heatmap by its own range.
+    Cell ``(i, j)`` is drawn at the centre of its patch, ``(i·Sy + Ph/2, j·Sx + Pw/2)``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure, axes = plt.subplots(1, 2, figsize=(9, 4.4), constrained_layout=True)
+    axes[0].imshow(photo.permute(1, 2, 0).cpu().numpy())
+    axes[0].set_title(title, fontsize=10)
+    axes[0].axis("off")
+    shown = _draw(axes[1], photo, heatmap, limits(base, heatmap), patch, stride)
+    caption = "probability with the patch here (red: dropped)" if base is not None else "value"
+    axes[1].set_title(caption, fontsize=10)
+    figure.colorbar(shown, ax=axes[1], fraction=0.046)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def comparison_png(
+    path: str | Path,
+    photo: Tensor,
+    exact: Tensor,
+    approx: Tensor,
+    base: float,
+    labels: tuple[str, str],
+    patch: tuple[int, int],
+    stride: tuple[int, int],
+) -> Path:
+    """Exact and approximate heatmaps side by side on the same colour scale (the paper's
+    limits), with SSIM and Spearman correlation in the title."""
+    from krypton_ql import quality
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure, axes = plt.subplots(1, 2, figsize=(9, 4.4), constrained_layout=True)
+    span = limits(base, exact)
+    for axis, heatmap, label in zip(axes, (exact, approx), labels):
+        shown = _draw(axis, photo, heatmap, span, patch, stride)
+        axis.set_title(label, fontsize=10)
+    scores = quality.compare(exact, approx)
+    figure.suptitle(
+        f"SSIM {scores['ssim']:.3f}, Spearman {scores['spearman']:.3f}, top-10% IoU "
+        f"{scores['top10_iou']:.2f}",
+        fontsize=10,
+    )
     figure.colorbar(shown, ax=axes[1], fraction=0.046)
     figure.savefig(path, dpi=100)
     plt.close(figure)

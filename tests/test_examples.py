@@ -33,3 +33,24 @@ def test_quickstart(tmp_path) -> None:
     output = _run("quickstart.py", "--patch", "56", "--stride", "56", "--out", str(tmp_path))
     assert "chelsea:" in output and "theoretical speedup" in output
     assert (tmp_path / "chelsea.png").stat().st_size > 10_000
+
+
+def test_migrating_from_captum() -> None:
+    output = _run("migrating_from_captum.py", "--window", "56", "--stride", "56")
+    assert "captum.attr.Occlusion" in output and "krypton_ql.captum.Occlusion" in output
+    difference, scale = output.split("max |difference| ")[1].split(" (scale ")
+    assert float(difference) <= 1e-5 * float(scale.rstrip(")\n"))
+
+
+def test_approximation_and_tuning(tmp_path) -> None:
+    output = _run("approximation_and_tuning.py", "--out", str(tmp_path))
+    assert "tuned: τ =" in output and "≈" in output and "SSIM" in output
+    assert (tmp_path / "astronaut.png").stat().st_size > 10_000
+
+
+def test_paper_benchmark_table() -> None:
+    output = _run("paper_benchmark_table.py", "--models", "vgg16", "--patches", "16",
+                  "--taus", "1.0,0.5")  # fmt: skip
+    lines = output.splitlines()
+    assert any(line.startswith("1 ") and "6.52" in line for line in lines)
+    assert any(line.startswith("0.5 ") and "9.20" in line for line in lines)

@@ -65,6 +65,8 @@ class Session:
         photos = {name: (lambda n=name: models.sample_photo(n)) for name in models.SAMPLE_PHOTOS}
         self._images["photos"] = _Images(photos, raw=True)
         self.last_queries = 0  # occlusion queries the last statement executed
+        self.last_plan: Any = None  # the plan of the last statement
+        self._last_inputs: dict[str, Tensor] = {}
         self._plans: dict[tuple[Any, ...], api.OcclusionPlan] = {}  # compiled plans, reused
 
     # -- catalog ------------------------------------------------------------------------------
@@ -135,13 +137,17 @@ class Session:
 
     # -- queries ------------------------------------------------------------------------------
 
-    def sql(self, query: str) -> Result:
-        """Run a query (or ``EXPLAIN [VERBOSE]`` one) and return its result."""
+    def sql(self, query: str, *, progress: Any = "auto") -> Result:
+        """Run a query (or ``EXPLAIN [VERBOSE]`` one) and return its result. ``progress``:
+        a bar on stderr (``True``; ``"auto"``: when it is a terminal), a ``callback(done,
+        total)``, or ``False``."""
         statement = parse(query)
         occlusion = bind(statement)
         model = self._model(occlusion, statement)
         names, images = self._load_images(occlusion, statement, model)
         plan = self._compile(occlusion, statement, model.get(), images)
+        self.last_plan = plan
+        self._last_inputs = dict(zip(names, images))
         _check_classes(occlusion, statement, plan)
         grid_columns = _grid(plan)
         mask = position_mask(occlusion, grid_columns, statement.text)
@@ -151,9 +157,13 @@ class Session:
         explanation = pushdown + "\n" + plan.explain(verbose=statement.verbose)
         if statement.explain:
             return Result(["plan"], [(explanation,)], explanation)
-        columns = self._relation(plan, occlusion, names, images, mask, grid_columns)
+        columns = self._relation(plan, occlusion, names, images, mask, grid_columns, progress)
         out_names, rows = run_relation(statement.select, columns, plan.grid, statement.text)
         return Result(out_names, rows, explanation)
+
+    def input_image(self, name: str) -> Tensor | None:
+        """The model input the last statement computed for image ``name`` (None if none)."""
+        return self._last_inputs.get(name)
 
     def explain(self, query: str) -> str:
         """The plan of a query, pushdowns first."""
@@ -277,6 +287,7 @@ class Session:
         images: Tensor,
         mask: np.ndarray,
         grid: dict[str, np.ndarray],
+        progress: Any = False,
     ) -> dict[str, np.ndarray]:
         positions = torch.as_tensor(np.nonzero(mask)[0], dtype=torch.int64)
         targets = None
@@ -287,7 +298,7 @@ class Session:
             targets = torch.tensor([classes] * len(names), dtype=torch.int64).reshape(
                 len(names), -1
             )
-        result = plan.evaluate(images, targets=targets, positions=positions)
+        result = plan.evaluate(images, targets=targets, positions=positions, progress=progress)
         self.last_queries = result.queries
         count, kinds = len(names), result.targets.shape[1]
         index = positions.numpy()

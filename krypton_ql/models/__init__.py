@@ -36,15 +36,72 @@ def efficientnet_lite0(
 def preprocess(photo: np.ndarray | Tensor) -> Tensor:
     """An RGB photo (``H×W×3`` uint8 array or ``3×H×W`` tensor in [0, 1]) as the model's input:
     shorter side resized to 256, centre crop 224, normalized as ``(x − 0.5)/0.5``."""
-    if isinstance(photo, np.ndarray):
-        if photo.ndim != 3 or photo.shape[2] != 3:
-            raise ValueError(f"expected an H×W×3 RGB photo, got shape {photo.shape}")
-        image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).float() / 255.0
-    else:
-        image = photo.float()
+    image = _as_tensor(photo)
     image = TF.resize(image, RESIZE, antialias=True)
     image = TF.center_crop(image, [CROP, CROP])
     return (image.clamp(0.0, 1.0) - 0.5) / 0.5
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def torchvision_model(arch: str, weights: str) -> tuple[torch.nn.Module, int]:
+    """A torchvision architecture with weights from a local file (a state dict, loaded with
+    ``weights_only=True``; no download), in eval mode, and its input size (299 for Inception3,
+    else 224)."""
+    import torchvision
+
+    from compiler.errors import InvalidInputError
+
+    names = set(torchvision.models.list_models(module=torchvision.models))
+    if arch not in names:
+        raise InvalidInputError(f"unknown torchvision architecture {arch!r}")
+    options = {"aux_logits": False, "init_weights": False} if arch == "inception_v3" else {}
+    model = torchvision.models.get_model(arch, weights=None, **options)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as error:  # unreadable, not a checkpoint, or unsafe pickles
+        raise InvalidInputError(f"cannot load weights from {weights}: {error}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise InvalidInputError(f"{weights} does not hold a state dict")
+    state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise InvalidInputError(f"{weights} does not fit {arch}: {first}") from None
+    return model.eval(), 299 if arch == "inception_v3" else 224
+
+
+def imagenet_transform(size: int = CROP):
+    """torchvision's ImageNet preprocessing for ``size`` px inputs: resize the shorter side to
+    ``size·8/7``, centre crop, normalize with the ImageNet mean and standard deviation."""
+
+    def transform(photo: np.ndarray | Tensor) -> Tensor:
+        image = _as_tensor(photo)
+        image = TF.resize(image, round(size * 8 / 7), antialias=True)
+        image = TF.center_crop(image, [size, size])
+        return TF.normalize(image.clamp(0.0, 1.0), IMAGENET_MEAN, IMAGENET_STD)
+
+    return transform
+
+
+def imagenet_unnormalize(image: Tensor) -> Tensor:
+    """Back from ``imagenet_transform``'s space to [0, 1] RGB, for pictures."""
+    mean = torch.tensor(IMAGENET_MEAN, device=image.device)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, device=image.device)[:, None, None]
+    return (image * std + mean).clamp(0.0, 1.0)
+
+
+def _as_tensor(photo: np.ndarray | Tensor) -> Tensor:
+    if isinstance(photo, np.ndarray):
+        if photo.ndim != 3 or photo.shape[2] != 3:
+            raise ValueError(f"expected an H×W×3 RGB photo, got shape {photo.shape}")
+        return torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).float() / 255.0
+    return photo.float()
 
 
 def unnormalize(image: Tensor) -> Tensor:
@@ -74,7 +131,10 @@ __all__ = [
     "EfficientNetLite0",
     "efficientnet_lite0",
     "imagenet_classes",
+    "imagenet_transform",
+    "imagenet_unnormalize",
     "preprocess",
     "sample_photo",
+    "torchvision_model",
     "unnormalize",
 ]

@@ -1,0 +1,228 @@
+"""``kql``: occlusion queries from the shell.
+
+    kql query "<sql>" --images a.jpg b.png --out results/    run a query, write its heatmaps
+    kql explain "<sql>" [--images …]                         print the plan
+    kql demo [--out DIR …]                                   what ``make demo`` runs
+    kql bench {cpu,gpu,approx} [options…]                    the benchmark harnesses
+
+In a query, ``--images`` are the image set ``images`` (each named by its file stem; without
+``--images`` the built-in ``photos`` set is there), and the model is ``--model NAME`` (the
+built-in pretrained ``efficientnet_lite0``, the default) or ``--arch NAME --weights FILE``
+(a torchvision architecture with a local state dict, loaded with ``weights_only=True``; its
+name in queries is the architecture's). Both are also reachable as ``model``.
+
+Exit status: 0 success; 2 a bad command line, query or input (the message, with a caret under
+the offending part of the query, goes to stderr); 1 an unexpected internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="kql: %(name)s: %(message)s",
+    )
+    from compiler.errors import KryptonError
+
+    try:
+        return args.run(args)
+    except KryptonError as error:
+        print(f"kql: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, ValueError) as error:
+        print(f"kql: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("kql: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kql",
+        description="Fast occlusion-based explanations of CNN predictions, as queries.",
+        epilog="Exit status: 0 success, 2 bad command line/query/input, 1 internal error.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log planner decisions")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    query = commands.add_parser("query", help="run a query and write its results")
+    _query_arguments(query)
+    query.add_argument("--out", default="kql-output", help="folder for .npy, .png and .csv")
+    progress = query.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_true", default=None)
+    progress.add_argument("--no-progress", dest="progress", action="store_false")
+    query.set_defaults(run=_query)
+
+    explain = commands.add_parser("explain", help="print the plan of a query")
+    _query_arguments(explain)
+    explain.add_argument("--verbose-plan", action="store_true", help="the plan after each stage")
+    explain.set_defaults(run=_explain)
+
+    demo = commands.add_parser("demo", help="what `make demo` runs", add_help=False)
+    demo.add_argument("rest", nargs=argparse.REMAINDER, help="options of the demo (see --help)")
+    demo.set_defaults(run=_demo)
+
+    bench = commands.add_parser("bench", help="the benchmark harnesses (source checkout)")
+    bench.add_argument("harness", choices=["cpu", "gpu", "approx"])
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the harness")
+    bench.set_defaults(run=_bench)
+    return parser
+
+
+def _query_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sql", help='the query, e.g. "SELECT … FROM occlusion(images, model, …)"')
+    parser.add_argument("--images", nargs="+", metavar="PATH", help="image files or folders")
+    parser.add_argument("--model", default=None, help="efficientnet_lite0 (default)")
+    parser.add_argument("--arch", help="a torchvision architecture, with --weights")
+    parser.add_argument("--weights", help="a local state dict for --arch")
+
+
+def _session(args: argparse.Namespace):
+    """A session with the chosen model (also as ``model``) and ``--images`` as ``images``."""
+    import krypton_ql as kql
+    from compiler.errors import InvalidInputError
+    from krypton_ql import models
+
+    session = kql.connect()
+    if args.arch or args.weights:
+        if not (args.arch and args.weights):
+            raise InvalidInputError("--arch and --weights go together (no weights are downloaded)")
+        if args.model:
+            raise InvalidInputError("give --model or --arch/--weights, not both")
+        module, size = models.torchvision_model(args.arch, args.weights)
+        name, transform = args.arch, models.imagenet_transform(size)
+        display = models.imagenet_unnormalize
+    else:
+        name = args.model or "efficientnet_lite0"
+        if name != "efficientnet_lite0":
+            raise InvalidInputError(
+                f"unknown model {name!r}: the built-in model is efficientnet_lite0; for a "
+                "torchvision architecture give --arch NAME --weights FILE"
+            )
+        module, transform, display = models.efficientnet_lite0(), models.preprocess, None
+    for alias in dict.fromkeys((name, "model")):
+        session.register_model(
+            alias, module, transform=transform, classes=models.imagenet_classes()
+        )
+    files: list[Path] = []
+    for path in args.images or []:
+        path = Path(path)
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in _SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InvalidInputError(f"no such image file or folder: {path}")
+    if args.images and not files:
+        raise InvalidInputError("no image files among --images")
+    if files:
+        session.register_images("images", [str(f) for f in files])
+    return session, module, display or models.unnormalize
+
+
+_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+_PROB_HEATMAP = re.compile(r"heatmap\s*\(\s*prob\s*\)", re.IGNORECASE)
+
+
+def _query(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from torch import Tensor
+
+    from krypton_ql import render
+
+    session, module, display = _session(args)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    result = session.sql(args.sql, progress=progress)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    rows = []
+    image_column = result.columns.index("image") if "image" in result.columns else None
+    for index, row in enumerate(result.rows):
+        cells: list[Any] = list(row)
+        for column, value in enumerate(row):
+            if not isinstance(value, Tensor):
+                continue
+            image = str(row[image_column]) if image_column is not None else str(index)
+            stem = f"{image}_{result.columns[column]}"
+            np.save(out / f"{stem}.npy", value.numpy())
+            cells[column] = f"{stem}.npy"
+            written.append(out / f"{stem}.npy")
+            picture = session.input_image(image) if image_column is not None else None
+            if picture is not None:
+                with torch.no_grad():
+                    probabilities = torch.softmax(module(picture[None]).float(), 1)[0]
+                # the paper's colour limits belong to probability heatmaps
+                base = float(probabilities.max()) if _PROB_HEATMAP.search(args.sql) else None
+                occlusion = session.last_plan.occlusion
+                written.append(
+                    render.overlay_png(
+                        out / f"{stem}.png",
+                        display(picture),
+                        value,
+                        base,
+                        f"{image}: {result.columns[column]}",
+                        (occlusion.patch.h, occlusion.patch.w),
+                        (occlusion.stride.h, occlusion.stride.w),
+                    )
+                )
+        rows.append(cells)
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(result.columns)
+        writer.writerows(rows)
+    written.append(out / "results.csv")
+    print(result)
+    print(f"wrote {len(written)} files to {out}/ ({session.last_queries} occlusion queries)")
+    return EXIT_OK
+
+
+def _explain(args: argparse.Namespace) -> int:
+    session, _module, _display = _session(args)
+    text = args.sql if args.sql.lstrip().upper().startswith("EXPLAIN") else f"EXPLAIN {args.sql}"
+    if args.verbose_plan:
+        text = text.replace("EXPLAIN", "EXPLAIN VERBOSE", 1)
+    print(session.explain(text), end="")
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from krypton_ql import demo
+
+    return demo.main(args.rest)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    from compiler.errors import InvalidInputError
+
+    module = {"cpu": "benchmarks.cpu_exact", "gpu": "benchmarks.gpu", "approx": "benchmarks.approx"}
+    try:
+        harness = importlib.import_module(module[args.harness])
+    except ImportError:
+        raise InvalidInputError(
+            "kql bench runs the harnesses in benchmarks/ of a krypton-ql source checkout; run it "
+            "from the repository root"
+        ) from None
+    harness.main(args.rest)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

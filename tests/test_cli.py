@@ -1,0 +1,94 @@
+"""The ``kql`` command line: commands run in a subprocess, write the files they promise, and
+fail with a message and exit status 2 — never a traceback — on bad input."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from skimage import data, io
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def kql(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "krypton_ql.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    io.imsave(folder / "cat.png", data.chelsea())
+    io.imsave(folder / "cup.jpg", data.coffee())
+    return folder
+
+
+def test_query_writes_heatmaps_pictures_and_rows(photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    sql = (
+        "SELECT image, heatmap(prob) AS h, min(prob) AS worst FROM occlusion(images, model, "
+        "patch => 32, stride => 32) GROUP BY image ORDER BY image"
+    )
+    done = kql("query", sql, "--images", str(photos), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "image | h" in done.stdout and "wrote 5 files" in done.stdout
+    for name in ("cat", "cup"):
+        heatmap = np.load(out / f"{name}_h.npy")
+        assert heatmap.shape == (7, 7) and 0 <= heatmap.min() <= heatmap.max() <= 1
+        assert (out / f"{name}_h.png").stat().st_size > 10_000
+    with open(out / "results.csv") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["image", "h", "worst"]
+    assert [r[:2] for r in rows[1:]] == [["cat", "cat_h.npy"], ["cup", "cup_h.npy"]]
+    assert float(rows[1][2]) == pytest.approx(float(np.load(out / "cat_h.npy").min()), rel=1e-5)
+
+
+def test_a_bad_query_prints_the_caret_and_exits_2(photos: Path) -> None:
+    done = kql("query", "SELECT y FROM occlusion(images, model, patch => 4, strid => 2)",
+               "--images", str(photos))  # fmt: skip
+    assert done.returncode == 2
+    assert "unknown option 'strid'" in done.stderr and "^" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_every_command_has_help(capsys) -> None:
+    from krypton_ql.cli import main
+
+    done = kql("--help")
+    assert done.returncode == 0 and "usage: kql" in done.stdout and "Exit status" in done.stdout
+    for command in (["query"], ["explain"], ["bench"]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*command, "--help"])
+        assert exit_.value.code == 0 and "usage: kql" in capsys.readouterr().out, command
+
+
+def test_explain_and_torchvision_weights_in_process(tmp_path: Path, capsys) -> None:
+    from krypton_ql.cli import main
+
+    weights = tmp_path / "squeezenet.pt"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.squeezenet1_1().state_dict(), weights)
+    sql = "SELECT heatmap(prob) FROM occlusion(photos, squeezenet1_1, patch => 32, stride => 32)"
+    assert main(["explain", sql, "--arch", "squeezenet1_1", "--weights", str(weights)]) == 0
+    assert "== physical ==" in capsys.readouterr().out
+    assert main(["explain", sql, "--arch", "squeezenet1_1"]) == 2
+    assert "--arch and --weights go together" in capsys.readouterr().err
+    assert main(["explain", sql, "--arch", "resnet18", "--weights", str(weights)]) == 2
+    assert "does not fit resnet18" in capsys.readouterr().err
+    assert main(["query", sql, "--model", "vgg16"]) == 2
+    assert "the built-in model is efficientnet_lite0" in capsys.readouterr().err
+    assert main(["query", sql, "--images", str(tmp_path / "missing.png")]) == 2
+    assert "no such image file or folder" in capsys.readouterr().err
