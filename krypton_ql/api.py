@@ -72,6 +72,20 @@ class OcclusionPlan:
         self.physical = lower(self.optimized.plan)
         centre = optimize(self.logical, options, Positions.centre(image, occlusion.patch))
         self.centre_cost: PlanCost = plan_cost(self.logical, centre.plan)
+        batching = self.physical.batching
+        log.info(
+            "compiled %s: %d nodes → %d steps (%d element-wise fused), %d queries in batches "
+            "of %d, theoretical speedup %.2f×, backend %s%s",
+            type(model).__name__,
+            len(self.logical),
+            len(self.physical.steps),
+            sum(len(step.epilogue) for step in self.physical.steps),
+            batching.queries,
+            batching.batch_size,
+            self.theoretical_speedup,
+            self.runner.describe(),
+            f", τ = {options.tau:g} (≈)" if options.tau < 1 else "",
+        )
 
     @property
     def theoretical_speedup(self) -> float:

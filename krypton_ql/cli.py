@@ -30,7 +30,16 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # demo and bench hand everything after their name to their own parsers
+    split = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    passthrough: list[str] = []
+    if split < len(argv) and argv[split] in ("demo", "bench"):
+        keep = split + (2 if argv[split] == "bench" else 1)
+        argv, passthrough = argv[:keep], argv[keep:]
     args = parser.parse_args(argv)
+    if hasattr(args, "rest"):
+        args.rest = passthrough
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="kql: %(name)s: %(message)s",
@@ -62,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     query = commands.add_parser("query", help="run a query and write its results")
     _query_arguments(query)
     query.add_argument("--out", default="kql-output", help="folder for .npy, .png and .csv")
+    query.add_argument(
+        "--compare-exact",
+        action="store_true",
+        help="also run the query without its approximation options and write exact-vs-"
+        "approximate pictures with their SSIM",
+    )
     progress = query.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None)
     progress.add_argument("--no-progress", dest="progress", action="store_false")
@@ -72,14 +87,18 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--verbose-plan", action="store_true", help="the plan after each stage")
     explain.set_defaults(run=_explain)
 
-    demo = commands.add_parser("demo", help="what `make demo` runs", add_help=False)
-    demo.add_argument("rest", nargs=argparse.REMAINDER, help="options of the demo (see --help)")
-    demo.set_defaults(run=_demo)
+    demo = commands.add_parser(
+        "demo", help="what `make demo` runs", add_help=False, usage="kql demo [demo options]"
+    )
+    demo.set_defaults(run=_demo, rest=[])
 
-    bench = commands.add_parser("bench", help="the benchmark harnesses (source checkout)")
+    bench = commands.add_parser(
+        "bench",
+        help="the benchmark harnesses (source checkout)",
+        usage="kql bench {cpu,gpu,approx} [harness options] (kql bench NAME --help for them)",
+    )
     bench.add_argument("harness", choices=["cpu", "gpu", "approx"])
-    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the harness")
-    bench.set_defaults(run=_bench)
+    bench.set_defaults(run=_bench, rest=[])
     return parser
 
 
@@ -135,6 +154,9 @@ def _session(args: argparse.Namespace):
 
 
 _SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+_APPROXIMATE_OPTION = re.compile(
+    r",\s*(tau|drilldown|speedup|ssim|drilldown_mode)\s*=>\s*('[^']*'|[0-9.]+)", re.IGNORECASE
+)
 _PROB_HEATMAP = re.compile(r"heatmap\s*\(\s*prob\s*\)", re.IGNORECASE)
 
 
@@ -143,11 +165,19 @@ def _query(args: argparse.Namespace) -> int:
     import torch
     from torch import Tensor
 
+    from compiler.errors import InvalidInputError
     from krypton_ql import render
 
+    exact_sql = _APPROXIMATE_OPTION.sub("", args.sql)
+    if args.compare_exact and exact_sql == args.sql:
+        raise InvalidInputError("--compare-exact needs a query with approximation options")
     session, module, display = _session(args)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     result = session.sql(args.sql, progress=progress)
+    exact = None
+    if args.compare_exact:
+        exact = session.sql(exact_sql, progress=progress)
+        result = session.sql(args.sql, progress=False)  # the plan of record: the approximate one
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -181,6 +211,19 @@ def _query(args: argparse.Namespace) -> int:
                         (occlusion.stride.h, occlusion.stride.w),
                     )
                 )
+                if exact is not None:
+                    written.append(
+                        render.comparison_png(
+                            out / f"{stem}_vs_exact.png",
+                            display(picture),
+                            exact.rows[index][column],
+                            value,
+                            float(probabilities.max()),
+                            ("exact", "approximate"),
+                            (occlusion.patch.h, occlusion.patch.w),
+                            (occlusion.stride.h, occlusion.stride.w),
+                        )
+                    )
         rows.append(cells)
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.writer(handle)

@@ -1,7 +1,9 @@
 """``make demo``: explain the pretrained EfficientNet-Lite0's predictions on four photos.
 
 For each scikit-image sample photo: the predicted class, the exact incremental heatmap (and
-the naive one, to compare time and values), the theoretical speedup, and a PNG overlay.
+the naive one, to compare time and values), the theoretical speedup, and a PNG overlay; then
+the approximate heatmap at ``--tau`` (0.7 met SSIM 0.9 when tuned on chelsea and coffee, see
+benchmarks/RESULTS.md) beside the exact one, with its SSIM.
 
     python -m krypton_ql.demo [--out DIR] [--patch 16] [--stride 8] [--photos chelsea,coffee]
 """
@@ -15,8 +17,8 @@ import time
 import torch
 
 import krypton_ql as kql
-from krypton_ql import models
-from krypton_ql.render import drop_summary, overlay_png
+from krypton_ql import models, quality
+from krypton_ql.render import comparison_png, drop_summary, overlay_png
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stride", type=int, default=8)
     parser.add_argument("--photos", default=",".join(models.SAMPLE_PHOTOS))
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
+    parser.add_argument("--tau", type=float, default=0.7, help="approximate τ (1: skip it)")
     parser.add_argument(
         "--naive-batch",
         type=int,
@@ -35,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model, classes = models.efficientnet_lite0(), models.imagenet_classes()
     plan = kql.compile(model, (3, models.CROP, models.CROP), patch=args.patch, stride=args.stride)
+    approximate = None
+    if args.tau < 1:
+        approximate = kql.compile(
+            model, (3, models.CROP, models.CROP), patch=args.patch, stride=args.stride, tau=args.tau
+        )
     rows, cols = plan.grid
     print(
         f"EfficientNet-Lite0, patch {args.patch}, stride {args.stride}: {rows}×{cols} = "
@@ -73,6 +81,24 @@ def main(argv: list[str] | None = None) -> int:
             (args.stride, args.stride),
         )
         print(f"{line}\n{'':11s}{drop_summary(heatmap, base)}; wrote {path}")
+        if approximate is not None:
+            start = time.perf_counter()
+            approx = approximate.run(image)
+            approx_time = time.perf_counter() - start
+            path = comparison_png(
+                f"{args.out}/{name}_tau.png",
+                models.unnormalize(image),
+                heatmap,
+                approx,
+                base,
+                ("exact", f"approximate, τ = {args.tau:g}"),
+                (args.patch, args.patch),
+                (args.stride, args.stride),
+            )
+            print(
+                f"{'':11s}τ = {args.tau:g}: {approx_time:4.1f} s ({exact_time / approx_time:.2f}× "
+                f"faster than exact), SSIM {quality.ssim(heatmap, approx):.3f}; wrote {path}"
+            )
     return 0
 
 

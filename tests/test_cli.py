@@ -56,6 +56,21 @@ def test_query_writes_heatmaps_pictures_and_rows(photos: Path, tmp_path: Path) -
     assert float(rows[1][2]) == pytest.approx(float(np.load(out / "cat_h.npy").min()), rel=1e-5)
 
 
+def test_compare_exact_writes_side_by_side_pictures(photos: Path, tmp_path: Path, capsys) -> None:
+    from krypton_ql.cli import main
+
+    sql = (
+        "SELECT image, heatmap(prob) AS h FROM occlusion(images, model, patch => 32, "
+        "stride => 16, tau => 0.5) GROUP BY image"
+    )
+    out = tmp_path / "out"
+    assert main(["query", sql, "--images", str(photos / "cat.png"), "--out", str(out),
+                 "--compare-exact"]) == 0  # fmt: skip
+    assert (out / "cat_h_vs_exact.png").stat().st_size > 10_000
+    assert main(["query", sql.replace(", tau => 0.5", ""), "--compare-exact"]) == 2
+    assert "needs a query with approximation options" in capsys.readouterr().err
+
+
 def test_a_bad_query_prints_the_caret_and_exits_2(photos: Path) -> None:
     done = kql("query", "SELECT y FROM occlusion(images, model, patch => 4, strid => 2)",
                "--images", str(photos))  # fmt: skip
@@ -92,3 +107,15 @@ def test_explain_and_torchvision_weights_in_process(tmp_path: Path, capsys) -> N
     assert "the built-in model is efficientnet_lite0" in capsys.readouterr().err
     assert main(["query", sql, "--images", str(tmp_path / "missing.png")]) == 2
     assert "no such image file or folder" in capsys.readouterr().err
+
+
+def test_demo_through_the_cli(tmp_path: Path, capsys) -> None:
+    from krypton_ql.cli import main
+
+    args = ["demo", "--photos", "chelsea", "--patch", "56", "--stride", "28", "--out",
+            str(tmp_path), "--naive-batch", "64"]  # fmt: skip
+    assert main(args) == 0
+    output = capsys.readouterr().out
+    assert "chelsea" in output and "naive" in output and "SSIM" in output
+    assert (tmp_path / "chelsea.png").stat().st_size > 10_000
+    assert (tmp_path / "chelsea_tau.png").stat().st_size > 10_000
