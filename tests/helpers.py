@@ -47,3 +47,8 @@ def small_cnn() -> nn.Module:
         nn.Flatten(),
         nn.Linear(6, 4),
     ).eval()
+
+
+# Where Triton kernels run in tests: compiled on a GPU when there is one, else in Triton's
+# interpreter on CPU tensors (tests/conftest.py switches it on).
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

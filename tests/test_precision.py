@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 
 import krypton_ql as kql
+from tests.helpers import KERNEL_DEVICE
 from tests.strategies import Case, cnn_cases
 
 
@@ -22,19 +23,23 @@ def test_half_precision_equals_naive_in_the_same_precision(precision: str, case:
     assert next(case.model.parameters()).dtype == torch.float32  # the user's model is untouched
 
 
-def test_fp16_through_the_triton_interpreter() -> None:
+def test_fp16_through_the_triton_kernels() -> None:
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3, padding=1),
-        torch.nn.BatchNorm2d(4),
-        torch.nn.ReLU(),
-        torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(4, 4, 3),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(4, 3),
-    ).eval()
-    image = torch.randn(3, 10, 10)
+    model = (
+        torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3, padding=1),
+            torch.nn.BatchNorm2d(4),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(4, 4, 3),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(4, 3),
+        )
+        .eval()
+        .to(KERNEL_DEVICE)
+    )
+    image = torch.randn(3, 10, 10, device=KERNEL_DEVICE)
     options = dict(patch=3, stride=3, precision="fp16")
     exact = kql.occlusion_heatmap(model, image, backend="triton", **options)
     naive = kql.naive_heatmap(model, image, **options)

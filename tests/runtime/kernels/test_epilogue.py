@@ -12,6 +12,7 @@ from compiler.ir import Activation, Arith, BatchNorm, Map, Node, Scalar, WeightR
 from compiler.types import Schema
 from runtime import full as full_ops
 from runtime.weights import Weights
+from tests.helpers import KERNEL_DEVICE
 
 kernels = pytest.importorskip("runtime.kernels.elementwise")
 from runtime.kernels.epilogue import Epilogue, fold  # noqa: E402
@@ -55,13 +56,17 @@ def test_folded_segments_equal_the_nodes(chain, seed) -> None:
     expected = x
     for node in nodes:
         expected = full_ops.elementwise(node.op, expected, weights)
-    got = x
-    for segment in fold(nodes, weights, CHANNELS, x.device):
+    got = x.to(KERNEL_DEVICE)
+    module = _bn_module().to(KERNEL_DEVICE) if KERNEL_DEVICE != "cpu" else None
+    on_device = Weights(module) if module is not None else weights
+    if module is not None:
+        module.load_state_dict(weights._module.state_dict())
+    for segment in fold(nodes, on_device, CHANNELS, got.device):
         if isinstance(segment, Epilogue):
             got = kernels.elementwise(got, segment)
         else:
-            got = full_ops.elementwise(segment.op, got, weights)
-    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4, equal_nan=True)
+            got = full_ops.elementwise(segment.op, got, on_device)
+    assert torch.allclose(got.cpu(), expected, atol=1e-5, rtol=1e-4, equal_nan=True)
 
 
 def test_batch_norm_then_relu_is_one_segment() -> None:

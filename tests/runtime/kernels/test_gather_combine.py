@@ -12,6 +12,7 @@ from compiler.ir import Arith
 from compiler.types import Size2
 from runtime.full import ARITH
 from runtime.values import Patch, gather
+from tests.helpers import KERNEL_DEVICE
 
 kernels = pytest.importorskip("runtime.kernels.gather_combine")
 from runtime.kernels.epilogue import Epilogue  # noqa: E402
@@ -62,11 +63,14 @@ def test_matches_gather_then_combine(arith, channels, patched, broadcast, seed, 
         operands = [first, second]
     scale = 8 * torch.randn(channels + 3)
     epilogue = Epilogue(scale=scale, act=2)  # relu6(x·scale)
-    out = torch.full((queries, channels + 3, *box), 7.0)
+    on = lambda t: None if t is None else t.to(KERNEL_DEVICE)  # noqa: E731
+    out = torch.full((queries, channels + 3, *box), 7.0, device=KERNEL_DEVICE)
+    epilogue = Epilogue(scale=on(scale), act=2)
     kernels.gather_combine(
-        operands, image, y0, x0, box, arith, epilogue=epilogue.slice(1, 1 + channels),
-        out=out[:, 1 : 1 + channels],
+        [tuple(on(t) for t in operand) for operand in operands], on(image), on(y0), on(x0),
+        box, arith, epilogue=epilogue.slice(1, 1 + channels), out=out[:, 1 : 1 + channels],
     )  # fmt: skip
+    out = out.cpu()
     expected = (expected * scale[1 : 1 + channels, None, None]).clamp(0, 6)
     assert torch.allclose(out[:, 1 : 1 + channels], expected, atol=1e-5, rtol=1e-5)
     assert bool((out[:, 0] == 7).all()) and bool((out[:, 1 + channels :] == 7).all())

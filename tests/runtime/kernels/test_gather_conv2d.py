@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from compiler.types import Size2
 from runtime.values import Patch, gather
+from tests.helpers import KERNEL_DEVICE
 
 kernels = pytest.importorskip("runtime.kernels.gather_conv2d")
 
@@ -53,23 +54,24 @@ def test_matches_gather_then_conv(
     )
     gathered = gather(view, Patch(patch, py, px), image, ry, rx, window, Size2(height, width))
     expected = F.conv2d(gathered, weight, b, stride, 0, dilation, groups)
+    on = lambda t: None if t is None else t.to(KERNEL_DEVICE)  # noqa: E731
     got = kernels.gather_conv2d(
-        view,
-        patch,
-        image,
-        ry,
-        rx,
-        py,
-        px,
-        weight,
-        b,
+        on(view),
+        on(patch),
+        on(image),
+        on(ry),
+        on(rx),
+        on(py),
+        on(px),
+        on(weight),
+        on(b),
         (stride, stride),
         (dilation, dilation),
         groups,
         out,
     )
     assert got.shape == expected.shape
-    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(got.cpu(), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.gpu

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from compiler.types import Size2
 from runtime.values import Patch, gather
+from tests.helpers import KERNEL_DEVICE
 
 kernels = pytest.importorskip("runtime.kernels.gather_pool2d")
 from runtime.kernels.epilogue import Epilogue  # noqa: E402
@@ -69,14 +70,17 @@ def test_matches_gather_then_pool(
             divisor, expected = (counts, oy, ox), sums / counts[rows, cols][:, None]
     epilogue = Epilogue(act=1) if relu else Epilogue()
     expected = expected.relu() if relu else expected
+    on = lambda t: t.to(KERNEL_DEVICE)  # noqa: E731
+    if isinstance(divisor, tuple):
+        divisor = tuple(on(t) for t in divisor)
     got = kernels.gather_pool2d(
-        view,
-        patch,
-        image,
-        ry,
-        rx,
-        py,
-        px,
+        on(view),
+        on(patch),
+        on(image),
+        on(ry),
+        on(rx),
+        on(py),
+        on(px),
         kernel,
         (stride, stride),
         (dilation, dilation),
@@ -85,4 +89,4 @@ def test_matches_gather_then_pool(
         divisor=divisor,
         epilogue=epilogue,
     )
-    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(got.cpu(), expected, atol=1e-5, rtol=1e-5)
