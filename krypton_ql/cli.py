@@ -256,6 +256,8 @@ def _bench(args: argparse.Namespace) -> int:
     from compiler.errors import InvalidInputError
 
     module = {"cpu": "benchmarks.cpu_exact", "gpu": "benchmarks.gpu", "approx": "benchmarks.approx"}
+    if (Path.cwd() / "benchmarks").is_dir() and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # the checkout the command runs in
     try:
         harness = importlib.import_module(module[args.harness])
     except ImportError:
