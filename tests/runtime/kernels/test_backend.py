@@ -91,15 +91,19 @@ def test_triton_on_cpu_without_the_interpreter_is_explained(monkeypatch) -> None
 def test_approximate_plans_run_on_the_triton_backend() -> None:
     """τ moves box origins (a centre crop); the fused kernels read them like exact ones."""
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(4, 4, 3, padding=1),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 3),
-    ).eval().to(KERNEL_DEVICE)
+    model = (
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4, 3),
+        )
+        .eval()
+        .to(KERNEL_DEVICE)
+    )
     image = torch.randn(3, 16, 16, device=KERNEL_DEVICE)
     options = dict(patch=5, stride=3, tau=0.3)
     fused = kql.compile(model, image.shape, backend="triton", **options)
