@@ -11,8 +11,11 @@ For query ``b`` with image ``img[b]``, read-in origin ``(ry[b], rx[b])`` and pat
                     0                                   outside the map (zero padding).
 
 The gather never materializes: each A-tile load reads the patch inside the box and the shared
-view outside it. M = B·OH·OW output pixels (all queries' pixels, so tiles stay full even when
-each query's box is small), N = output channels of a group, K = Cg·KH·KW. Twin:
+view outside it. Products use tensor cores as torch's convolutions do — TF32 for fp32 when
+``torch.backends.cudnn.allow_tf32`` (torch's default), native fp16/bf16 — with fp32
+accumulation; exact IEEE fp32 in the interpreter or with TF32 switched off.
+M = B·OH·OW output pixels (all queries' pixels, so tiles stay full even when each query's box
+is small), N = output channels of a group, K = Cg·KH·KW. Twin:
 ``runtime.values.gather`` followed by ``F.conv2d`` with padding 0.
 """
 
@@ -102,6 +105,7 @@ def gather_conv2d_kernel(
     HAS_SCALE: tl.constexpr,
     HAS_SHIFT: tl.constexpr,
     ACT: tl.constexpr,
+    IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -142,7 +146,7 @@ def gather_conv2d_kernel(
             mask=valid & inside,
             other=0.0,
         )
-        a = (from_view + from_patch).to(tl.float32)
+        a = from_view + from_patch
         w = tl.load(
             weight
             + (group * COG + cols[None, :]) * sw_n
@@ -151,8 +155,11 @@ def gather_conv2d_kernel(
             + kx[:, None] * sw_w,
             mask=k_ok[:, None] & col_ok[None, :],
             other=0.0,
-        ).to(tl.float32)
-        acc += tl.dot(a, w, input_precision="ieee")
+        )
+        if IEEE:  # exact fp32 products (the interpreter, or TF32 switched off in torch)
+            acc += tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+        else:  # tensor cores: TF32 for fp32 inputs (torch's default for convolutions), or
+            acc += tl.dot(a, w.to(a.dtype))  # native fp16/bf16 products, fp32 accumulation
     if HAS_BIAS:
         acc += tl.load(bias + group * COG + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     channel = group * COG + cols
@@ -235,8 +242,10 @@ def gather_conv2d(
     def grid(meta: dict) -> tuple[int, int, int]:
         return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(cog, meta["BLOCK_N"]), groups)
 
-    flags = {"HAS_BIAS": bias is not None, **epilogue.flags()}
-    if patch.device.type == "cpu":  # Triton's interpreter
+    on_cpu = patch.device.type == "cpu"
+    tf32 = patch.dtype != torch.float32 or torch.backends.cudnn.allow_tf32
+    flags = {"HAS_BIAS": bias is not None, "IEEE": on_cpu or not tf32, **epilogue.flags()}
+    if on_cpu:  # Triton's interpreter
         gather_conv2d_kernel[grid](*args, **flags, **INTERPRETER_CONFIG)
     else:
         _autotuned[grid](*args, **flags)
