@@ -158,6 +158,14 @@ class DrillDownPlan:
             selected.append(known | mask)
             queries += second.queries
         self.last_selected = np.stack(selected)
+        log.info(
+            "drill-down (%s): %d queries for %d images × %d cells (predicted %.2f× fewer)",
+            settings.mode,
+            queries,
+            len(images),
+            shape[0] * shape[1],
+            settings.predicted_speedup,
+        )
         result = torch.as_tensor(heatmaps, dtype=torch.float32, device=first.heatmaps.device)
         return OcclusionResult(result, first.base, first.targets, queries)
 
