@@ -53,7 +53,13 @@ def position(node: exp.Expression, text: str) -> tuple[int, int]:
     ]
     if not spans:
         return 0, len(text)
-    return min(s for s, _ in spans), max(e for _, e in spans)
+    start, end = min(s for s, _ in spans), max(e for _, e in spans)
+    if isinstance(node, exp.Kwarg):  # sqlglot keeps no position for the option's name
+        name = str(node.this.name if hasattr(node.this, "name") else node.this)
+        found = text.lower().rfind(name.lower(), 0, start)
+        if found >= 0 and not text[found + len(name) : start].replace("=>", "").strip():
+            start = found
+    return start, end
 
 
 def fail(message: str, node: exp.Expression, text: str) -> QueryError:
