@@ -20,7 +20,7 @@ from krypton_ql.dsl.expressions import (
 )
 from krypton_ql.dsl.parse import Statement, fail
 
-COLUMNS = ("image", "row", "col", "y", "x", "class", "prob", "base_prob", "drop")
+COLUMNS = ("image", "row", "col", "y", "x", "class", "label", "prob", "base_prob", "drop")
 POSITION_COLUMNS = frozenset({"row", "col", "y", "x"})
 APPROXIMATE = frozenset({"tau", "drilldown", "speedup", "ssim"})
 OPTIONS = frozenset(

@@ -60,7 +60,7 @@ class Session:
         self._models: dict[str, _Model] = {}
         self._images: dict[str, _Images] = {}
         self._models["efficientnet_lite0"] = _Model(
-            None, models.preprocess, None, loader=models.efficientnet_lite0
+            None, models.preprocess, models.imagenet_classes(), loader=models.efficientnet_lite0
         )
         photos = {name: (lambda n=name: models.sample_photo(n)) for name in models.SAMPLE_PHOTOS}
         self._images["photos"] = _Images(photos, raw=True)
@@ -305,9 +305,17 @@ class Session:
         scores = result.heatmaps.reshape(count, kinds, -1)[:, :, index].double().numpy()
         shape = (count, kinds, len(index))
         base = np.broadcast_to(result.base.double().numpy()[:, :, None], shape)
+        labels = self._models[occlusion.model].classes
+        targets_array = result.targets.cpu().numpy()
+        named = np.array(
+            [[labels[c] if labels is not None and 0 <= c < len(labels) else str(c) for c in row]
+             for row in targets_array.tolist()],
+            dtype=object,
+        )  # fmt: skip
         column = {
             "image": np.broadcast_to(np.array(names, dtype=object)[:, None, None], shape),
-            "class": np.broadcast_to(result.targets.numpy()[:, :, None], shape),
+            "class": np.broadcast_to(targets_array[:, :, None], shape),
+            "label": np.broadcast_to(named[:, :, None], shape),
             "prob": scores,
             "base_prob": base,
             "drop": base - scores,

@@ -261,3 +261,22 @@ def test_results_print_in_a_terminal_and_a_notebook(session) -> None:
     page = result._repr_html_()
     assert page.count("<tr>") == 3 and "<th>n</th>" in page
     assert result.explain().startswith("== pushdown ==")
+
+
+def test_label_names_the_class() -> None:
+    session = kql.connect()
+    result = session.sql(
+        "SELECT image, class, label, min(prob) AS p FROM occlusion(photos, efficientnet_lite0, "
+        "patch => 56, stride => 56) WHERE image IN ('chelsea', 'coffee') "
+        "GROUP BY image, class, label ORDER BY image"
+    )
+    assert [row[:3] for row in result.rows] == [
+        ("chelsea", 282, "tiger cat"),
+        ("coffee", 967, "espresso"),
+    ]
+    session.register_model("cnn", small_cnn(), classes=["a", "b", "c", "d"])
+    session.register_images("scans", torch.randn(1, 3, 16, 16))
+    rows = session.sql(
+        "SELECT label FROM occlusion(scans, cnn, patch => 8, stride => 8) WHERE class = 2 LIMIT 1"
+    ).rows
+    assert rows == [("c",)]
