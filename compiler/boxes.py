@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler.ir import Combine, Concat, JoinAggregate, Node, Occlude, Pad, Pool
-from compiler.types import Size2
+from compiler.types import Size2, Window
 
 Origins = tuple[np.ndarray, np.ndarray]  # (y0, x0), int64 arrays of one entry per position
 
@@ -38,6 +38,21 @@ def window_size(size: int, extent: int, stride: int, out_dim: int) -> int:
     (18, 11, 7)
     """
     return min(math.ceil((size + extent - 1) / stride), out_dim)
+
+
+def output_box(box_in: Size2, window: Window, out: Size2) -> Size2:
+    """The uniform output box of a window operator for an input box (``window_size`` per side)."""
+    extent, stride = window.extent, window.stride
+    return Size2(
+        window_size(box_in.h, extent.h, stride.h, out.h),
+        window_size(box_in.w, extent.w, stride.w, out.w),
+    )
+
+
+def read_size(box: Size2, window: Window) -> Size2:
+    """The read-in window ``K + (W_Ō − 1)·S`` per side that produces an output box."""
+    extent, stride = window.extent, window.stride
+    return Size2(extent.h + (box.h - 1) * stride.h, extent.w + (box.w - 1) * stride.w)
 
 
 def window_start(

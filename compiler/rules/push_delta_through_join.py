@@ -13,7 +13,6 @@ from __future__ import annotations
 from compiler import boxes
 from compiler.ir import JoinAggregate, Node, Pool, State, Strategy, Update
 from compiler.rules.base import RuleContext
-from compiler.types import Size2
 
 
 def push_delta_through_join(node: Node, ctx: RuleContext) -> Node | None:
@@ -23,11 +22,6 @@ def push_delta_through_join(node: Node, ctx: RuleContext) -> Node | None:
     if source.state is not State.BOX:
         return None
     assert source.update is not None and source.update.box is not None
-    window, box_in, out = node.op.window, source.update.box, node.schema.size
-    extent, stride = window.extent, window.stride
-    box = Size2(
-        boxes.window_size(box_in.h, extent.h, stride.h, out.h),
-        boxes.window_size(box_in.w, extent.w, stride.w, out.w),
-    )
-    read = Size2(extent.h + (box.h - 1) * stride.h, extent.w + (box.w - 1) * stride.w)
+    box = boxes.output_box(source.update.box, node.op.window, node.schema.size)
+    read = boxes.read_size(box, node.op.window)
     return node.with_update(Update(State.BOX, Strategy.RECOMPUTE, box, read))  # Γ(W(V⊕Δ)⋈K)

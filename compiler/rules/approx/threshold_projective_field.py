@@ -49,20 +49,17 @@ def threshold_projective_field(node: Node, ctx: RuleContext) -> Node | None:
         return None
     assert source.update is not None and source.update.box is not None
     window, box_in, out = node.op.window, source.update.box, node.schema.size
-    extent, stride = window.extent, window.stride
-    exact = Size2(
-        boxes.window_size(box_in.h, extent.h, stride.h, out.h),
-        boxes.window_size(box_in.w, extent.w, stride.w, out.w),
-    )
+    exact = boxes.output_box(box_in, window, out)
     limit = Size2(cap(tau, out.h), cap(tau, out.w))
     if exact.h <= limit.h and exact.w <= limit.w:
         return None  # under the threshold: the exact rule maintains it
     box = Size2(min(exact.h, limit.h), min(exact.w, limit.w))
+    extent, stride = window.extent, window.stride
     crop = Size2(
         _shift(box_in.h, exact.h, box.h, extent.h, stride.h),
         _shift(box_in.w, exact.w, box.w, extent.w, stride.w),
     )
-    read = Size2(extent.h + (box.h - 1) * stride.h, extent.w + (box.w - 1) * stride.w)
+    read = boxes.read_size(box, window)
     return node.with_update(Update(State.BOX, Strategy.RECOMPUTE, box, read, crop))
 
 
