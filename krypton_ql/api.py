@@ -32,7 +32,7 @@ from runtime.weights import Weights
 
 log = logging.getLogger(__name__)
 
-ProgressArg = bool | Callable[[int, int], None]
+ProgressArg = bool | str | Callable[[int, int], None]  # True, False, "auto" or a callback
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class OcclusionPlan:
             choices=self.runner.choices,
         )
 
-    def run(self, image: Tensor, *, progress: ProgressArg = False) -> Tensor:
+    def run(self, image: Tensor, *, progress: ProgressArg = "auto") -> Tensor:
         """The heatmap ``[rows, cols]`` of a ``[C,H,W]`` image, ``[N, rows, cols]`` of a batch."""
         result = self.evaluate(image, progress=progress)
         heatmaps = result.heatmaps[:, 0]
@@ -123,7 +123,7 @@ class OcclusionPlan:
         *,
         targets: Tensor | None = None,
         positions: Tensor | None = None,
-        progress: ProgressArg = False,
+        progress: ProgressArg = "auto",
     ) -> OcclusionResult:
         """Scores of every target at every position (or the ``positions`` given).
 
@@ -293,7 +293,7 @@ def occlusion_heatmap(
     target: Any = None,
     score: Any = "prob",
     batch_size: int | None = None,
-    progress: ProgressArg = False,
+    progress: ProgressArg = "auto",
     backend: str = "auto",
     precision: str | None = None,
     tau: float | None = None,

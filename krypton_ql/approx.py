@@ -23,6 +23,8 @@ from compiler.rules.approx import adaptive_drilldown as drill
 from compiler.rules.approx.adaptive_drilldown import DrillDown
 from krypton_ql import options as check
 from krypton_ql import quality
+from krypton_ql.api import OcclusionPlan, OcclusionResult
+from krypton_ql.api import compile as compile_plan
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +108,7 @@ class DrillDownPlan:
             text += "== stage 2 plan ==\n"
         return text + self.fine.explain(verbose, sql)
 
-    def run(self, image: Tensor, *, progress: Any = False) -> Tensor:
-        result = self.evaluate(image, progress=progress)
-        heatmaps = result.heatmaps[:, 0]
-        return heatmaps[0] if image.dim() == 3 else heatmaps
+    run = OcclusionPlan.run  # the first target's heatmaps, from ``evaluate``
 
     def evaluate(
         self,
@@ -117,13 +116,11 @@ class DrillDownPlan:
         *,
         targets: Tensor | None = None,
         positions: Tensor | None = None,
-        progress: Any = False,
-    ):
+        progress: Any = "auto",
+    ) -> OcclusionResult:
         """Scores at every fine cell: sampled cells exact (or τ), the rest reconstructed.
         ``positions`` is accepted for interface parity; drill-down always plans the whole grid
         (its selection needs it)."""
-        from krypton_ql.api import OcclusionResult
-
         images = check.images(image)
         settings, shape = self.settings, self.grid
         if settings.mode == "lattice":
@@ -242,8 +239,6 @@ def tune(
     heatmaps are computed once. With ``drilldown``, speedup targets are tried from the largest
     down at the chosen τ until one meets ``ssim``.
     """
-    from krypton_ql.api import compile as compile_plan
-
     images = check.images(sample_images)
     target = check.fraction("ssim", ssim)
     assert target is not None

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from compiler.errors import InvalidInputError, KryptonError, UnsupportedOperationError
+from krypton_ql.api import compile as compile_plan
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,6 @@ class Occlusion:
             colour, reason = _colour(baselines, inputs.shape[1])
         if reason is not None:
             return self._delegate(reason, arguments)
-        from krypton_ql.api import compile as compile_plan
-
         try:
             plan = compile_plan(
                 self.forward_func,

@@ -29,7 +29,7 @@ def naive_heatmap(
     target: Any = None,
     score: Any = "prob",
     batch_size: int | None = None,
-    progress: bool | Any = False,
+    progress: bool | Any = "auto",
     precision: str | None = None,
 ) -> Tensor:
     """Same signature and semantics as ``occlusion_heatmap``, by full re-inference."""

@@ -227,15 +227,21 @@ def _apply(segment, value: Value, env: Env) -> Value:
     return KERNELS[KernelId.ELEMENTWISE](segment, [value], env)
 
 
+def _window_geometry(node: Node, inputs: list[Value], env: Env):
+    """A window operator's boxed input, per-query output origins, read-in origins and box."""
+    (patch,) = inputs
+    assert isinstance(patch, Patch) and node.update is not None and node.update.box is not None
+    origin = env.batch.origins[node.name]
+    return patch, origin, read_origin(node, origin), node.update.box
+
+
 def _conv_fused(node: Node, inputs: list[Value], env: Env, epilogue) -> Value:
     from runtime.kernels.gather_conv2d import gather_conv2d
 
-    op, (patch,) = node.op, inputs
-    assert isinstance(op, JoinAggregate) and isinstance(patch, Patch)
-    assert node.update is not None and node.update.box is not None
-    y0, x0 = env.batch.origins[node.name]
-    read_y, read_x = read_origin(node, (y0, x0))
-    window, box = op.window, node.update.box
+    op = node.op
+    assert isinstance(op, JoinAggregate)
+    patch, (y0, x0), (read_y, read_x), box = _window_geometry(node, inputs, env)
+    window = op.window
     values = gather_conv2d(
         env.views[node.inputs[0]],
         patch.values,
@@ -258,12 +264,10 @@ def _conv_fused(node: Node, inputs: list[Value], env: Env, epilogue) -> Value:
 def _pool(node: Node, inputs: list[Value], env: Env, epilogue) -> Value:
     from runtime.kernels.gather_pool2d import gather_pool2d
 
-    op, (patch,) = node.op, inputs
-    assert isinstance(op, Pool) and isinstance(patch, Patch)
-    assert node.update is not None and node.update.box is not None
-    y0, x0 = env.batch.origins[node.name]
-    read_y, read_x = read_origin(node, (y0, x0))
-    window, box = op.window, node.update.box
+    op = node.op
+    assert isinstance(op, Pool)
+    patch, (y0, x0), (read_y, read_x), box = _window_geometry(node, inputs, env)
+    window = op.window
     divisor: float | tuple[Tensor, Tensor, Tensor] = float(window.kernel.area)
     if op.divisor_override is not None:
         divisor = float(op.divisor_override)
