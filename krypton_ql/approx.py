@@ -143,7 +143,10 @@ class DrillDownPlan:
                 ]
             mask = np.logical_or.reduce([drill.lowest(e, settings.ratio, known) for e in estimate])
             second = self.fine.evaluate(
-                images[n : n + 1], targets=first.targets[n : n + 1], positions=_cells(mask)
+                images[n : n + 1],
+                targets=first.targets[n : n + 1],
+                positions=_cells(mask),
+                progress=progress,
             )
             exact = second.heatmaps[0].detach().float().cpu().numpy()
             for t, values in enumerate(estimate):
