@@ -17,6 +17,7 @@ import triton.language as tl
 from torch import Tensor
 
 from compiler.ir import Arith
+from runtime.kernels.cells import load_cells
 from runtime.kernels.epilogue import IDENTITY, Epilogue, apply
 
 # ``ARITH`` codes of the kernel; 0 copies the first operand.
@@ -49,27 +50,9 @@ def _operand(view, patch, patch_y, patch_x, img, b, row_ok, y, x, PH, PW, channe
     if HAS_PATCH:
         top = tl.load(patch_y + b, mask=row_ok, other=0)
         left = tl.load(patch_x + b, mask=row_ok, other=0)
-        py, px = y - top, x - left
-        inside = ((py >= 0) & (py < PH) & (px >= 0) & (px < PW))[:, None]
-        from_patch = tl.load(
-            patch
-            + b[:, None] * sp_b
-            + channel[None, :] * sp_c
-            + py[:, None] * sp_h
-            + px[:, None] * sp_w,
-            mask=ok & inside,
-            other=0.0,
-        )
-        from_view = tl.load(
-            view
-            + img[:, None] * sv_n
-            + channel[None, :] * sv_c
-            + y[:, None] * sv_h
-            + x[:, None] * sv_w,
-            mask=ok & ~inside,
-            other=0.0,
-        )
-        value = tl.where(inside, from_patch, from_view)
+        value = load_cells(view, patch, img[:, None], b[:, None], channel[None, :], y[:, None],
+                           x[:, None], top[:, None], left[:, None], PH, PW, ok, sv_n, sv_c,
+                           sv_h, sv_w, sp_b, sp_c, sp_h, sp_w)  # fmt: skip
     else:
         value = tl.load(
             view

@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from runtime.kernels.cells import load_cells
 from runtime.kernels.epilogue import IDENTITY, Epilogue, apply
 
 
@@ -134,19 +135,9 @@ def gather_conv2d_kernel(
         x = base_x[:, None] + kx[None, :] * DX
         channel = group * CG + c[None, :]
         valid = row_ok[:, None] & k_ok[None, :] & (y >= 0) & (y < H) & (x >= 0) & (x < W)
-        py, px = y - top[:, None], x - left[:, None]
-        inside = (py >= 0) & (py < PH) & (px >= 0) & (px < PW)
-        from_view = tl.load(
-            view + img[:, None] * sv_n + channel * sv_c + y * sv_h + x * sv_w,
-            mask=valid & ~inside,
-            other=0.0,
-        )
-        from_patch = tl.load(
-            patch + b[:, None] * sp_b + channel * sp_c + py * sp_h + px * sp_w,
-            mask=valid & inside,
-            other=0.0,
-        )
-        a = from_view + from_patch
+        a = load_cells(view, patch, img[:, None], b[:, None], channel, y, x, top[:, None],
+                       left[:, None], PH, PW, valid, sv_n, sv_c, sv_h, sv_w, sp_b, sp_c, sp_h,
+                       sp_w)  # fmt: skip
         w = tl.load(
             weight
             + (group * COG + cols[None, :]) * sw_n

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from runtime.kernels.cells import load_cells
 from runtime.kernels.epilogue import IDENTITY, Epilogue, apply
 
 
@@ -101,28 +102,10 @@ def gather_pool2d_kernel(
         y = base_y + (tap // KW) * DY
         x = base_x + (tap % KW) * DX
         valid = row_ok & (y >= 0) & (y < H) & (x >= 0) & (x < W)
-        py, px = y - top, x - left
-        inside = (py >= 0) & (py < PH) & (px >= 0) & (px < PW)
         both = valid[:, None] & col_ok[None, :]
-        from_view = tl.load(
-            view
-            + img[:, None] * sv_n
-            + channel[None, :] * sv_c
-            + y[:, None] * sv_h
-            + x[:, None] * sv_w,
-            mask=both & ~inside[:, None],
-            other=0.0,
-        )
-        from_patch = tl.load(
-            patch
-            + b[:, None] * sp_b
-            + channel[None, :] * sp_c
-            + py[:, None] * sp_h
-            + px[:, None] * sp_w,
-            mask=both & inside[:, None],
-            other=0.0,
-        )
-        value = tl.where(inside[:, None], from_patch, from_view).to(tl.float32)
+        value = load_cells(view, patch, img[:, None], b[:, None], channel[None, :], y[:, None],
+                           x[:, None], top[:, None], left[:, None], PH, PW, both, sv_n, sv_c,
+                           sv_h, sv_w, sp_b, sp_c, sp_h, sp_w).to(tl.float32)  # fmt: skip
         if IS_MAX:
             acc = tl.where(both, tl.maximum(acc, value), acc)
         else:
