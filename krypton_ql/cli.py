@@ -157,6 +157,7 @@ _SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 _APPROXIMATE_OPTION = re.compile(
     r",\s*(tau|drilldown|speedup|ssim|drilldown_mode)\s*=>\s*('[^']*'|[0-9.]+)", re.IGNORECASE
 )
+_NAMES_CLASSES = re.compile(r"\bclass\b|\btarget\s*=>", re.IGNORECASE)
 _PROB_HEATMAP = re.compile(r"heatmap\s*\(\s*prob\s*\)", re.IGNORECASE)
 
 
@@ -173,16 +174,17 @@ def _query(args: argparse.Namespace) -> int:
         raise InvalidInputError("--compare-exact needs a query with approximation options")
     session, module, display = _session(args)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    result = session.sql(args.sql, progress=progress)
-    exact = None
-    if args.compare_exact:
-        exact = session.sql(exact_sql, progress=progress)
-        result = session.sql(args.sql, progress=False)  # the plan of record: the approximate one
+    exact = session.sql(exact_sql, progress=progress) if args.compare_exact else None
+    result = session.sql(args.sql, progress=progress)  # last: the plan of record
+    occlusion = session.last_plan.occlusion
+    geometry = ((occlusion.patch.h, occlusion.patch.w), (occlusion.stride.h, occlusion.stride.w))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     rows = []
     image_column = result.columns.index("image") if "image" in result.columns else None
+    class_column = result.columns.index("class") if "class" in result.columns else None
+    clean: dict[str, Tensor] = {}  # image → clean class probabilities, one forward each
     for index, row in enumerate(result.rows):
         cells: list[Any] = list(row)
         for column, value in enumerate(row):
@@ -194,36 +196,30 @@ def _query(args: argparse.Namespace) -> int:
             cells[column] = f"{stem}.npy"
             written.append(out / f"{stem}.npy")
             picture = session.input_image(image) if image_column is not None else None
-            if picture is not None:
+            if picture is None:
+                continue
+            if image not in clean:
                 with torch.no_grad():
-                    probabilities = torch.softmax(module(picture[None]).float(), 1)[0]
-                # the paper's colour limits belong to probability heatmaps
-                base = float(probabilities.max()) if _PROB_HEATMAP.search(args.sql) else None
-                occlusion = session.last_plan.occlusion
+                    clean[image] = torch.softmax(module(picture[None]).float(), 1)[0]
+            base = _clean_score(args.sql, clean[image], row, class_column)
+            title = f"{image}: {result.columns[column]}"
+            written.append(
+                render.overlay_png(
+                    out / f"{stem}.png", display(picture), value, base, title, *geometry
+                )  # fmt: skip
+            )
+            if exact is not None:
                 written.append(
-                    render.overlay_png(
-                        out / f"{stem}.png",
+                    render.comparison_png(
+                        out / f"{stem}_vs_exact.png",
                         display(picture),
+                        exact.rows[index][column],
                         value,
                         base,
-                        f"{image}: {result.columns[column]}",
-                        (occlusion.patch.h, occlusion.patch.w),
-                        (occlusion.stride.h, occlusion.stride.w),
-                    )
+                        ("exact", "approximate"),
+                        *geometry,
+                    )  # fmt: skip
                 )
-                if exact is not None:
-                    written.append(
-                        render.comparison_png(
-                            out / f"{stem}_vs_exact.png",
-                            display(picture),
-                            exact.rows[index][column],
-                            value,
-                            float(probabilities.max()),
-                            ("exact", "approximate"),
-                            (occlusion.patch.h, occlusion.patch.w),
-                            (occlusion.stride.h, occlusion.stride.w),
-                        )
-                    )
         rows.append(cells)
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -233,6 +229,19 @@ def _query(args: argparse.Namespace) -> int:
     print(result)
     print(f"wrote {len(written)} files to {out}/ ({session.last_queries} occlusion queries)")
     return EXIT_OK
+
+
+def _clean_score(sql: str, probabilities: Any, row: tuple, class_column: int | None):
+    """The clean probability a probability heatmap's colours are relative to (the paper's
+    convention): of the row's class, or of the prediction when the query names no class;
+    None (colour by the heatmap's own range) for other heatmaps or an unknown class."""
+    if not _PROB_HEATMAP.search(sql):
+        return None
+    if class_column is not None:
+        return float(probabilities[int(row[class_column])])
+    if _NAMES_CLASSES.search(sql):
+        return None
+    return float(probabilities.max())
 
 
 def _explain(args: argparse.Namespace) -> int:

@@ -89,13 +89,14 @@ def comparison_png(
     photo: Tensor,
     exact: Tensor,
     approx: Tensor,
-    base: float,
+    base: float | None,
     labels: tuple[str, str],
     patch: tuple[int, int],
     stride: tuple[int, int],
 ) -> Path:
     """Exact and approximate heatmaps side by side on the same colour scale (the paper's
-    limits), with SSIM and Spearman correlation in the title."""
+    limits around ``base``, or the exact heatmap's range when it is None), with SSIM,
+    Spearman correlation and top-10% IoU in the title."""
     from krypton_ql import quality
 
     path = Path(path)

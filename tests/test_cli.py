@@ -45,9 +45,14 @@ def test_query_writes_heatmaps_pictures_and_rows(photos: Path, tmp_path: Path) -
     done = kql("query", sql, "--images", str(photos), "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert "image | h" in done.stdout and "wrote 5 files" in done.stdout
-    for name in ("cat", "cup"):
+    from krypton_ql import models, occlusion_heatmap
+
+    model = models.efficientnet_lite0()
+    for name, file in (("cat", "cat.png"), ("cup", "cup.jpg")):
         heatmap = np.load(out / f"{name}_h.npy")
-        assert heatmap.shape == (7, 7) and 0 <= heatmap.min() <= heatmap.max() <= 1
+        image = models.preprocess(io.imread(photos / file))  # the same file, read the same way
+        expected = occlusion_heatmap(model, image, patch=32, stride=32)
+        assert np.allclose(heatmap, expected.numpy(), atol=1e-6), name
         assert (out / f"{name}_h.png").stat().st_size > 10_000
     with open(out / "results.csv") as handle:
         rows = list(csv.reader(handle))
@@ -69,6 +74,23 @@ def test_compare_exact_writes_side_by_side_pictures(photos: Path, tmp_path: Path
     assert (out / "cat_h_vs_exact.png").stat().st_size > 10_000
     assert main(["query", sql.replace(", tau => 0.5", ""), "--compare-exact"]) == 2
     assert "needs a query with approximation options" in capsys.readouterr().err
+
+
+def test_colour_limits_follow_the_heatmaps_class() -> None:
+    from krypton_ql.cli import _clean_score
+
+    probabilities = torch.tensor([0.1, 0.7, 0.2])
+    heatmap = "SELECT class, heatmap(prob) FROM occlusion(images, model, patch => 8)"
+    assert _clean_score(heatmap + " GROUP BY class", probabilities, (2, None), 0) == (
+        pytest.approx(0.2)
+    )
+    assert _clean_score(heatmap.replace("class, ", ""), probabilities, (None,), None) == (
+        pytest.approx(0.7)
+    )  # the prediction
+    named = heatmap.replace("class, ", "") + " WHERE class = 2"
+    assert _clean_score(named, probabilities, (None,), None) is None  # own range
+    drops = "SELECT heatmap(drop) FROM occlusion(images, model, patch => 8)"
+    assert _clean_score(drops, probabilities, (None,), None) is None
 
 
 def test_a_bad_query_prints_the_caret_and_exits_2(photos: Path) -> None:
