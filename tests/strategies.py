@@ -1,7 +1,19 @@
-"""Hypothesis strategies: random CNNs (sequential and DAG) over small, non-square images."""
+"""Hypothesis strategies: random CNNs (sequential and DAG) over small, non-square images, drawn
+to reach the geometries where an incremental plan can go wrong.
+
+Besides plain convolutions, pools and activations the blocks include what the box rules and
+kernels must get right: pads that cannot be folded into a convolution (non-zero value, top or
+left > 0, asymmetric), ``a − b``, ``a · b`` and ``a / b`` between two changed branches,
+average pools with ``ceil_mode``, ``count_include_pad=False`` and ``divisor_override``, dilated
+max pools, non-square pools and strides, convolution padding larger than ``k // 2``, max pools
+whose padded windows see only negative values, and channel counts above the Triton kernels'
+interpreter tile (16). Weights are drawn so that occlusion moves the scores noticeably (a
+network that ignores the patch cannot tell a right heatmap from a wrong one).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +29,9 @@ ACTIVATIONS = {
     "hardswish": nn.Hardswish,
     "sigmoid": nn.Sigmoid,
 }
+
+# More output channels than the interpreter's 16-wide tile: the kernels' channel tiling runs.
+WIDE = 18
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -81,18 +96,49 @@ class SqueezeExcite(nn.Module):
         return x * scale * 0.5 - 0.1
 
 
-class AsymmetricPadConv(nn.Module):
-    """``F.pad`` with unequal sides (TensorFlow "SAME"-style) followed by a valid conv."""
+class TwoBranches(nn.Module):
+    """``a ∘ b`` of two changed branches whose update boxes differ in size and position:
+    ``a`` a 3×3 convolution, ``b`` a 1×5 (or 5×1) one; ``/`` divides by ``sigmoid(b) + 0.5``
+    (a changed branch that stays away from zero)."""
 
-    def __init__(
-        self, cin: int, cout: int, pad: tuple[int, int, int, int], kernel: int, stride: int
-    ):
+    def __init__(self, cin: int, cout: int, op: str, tall: bool):
         super().__init__()
-        self.pad = pad
-        self.conv = nn.Conv2d(cin, cout, kernel, stride)
+        self.op = op
+        self.a = nn.Conv2d(cin, cout, 3, padding=1)
+        kernel, padding = ((5, 1), (2, 0)) if tall else ((1, 5), (0, 2))
+        self.b = nn.Conv2d(cin, cout, kernel, padding=padding)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.pad(x, self.pad))
+        a, b = self.a(x), self.b(x)
+        if self.op == "sub":
+            return a - b
+        if self.op == "mul":
+            return a * b
+        return a / (torch.sigmoid(b) + 0.5)
+
+
+class Padded(nn.Module):
+    """``F.pad`` with any sides and value, then a layer that reads the border: a convolution
+    (foldable only when the value is 0), a pool or an activation."""
+
+    def __init__(self, pad: tuple[int, int, int, int], value: float, then: nn.Module):
+        super().__init__()
+        self.pad, self.value, self.then = pad, value, then
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.then(F.pad(x, self.pad, value=self.value))
+
+
+class Shifted(nn.Module):
+    """``x − shift`` then a max pool with padding: whole padded windows of negative values,
+    where a pool that pads with 0 instead of −∞ goes wrong."""
+
+    def __init__(self, shift: float, pool: nn.MaxPool2d):
+        super().__init__()
+        self.shift, self.pool = shift, pool
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(x - self.shift)
 
 
 class Head(nn.Module):
@@ -134,18 +180,60 @@ class Case:
         )
 
 
+def make_case(
+    layers: list[nn.Module],
+    image: Tensor,
+    patch: tuple[int, int],
+    stride: tuple[int, int],
+    color: float | tuple[float, ...] = 0.0,
+    description: str = "pinned",
+    classes: int = 3,
+    head: str = "mean",
+) -> Case:
+    """A case from hand-chosen layers (for ``@example``): a head is added and the weights are
+    scaled as in ``cnn_cases``."""
+    with torch.no_grad():
+        shape = nn.Sequential(*layers).eval()(image[None]).shape[1:]
+    channels, height, width = shape
+    final = (
+        FlattenHead(channels * height * width, classes)
+        if head == "flatten"
+        else Head(channels, classes, head)
+    )
+    model = _responsive(nn.Sequential(*layers, final).eval(), image)
+    return Case(model, image, patch, stride, color, description)
+
+
 def _out(
-    size: int, kernel: int, stride: int, pad: int, dilation: int = 1, ceil: bool = False
+    size: int, kernel: int, stride: int, pad: int, dilation: int = 1, ceil: bool = False, end=None
 ) -> int:
-    span = size + 2 * pad - dilation * (kernel - 1) - 1
+    end = pad if end is None else end
+    span = size + pad + end - dilation * (kernel - 1) - 1
     out = (-(-span // stride) if ceil else span // stride) + 1
     if ceil and (out - 1) * stride >= size + pad:
         out -= 1
     return out
 
 
+def _responsive(model: nn.Module, image: Tensor) -> nn.Module:
+    """Variance-preserving convolution weights and a head whose logits spread over a few units,
+    so that occluding a patch moves the scores well above float rounding."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_in = module.weight[0].numel()
+                module.weight.normal_(0.0, math.sqrt(2.0 / fan_in))
+        head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+        logits = model(torch.stack([image, image.flip(-1), -image]))
+        spread = float(logits.std()) if logits.numel() > 1 else 0.0
+        if math.isfinite(spread) and spread > 1e-6:
+            head.weight.mul_(2.0 / spread)
+            head.bias.mul_(2.0 / spread)
+    return model
+
+
 @st.composite
-def cnn_cases(draw: st.DrawFn, dag: bool | None = None) -> Case:
+def cnn_cases(draw: st.DrawFn, dag: bool | None = None, wide: bool = True) -> Case:
     """A random CNN with 2–5 blocks, a global-pool or flatten head, and a workload."""
     channels = draw(st.integers(1, 3))
     height, width = draw(st.integers(7, 18)), draw(st.integers(7, 18))
@@ -153,12 +241,26 @@ def cnn_cases(draw: st.DrawFn, dag: bool | None = None) -> Case:
     layers: list[nn.Module] = []
     names: list[str] = []
     c, h, w = channels, height, width
-    kinds = ["conv", "bn", "act", "pool", "pad_conv", "residual", "inception", "depthwise", "se"]
+    kinds = [
+        "conv",
+        "conv",
+        "bn",
+        "act",
+        "pool",
+        "pool",
+        "pad",
+        "residual",
+        "inception",
+        "depthwise",
+        "se",
+        "branches",
+        "negpool",
+    ]  # fmt: skip (convolutions and pools twice: their geometry is where boxes go wrong)
     if dag is False:
-        kinds = [k for k in kinds if k not in ("residual", "inception", "se")]
+        kinds = [k for k in kinds if k not in ("residual", "inception", "se", "branches")]
     for _ in range(draw(st.integers(2, 5))):
         kind = draw(st.sampled_from(kinds))
-        layer, c2, h2, w2 = _block(draw, kind, c, h, w)
+        layer, c2, h2, w2 = _block(draw, kind, c, h, w, wide)
         if layer is None or h2 < 1 or w2 < 1:
             continue
         layers.append(layer)
@@ -167,27 +269,33 @@ def cnn_cases(draw: st.DrawFn, dag: bool | None = None) -> Case:
     classes = draw(st.integers(2, 5))
     head = draw(st.sampled_from(["mean", "adaptive", "flatten"]))
     layers.append(FlattenHead(c * h * w, classes) if head == "flatten" else Head(c, classes, head))
-    model = nn.Sequential(*layers).eval()
+    image = torch.randn(channels, height, width)
+    model = _responsive(nn.Sequential(*layers).eval(), image)
     patch = (draw(st.integers(1, min(height, 6))), draw(st.integers(1, min(width, 6))))
     stride = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
     per_channel = draw(st.booleans())
     values = st.floats(-2.0, 2.0, allow_nan=False, width=32)
     color = tuple(draw(values) for _ in range(channels)) if per_channel else draw(values)
-    image = torch.randn(channels, height, width)
     return Case(model, image, patch, stride, color, "+".join(names + [head]))
 
 
-def _block(draw: st.DrawFn, kind: str, c: int, h: int, w: int):  # noqa: C901
+def _channels(draw: st.DrawFn, wide: bool) -> int:
+    return draw(st.sampled_from([3, 2, WIDE, 4, 5, 6] if wide else [3, 2, 4, 5, 6]))
+
+
+def _block(draw: st.DrawFn, kind: str, c: int, h: int, w: int, wide: bool):  # noqa: C901
     if kind == "conv":
-        out = draw(st.integers(2, 6))
+        out = _channels(draw, wide)
         kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
-        stride, dilation = draw(st.integers(1, 2)), draw(st.integers(1, 2))
-        ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+        sh, sw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+        dilation = draw(st.integers(1, 2))
+        # padding may exceed k // 2: the output grows past the input and reads only padding
+        ph, pw = draw(st.integers(0, kh // 2 + 1)), draw(st.integers(0, kw // 2 + 1))
         groups = draw(st.sampled_from([g for g in (1, 2) if c % g == 0 and out % g == 0]))
         conv = nn.Conv2d(
-            c, out, (kh, kw), stride, (ph, pw), dilation, groups, bias=draw(st.booleans())
+            c, out, (kh, kw), (sh, sw), (ph, pw), dilation, groups, bias=draw(st.booleans())
         )
-        return conv, out, _out(h, kh, stride, ph, dilation), _out(w, kw, stride, pw, dilation)
+        return conv, out, _out(h, kh, sh, ph, dilation), _out(w, kw, sw, pw, dilation)
     if kind == "depthwise":
         k = draw(st.sampled_from([3, 5]))
         stride = draw(st.integers(1, 2))
@@ -198,30 +306,115 @@ def _block(draw: st.DrawFn, kind: str, c: int, h: int, w: int):  # noqa: C901
     if kind == "act":
         return ACTIVATIONS[draw(st.sampled_from(sorted(ACTIVATIONS)))](), c, h, w
     if kind == "pool":
+        return _pool(draw, c, h, w)
+    if kind == "negpool":
         k, stride = draw(st.integers(2, 3)), draw(st.integers(1, 2))
-        pad, ceil = draw(st.integers(0, k // 2)), draw(st.booleans())
-        if draw(st.booleans()):
-            pool: nn.Module = nn.MaxPool2d(k, stride, pad, ceil_mode=ceil)
-        else:
-            pool = nn.AvgPool2d(
-                k, stride, pad, ceil_mode=ceil, count_include_pad=draw(st.booleans())
-            )
-        return pool, c, _out(h, k, stride, pad, ceil=ceil), _out(w, k, stride, pad, ceil=ceil)
-    if kind == "pad_conv":
-        pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
-        k, stride = draw(st.sampled_from([3, 5])), draw(st.integers(1, 2))
-        out = draw(st.integers(2, 5))
-        left, right, top, bottom = pad
+        pad, ceil = draw(st.integers(1, k // 2)), draw(st.booleans())
+        pool = nn.MaxPool2d(k, stride, pad, ceil_mode=ceil)
+        shift = draw(st.floats(3.0, 6.0, width=32))
         return (
-            AsymmetricPadConv(c, out, pad, k, stride),
-            out,
-            _out(h + top + bottom, k, stride, 0),
-            _out(w + left + right, k, stride, 0),
+            Shifted(shift, pool),
+            c,
+            _out(h, k, stride, pad, ceil=ceil),
+            _out(w, k, stride, pad, ceil=ceil),
         )
+    if kind == "pad":
+        return _padded(draw, c, h, w)
     if kind == "residual":
         out, stride = draw(st.integers(2, 5)), draw(st.integers(1, 2))
         return Residual(c, out, stride), out, _out(h, 3, stride, 1), _out(w, 3, stride, 1)
     if kind == "se":
         return SqueezeExcite(c), c, h, w
+    if kind == "branches":
+        out = draw(st.integers(2, 4))
+        op = draw(st.sampled_from(["sub", "mul", "div"]))
+        return TwoBranches(c, out, op, draw(st.booleans())), out, h, w
     width = draw(st.integers(1, 3))
     return Inception(c, width), 4 * width, h, w
+
+
+def _pool(draw: st.DrawFn, c: int, h: int, w: int):
+    """Max or average pooling, square or not, with every option PyTorch's pools take. The
+    average pool's divisor rules are drawn by name, so that each is drawn often."""
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    if kh == kw == 1:
+        kh = 2
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 2))
+    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    kind = draw(st.sampled_from(["max", "avg_ceil", "avg_exclude_pad", "avg_override", "max_ceil"]))
+    ceil = kind.endswith("ceil") or draw(st.booleans())
+    dilation = draw(st.integers(1, 2)) if kind.startswith("max") else 1
+    if kind.startswith("max"):
+        pool: nn.Module = nn.MaxPool2d((kh, kw), (sh, sw), (ph, pw), dilation, ceil_mode=ceil)
+    else:
+        include = kind != "avg_exclude_pad"
+        divisor = 3 if kind == "avg_override" else None
+        pool = nn.AvgPool2d((kh, kw), (sh, sw), (ph, pw), ceil, include, divisor)
+    return (
+        pool,
+        c,
+        _out(h, kh, sh, ph, dilation, ceil),
+        _out(w, kw, sw, pw, dilation, ceil),
+    )
+
+
+def _padded(draw: st.DrawFn, c: int, h: int, w: int):
+    """A pad of any sides and value, then a convolution, a pool or an activation."""
+    left, right, top, bottom = (draw(st.integers(0, 2)) for _ in range(4))
+    value = draw(st.sampled_from([0.0, 1.0, -0.5, 2.0]))
+    then = draw(st.sampled_from(["conv", "maxpool", "avgpool", "relu"]))
+    hp, wp = h + top + bottom, w + left + right
+    if then == "conv":
+        k, stride, out = (
+            draw(st.sampled_from([3, 5])),
+            draw(st.integers(1, 2)),
+            draw(st.integers(2, 5)),
+        )
+        layer: nn.Module = nn.Conv2d(c, out, k, stride)
+        size = (out, _out(hp, k, stride, 0), _out(wp, k, stride, 0))
+    elif then == "maxpool":
+        layer = nn.MaxPool2d(2, 2, ceil_mode=True)
+        size = (c, _out(hp, 2, 2, 0, ceil=True), _out(wp, 2, 2, 0, ceil=True))
+    elif then == "avgpool":
+        layer, size = nn.AvgPool2d(3, 1), (c, _out(hp, 3, 1, 0), _out(wp, 3, 1, 0))
+    else:
+        layer, size = nn.ReLU(), (c, hp, wp)
+    return Padded((left, right, top, bottom), value, layer), *size
+
+
+def pinned_cases() -> dict[str, Case]:
+    """Geometries that once hid a bug from random draws, for ``@example`` (built with a fixed
+    seed, so every run sees the same networks)."""
+    torch.manual_seed(1234)
+    return {
+        # a pad that cannot be folded, with top/left > 0: its box moves by (top, left)
+        "pad": make_case(
+            [Padded((2, 1, 1, 1), 1.0, nn.Conv2d(2, 3, 3)), nn.ReLU()],
+            torch.randn(2, 12, 11), (3, 3), (2, 2), description="pad(2,1,1,1)=1+conv",
+        ),
+        # two changed branches subtracted: the delta form must negate the second one
+        "sub": make_case(
+            [TwoBranches(2, 3, "sub", tall=False), nn.SiLU()],
+            torch.randn(2, 10, 12), (3, 2), (2, 3), description="a−b",
+        ),
+        # the last ceil-mode window overhangs the padding: its divisor is smaller
+        "avg_ceil": make_case(
+            [nn.Conv2d(2, 3, 3, padding=1), nn.AvgPool2d(3, 2, 1, ceil_mode=True)],
+            torch.randn(2, 8, 10), (2, 3), (2, 2), description="avgpool ceil",
+        ),
+        # clipped last windows along y, and along x a stride larger than the patch
+        "clipped": make_case(
+            [nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)],
+            torch.randn(1, 11, 9), (4, 2), (3, 4), 0.5, description="clipped windows",
+        ),
+        # max pooling whose padded windows hold only negative values
+        "negpool": make_case(
+            [nn.Conv2d(2, 3, 3), Shifted(4.0, nn.MaxPool2d(3, 2, 1))],
+            torch.randn(2, 11, 10), (3, 3), (2, 2), description="negative maxpool",
+        ),
+        # more output channels than one interpreter tile, grouped
+        "wide": make_case(
+            [nn.Conv2d(2, WIDE, 3, padding=1), nn.ReLU(), nn.Conv2d(WIDE, WIDE, 3, groups=2)],
+            torch.randn(2, 9, 8), (3, 3), (3, 2), description="wide conv",
+        ),
+    }  # fmt: skip

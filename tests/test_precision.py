@@ -1,4 +1,5 @@
-"""Opt-in half precision: exact against naive re-inference in the same precision."""
+"""Opt-in half precision: as close to the independent oracle in the same precision as that
+precision's own rounding allows, on workloads where occlusion moves the scores well beyond it."""
 
 from __future__ import annotations
 
@@ -7,20 +8,43 @@ import torch
 from hypothesis import given, settings
 
 import krypton_ql as kql
-from tests.helpers import KERNEL_DEVICE
+from tests.helpers import KERNEL_DEVICE, assert_matches_oracle
+from tests.profiles import examples
 from tests.strategies import Case, cnn_cases
 
 
-@settings(max_examples=10)
+@settings(max_examples=examples(10))
 @given(case=cnn_cases(dag=True))
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_half_precision_equals_naive_in_the_same_precision(precision: str, case: Case) -> None:
-    options = dict(patch=case.patch, stride=case.stride, color=case.color, precision=precision)
-    exact = kql.occlusion_heatmap(case.model, case.image, backend="torch", **options)
-    naive = kql.naive_heatmap(case.model, case.image, **options)
-    assert exact.dtype == naive.dtype == torch.float32  # scores are reported in fp32
-    assert float((exact - naive).abs().max()) <= 1e-3
+def test_half_precision_equals_the_oracle_in_the_same_precision(precision: str, case: Case) -> None:
+    """Raw outputs (which occlusion moves far more than probabilities): within a tenth of the
+    movement, on draws where the movement is 20× the precision's rounding of the heatmap."""
+    options = dict(patch=case.patch, stride=case.stride, color=case.color)
+    exact = kql.occlusion_heatmap(
+        case.model, case.image, backend="torch", precision=precision, score="logit",
+        progress=False, **options,
+    )  # fmt: skip
+    assert exact.dtype == torch.float32  # scores are reported in fp32
+    assert_matches_oracle(
+        exact, case.model, case.image, score="logit", precision=precision, **options
+    )
     assert next(case.model.parameters()).dtype == torch.float32  # the user's model is untouched
+
+
+def test_naive_runs_in_the_same_precision() -> None:
+    """``naive_heatmap(precision=…)`` is the baseline the README promises: the oracle's
+    heatmap in that precision, not in fp32."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5),
+    ).eval()  # fmt: skip
+    image = torch.randn(3, 12, 12) * 3
+    options = dict(patch=4, stride=4, score="logit")
+    naive = kql.naive_heatmap(model, image, precision="bf16", progress=False, **options)
+    assert_matches_oracle(naive, model, image, precision="bf16", **options)
+    fp32 = kql.naive_heatmap(model, image, progress=False, **options)
+    assert float((naive - fp32).abs().max()) > 1e-4  # it did round to bf16
 
 
 def test_fp16_through_the_triton_kernels() -> None:
@@ -40,10 +64,9 @@ def test_fp16_through_the_triton_kernels() -> None:
         .to(KERNEL_DEVICE)
     )
     image = torch.randn(3, 10, 10, device=KERNEL_DEVICE)
-    options = dict(patch=3, stride=3, precision="fp16")
-    exact = kql.occlusion_heatmap(model, image, backend="triton", **options)
-    naive = kql.naive_heatmap(model, image, **options)
-    assert float((exact - naive).abs().max()) <= 1e-3
+    options = dict(patch=3, stride=3, precision="fp16", score="logit")
+    exact = kql.occlusion_heatmap(model, image, backend="triton", progress=False, **options)
+    assert_matches_oracle(exact.cpu(), model.cpu(), image.cpu(), **options)
 
 
 def test_unknown_precision_is_refused() -> None:

@@ -95,8 +95,6 @@ def arithmetic(arith: Arith) -> Translator:
             raise unsupported(node, "alpha or rounding_mode arguments")
         left_t, right_t = isinstance(left, fx.Node), isinstance(right, fx.Node)
         if left_t and right_t:
-            if arith is Arith.DIV:
-                raise unsupported(node, "division of two tensors")
             return Combine(arith), (left, right)
         if left_t and isinstance(right, (int, float)):
             return Scalar(arith, float(right)), (left,)

@@ -1,40 +1,36 @@
-"""The Triton backend end to end (in the interpreter on CPU): exact heatmaps on random CNNs,
-with fused epilogues, every gather kernel and both convolution implementations."""
+"""The Triton backend end to end (in the interpreter on CPU): exact heatmaps on random CNNs
+(channel counts above one tile included), with fused epilogues, every gather kernel and both
+convolution implementations."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from torch import nn
 
 import krypton_ql as kql
-from tests.helpers import KERNEL_DEVICE
-from tests.strategies import Case, cnn_cases
+from tests.helpers import KERNEL_DEVICE, assert_matches_oracle
+from tests.profiles import examples
+from tests.strategies import Case, cnn_cases, pinned_cases
+
+PINNED = pinned_cases()
 
 
-@settings(max_examples=15)
+@settings(max_examples=examples(15))
 @given(case=cnn_cases(dag=True))
-def test_triton_backend_equals_naive_on_random_cnns(case: Case) -> None:
-    case.model.to(KERNEL_DEVICE)
-    case.image = case.image.to(KERNEL_DEVICE)
-    plan = kql.compile(
-        case.model,
-        case.image.shape,
-        patch=case.patch,
-        stride=case.stride,
-        color=case.color,
-        backend="triton",
-    )
+@example(case=PINNED["wide"])
+@example(case=PINNED["pad"])
+def test_triton_backend_equals_the_oracle_on_random_cnns(case: Case) -> None:
+    model, image = case.model.to(KERNEL_DEVICE), case.image.to(KERNEL_DEVICE)
+    options = dict(patch=case.patch, stride=case.stride, color=case.color)
+    plan = kql.compile(model, image.shape, backend="triton", **options)
     rows, cols = plan.grid
     # The interpreter is slow: a spread of positions, border ones included.
     chosen = torch.unique(torch.linspace(0, rows * cols - 1, 7).round().long())
-    exact = plan.evaluate(case.image, positions=chosen).heatmaps[0, 0].flatten()[chosen]
-    naive = kql.naive_heatmap(
-        case.model, case.image, patch=case.patch, stride=case.stride, color=case.color
-    )
-    tolerance = 1e-5 if KERNEL_DEVICE == "cpu" else 1e-3  # TF32 on the GPU
-    assert float((exact - naive.flatten()[chosen]).abs().max()) <= tolerance
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # exact fp32 on a GPU
+        exact = plan.evaluate(image, positions=chosen.to(KERNEL_DEVICE)).heatmaps[0, 0]
+    assert_matches_oracle(exact.cpu(), model.cpu(), case.image, cells=chosen, **options)
 
 
 @pytest.mark.parametrize("conv", ["triton", "cudnn", "measure"])
@@ -58,9 +54,9 @@ def test_each_convolution_implementation(conv: str) -> None:
     text = plan.explain()
     assert "\nbackend: triton (gather_conv2d, gather_pool2d" in text
     assert "gather_conv2d      _0 → _1 → _2 buffer=" in text  # conv + BN + hardswish fused
-    exact = plan.run(image)
-    naive = kql.naive_heatmap(model, image, patch=3, stride=4)
-    assert float((exact - naive).abs().max()) <= (1e-5 if KERNEL_DEVICE == "cpu" else 1e-3)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # exact fp32 on a GPU
+        exact = plan.run(image, progress=False)
+    assert_matches_oracle(exact.cpu(), model.cpu(), image.cpu(), patch=3, stride=4)
     if conv == "measure" and KERNEL_DEVICE != "cpu":
         assert set(plan.runner.choices.values()) <= {"triton", "cudnn"}
         return

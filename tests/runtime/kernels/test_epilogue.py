@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,11 +10,10 @@ from torch import nn
 from compiler.ir import Activation, Arith, BatchNorm, Map, Node, Scalar, WeightRef
 from compiler.types import Schema
 from runtime import full as full_ops
+from runtime.kernels import elementwise as kernels
+from runtime.kernels.epilogue import Epilogue, fold  # noqa: E402
 from runtime.weights import Weights
 from tests.helpers import KERNEL_DEVICE
-
-kernels = pytest.importorskip("runtime.kernels.elementwise")
-from runtime.kernels.epilogue import Epilogue, fold  # noqa: E402
 
 CHANNELS = 5
 

@@ -3,7 +3,6 @@ operands, a broadcast view, every operator, a channel slice of a larger output."
 
 from __future__ import annotations
 
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,11 +10,10 @@ from hypothesis import strategies as st
 from compiler.ir import Arith
 from compiler.types import Size2
 from runtime.full import ARITH
+from runtime.kernels import gather_combine as kernels
+from runtime.kernels.epilogue import Epilogue
 from runtime.values import Patch, gather
 from tests.helpers import KERNEL_DEVICE
-
-kernels = pytest.importorskip("runtime.kernels.gather_combine")
-from runtime.kernels.epilogue import Epilogue  # noqa: E402
 
 
 def _operand(data, queries: int, channels: int, size: Size2, patched: bool, broadcast: bool):

@@ -10,17 +10,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compiler.types import Size2
+from runtime.kernels import gather_conv2d as kernels
 from runtime.values import Patch, gather
 from tests.helpers import KERNEL_DEVICE
+from tests.profiles import examples
 
-kernels = pytest.importorskip("runtime.kernels.gather_conv2d")
 
-
-@settings(max_examples=12)
+@settings(max_examples=examples(16))
 @given(
-    channels=st.sampled_from([1, 2, 3, 4]),
+    channels=st.sampled_from([1, 2, 3, 4, 18]),
     depthwise=st.booleans(),
-    c_out=st.integers(1, 5),
+    # above the interpreter's 16-wide tile, the output channels span several program ids
+    c_out=st.sampled_from([1, 2, 3, 5, 17, 18]),
     kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
     stride=st.integers(1, 2),
     dilation=st.integers(1, 2),
@@ -60,6 +61,25 @@ def test_matches_gather_then_conv(
         got = kernels.gather_conv2d(*arguments, (stride, stride), (dilation, dilation), groups, out)
     assert got.shape == expected.shape
     assert torch.allclose(got.cpu(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_output_channels_span_several_tiles_in_each_group() -> None:
+    """Two groups of 18 output channels (the interpreter's tile is 16 wide), 20 input channels
+    per group (K = 180 spans several reduction tiles), a bias and windows across the border."""
+    torch.manual_seed(0)
+    view = torch.randn(2, 40, 7, 6).contiguous(memory_format=torch.channels_last)
+    patch = torch.randn(3, 40, 3, 2)
+    py, px = torch.tensor([0, 4, 2]), torch.tensor([4, 0, 1])
+    ry, rx = py - torch.tensor([1, 2, 0]), px - torch.tensor([1, 0, 2])
+    image = torch.tensor([0, 1, 1])
+    weight, bias = torch.randn(36, 20, 3, 3), torch.randn(36)
+    gathered = gather(view, Patch(patch, py, px), image, ry, rx, Size2(5, 4), Size2(7, 6))
+    expected = F.conv2d(gathered, weight, bias, 1, 0, 1, 2)
+    on = lambda t: t.to(KERNEL_DEVICE)  # noqa: E731
+    arguments = [on(t) for t in (view, patch, image, ry, rx, py, px, weight, bias)]
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        got = kernels.gather_conv2d(*arguments, (1, 1), (1, 1), 2, (3, 2))
+    assert torch.allclose(got.cpu(), expected, atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.gpu

@@ -3,18 +3,16 @@ across the border, both divisor rules and an epilogue."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compiler.types import Size2
+from runtime.kernels import gather_pool2d as kernels
+from runtime.kernels.epilogue import Epilogue
 from runtime.values import Patch, gather
 from tests.helpers import KERNEL_DEVICE
-
-kernels = pytest.importorskip("runtime.kernels.gather_pool2d")
-from runtime.kernels.epilogue import Epilogue  # noqa: E402
 
 
 @settings(max_examples=12)

@@ -1,0 +1,251 @@
+"""Planted semantic mutations: plausible bugs applied one at a time, the suite run against each.
+
+A mutation tester (``mutmut``, see the README's developer notes) flips operators and constants
+at random; the mutations here are the bugs a person would plausibly write in the code every
+exactness guarantee rests on — each one leaves the engine running and its heatmaps wrong (or
+silently slower) on some geometry. Each is a literal text replacement in one file; the tool
+applies it, runs a pytest command, records whether the suite failed (the mutant is *killed*)
+and restores the file, whatever happens.
+
+Usage (from the repository root, on a quiet machine)::
+
+    python -m benchmarks.mutation                      # every mutation, the fast suite
+    python -m benchmarks.mutation --only pad-origin,delta-sub-operand
+    python -m benchmarks.mutation --ci                 # the whole CI suite (HYPOTHESIS_PROFILE=ci)
+    python -m benchmarks.mutation --list
+    python -m benchmarks.mutation --json benchmarks/mutation.json
+
+This is a tool run, not a test: it takes minutes per surviving mutant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """Replace ``old`` (which must occur exactly once) with ``new`` in ``path``."""
+
+    name: str
+    path: str
+    old: str
+    new: str
+    why: str
+
+
+MUTATIONS: tuple[Mutation, ...] = (
+    Mutation(
+        "pad-origin",
+        "compiler/boxes.py",
+        "return y0 + op.padding.top, x0 + op.padding.left",
+        "return y0, x0",
+        "a Pad node's box does not move by its top/left padding",
+    ),
+    Mutation(
+        "delta-sub-operand",
+        "runtime/reference.py",
+        "negative = index == 1 and node.op.arith is Arith.SUB",
+        "negative = index == 0 and node.op.arith is Arith.SUB",
+        "the delta form of a − b negates the wrong operand",
+    ),
+    Mutation(
+        "avg-ceil-divisor",
+        "runtime/reference.py",
+        "op.count_include_pad and not op.window.ceil_mode)",
+        "op.count_include_pad)",
+        "an average pool's divisor is taken as constant under ceil_mode",
+    ),
+    Mutation(
+        "grid-drops-clipped-window",
+        "compiler/boxes.py",
+        "rows = min(math.ceil((image.h - patch.h) / stride.h) + 1, math.ceil(image.h / stride.h))",
+        "rows = (image.h - patch.h) // stride.h + 1",
+        "the position grid drops the clipped last window along y",
+    ),
+    Mutation(
+        "window-size-one-less",
+        "compiler/boxes.py",
+        "return min(math.ceil((size + extent - 1) / stride), out_dim)",
+        "return min(math.ceil((size + extent - 2) / stride), out_dim)",
+        "a window operator's output box is one input cell too narrow",
+    ),
+    Mutation(
+        "window-size-one-more",
+        "compiler/boxes.py",
+        "return min(math.ceil((size + extent - 1) / stride), out_dim)",
+        "return min(math.ceil((size + extent) / stride), out_dim)",
+        "a window operator's output box is one input cell too wide (exact, silently slower)",
+    ),
+    Mutation(
+        "window-start-ignores-padding",
+        "compiler/boxes.py",
+        "first = np.maximum(ceil_div(start + pad - extent + 1, stride), 0)",
+        "first = np.maximum(ceil_div(start - extent + 1, stride), 0)",
+        "the output box's start ignores the window's leading padding",
+    ),
+    Mutation(
+        "bbox-first-operand",
+        "compiler/boxes.py",
+        "return int(min(np.max(high - low), dim))",
+        "return int(min(sizes[0], dim))",
+        "an add/concat takes its first operand's box (the paper's static analysis)",
+    ),
+    Mutation(
+        "read-origin-left-pad",
+        "runtime/values.py",
+        "return origin[0] * w.stride.h - w.padding.top, origin[1] * w.stride.w - w.padding.left",
+        "return origin[0] * w.stride.h - w.padding.left, origin[1] * w.stride.w - w.padding.left",
+        "the read-in window's row start uses the left padding",
+    ),
+    Mutation(
+        "fold-nonzero-pad",
+        "compiler/rules/fold_pad_into_conv.py",
+        "if not isinstance(source.op, Pad) or source.op.value != 0.0:",
+        "if not isinstance(source.op, Pad):",
+        "a constant pad of non-zero value is folded into the convolution's zero padding",
+    ),
+    Mutation(
+        "max-pool-zero-fill",
+        "runtime/reference.py",
+        'fill = float("-inf") if node.op.agg is Agg.MAX else 0.0',
+        "fill = 0.0",
+        "a max pool's padding reads zeros instead of −∞",
+    ),
+    Mutation(
+        "global-pool-square",
+        "runtime/reference.py",
+        "/ (height * width)",
+        "/ (height * height)",
+        "the incremental global average pool divides by H² instead of H·W",
+    ),
+    Mutation(
+        "occlude-clipped-rows",
+        "runtime/reference.py",
+        "rows = (y0[:, None] + torch.arange(box.h, device=device)) >= batch.top[:, None]",
+        "rows = (y0[:, None] + torch.arange(box.h, device=device)) >= y0[:, None]",
+        "a clipped last window occludes the rows its inward shift adds",
+    ),
+    Mutation(
+        "conv-kernel-channel-tile",
+        "runtime/kernels/gather_conv2d.py",
+        "cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels within the group",
+        "cols = tl.arange(0, BLOCK_N)  # output channels within the group",
+        "the fused convolution computes only the first tile of output channels",
+    ),
+)
+
+# The tests that exercise the engine's exactness, without the slow end-to-end scripts.
+FAST = [
+    "tests/compiler",
+    "tests/runtime",
+    "tests/test_end_to_end.py",
+    "tests/test_oracle.py",
+    "tests/test_approx.py",
+    "tests/test_torchvision.py",
+    "tests/krypton_ql",
+    "compiler",
+    "runtime",
+]
+
+
+def apply(mutation: Mutation) -> str:
+    """Write the mutant; return the original text."""
+    path = ROOT / mutation.path
+    original = path.read_text()
+    count = original.count(mutation.old)
+    if count != 1:
+        raise SystemExit(
+            f"{mutation.name}: expected the text once in {mutation.path}, found {count}"
+        )
+    path.write_text(original.replace(mutation.old, mutation.new))
+    return original
+
+
+def run_one(mutation: Mutation, command: list[str], timeout: float) -> dict:
+    original = apply(mutation)
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=_env()
+        )
+        status = "killed" if done.returncode != 0 else "survived"
+        tail = _summary(done.stdout)
+    except subprocess.TimeoutExpired:
+        status, tail = "timeout", f"no result within {timeout:.0f} s"
+    finally:
+        (ROOT / mutation.path).write_text(original)
+    return {
+        "name": mutation.name,
+        "file": mutation.path,
+        "why": mutation.why,
+        "status": status,
+        "seconds": round(time.perf_counter() - start, 1),
+        "summary": tail,
+    }
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("HYPOTHESIS_PROFILE", "ci")
+    return env
+
+
+def _summary(stdout: str) -> str:
+    """The failing tests and pytest's last line."""
+    lines = stdout.strip().splitlines()
+    failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
+    return "\n".join(failed[:8] + lines[-1:])
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.mutation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--only", help="comma-separated mutation names")
+    parser.add_argument("--ci", action="store_true", help="run the whole CI suite per mutant")
+    parser.add_argument("--tests", nargs="+", help="pytest arguments instead of the fast suite")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per mutant")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+    if args.list:
+        for m in MUTATIONS:
+            print(f"{m.name:30} {m.path:38} {m.why}")
+        return []
+    chosen = MUTATIONS
+    if args.only:
+        names = args.only.split(",")
+        unknown = set(names) - {m.name for m in MUTATIONS}
+        if unknown:
+            parser.error(f"unknown mutations: {', '.join(sorted(unknown))}")
+        chosen = tuple(m for m in MUTATIONS if m.name in names)
+    tests = [] if args.ci else args.tests or [t for t in FAST if (ROOT / t).exists()]
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    print("command:", " ".join(command[2:]), flush=True)
+    results = []
+    for mutation in chosen:
+        result = run_one(mutation, command, args.timeout)
+        results.append(result)
+        print(f"{result['status']:8} {result['seconds']:7.1f} s  {mutation.name}: {mutation.why}")
+        print("         " + result["summary"].replace("\n", "\n         "), flush=True)
+    killed = sum(r["status"] != "survived" for r in results)
+    print(f"{killed} of {len(results)} mutants killed")
+    if args.json:
+        args.json.write_text(json.dumps({"command": command[2:], "results": results}, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()

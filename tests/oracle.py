@@ -1,0 +1,147 @@
+"""An independent oracle for occlusion heatmaps: plain loops and plain ``model(batch)`` calls.
+
+It imports nothing from ``krypton_ql``, ``compiler`` or ``runtime`` — not even their argument
+checks or position grid — so a bug there cannot hide by being shared with the thing it checks.
+It is deliberately naive: one occluded copy of the image per position, built by slice
+assignment, run through the model in chunks.
+
+Semantics (Captum's ``Occlusion`` windows, the Zeiler–Fergus heatmap value):
+
+- along a dimension of ``size`` cells with patch ``p`` and stride ``s`` the windows start at
+  ``i·s`` for ``i = 0 … ceil((size − p)/s)``; a window that runs past the border is clipped
+  (only its cells inside the image are occluded) and a window that would start at or past the
+  border (possible when ``s > p``) is dropped;
+- cell ``(i, j)`` is the target's softmax probability (``score="prob"``, computed in float64
+  from the model's output) or its raw output (``score="logit"``) on the image with the
+  window's pixels set to ``color`` (a number, or one number per channel);
+- the target is the class the model predicts on the clean image unless given (an int for
+  every image, or one per image).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+CHUNK = 64  # occluded images per forward
+
+
+def window_starts(size: int, patch: int, stride: int) -> list[int]:
+    """Start of every window along one dimension.
+
+    >>> window_starts(10, 4, 3), window_starts(11, 4, 3), window_starts(6, 1, 4)
+    ([0, 3, 6], [0, 3, 6, 9], [0, 4])
+    """
+    count = 1 + math.ceil((size - patch) / stride)
+    return [i * stride for i in range(count) if i * stride < size]
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def occluded_copies(
+    image: Tensor, patch: int | Sequence[int], stride: int | Sequence[int], color
+) -> tuple[Tensor, int, int]:
+    """Every occluded copy of one ``[C, H, W]`` image, row-major over the windows, and the
+    number of window rows and columns."""
+    (ph, pw), (sy, sx) = _pair(patch), _pair(stride)
+    channels, height, width = image.shape
+    fill = torch.as_tensor(color, dtype=image.dtype).reshape(-1, 1, 1)
+    if fill.shape[0] not in (1, channels):
+        raise ValueError(f"color has {fill.shape[0]} values for {channels} channels")
+    tops, lefts = window_starts(height, ph, sy), window_starts(width, pw, sx)
+    copies = []
+    for top in tops:
+        for left in lefts:
+            occluded = image.clone()
+            region = occluded[:, top : top + ph, left : left + pw]  # slicing clips at the border
+            region[...] = fill.expand(channels, *region.shape[1:])
+            copies.append(occluded)
+    return torch.stack(copies), len(tops), len(lefts)
+
+
+def _scores(outputs: Tensor, target: int, score: str) -> Tensor:
+    """One class's score per row of raw outputs ``[..., K]`` (float64)."""
+    outputs = outputs.double()
+    if score == "prob":
+        outputs = torch.softmax(outputs, dim=-1)
+    elif score != "logit":
+        raise ValueError(f"score must be 'prob' or 'logit', got {score!r}")
+    return outputs[..., target]
+
+
+def _in(model: nn.Module, image: Tensor, dtype: torch.dtype | None) -> tuple[nn.Module, Tensor]:
+    if dtype is None:
+        return model, image
+    return copy.deepcopy(model).to(dtype), image.to(dtype)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What the model returns on clean and occluded copies of each image."""
+
+    clean: Tensor  # [N, K]
+    occluded: Tensor  # [N, rows, cols, K]
+
+    def targets(self, target: int | Sequence[int] | None) -> list[int]:
+        """The class of each image's heatmap: given, or predicted on the clean image."""
+        if target is None:
+            return [int(row.argmax()) for row in self.clean]
+        if isinstance(target, int):
+            return [target] * len(self.clean)
+        return [int(t) for t in target]
+
+    def heatmap(self, target: int | Sequence[int] | None = None, score: str = "prob") -> Tensor:
+        """``[N, rows, cols]`` scores of each image's target (float64)."""
+        chosen = self.targets(target)
+        return torch.stack([_scores(o, t, score) for o, t in zip(self.occluded, chosen)])
+
+    def clean_scores(self, target: int | Sequence[int] | None = None, score: str = "prob"):
+        """``[N]`` scores of each image's target on the clean image (float64)."""
+        chosen = self.targets(target)
+        return torch.stack([_scores(c, t, score) for c, t in zip(self.clean, chosen)])
+
+
+def run(
+    model: nn.Module,
+    image: Tensor,
+    patch: int | Sequence[int],
+    stride: int | Sequence[int] = 1,
+    color: float | Sequence[float] = 0.0,
+    dtype: torch.dtype | None = None,
+) -> Outputs:
+    """The model's outputs on every image of ``[C, H, W]`` or ``[N, C, H, W]`` and on every
+    occluded copy of it. ``dtype`` runs a converted copy of the model on images cast to it (the
+    half-precision baseline)."""
+    model, image = _in(model, image, dtype)
+    images = image if image.dim() == 4 else image[None]
+    clean, occluded = [], []
+    with torch.no_grad():
+        for picture in images:
+            copies, rows, cols = occluded_copies(picture, patch, stride, color)
+            outputs = torch.cat([model(chunk) for chunk in copies.split(CHUNK)])
+            occluded.append(outputs.double().reshape(rows, cols, -1))
+            clean.append(model(picture[None])[0].double())
+    return Outputs(torch.stack(clean), torch.stack(occluded))
+
+
+def heatmap(
+    model: nn.Module,
+    image: Tensor,
+    patch: int | Sequence[int],
+    stride: int | Sequence[int] = 1,
+    color: float | Sequence[float] = 0.0,
+    target: int | Sequence[int] | None = None,
+    score: str = "prob",
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """The heatmap ``[rows, cols]`` of a ``[C, H, W]`` image (``[N, rows, cols]`` of a batch),
+    in float64."""
+    maps = run(model, image, patch, stride, color, dtype).heatmap(target, score)
+    return maps if image.dim() == 4 else maps[0]
