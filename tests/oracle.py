@@ -145,3 +145,17 @@ def heatmap(
     in float64."""
     maps = run(model, image, patch, stride, color, dtype).heatmap(target, score)
     return maps if image.dim() == 4 else maps[0]
+
+
+def clean_score(
+    model: nn.Module,
+    image: Tensor,
+    target: int | None = None,
+    score: str = "prob",
+    dtype: torch.dtype | None = None,
+) -> float:
+    """The target's score on the clean ``[C, H, W]`` image (float64)."""
+    model, image = _in(model, image, dtype)
+    with torch.no_grad():
+        outputs = model(image[None])[0]
+    return float(_scores(outputs, int(outputs.argmax()) if target is None else target, score))

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import gpu
+
+pytestmark = pytest.mark.slow  # a benchmark harness end to end
 
 
 def test_gpu_harness_runs_on_the_cpu(tmp_path) -> None:

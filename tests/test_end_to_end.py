@@ -16,7 +16,7 @@ PINNED = pinned_cases()
 STRATEGIES = st.sampled_from(["auto", "recompute", "delta"])
 
 
-@settings(max_examples=examples(150))
+@settings(max_examples=examples(300))
 @given(case=cnn_cases(), strategy=STRATEGIES)
 @example(case=PINNED["pad"], strategy="auto")
 @example(case=PINNED["sub"], strategy="delta")

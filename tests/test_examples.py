@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # each example runs in a subprocess on the pretrained model
+
 ROOT = Path(__file__).parents[1]
 
 

@@ -11,6 +11,8 @@ import torchvision
 import krypton_ql as kql
 from tests.helpers import assert_exact, calibrate, responsive
 
+pytestmark = pytest.mark.slow  # full torchvision architectures
+
 
 def _inception() -> torch.nn.Module:
     return torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=True)

@@ -7,19 +7,21 @@ import torch
 
 import krypton_ql as kql
 from runtime import reference
-from tests.helpers import small_cnn
+from tests import oracle
+from tests.helpers import assert_matches_oracle, small_cnn
 
 
 def test_targets_per_image_and_scores() -> None:
     model, images = small_cnn(), torch.randn(2, 3, 12, 10)
+    expected = oracle.run(model, images, 3, 2)
     for target in (None, 3, [1, 2]):
         for score in ("prob", "logit"):
-            exact = kql.occlusion_heatmap(
-                model, images, patch=3, stride=2, target=target, score=score
-            )
-            naive = kql.naive_heatmap(model, images, patch=3, stride=2, target=target, score=score)
+            options = dict(patch=3, stride=2, target=target, score=score)
+            exact = kql.occlusion_heatmap(model, images, progress=False, **options)
             assert exact.shape == (2, 6, 5)
-            assert float((exact - naive).abs().max()) <= 1e-5
+            assert_matches_oracle(exact, model, images, expected=expected, **options)
+            naive = kql.naive_heatmap(model, images, progress=False, **options)
+            assert_matches_oracle(naive, model, images, expected=expected, **options)
 
 
 def test_heatmap_values_are_the_scores_of_occluded_images() -> None:
@@ -74,9 +76,8 @@ def test_out_of_memory_halves_the_batch(monkeypatch: pytest.MonkeyPatch) -> None
 
     monkeypatch.setitem(reference.KERNELS, reference.KernelId.GATHER_CONV2D, flaky)
     model, image = small_cnn(), torch.randn(3, 12, 10)
-    exact = kql.occlusion_heatmap(model, image, patch=3, stride=2, batch_size=30)
-    naive = kql.naive_heatmap(model, image, patch=3, stride=2)
-    assert float((exact - naive).abs().max()) <= 1e-5
+    exact = kql.occlusion_heatmap(model, image, patch=3, stride=2, batch_size=30, progress=False)
+    assert_matches_oracle(exact, model, image, patch=3, stride=2)
     assert calls[:2] == [30, 15] and max(calls[2:]) <= 8  # 30 → 15 → 7
 
 
@@ -94,8 +95,10 @@ def test_several_targets_in_one_pass() -> None:
     assert result.heatmaps.shape == (2, 2, 6, 5) and result.queries == 60
     for image, classes in enumerate(([0, 3], [2, 1])):
         for index, target in enumerate(classes):
-            single = kql.naive_heatmap(model, images[image], patch=3, stride=2, target=target)
-            assert float((result.heatmaps[image, index] - single).abs().max()) <= 1e-5
+            assert_matches_oracle(
+                result.heatmaps[image, index], model, images[image], patch=3, stride=2,
+                target=target,
+            )  # fmt: skip
     with pytest.raises(kql.KryptonError, match="outside the model's 4 classes"):
         plan.evaluate(images, targets=torch.tensor([[0], [4]]))
     with pytest.raises(kql.KryptonError, match="int tensor"):

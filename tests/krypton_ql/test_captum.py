@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import captum.attr as captum
 import pytest
 import torch
 from hypothesis import given, settings
@@ -12,9 +13,8 @@ from torch import nn
 
 from krypton_ql import models
 from krypton_ql.captum import Occlusion
+from tests.profiles import examples
 from tests.strategies import Case, cnn_cases
-
-captum = pytest.importorskip("captum.attr")
 
 
 def _assert_close(got, expected, model, inputs) -> None:
@@ -27,7 +27,7 @@ def _assert_close(got, expected, model, inputs) -> None:
     assert float((got - expected).abs().max()) <= tolerance
 
 
-@settings(max_examples=15)
+@settings(max_examples=examples(25))
 @given(case=cnn_cases(dag=True), data=st.data())
 def test_equals_captum_on_random_cnns(case: Case, data) -> None:
     images = torch.stack([case.image, case.image.flip(-1)])
@@ -50,6 +50,7 @@ def test_equals_captum_on_random_cnns(case: Case, data) -> None:
     _assert_close(got, expected, case.model, images)
 
 
+@pytest.mark.slow
 def test_equals_captum_on_the_pretrained_model_and_a_photo() -> None:
     model = models.efficientnet_lite0()
     image = models.preprocess(models.sample_photo("chelsea"))[None]

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import pytest
+import torch
 from torch import nn
 
 from tests.compiler.rules.rule_checks import check_equivalence, fired, rewritten_lines
 
+torch.manual_seed(0)  # module-level weights: the same whatever was imported before
 MODEL = nn.Sequential(
     nn.Conv2d(2, 3, 3, padding=1),
     nn.BatchNorm2d(3),
@@ -33,3 +36,21 @@ def test_golden_forced_delta_forms() -> None:
 
 def test_delta_forms_are_equivalent_to_the_model() -> None:
     check_equivalence(MODEL, SHAPE, linear_strategy="delta")
+
+
+@pytest.mark.parametrize("strategy", ["recompute", "delta"])
+@pytest.mark.parametrize(
+    "pool",
+    [
+        nn.AvgPool2d(3, 2, 1, ceil_mode=True),  # the last window overhangs: a smaller divisor
+        nn.AvgPool2d(3, 2, 1, count_include_pad=False),
+        nn.AvgPool2d((2, 3), (1, 2), (1, 0), ceil_mode=True, divisor_override=4),
+    ],
+    ids=["ceil", "exclude-pad", "override"],
+)
+def test_average_pool_divisors_in_both_forms(pool: nn.Module, strategy: str) -> None:
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), pool, nn.Flatten(), nn.LazyLinear(2)
+    ).eval()
+    model(torch.zeros(1, *SHAPE))
+    check_equivalence(model, SHAPE, linear_strategy=strategy)

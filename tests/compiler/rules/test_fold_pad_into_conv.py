@@ -27,13 +27,22 @@ def test_golden_padding_is_absorbed() -> None:
     assert fired(SamePadded().eval(), SHAPE)["fold_pad_into_conv"] == 1
 
 
-def test_nonzero_padding_is_not_folded() -> None:
-    class Padded(SamePadded):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc(self.conv(F.pad(x, (0, 1, 0, 1), value=1.0)).mean((2, 3)))
+class Padded(SamePadded):
+    """A pad of value 1 on all four sides, top and left larger: it cannot be folded, and its
+    box moves by (top, left) = (1, 2)."""
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(F.pad(x, (2, 1, 1, 1), value=1.0)).mean((2, 3)))
+
+
+def test_nonzero_padding_is_not_folded() -> None:
     assert "fold_pad_into_conv" not in fired(Padded().eval(), SHAPE)
-    check_equivalence(Padded().eval(), SHAPE, examples=6)
+    lines = rewritten_lines(Padded().eval(), SHAPE, patch=2)
+    assert "Pad" in lines[2] and "{elementwise box=2×2}" in lines[2]
+
+
+def test_unfolded_padding_is_equivalent_to_the_model() -> None:
+    check_equivalence(Padded().eval(), SHAPE)
 
 
 def test_equivalent_to_the_model() -> None:

@@ -11,7 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import krypton_ql as kql
-from tests.helpers import small_cnn
+from tests import oracle
+from tests.helpers import assert_matches_oracle, small_cnn
+from tests.profiles import examples
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +34,8 @@ def test_heatmap_per_image_equals_the_python_api(session) -> None:
         session._models["cnn"].get(),
         torch.stack(list(session._images["scans"].items.values())),
     )
-    expected = kql.occlusion_heatmap(model, images, patch=4, stride=2)
     assert result.columns == ["image", "h"] and [r[0] for r in result.rows] == ["0", "1", "2"]
-    assert float((result.heatmaps - expected.double()).abs().max()) <= 1e-5
+    assert_matches_oracle(result.heatmaps, model, images, patch=4, stride=2)
 
 
 def test_top_drops_with_pushdown_equal_the_python_api(session) -> None:
@@ -45,9 +46,8 @@ def test_top_drops_with_pushdown_equal_the_python_api(session) -> None:
     )
     result = session.sql(query)
     model, image = session._models["cnn"].get(), session._images["scans"].items["1"]
-    heatmap = kql.naive_heatmap(model, image, patch=4, stride=2, target=2)
-    with torch.no_grad():
-        base = torch.softmax(model(image[None]), 1)[0, 2]
+    heatmap = oracle.heatmap(model, image, 4, 2, target=2)
+    base = oracle.clean_score(model, image, target=2)
     drops = [
         (float(base - heatmap[r, c]), 2 * r, 2 * c)
         for r in range(1, 5)
@@ -79,10 +79,9 @@ def test_aggregates_and_arithmetic(session) -> None:
     assert len(result.rows) == 6 and all(row[4] == 4 * 4 for row in result.rows)
     for image, target, mean, worst, _count, low in result.rows:
         model, picture = session._models["cnn"].get(), session._images["scans"].items[image]
-        heatmap = kql.naive_heatmap(model, picture, patch=4, stride=4, target=target)
+        heatmap = oracle.heatmap(model, picture, 4, 4, target=target)
         assert mean == pytest.approx(float(heatmap.mean()), abs=1e-6)
-        with torch.no_grad():
-            base = float(torch.softmax(model(picture[None]), 1)[0, target])
+        base = oracle.clean_score(model, picture, target=target)
         assert worst == pytest.approx(base - float(heatmap.min()), abs=1e-6)
         assert low == pytest.approx(float(heatmap.min()), abs=1e-6)
 
@@ -98,6 +97,7 @@ def test_explain_shows_pushdown_and_plan(session) -> None:
     assert result.columns == ["plan"] and "== after stage maintain" in result.rows[0][0]
 
 
+@pytest.mark.slow
 def test_built_in_model_and_photos_need_no_setup() -> None:
     result = kql.connect().sql(
         "SELECT image, class, base_prob FROM occlusion(photos, efficientnet_lite0, "
@@ -199,7 +199,7 @@ VALID = [
 ]
 
 
-@settings(max_examples=150)
+@settings(max_examples=examples(150))
 @given(data=st.data())
 def test_mutated_queries_raise_only_krypton_errors(session, data) -> None:
     """Drop, duplicate or replace tokens of valid queries: the result is a result or a
@@ -263,6 +263,7 @@ def test_results_print_in_a_terminal_and_a_notebook(session) -> None:
     assert result.explain().startswith("== pushdown ==")
 
 
+@pytest.mark.slow
 def test_label_names_the_class() -> None:
     session = kql.connect()
     result = session.sql(

@@ -17,6 +17,7 @@ from tests.strategies import Case, cnn_cases, pinned_cases
 PINNED = pinned_cases()
 
 
+@pytest.mark.slow
 @settings(max_examples=examples(15))
 @given(case=cnn_cases(dag=True))
 @example(case=PINNED["wide"])

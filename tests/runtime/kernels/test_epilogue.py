@@ -14,6 +14,7 @@ from runtime.kernels import elementwise as kernels
 from runtime.kernels.epilogue import Epilogue, fold  # noqa: E402
 from runtime.weights import Weights
 from tests.helpers import KERNEL_DEVICE
+from tests.profiles import examples
 
 CHANNELS = 5
 
@@ -41,7 +42,7 @@ OPS = st.one_of(
 )
 
 
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(chain=st.lists(OPS, min_size=1, max_size=5), seed=st.integers(0, 99))
 def test_folded_segments_equal_the_nodes(chain, seed) -> None:
     torch.manual_seed(seed)

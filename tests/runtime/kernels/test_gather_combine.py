@@ -14,6 +14,7 @@ from runtime.kernels import gather_combine as kernels
 from runtime.kernels.epilogue import Epilogue
 from runtime.values import Patch, gather
 from tests.helpers import KERNEL_DEVICE
+from tests.profiles import examples
 
 
 def _operand(data, queries: int, channels: int, size: Size2, patched: bool, broadcast: bool):
@@ -29,7 +30,7 @@ def _operand(data, queries: int, channels: int, size: Size2, patched: bool, broa
     return (view, values, y0, x0), Patch(values, y0, x0)
 
 
-@settings(max_examples=15)
+@settings(max_examples=examples(15))
 @given(
     arith=st.sampled_from([None, *Arith]),
     channels=st.integers(1, 12),

@@ -13,9 +13,10 @@ from runtime.kernels import gather_pool2d as kernels
 from runtime.kernels.epilogue import Epilogue
 from runtime.values import Patch, gather
 from tests.helpers import KERNEL_DEVICE
+from tests.profiles import examples
 
 
-@settings(max_examples=12)
+@settings(max_examples=examples(12))
 @given(
     channels=st.integers(1, 10),
     kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
