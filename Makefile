@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # pairs a torch build with a torchvision built for another one.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test thorough mutation mutmut lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,21 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
+# Random hypothesis draws with the example database and 10x the examples: run before resolving
+# an issue that touches the compiler or the runtime.
+thorough: $(BIN)/.installed
+	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q
+
+# Planted semantic mutations, one at a time, against the fast suite (a tool run, not CI).
+mutation: $(BIN)/.installed
+	$(BIN)/python -m benchmarks.mutation --json benchmarks/mutation.json
+
+# mutmut over the box arithmetic, the rules, the gathers and the reference kernels (hours).
+mutmut: $(BIN)/.installed
+	$(BIN)/pip install -q -e '.[dev,mutation]'
+	-OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/mutmut run  # one thread: forked workers and OpenMP
+	$(BIN)/python -m benchmarks.mutation --mutmut --json benchmarks/mutmut.json
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
@@ -27,4 +42,4 @@ bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.cpu_exact
 
 clean:
-	rm -rf $(VENV) demo-output
+	rm -rf $(VENV) demo-output mutants

@@ -14,8 +14,11 @@ Usage (from the repository root, on a quiet machine)::
     python -m benchmarks.mutation --ci                 # the whole CI suite (HYPOTHESIS_PROFILE=ci)
     python -m benchmarks.mutation --list
     python -m benchmarks.mutation --json benchmarks/mutation.json
+    python -m benchmarks.mutation --mutmut --json benchmarks/mutmut.json   # after `mutmut run`
 
-This is a tool run, not a test: it takes minutes per surviving mutant.
+This is a tool run, not a test: it takes minutes per surviving mutant. ``--mutmut`` reads the
+results of a ``mutmut run`` (``make mutmut``) and prints the score per file and the surviving
+mutants' diffs.
 """
 
 from __future__ import annotations
@@ -207,6 +210,43 @@ def _summary(stdout: str) -> str:
     return "\n".join(failed[:8] + lines[-1:])
 
 
+def mutmut_summary() -> dict:
+    """Counts per file and status of the last ``mutmut run``, and every survivor's diff."""
+    listing = subprocess.run(
+        [_mutmut(), "results", "--all", "true"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    files: dict[str, dict[str, int]] = {}
+    survivors = []
+    for line in listing.splitlines():
+        name, _, status = line.strip().rpartition(": ")
+        if not name:
+            continue
+        module = name.split(".x_")[0].split(".xǁ")[0]
+        counts = files.setdefault(module, {})
+        counts[status] = counts.get(status, 0) + 1
+        if status == "survived":
+            diff = subprocess.run(
+                [_mutmut(), "show", name], cwd=ROOT, capture_output=True, text=True
+            ).stdout
+            survivors.append({"name": name, "diff": diff})
+    total = {k: sum(c.get(k, 0) for c in files.values()) for k in ("killed", "survived")}
+    checked = total["killed"] + total["survived"]
+    score = total["killed"] / checked if checked else float("nan")
+    return {"files": files, "total": total, "score": score, "survivors": survivors}
+
+
+def _mutmut() -> str:
+    return str(Path(sys.executable).with_name("mutmut"))
+
+
+def _print_mutmut(summary: dict) -> None:
+    for module, counts in sorted(summary["files"].items()):
+        text = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        print(f"{module:45} {text}")
+    total = summary["total"]
+    print(f"score: {summary['score']:.1%} ({total['killed']} killed, {total['survived']} survived)")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.mutation",
@@ -217,9 +257,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--ci", action="store_true", help="run the whole CI suite per mutant")
     parser.add_argument("--tests", nargs="+", help="pytest arguments instead of the fast suite")
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--mutmut", action="store_true", help="summarize the last mutmut run")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per mutant")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
+    if args.mutmut:
+        summary = mutmut_summary()
+        _print_mutmut(summary)
+        if args.json:
+            args.json.write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+        return [summary]
     if args.list:
         for m in MUTATIONS:
             print(f"{m.name:30} {m.path:38} {m.why}")

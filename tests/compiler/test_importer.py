@@ -81,6 +81,19 @@ def test_elementwise_forms(fn, expected) -> None:
     assert _ops(Lambda(fn))[0] == expected
 
 
+@pytest.mark.parametrize(
+    ("fn", "arith"),
+    [
+        (lambda x: x - torch.sigmoid(x), ir.Arith.SUB),
+        (lambda x: x * torch.sigmoid(x), ir.Arith.MUL),
+        (lambda x: x / (torch.sigmoid(x) + 0.5), ir.Arith.DIV),
+    ],
+    ids=["sub", "mul", "div"],
+)
+def test_arithmetic_of_two_tensors_is_a_combine(fn, arith) -> None:
+    assert ir.Combine(arith) in _ops(Lambda(fn))
+
+
 def test_adaptive_pooling_is_local_when_windows_are_uniform() -> None:
     local = _ops(Lambda(nn.AdaptiveAvgPool2d(7)))[0]
     assert isinstance(local, ir.Pool) and local.window.kernel == Size2(2, 2)
