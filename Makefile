@@ -30,9 +30,10 @@ mutation: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.mutation --json benchmarks/mutation.json
 
 # mutmut over the box arithmetic, the rules, the gathers and the reference kernels (hours).
+# One thread per worker: mutmut forks its workers, and OpenMP's pool does not survive a fork.
 mutmut: $(BIN)/.installed
 	$(BIN)/pip install -q -e '.[dev,mutation]'
-	-OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/mutmut run  # one thread: forked workers and OpenMP
+	-HYPOTHESIS_PROFILE=mutation OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/mutmut run
 	$(BIN)/python -m benchmarks.mutation --mutmut --json benchmarks/mutmut.json
 
 lint: $(BIN)/.installed

@@ -6,6 +6,8 @@
   next time) and ten times each test's example count. Run it before resolving an issue that
   touches the compiler or the runtime: ``make thorough``.
 - ``dev``: random draws at the ``ci`` counts.
+- ``mutation``: the ``ci`` draws without shrinking a failure (a mutation tester only needs to
+  know that a test fails; ``make mutmut`` sets it).
 
 A test sizes its example count with ``examples(n)``: ``n`` under ``ci``, scaled with the
 profile's ``max_examples`` (100 under ``ci``).
@@ -13,10 +15,10 @@ profile's ``max_examples`` (100 under ``ci``).
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
-PROFILES = ("ci", "dev", "thorough")
+PROFILES = ("ci", "dev", "thorough", "mutation")
 BASE = 100  # max_examples of the ci profile: examples(n) scales n by max_examples / BASE
 
 
@@ -28,6 +30,15 @@ def register() -> None:
     )
     settings.register_profile("ci", derandomize=True, database=None, max_examples=BASE, **common)
     settings.register_profile("dev", max_examples=BASE, **common)
+    settings.register_profile(
+        "mutation",
+        derandomize=True,
+        database=None,
+        max_examples=BASE,
+        phases=(Phase.explicit, Phase.generate),
+        report_multiple_bugs=False,
+        **common,
+    )
     settings.register_profile(
         "thorough",
         database=DirectoryBasedExampleDatabase(".hypothesis/examples"),

@@ -93,6 +93,35 @@ def test_tau_boxes_equal_hand_computed_ones() -> None:
     assert "{≈recompute box=8×8 read=10×10 crop=+1×1}" in plan.explain()
 
 
+def test_tau_caps_each_dimension_on_its_own() -> None:
+    """32×12 image, patch 8×1 at (12, 4), τ = 0.25.
+    conv1 (k3 s1 p1, 32×12 outputs): rows: exact box 10 > cap round(8) = 8 → 8, the input start
+    moves by (8 − 6)//2 = 1 to 13, output start 12, read 10; columns: exact box 3 = cap
+    round(3) = 3 → uncut: no crop, start max(4 + 1 − 3 + 1, 0) = 3, read 5.
+    conv2 (k3 s2 p1, 16×6 outputs): rows: exact 5 > cap 4 → 4, start 12 + 1 → output
+    ceil((1 + 13 − 3 + 1)/2) = 6, read 9; columns: exact ceil(5/2) = 3 > cap round(1.5) = 2 →
+    2, the implied input 2·2 − 3 + 1 = 2 leaves (3 − 2)//2 = 0 to crop, start ceil(2/2) = 1."""
+    plan = kql.compile(_two_convs(), (3, 32, 12), patch=(8, 1), stride=(12, 4), tau=0.25)
+    query = 4  # positions (0, 12, 24) × (0, 4, 8): index 4 is (12, 4)
+    nodes = {node.source.split(" ")[0]: node for node in plan.optimized.plan}
+    for name, box, read, crop, start in (("0", (8, 3), (10, 5), (1, 0), (12, 3)),
+                                         ("1", (4, 2), (9, 5), (1, 0), (6, 1))):  # fmt: skip
+        update = nodes[name].update
+        assert (update.box, update.read, update.crop) == (Size2(*box), Size2(*read), Size2(*crop))
+        y, x = plan.optimized.origins[nodes[name].name]
+        assert (int(y[query]), int(x[query])) == start, name
+
+
+def test_a_box_at_the_cap_is_exact_and_unmarked() -> None:
+    """Patch 3 through a 3×3 convolution over 20×20: the exact box, 5, is the cap round(0.25·20);
+    nothing is cut, so the plan is the exact one and explain has no ≈."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3)).eval()  # fmt: skip
+    exact = kql.compile(model, (3, 20, 20), patch=3, stride=4)
+    capped = kql.compile(model, (3, 20, 20), patch=3, stride=4, tau=0.25)
+    assert "≈" not in capped.explain() and capped.explain() == exact.explain()
+
+
 def test_tau_keeps_view_values_outside_the_box() -> None:
     """An independent oracle for one capped layer: the conv output of the occluded image inside
     the capped box, the clean conv output outside it, then the rest of the network."""

@@ -50,9 +50,10 @@ def test_evaluate_reports_base_scores_and_query_count() -> None:
     assert not torch.isnan(flat[[0, 5]]).any() and torch.isnan(flat[1]).item()
 
 
-def test_progress_callback_sees_every_query() -> None:
+@pytest.mark.parametrize("method", [kql.occlusion_heatmap, kql.naive_heatmap])
+def test_progress_callback_sees_every_query(method) -> None:
     seen: list[tuple[int, int]] = []
-    kql.occlusion_heatmap(
+    method(
         small_cnn(),
         torch.randn(3, 12, 10),
         patch=3,
@@ -60,8 +61,25 @@ def test_progress_callback_sees_every_query() -> None:
         batch_size=7,
         progress=lambda done, total: seen.append((done, total)),
     )
-    assert seen[-1] == (30, 30) and len(seen) == 5
-    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+    assert seen == [(7, 30), (14, 30), (21, 30), (28, 30), (30, 30)]
+
+
+def test_naive_runs_each_query_once_in_batches() -> None:
+    """One clean forward, then every occluded copy exactly once, ``batch_size`` at a time."""
+    model, image = small_cnn(), torch.randn(3, 12, 10)
+    sizes: list[int] = []
+    model[0].register_forward_hook(lambda _m, inputs, _o: sizes.append(len(inputs[0])))
+    heatmap = kql.naive_heatmap(model, image, patch=3, stride=2, batch_size=7, progress=False)
+    assert sizes == [1, 7, 7, 7, 7, 2]
+    assert_matches_oracle(heatmap, model, image, patch=3, stride=2)
+
+
+@pytest.mark.parametrize("method", [kql.occlusion_heatmap, kql.naive_heatmap])
+def test_the_default_stride_is_one(method) -> None:
+    model, image = small_cnn(), torch.randn(3, 9, 8)
+    heatmap = method(model, image, patch=(3, 2), progress=False)
+    assert heatmap.shape == (7, 7)
+    assert_matches_oracle(heatmap, model, image, patch=(3, 2), stride=1)
 
 
 def test_out_of_memory_halves_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
