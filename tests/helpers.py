@@ -85,37 +85,44 @@ def assert_matches_oracle(
     if expected is None:
         expected = oracle.run(model, image, patch, stride, color, dtype)
     truth = expected.heatmap(target, score)
-    expected_shape = truth.shape if image.dim() == 4 else truth.shape[1:]
-    assert got.shape == expected_shape, (
-        f"heatmap shape {list(got.shape)}, expected {list(expected_shape)}"
-    )
-    got = got.double().reshape(len(truth), -1)
-    chosen = cells if cells is not None else torch.arange(got.shape[1])
-    truth, got = truth.reshape(len(truth), -1)[:, chosen], got[:, chosen]
+    shape = truth.shape if image.dim() == 4 else truth.shape[1:]
+    assert got.shape == shape, f"heatmap shape {list(got.shape)}, expected {list(shape)}"
+    chosen = cells if cells is not None else torch.arange(truth[0].numel())
+    truth = truth.reshape(len(truth), -1)[:, chosen]
+    error = (got.double().reshape(len(truth), -1)[:, chosen] - truth).abs().amax(dim=1)
     moved = (truth - expected.clean_scores(target, score)[:, None]).abs().amax(dim=1)
-    error = (got - truth).abs().amax(dim=1)
-    if dtype is not None:
-        fp32 = oracle.run(model, image, patch, stride, color).heatmap(target, score)
-        noise = (truth - fp32.reshape(len(truth), -1)[:, chosen]).abs().amax(dim=1)
-        _require(bool((moved >= HALF_MARGIN * noise).all()), f"occlusion moves {precision} "
-                 f"scores by {moved.tolist()}, rounding by {noise.tolist()}")  # fmt: skip
-        limit = HALF_RELATIVE * moved
-    else:
+    if dtype is None:
         logits = max(1.0, float(expected.heatmap(target, "logit").abs().max()))
-        if score == "logit":
-            floor, contract = MINIMUM_MOVEMENT[score] * logits, CONTRACT[score] * logits
-        else:
-            floor = MINIMUM_MOVEMENT[score]
-            contract = max(CONTRACT[score], PROB_PER_LOGIT_SCALE * logits)
-        _require(bool((moved >= floor).all()), f"occlusion moves the {score} by only "
-                 f"{moved.tolist()}: the comparison would prove nothing")  # fmt: skip
-        limit = torch.clamp(RELATIVE * moved, max=contract)
+        limit = _fp32_limit(moved, score, logits)
+    else:
+        fp32 = oracle.run(model, image, patch, stride, color).heatmap(target, score)
+        rounding = (truth - fp32.reshape(len(truth), -1)[:, chosen]).abs().amax(dim=1)
+        limit = _half_limit(moved, rounding, precision)
     worst = int((error / limit).argmax())
     assert bool((error <= limit).all()), (
         f"{score}: max |Δ| = {float(error[worst]):.3g} on image {worst}, over the limit "
         f"{float(limit[worst]):.3g} (the occlusion moves that score by {float(moved[worst]):.3g})"
     )
     return float((error / moved).max())
+
+
+def _fp32_limit(moved: Tensor, score: str, logits: float) -> Tensor:
+    """1% of the movement, capped by the fp32 contract; the movement must clear the floor."""
+    if score == "logit":
+        floor, contract = MINIMUM_MOVEMENT[score] * logits, CONTRACT[score] * logits
+    else:
+        floor = MINIMUM_MOVEMENT[score]
+        contract = max(CONTRACT[score], PROB_PER_LOGIT_SCALE * logits)
+    _require(bool((moved >= floor).all()), f"occlusion moves the {score} by only "
+             f"{moved.tolist()}: the comparison would prove nothing")  # fmt: skip
+    return torch.clamp(RELATIVE * moved, max=contract)
+
+
+def _half_limit(moved: Tensor, rounding: Tensor, precision: str | None) -> Tensor:
+    """A tenth of the movement, which must be 20× the precision's rounding of the heatmap."""
+    _require(bool((moved >= HALF_MARGIN * rounding).all()), f"occlusion moves {precision} "
+             f"scores by {moved.tolist()}, rounding by {rounding.tolist()}")  # fmt: skip
+    return HALF_RELATIVE * moved
 
 
 def assert_exact(model: nn.Module, image: Tensor, **options: Any) -> None:

@@ -32,6 +32,10 @@ ACTIVATIONS = {
 
 # More output channels than the interpreter's 16-wide tile: the kernels' channel tiling runs.
 WIDE = 18
+# Block kinds; convolutions and pools twice, as their geometry is where boxes go wrong.
+KINDS = ("conv", "conv", "pool", "pool", "bn", "act", "pad", "negpool", "depthwise", "residual",
+         "inception", "se", "branches")  # fmt: skip
+DAG_KINDS = ("residual", "inception", "se", "branches")
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -205,10 +209,10 @@ def make_case(
 
 
 def _out(
-    size: int, kernel: int, stride: int, pad: int, dilation: int = 1, ceil: bool = False, end=None
+    size: int, kernel: int, stride: int, pad: int, dilation: int = 1, ceil: bool = False
 ) -> int:
-    end = pad if end is None else end
-    span = size + pad + end - dilation * (kernel - 1) - 1
+    """PyTorch's output size of a window operator with symmetric padding."""
+    span = size + 2 * pad - dilation * (kernel - 1) - 1
     out = (-(-span // stride) if ceil else span // stride) + 1
     if ceil and (out - 1) * stride >= size + pad:
         out -= 1
@@ -241,23 +245,9 @@ def cnn_cases(draw: st.DrawFn, dag: bool | None = None, wide: bool = True) -> Ca
     layers: list[nn.Module] = []
     names: list[str] = []
     c, h, w = channels, height, width
-    kinds = [
-        "conv",
-        "conv",
-        "bn",
-        "act",
-        "pool",
-        "pool",
-        "pad",
-        "residual",
-        "inception",
-        "depthwise",
-        "se",
-        "branches",
-        "negpool",
-    ]  # fmt: skip (convolutions and pools twice: their geometry is where boxes go wrong)
+    kinds = list(KINDS)
     if dag is False:
-        kinds = [k for k in kinds if k not in ("residual", "inception", "se", "branches")]
+        kinds = [k for k in kinds if k not in DAG_KINDS]
     for _ in range(draw(st.integers(2, 5))):
         kind = draw(st.sampled_from(kinds))
         layer, c2, h2, w2 = _block(draw, kind, c, h, w, wide)
