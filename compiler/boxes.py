@@ -129,7 +129,12 @@ class Positions:
 
     @classmethod
     def centre(cls, image: Size2, patch: Size2) -> Positions:
-        """The one position the theoretical speedup is measured at (research §2.2)."""
+        """The one position the theoretical speedup is measured at (research §2.2).
+
+        >>> centre = Positions.centre(Size2(224, 200), Size2(16, 15))
+        >>> centre.top.tolist(), centre.left.tolist(), centre.rows, centre.cols
+        ([104], [92], 1, 1)
+        """
         top = np.array([(image.h - patch.h) // 2], dtype=np.int64)
         left = np.array([(image.w - patch.w) // 2], dtype=np.int64)
         return cls(top, left, 1, 1)

@@ -126,11 +126,12 @@ def import_model(
     return plan
 
 
-def constant_schema(fx_node: fx.Node, ref: WeightRef) -> Schema:
-    """A model tensor used as data broadcasts against ``[N, C, H, W]``: align it to rank 4; its
-    leading axis must be 1 (it cannot vary across the batch)."""
-    shape = (1,) * (4 - len(ref.shape)) + ref.shape
-    if len(shape) != 4 or shape[0] != 1:
+def constant_schema(fx_node: fx.Node, ref: WeightRef, rank: int) -> Schema:
+    """A model tensor used as data broadcasts against the value it meets, of ``rank`` axes with
+    the batch (``[N, C, H, W]`` for a feature map, ``[N, K]`` for class scores): align it to
+    that rank; its leading axis must be 1 (it cannot vary across the batch)."""
+    shape = (1,) * (rank - len(ref.shape)) + ref.shape
+    if len(shape) != rank or shape[0] != 1:
         raise UnsupportedOperationError(
             f"fx node {fx_node.name!r} uses tensor {ref.path} of shape {list(ref.shape)} as data; "
             "only tensors that broadcast over the batch (leading size 1) are supported"
@@ -142,21 +143,20 @@ def _translate(fx_node: fx.Node, ctx: ImportContext, names: dict[fx.Node, str]) 
     """The node for ``fx_node``, preceded by Constants for model tensors it reads as data."""
     translator, source = _translator_for(fx_node, ctx)
     op, fx_inputs = translator(fx_node, ctx)
+    schema = ctx.schema(fx_node)
     nodes = []
     for fx_input in fx_inputs:
         if fx_input not in names and getattr(fx_input, "op", None) == "get_attr":
             ref = ctx.weight(str(fx_input.target))
-            nodes.append(
-                Node(fx_input.name, Constant(ref), (), constant_schema(fx_input, ref), str(ref))
-            )
+            rank = len(schema.shape) + 1  # the batch axis
+            constant = constant_schema(fx_input, ref, rank)
+            nodes.append(Node(fx_input.name, Constant(ref), (), constant, str(ref)))
             names[fx_input] = fx_input.name
         if fx_input not in names:
             raise UnsupportedOperationError(
                 f"fx node {fx_node.name!r} reads {fx_input!r}, which is not a tensor"
             )
-    nodes.append(
-        Node(fx_node.name, op, tuple(names[i] for i in fx_inputs), ctx.schema(fx_node), source)
-    )
+    nodes.append(Node(fx_node.name, op, tuple(names[i] for i in fx_inputs), schema, source))
     names[fx_node] = fx_node.name
     return nodes
 

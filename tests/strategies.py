@@ -34,8 +34,8 @@ ACTIVATIONS = {
 WIDE = 18
 # Block kinds; convolutions and pools twice, as their geometry is where boxes go wrong.
 KINDS = ("conv", "conv", "pool", "pool", "bn", "act", "pad", "negpool", "depthwise", "residual",
-         "inception", "se", "branches")  # fmt: skip
-DAG_KINDS = ("residual", "inception", "se", "branches")
+         "inception", "se", "branches", "offset", "scale")  # fmt: skip
+DAG_KINDS = ("residual", "inception", "se", "branches", "offset")
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -121,6 +121,44 @@ class TwoBranches(nn.Module):
         return a / (torch.sigmoid(b) + 0.5)
 
 
+class OffsetBranches(nn.Module):
+    """``a + b`` of two convolutions over oppositely padded inputs: ``a``'s box lies up and left
+    of the patch, ``b``'s down and right, so their bounding box is wider than either and must
+    be shifted inward at the border."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(cin, cout, 3), nn.Conv2d(cin, cout, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.a(F.pad(x, (0, 2, 0, 2))) + self.b(F.pad(x, (2, 0, 2, 0)))
+
+
+class LayerScale(nn.Module):
+    """``x · γ + β`` with learned per-channel tensors: clean operands broadcast against a
+    changed one (ConvNeXt's layer scale)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.rand(channels, 1, 1) + 0.5)
+        self.beta = nn.Parameter(torch.randn(channels, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma + self.beta
+
+
+class OffsetHead(nn.Module):
+    """A global-pool head plus a learned offset per class: a clean input to a full operator."""
+
+    def __init__(self, channels: int, classes: int):
+        super().__init__()
+        self.fc = nn.Linear(channels, classes)
+        self.offset = nn.Parameter(torch.randn(classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x.mean((2, 3))) + self.offset
+
+
 class Padded(nn.Module):
     """``F.pad`` with any sides and value, then a layer that reads the border: a convolution
     (foldable only when the value is 0), a pool or an activation."""
@@ -198,14 +236,16 @@ def make_case(
     scaled as in ``cnn_cases``."""
     with torch.no_grad():
         shape = nn.Sequential(*layers).eval()(image[None]).shape[1:]
-    channels, height, width = shape
-    final = (
-        FlattenHead(channels * height * width, classes)
-        if head == "flatten"
-        else Head(channels, classes, head)
-    )
-    model = _responsive(nn.Sequential(*layers, final).eval(), image)
+    model = _responsive(nn.Sequential(*layers, _head(head, *shape, classes)).eval(), image)
     return Case(model, image, patch, stride, color, description)
+
+
+def _head(kind: str, channels: int, height: int, width: int, classes: int) -> nn.Module:
+    if kind == "flatten":
+        return FlattenHead(channels * height * width, classes)
+    if kind == "offset":
+        return OffsetHead(channels, classes)
+    return Head(channels, classes, kind)
 
 
 def _out(
@@ -257,8 +297,8 @@ def cnn_cases(draw: st.DrawFn, dag: bool | None = None, wide: bool = True) -> Ca
         names.append(kind)
         c, h, w = c2, h2, w2
     classes = draw(st.integers(2, 5))
-    head = draw(st.sampled_from(["mean", "adaptive", "flatten"]))
-    layers.append(FlattenHead(c * h * w, classes) if head == "flatten" else Head(c, classes, head))
+    head = draw(st.sampled_from(["mean", "adaptive", "flatten", "offset"]))
+    layers.append(_head(head, c, h, w, classes))
     image = torch.randn(channels, height, width)
     model = _responsive(nn.Sequential(*layers).eval(), image)
     patch = (draw(st.integers(1, min(height, 6))), draw(st.integers(1, min(width, 6))))
@@ -315,6 +355,11 @@ def _block(draw: st.DrawFn, kind: str, c: int, h: int, w: int, wide: bool):  # n
         return Residual(c, out, stride), out, _out(h, 3, stride, 1), _out(w, 3, stride, 1)
     if kind == "se":
         return SqueezeExcite(c), c, h, w
+    if kind == "offset":
+        out = draw(st.integers(2, 4))
+        return OffsetBranches(c, out), out, h, w
+    if kind == "scale":
+        return LayerScale(c), c, h, w
     if kind == "branches":
         out = draw(st.integers(2, 4))
         op = draw(st.sampled_from(["sub", "mul", "div"]))
@@ -401,6 +446,17 @@ def pinned_cases() -> dict[str, Case]:
         "negpool": make_case(
             [nn.Conv2d(2, 3, 3), Shifted(4.0, nn.MaxPool2d(3, 2, 1))],
             torch.randn(2, 11, 10), (3, 3), (2, 2), description="negative maxpool",
+        ),
+        # two boxes offset from each other: their union is shifted inward at the border
+        "offset": make_case(
+            [nn.Conv2d(2, 3, 3, padding=1), OffsetBranches(3, 3), nn.ReLU()],
+            torch.randn(2, 10, 11), (3, 2), (1, 1), head="offset", description="offset a+b",
+        ),
+        # clean per-channel tensors broadcast against a changed map, and a clean offset added
+        # to the logits
+        "affine": make_case(
+            [nn.Conv2d(2, 3, 3, padding=1), LayerScale(3), nn.SiLU()],
+            torch.randn(2, 9, 8), (2, 3), (2, 2), head="offset", description="layer scale",
         ),
         # more output channels than one interpreter tile, grouped
         "wide": make_case(

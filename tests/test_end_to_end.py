@@ -25,6 +25,9 @@ STRATEGIES = st.sampled_from(["auto", "recompute", "delta"])
 @example(case=PINNED["clipped"], strategy="auto")
 @example(case=PINNED["negpool"], strategy="auto")
 @example(case=PINNED["wide"], strategy="auto")
+@example(case=PINNED["offset"], strategy="recompute")
+@example(case=PINNED["offset"], strategy="delta")
+@example(case=PINNED["affine"], strategy="auto")
 def test_incremental_equals_the_oracle_on_random_cnns(case: Case, strategy: str) -> None:
     plan = kql.compile(
         case.model,

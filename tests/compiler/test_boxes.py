@@ -180,6 +180,7 @@ PINNED = pinned_cases()
 @example(case=PINNED["pad"])
 @example(case=PINNED["sub"])
 @example(case=PINNED["clipped"])
+@example(case=PINNED["offset"])
 def test_every_changed_cell_of_a_plan_lies_in_its_box(case: Case) -> None:
     """Run the logical plan on the clean image and on every occluded copy: at every boxed node
     of the rewritten plan, each query's changed cells lie inside that query's box."""

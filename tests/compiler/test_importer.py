@@ -158,3 +158,27 @@ def test_logical_plan_runs_like_the_model() -> None:
     views = materialize(physical, image, Weights(gm))
     with torch.no_grad():
         assert torch.allclose(views[physical.output], model(image), atol=1e-6)
+
+
+def test_a_tensor_added_to_class_scores_keeps_their_rank() -> None:
+    """A learned offset ``[K]`` added to the logits is a ``[K]`` constant, not a feature map
+    (aligning it to rank 4 turned the scores into ``[N, 1, 1, K]``)."""
+
+    class Offset(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 4)
+            self.offset = nn.Parameter(torch.randn(4))
+            self.scale = nn.Parameter(torch.rand(3, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc((x * self.scale).mean((2, 3))) + self.offset
+
+    model = Offset().eval()
+    ops = import_model(trace(model), (3, 6, 6), Size2(2, 2), (0.0,) * 3)
+    constants = {node.name: node.schema.shape for node in ops if isinstance(node.op, ir.Constant)}
+    assert constants == {"scale": (3, 1, 1), "offset": (4,)}
+    image = torch.randn(3, 6, 6)
+    options = dict(patch=2, stride=2, score="logit")
+    heatmap = kql.occlusion_heatmap(model, image, progress=False, **options)
+    assert_matches_oracle(heatmap, model, image, **options)
