@@ -104,6 +104,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         "an add/concat takes its first operand's box (the paper's static analysis)",
     ),
     Mutation(
+        "bbox-start-unclamped",
+        "compiler/boxes.py",
+        "return np.clip(np.minimum.reduce(starts), 0, dim - size)",
+        "return np.maximum(np.minimum.reduce(starts), 0)",
+        "a bounding box that runs past the border is not shifted inward",
+    ),
+    Mutation(
         "read-origin-left-pad",
         "runtime/values.py",
         "return origin[0] * w.stride.h - w.padding.top, origin[1] * w.stride.w - w.padding.left",

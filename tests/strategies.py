@@ -34,8 +34,8 @@ ACTIVATIONS = {
 WIDE = 18
 # Block kinds; convolutions and pools twice, as their geometry is where boxes go wrong.
 KINDS = ("conv", "conv", "pool", "pool", "bn", "act", "pad", "negpool", "depthwise", "residual",
-         "inception", "se", "branches", "offset", "scale")  # fmt: skip
-DAG_KINDS = ("residual", "inception", "se", "branches", "offset")
+         "inception", "se", "branches", "offset", "scale", "gate")  # fmt: skip
+DAG_KINDS = ("residual", "inception", "se", "branches", "offset", "gate")
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -132,6 +132,18 @@ class OffsetBranches(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.a(F.pad(x, (0, 2, 0, 2))) + self.b(F.pad(x, (2, 0, 2, 0)))
+
+
+class SpatialGate(nn.Module):
+    """``x · sigmoid(conv(x))`` with a one-channel gate (CBAM's spatial attention): a changed
+    operand broadcast across the channels of another."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.gate = nn.Conv2d(channels, 1, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(self.gate(x))
 
 
 class LayerScale(nn.Module):
@@ -360,6 +372,8 @@ def _block(draw: st.DrawFn, kind: str, c: int, h: int, w: int, wide: bool):  # n
         return OffsetBranches(c, out), out, h, w
     if kind == "scale":
         return LayerScale(c), c, h, w
+    if kind == "gate":
+        return SpatialGate(c), c, h, w
     if kind == "branches":
         out = draw(st.integers(2, 4))
         op = draw(st.sampled_from(["sub", "mul", "div"]))
@@ -457,6 +471,11 @@ def pinned_cases() -> dict[str, Case]:
         "affine": make_case(
             [nn.Conv2d(2, 3, 3, padding=1), LayerScale(3), nn.SiLU()],
             torch.randn(2, 9, 8), (2, 3), (2, 2), head="offset", description="layer scale",
+        ),
+        # a one-channel gate broadcast over the channels it scales
+        "gate": make_case(
+            [nn.Conv2d(2, 4, 3, padding=1), SpatialGate(4), nn.ReLU()],
+            torch.randn(2, 10, 9), (3, 3), (2, 3), description="spatial gate",
         ),
         # more output channels than one interpreter tile, grouped
         "wide": make_case(

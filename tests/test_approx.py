@@ -238,6 +238,62 @@ def test_interpolation_and_lattice_geometry() -> None:
     assert int((~(mask | neighbours)).sum()) <= 1  # the far corner may miss out
 
 
+@settings(max_examples=examples(40))
+@given(
+    coarse_shape=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    strides=st.sampled_from([(8, 4), (6, 4), (13, 4), (5, 2), (3, 3)]),
+    extra=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    seed=st.integers(0, 999),
+)
+def test_interpolation_is_bilinear_and_clamped_at_the_edges(
+    coarse_shape, strides, extra, seed
+) -> None:
+    """Against scipy's bilinear grid interpolation, with fine cells beyond the last coarse one
+    (a clipped stage-1 grid) taking the edge values."""
+    from scipy.interpolate import RegularGridInterpolator
+
+    coarse, fine = strides
+    values = np.random.default_rng(seed).random(coarse_shape)
+    shape = tuple(-(-(n - 1) * coarse // fine) + 1 + e for n, e in zip(coarse_shape, extra))
+    got = drill.interpolate(values, coarse, fine, shape)
+    axes = [np.arange(n, dtype=np.float64) for n in coarse_shape]
+    if min(coarse_shape) == 1:  # scipy needs two points per axis: repeat the single one
+        axes = [a if len(a) > 1 else np.array([0.0, 1.0]) for a in axes]
+        values = np.broadcast_to(values, tuple(max(2, n) for n in coarse_shape)).copy()
+    grid = RegularGridInterpolator(axes, values)
+    points = [np.clip(np.arange(n) * fine / coarse, 0, a[-1]) for n, a in zip(shape, axes)]
+    points = [p if len(a) > 1 and n > 1 else np.zeros_like(p) for p, a, n in
+              zip(points, axes, coarse_shape)]  # fmt: skip
+    rows, cols = np.meshgrid(*points, indexing="ij")
+    expected = grid(np.stack([rows, cols], axis=-1))
+    assert np.allclose(got, expected, atol=1e-12)
+
+
+@settings(max_examples=examples(40))
+@given(
+    values=st.lists(st.integers(0, 3), min_size=1, max_size=30),
+    fraction=st.floats(0.01, 1.0),
+    data=st.data(),
+)
+def test_stage_two_picks_the_lowest_cells_ties_by_position(values, fraction, data) -> None:
+    cells = np.array(values, dtype=np.float64)
+    excluded = np.array(data.draw(st.lists(st.booleans(), min_size=len(values),
+                                           max_size=len(values))))  # fmt: skip
+    mask = drill.lowest(cells, fraction, excluded)
+    ranked = sorted((v, i) for i, v in enumerate(values) if not excluded[i])
+    expected = {i for _, i in ranked[: math.ceil(fraction * len(values))]}
+    assert set(np.flatnonzero(mask).tolist()) == expected
+
+
+def test_the_lattice_shears_by_two_from_period_three_and_a_half() -> None:
+    # (i + 2·j) mod 3.5: row 0 → 0, 2, .5, 2.5, 1, 3, 1.5; row 1 → 1, 3, 1.5, 0, 2, .5, 2.5
+    assert drill.lattice((2, 7), 3.5).astype(int).tolist() == [
+        [1, 0, 1, 0, 0, 0, 0],
+        [0, 0, 0, 1, 0, 1, 0],
+    ]
+    assert drill.lattice((2, 4), 4).astype(int).tolist() == [[1, 0, 1, 0], [0, 0, 0, 0]]
+
+
 def test_quality_metrics_against_known_cases() -> None:
     rng = np.random.default_rng(0)
     exact = rng.random((20, 20))

@@ -31,6 +31,22 @@ def test_half_precision_equals_the_oracle_in_the_same_precision(precision: str, 
     assert next(case.model.parameters()).dtype == torch.float32  # the user's model is untouched
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_delta_forms(precision: str) -> None:
+    """The delta form gathers ``0 ⊕ Δ`` windows: they must stay in the model's precision."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.BatchNorm2d(6), torch.nn.AvgPool2d(3, 2, 1),
+        torch.nn.Conv2d(6, 6, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(6, 4),
+    ).eval()  # fmt: skip
+    image = torch.randn(3, 14, 13) * 2
+    options = dict(patch=4, stride=3, score="logit", precision=precision)
+    plan = kql.compile(model, image.shape, linear_strategy="delta", backend="torch", **options)
+    assert "{delta" in plan.explain()
+    assert_matches_oracle(plan.run(image, progress=False), model, image, **options)
+
+
 def test_naive_runs_in_the_same_precision() -> None:
     """``naive_heatmap(precision=…)`` is the baseline the README promises: the oracle's
     heatmap in that precision, not in fp32."""

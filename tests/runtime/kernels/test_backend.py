@@ -22,6 +22,8 @@ PINNED = pinned_cases()
 @given(case=cnn_cases(dag=True))
 @example(case=PINNED["wide"])
 @example(case=PINNED["pad"])
+@example(case=PINNED["gate"])
+@example(case=PINNED["offset"])
 def test_triton_backend_equals_the_oracle_on_random_cnns(case: Case) -> None:
     model, image = case.model.to(KERNEL_DEVICE), case.image.to(KERNEL_DEVICE)
     options = dict(patch=case.patch, stride=case.stride, color=case.color)
