@@ -34,7 +34,7 @@ def test_class_names_are_imagenet() -> None:
     assert len(names) == 1000 and names[967] == "espresso" and names[281] == "tabby"
 
 
-def test_exact_equals_naive_on_a_real_photo(model) -> None:
+def test_exact_equals_the_oracle_on_a_real_photo(model) -> None:
     image = models.preprocess(models.sample_photo("chelsea"))
     options = dict(patch=32, stride=24, color=0.0)
     exact = kql.occlusion_heatmap(model, image, progress=False, **options)
