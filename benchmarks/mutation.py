@@ -12,6 +12,7 @@ Usage (from the repository root, on a quiet machine)::
     python -m benchmarks.mutation                      # every mutation, the fast suite
     python -m benchmarks.mutation --only pad-origin,delta-sub-operand
     python -m benchmarks.mutation --ci                 # the whole CI suite (HYPOTHESIS_PROFILE=ci)
+    python -m benchmarks.mutation --ci --every-failure # every failing test, not only the first
     python -m benchmarks.mutation --list
     python -m benchmarks.mutation --json benchmarks/mutation.json
     python -m benchmarks.mutation --mutmut --json benchmarks/mutmut.json   # after `mutmut run`
@@ -214,7 +215,7 @@ def _summary(stdout: str) -> str:
     """The failing tests and pytest's last line."""
     lines = stdout.strip().splitlines()
     failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
-    return "\n".join(failed[:8] + lines[-1:])
+    return "\n".join(failed[:12] + lines[-1:])
 
 
 def mutmut_summary() -> dict:
@@ -263,6 +264,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--only", help="comma-separated mutation names")
     parser.add_argument("--ci", action="store_true", help="run the whole CI suite per mutant")
     parser.add_argument("--tests", nargs="+", help="pytest arguments instead of the fast suite")
+    parser.add_argument(
+        "--every-failure", action="store_true", help="run on after the first failing test"
+    )
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
     parser.add_argument("--mutmut", action="store_true", help="summarize the last mutmut run")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per mutant")
@@ -286,7 +290,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             parser.error(f"unknown mutations: {', '.join(sorted(unknown))}")
         chosen = tuple(m for m in MUTATIONS if m.name in names)
     tests = [] if args.ci else args.tests or [t for t in FAST if (ROOT / t).exists()]
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    stop = [] if args.every_failure else ["-x"]
+    command = [sys.executable, "-m", "pytest", *stop, "-q", "-p", "no:cacheprovider", *tests]
     print("command:", " ".join(command[2:]), flush=True)
     results = []
     for mutation in chosen:
