@@ -1,5 +1,7 @@
 """Per-query cost of a node, naive and incremental: FMAs of convolutions and linear layers
-(research §2.2: pooling and element-wise work count zero FMAs) and bytes moved.
+(research §2.2: pooling and element-wise work count zero FMAs; a channels-last linear layer
+counts its FMAs per position, the exact fallback what torch's flop counter says) and bytes
+moved.
 
 Costs are per query and per image; bytes count values read and written, 4 bytes each.
 """
@@ -8,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compiler.ir import GlobalAvgPool, JoinAggregate, Linear, Node, Strategy
+from compiler.ir import Aten, GlobalAvgPool, JoinAggregate, Linear, Node, Pointwise, Strategy
 from compiler.plan import Plan
 
 WORD = 4  # bytes per value in the accounting (fp32)
@@ -41,6 +43,10 @@ def fma(node: Node, out_cells: int) -> int:
         return out_cells * op.out_channels * (op.in_channels // op.groups) * kernel.area
     if isinstance(op, Linear):
         return op.weight.shape[0] * op.weight.shape[1]
+    if isinstance(op, Pointwise):
+        return out_cells * op.fma_per_cell
+    if isinstance(op, Aten):
+        return op.fma
     return 0
 
 

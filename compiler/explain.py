@@ -8,6 +8,7 @@ from compiler import sql as relational
 from compiler.cost import WORD, PlanCost, incremental_cost, naive_cost
 from compiler.ir import (
     AdaptivePool,
+    Aten,
     BatchNorm,
     Combine,
     Constant,
@@ -17,6 +18,7 @@ from compiler.ir import (
     Occlude,
     Operator,
     Pad,
+    Pointwise,
     Pool,
     Scalar,
     Softmax,
@@ -61,6 +63,11 @@ def describe(op: Operator) -> str:
         return f"{op.weight.shape[1]}→{op.weight.shape[0]}"
     if isinstance(op, Softmax):
         return "log" if op.log else ""
+    if isinstance(op, Pointwise):
+        layout = f" in {op.layouts[0]}" if not op.layouts[0].is_standard else ""
+        return f"{op.call.name} per position{layout}"
+    if isinstance(op, Aten):
+        return f"{{full from here: {op.call.name} — {op.why}}}"
     return ""
 
 

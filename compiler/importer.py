@@ -1,34 +1,67 @@
-"""torch.fx graph -> logical plan.
+"""Exported ATen graph -> logical plan.
 
-``import_model`` traces the model, propagates shapes with one forward on a zero image, and
-translates every fx node with the tables in ``compiler.translators``. The image placeholder
-becomes ``Input`` followed by the query's ``Occlude``; every consumer of the image reads the
-occluded relation.
+``export`` runs ``torch.export`` on the model at the compiled input shape (shapes are static, so
+shape checks and shape-dependent branches are resolved there). ``import_model`` walks the
+exported graph once and translates every node with the table in ``compiler.translators``:
+
+- the image placeholder becomes ``Input`` followed by the query's ``Occlude``;
+- a node whose inputs are all model tensors is folded to a constant at import;
+- an in-place operator is translated as its functional form, and later readers of the tensor
+  it wrote read its result (a graph where a write reaches a tensor through a view is
+  functionalized by ``run_decompositions`` first);
+- an operator no translator places in space becomes an exact fallback node (``Aten``) that
+  runs as the model ran it on full per-query tensors; explain shows why.
+
+Every value carries its ``Layout`` (where the image's rows and columns are), so permutes and
+reshapes that keep them are free and per-position operators on channels stay local.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, TypeVar
+import math
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind
 
-from compiler import translators
-from compiler.errors import InvalidInputError, KryptonError, UnsupportedOperationError
-from compiler.ir import Constant, Input, Node, Occlude, WeightRef
+from compiler.errors import InvalidInputError, UnsupportedOperationError
+from compiler.ir import Arg, Aten, Call, Constant, Input, Node, Occlude, Operator, WeightRef
 from compiler.plan import Plan
-from compiler.types import Schema, Size2
+from compiler.translators import (
+    ATEN,
+    NotLocal,
+    Outputs,
+    Translation,
+    Value,
+    bind,
+    op_name,
+    unsupported,
+)
+from compiler.types import Layout, Schema, Size2
 
 log = logging.getLogger(__name__)
 
 OCCLUDE = "occlude"
-M = TypeVar("M", bound=nn.Module)
+SKIPPED = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"}
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace ``model``; a model fx cannot trace is a ``KryptonError``."""
+@dataclass
+class Exported:
+    """A model exported at one input shape, and the tensors its plan reads by name."""
+
+    program: ExportedProgram
+    model: nn.Module
+    input_shape: tuple[int, int, int]
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def export(model: nn.Module, input_shape: tuple[int, int, int]) -> Exported:
+    """``torch.export`` of ``model`` for one image of ``input_shape``; a model that does not
+    run at that shape, or that export cannot capture, is a ``KryptonError``."""
     if not isinstance(model, nn.Module):
         raise InvalidInputError(f"expected a torch.nn.Module, got {type(model).__name__}")
     training = [name or "<model>" for name, m in model.named_modules() if m.training]
@@ -36,171 +69,544 @@ def trace(model: nn.Module) -> fx.GraphModule:
         raise InvalidInputError(
             f"the model is in training mode ({training[0]}); call model.eval() first"
         )
+    parameter = next(iter(model.parameters()), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    dtype = parameter.dtype if parameter is not None else torch.float32
+    sample = torch.zeros((1, *input_shape), device=device, dtype=dtype)
     try:
-        return fx.symbolic_trace(model)
-    except Exception as error:  # fx raises many kinds; all mean "not traceable"
-        raise UnsupportedOperationError(
-            f"torch.fx cannot trace the model ({type(error).__name__}: {error})"
+        with torch.no_grad():
+            model(sample)
+    except Exception as error:
+        raise InvalidInputError(
+            f"the model does not accept inputs of shape {list(input_shape)}: {_reason(error)}"
         ) from error
-
-
-class ImportContext:
-    """What translators may ask about the traced model."""
-
-    def __init__(self, gm: fx.GraphModule):
-        self.gm = gm
-
-    def module(self, node: fx.Node, kind: type[M]) -> M:
-        module = self.gm.get_submodule(str(node.target))
-        assert isinstance(module, kind), (node.target, kind)
-        return module
-
-    def weight(self, path: str) -> WeightRef:
-        tensor = _tensor_at(self.gm, path)
-        return WeightRef(path, tuple(tensor.shape))
-
-    def weight_of(self, node: fx.Node, value: Any) -> WeightRef:
-        if isinstance(value, fx.Node) and value.op == "get_attr":
-            return self.weight(str(value.target))
+    try:
+        program = torch.export.export(model, (sample,))
+    except Exception as error:  # export raises many kinds; all mean "cannot be captured"
         raise UnsupportedOperationError(
-            f"fx node {node.name!r}: weights must be model parameters, not computed values"
-        )
-
-    def schema(self, node: fx.Node) -> Schema:
-        meta = node.meta.get("tensor_meta")
-        if meta is None or not hasattr(meta, "shape"):
-            raise UnsupportedOperationError(f"fx node {node.name!r} does not produce one tensor")
-        return Schema(tuple(int(d) for d in meta.shape[1:]))
-
-    def is_batch_size(self, value: Any) -> bool:
-        """Is ``value`` the fx node ``x.size(0)`` or ``x.shape[0]``?"""
-        if not isinstance(value, fx.Node):
-            return False
-        if value.op == "call_method" and value.target == "size":
-            return value.args[1:] == (0,) or value.kwargs.get("dim") == 0
-        return False
+            f"torch.export cannot capture the model ({type(error).__name__}): "
+            f"{_export_reason(str(error))}"
+        ) from error
+    return Exported(program, model, tuple(input_shape), _model_tensors(program))
 
 
-def _tensor_at(gm: fx.GraphModule, path: str) -> torch.Tensor:
-    owner, _, name = path.rpartition(".")
-    module = gm.get_submodule(owner) if owner else gm
-    tensor = getattr(module, name)
-    if not isinstance(tensor, torch.Tensor):
-        raise KryptonError(f"{path} is not a tensor")
-    return tensor
+def _export_reason(text: str) -> str:
+    """Export's first line and the model's source line it points at."""
+    lines = text.strip().splitlines()
+    where = next((i for i, line in enumerate(lines) if "call raised this error" in line), None)
+    if where is None:
+        return "\n".join(lines[:6])
+    source = [line.rstrip() for line in lines[where + 1 : where + 3] if line.strip()]
+    return "\n".join([lines[0], "at", *source])
+
+
+def _reason(error: Exception) -> str:
+    root: BaseException = error
+    while root.__cause__ is not None:
+        root = root.__cause__
+    return (str(root).strip().splitlines() or [type(root).__name__])[0]
+
+
+def _model_tensors(program: ExportedProgram) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for spec in program.graph_signature.input_specs:
+        if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+            assert spec.target is not None
+            source = program.state_dict if spec.target in program.state_dict else program.constants
+            tensor = source[spec.target]
+            assert isinstance(tensor, torch.Tensor), spec.target
+            tensors[spec.target] = tensor.detach()
+    return tensors
 
 
 def import_model(
-    gm: fx.GraphModule, input_shape: tuple[int, int, int], patch: Size2, color: tuple[float, ...]
+    exported: Exported, input_shape: tuple[int, int, int], patch: Size2, color: tuple[float, ...]
 ) -> Plan:
-    """Translate a traced model into a logical plan for one image of ``input_shape``."""
-    _propagate_shapes(gm, input_shape)
-    ctx = ImportContext(gm)
-    nodes: list[Node] = []
-    names: dict[fx.Node, str] = {}
-    output: str | None = None
-    for fx_node in gm.graph.nodes:
-        if fx_node.op == "placeholder":
-            if any(isinstance(n.op, Input) for n in nodes):
-                raise UnsupportedOperationError("the model takes more than one input")
-            schema = Schema(tuple(input_shape))
-            nodes.append(Node(fx_node.name, Input(), (), schema, source=fx_node.name))
-            nodes.append(Node(OCCLUDE, Occlude(patch, color), (fx_node.name,), schema))
-            names[fx_node] = OCCLUDE
-        elif fx_node.op == "output":
-            output = _output_of(fx_node, names)
-        elif fx_node.op == "get_attr" or ctx.is_batch_size(fx_node):
-            # Weights are read by their translators; a tensor used as data becomes a Constant
-            # when a translator reads it as an input. Batch sizes are reshape metadata.
-            continue
-        else:
-            nodes.extend(_translate(fx_node, ctx, names))
-    assert output is not None
-    plan = Plan(nodes, output)
-    if len(plan[output].schema.shape) != 1:
+    """Translate an exported model into a logical plan for one image of ``input_shape``."""
+    program = exported.program
+    signature = program.graph_signature
+    if signature.buffers_to_mutate:
+        name = next(iter(signature.buffers_to_mutate.values()))
+        raise UnsupportedOperationError(f"the model changes its buffer {name} when it runs")
+    if _writes_through_views(program.graph):
+        program = program.run_decompositions({})
+    ctx = ImportContext(exported, program)
+    ctx.walk(tuple(input_shape), patch, color)
+    plan = Plan(ctx.nodes, ctx.output)
+    if len(plan[ctx.output].schema.shape) != 1:
         raise UnsupportedOperationError(
-            f"the model's output has per-image shape {plan[output].schema.shape}; "
+            f"the model's output has per-image shape {list(plan[ctx.output].schema.shape)}; "
             "an occlusion heatmap needs class scores of shape [N, classes]"
         )
     plan.verify()
     return plan
 
 
-def constant_schema(fx_node: fx.Node, ref: WeightRef, rank: int) -> Schema:
-    """A model tensor used as data broadcasts against the value it meets, of ``rank`` axes with
-    the batch (``[N, C, H, W]`` for a feature map, ``[N, K]`` for class scores): align it to
-    that rank; its leading axis must be 1 (it cannot vary across the batch)."""
-    shape = (1,) * (rank - len(ref.shape)) + ref.shape
-    if len(shape) != rank or shape[0] != 1:
-        raise UnsupportedOperationError(
-            f"fx node {fx_node.name!r} uses tensor {ref.path} of shape {list(ref.shape)} as data; "
-            "only tensors that broadcast over the batch (leading size 1) are supported"
-        )
-    return Schema(shape[1:])
+def _is_view(target: Any) -> bool:
+    if not isinstance(target, torch._ops.OpOverload):
+        return target.__name__ == "getitem" if hasattr(target, "__name__") else False
+    schema = target._schema
+    return not schema.is_mutable and any(r.alias_info is not None for r in schema.returns)
 
 
-def _translate(fx_node: fx.Node, ctx: ImportContext, names: dict[fx.Node, str]) -> list[Node]:
-    """The node for ``fx_node``, preceded by Constants for model tensors it reads as data."""
-    translator, source = _translator_for(fx_node, ctx)
-    op, fx_inputs = translator(fx_node, ctx)
-    schema = ctx.schema(fx_node)
-    nodes = []
-    for fx_input in fx_inputs:
-        if fx_input not in names and getattr(fx_input, "op", None) == "get_attr":
-            ref = ctx.weight(str(fx_input.target))
-            rank = len(schema.shape) + 1  # the batch axis
-            constant = constant_schema(fx_input, ref, rank)
-            nodes.append(Node(fx_input.name, Constant(ref), (), constant, str(ref)))
-            names[fx_input] = fx_input.name
-        if fx_input not in names:
-            raise UnsupportedOperationError(
-                f"fx node {fx_node.name!r} reads {fx_input!r}, which is not a tensor"
+def _writes_through_views(graph: fx.Graph) -> bool:
+    """Does an in-place operator write a tensor that another tensor views?"""
+    for node in graph.nodes:
+        target = node.target
+        if not (isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable):
+            continue
+        written = node.args[0]
+        if not isinstance(written, fx.Node):
+            continue
+        if written.op == "call_function" and _is_view(written.target):
+            return True
+        if any(
+            u is not node and u.op == "call_function" and _is_view(u.target) for u in written.users
+        ):
+            return True
+    return False
+
+
+def _functional(node: fx.Node) -> torch._ops.OpOverload:
+    target = node.target
+    assert isinstance(target, torch._ops.OpOverload)
+    name = target.overloadpacket.__name__
+    packet = getattr(torch.ops.aten, name[:-1], None) if name.endswith("_") else None
+    overload = getattr(packet, target._overloadname, None) if packet is not None else None
+    if overload is None:
+        raise unsupported(node, "an in-place operator with no functional form")
+    return overload
+
+
+class ImportContext:
+    """The state of one import, and what translators may ask of it."""
+
+    def __init__(self, exported: Exported, program: ExportedProgram):
+        self.exported, self.program = exported, program
+        self.tensors = exported.tensors
+        self.values: dict[fx.Node, Translation] = {}
+        self.nodes: list[Node] = []
+        self.output = ""
+        self._used: set[str] = set()
+        self._constants: dict[tuple, str] = {}  # (tensor name, shape) -> Constant node
+        self._fallbacks: set[str] = set()
+
+    # -- the walk ---------------------------------------------------------------------------
+
+    def walk(self, input_shape: tuple[int, ...], patch: Size2, color: tuple[float, ...]) -> None:
+        specs = {spec.arg.name: spec for spec in self.program.graph_signature.input_specs}
+        for node in self.program.graph.nodes:
+            if node.op == "placeholder":
+                self._placeholder(node, specs[node.name], input_shape, patch, color)
+            elif node.op == "output":
+                self.output = self._output(node)
+            elif node.op == "call_function":
+                self._call(node)
+            else:
+                raise UnsupportedOperationError(f"exported node {node.name!r} ({node.op})")
+
+    def _placeholder(self, node: fx.Node, spec: Any, shape: tuple[int, ...], patch, color) -> None:
+        if spec.kind is InputKind.USER_INPUT:
+            if any(isinstance(n.op, Input) for n in self.nodes):
+                raise UnsupportedOperationError("the model takes more than one input")
+            schema = Schema(tuple(shape))
+            self._used.update({node.name, OCCLUDE})
+            self.nodes.append(Node(node.name, Input(), (), schema, source=node.name))
+            self.nodes.append(Node(OCCLUDE, Occlude(patch, color), (node.name,), schema))
+            self.values[node] = Value(OCCLUDE, tuple(shape), Layout.standard(tuple(shape)))
+        elif spec.target in self.tensors:
+            tensor = self.tensors[spec.target]
+            self.values[node] = Value(
+                None, tuple(tensor.shape), None, tensor, WeightRef(spec.target, tuple(tensor.shape))
             )
-    nodes.append(Node(fx_node.name, op, tuple(names[i] for i in fx_inputs), schema, source))
-    names[fx_node] = fx_node.name
-    return nodes
+        else:
+            raise UnsupportedOperationError(f"the model has an input of kind {spec.kind.name}")
 
+    def _output(self, node: fx.Node) -> str:
+        results = node.args[0]
+        if len(results) != 1 or not isinstance(results[0], fx.Node):
+            raise UnsupportedOperationError("the model must return one tensor of class scores")
+        value = self.values.get(results[0])
+        if not isinstance(value, Value) or value.is_constant:
+            raise UnsupportedOperationError("the model's output does not depend on the image")
+        if value.is_spatial:
+            raise UnsupportedOperationError(
+                f"the model's output has per-image shape {list(value.shape)}; an occlusion "
+                "heatmap needs class scores of shape [N, classes]"
+            )
+        assert value.name is not None
+        return value.name
 
-def _translator_for(fx_node: fx.Node, ctx: ImportContext) -> tuple[translators.Translator, str]:
-    if fx_node.op == "call_module":
-        module = ctx.gm.get_submodule(str(fx_node.target))
-        translator = translators.MODULES.get(type(module))
-        source = f"{fx_node.target} ({type(module).__name__})"
-    elif fx_node.op == "call_function":
-        translator = translators.FUNCTIONS.get(fx_node.target)
-        source = translators.target_name(fx_node)
-    else:
-        translator = translators.METHODS.get(str(fx_node.target))
-        source = f".{fx_node.target}()"
-    if translator is None:
-        raise UnsupportedOperationError(
-            f"fx node {fx_node.name!r} (target {source}) has no relational translation; "
-            "supported are convolutions, pooling, batch norm, "
-            "element-wise activations, add/mul, cat(dim=1), flatten, linear and softmax"
-        )
-    return translator, source
+    def _call(self, node: fx.Node) -> None:
+        target = node.target
+        if getattr(target, "__name__", None) == "getitem":
+            source, index = node.args
+            produced = self.values[source]  # type: ignore[index]
+            if isinstance(produced, Outputs):
+                try:
+                    self.values[node] = produced.item(node, int(index))
+                except NotLocal as why:
+                    assert isinstance(source, fx.Node)
+                    target = source.target
+                    if isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable:
+                        target = _functional(source)
+                    self.values[node] = self.fallback(
+                        source, target, str(why), item=int(index), at=node
+                    )
+                return
+            raise unsupported(node, "indexing a single tensor with getitem")
+        if not isinstance(target, torch._ops.OpOverload):
+            raise unsupported(node, "not an ATen operator (a higher-order operator?)")
+        name = target.overloadpacket.__name__
+        if name in SKIPPED:
+            return
+        mutated = target._schema.is_mutable
+        if mutated:
+            target = _functional(node)
+        args = bind(target, node.args, node.kwargs)
+        args = {k: self._lookup(v) for k, v in args.items()}
+        if not any(_depends_on_image(v) for v in args.values()):
+            result: Translation = self._fold(node, target, args)
+        else:
+            result = self._translate(node, target, args)
+        self.values[node] = result
+        if mutated and isinstance(node.args[0], fx.Node):
+            self.values[node.args[0]] = result  # later readers see the write
 
+    def _lookup(self, value: Any) -> Any:
+        if isinstance(value, fx.Node):
+            found = self.values.get(value)
+            if found is None:
+                raise UnsupportedOperationError(f"exported node {value.name!r} has no value")
+            return found
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._lookup(v) for v in value)
+        return value
 
-def _output_of(fx_node: fx.Node, names: dict[fx.Node, str]) -> str:
-    value = fx_node.args[0]
-    if isinstance(value, fx.Node) and value in names:
-        return names[value]
-    raise UnsupportedOperationError("the model must return one tensor of class scores")
+    def _translate(self, node: fx.Node, target: Any, args: dict[str, Any]) -> Translation:
+        name = target.overloadpacket.__name__
+        translator = ATEN.get(name)
+        try:
+            if translator is None:
+                from compiler.translators import generic
 
+                return generic(node, args, self)
+            return translator(node, args, self)
+        except NotLocal as why:
+            return self.fallback(node, target, str(why))
 
-def _propagate_shapes(gm: fx.GraphModule, input_shape: tuple[int, int, int]) -> None:
-    parameter = next(iter(gm.parameters()), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    dtype = parameter.dtype if parameter is not None else torch.float32
-    sample = torch.zeros((1, *input_shape), device=device, dtype=dtype)
-    try:
+    def _fold(self, node: fx.Node, target: Any, args: dict[str, Any]) -> Translation:
+        """Compute a node of model tensors only, once, at import."""
+
+        def real(value: Any) -> Any:
+            if isinstance(value, Value):
+                return value.tensor
+            if isinstance(value, (list, tuple)):
+                return type(value)(real(v) for v in value)
+            return value
+
+        positional, keywords = _split(target, {k: real(v) for k, v in args.items()})
         with torch.no_grad():
-            ShapeProp(gm).propagate(sample)
-    except Exception as error:
-        root = error
-        while root.__cause__ is not None:
-            root = root.__cause__
-        reason = (str(root).strip().splitlines() or [type(root).__name__])[0]
-        raise InvalidInputError(
-            f"the model does not accept inputs of shape {list(input_shape)}: {reason}"
-        ) from error
+            result = target(*positional, **keywords)
+        if isinstance(result, (tuple, list)):
+            items = [_constant(r, f"<{node.name}[{i}]>") for i, r in enumerate(result)]
+            return Outputs(lambda getitem, index: items[index])
+        assert isinstance(result, torch.Tensor), node
+        return _constant(result, f"<{node.name}>")
+
+    # -- what translators ask ------------------------------------------------------------------
+
+    def out_shape(self, node: fx.Node) -> tuple[int, ...]:
+        value = node.meta.get("val")
+        if not isinstance(value, torch.Tensor):
+            raise UnsupportedOperationError(f"exported node {node.name!r} is not one tensor")
+        return tuple(int(d) for d in value.shape[1:])
+
+    def like(self, node: fx.Node, value: Value) -> Layout | None:
+        """``value``'s layout for ``node``'s result, which has the same axes."""
+        if value.layout is None:
+            return None
+        shape = self.out_shape(node)
+        if len(shape) != len(value.layout.shape):
+            raise NotLocal("an operator that changes the number of axes")
+        return value.layout.with_shape(shape)
+
+    def like_shape(self, node: fx.Node, left: Value, right: Value) -> Layout | None:
+        """The layout of an element-wise result of two image tensors, if it is local."""
+        if left.layout is None and right.layout is None:
+            if len(left.shape) != len(right.shape):
+                raise NotLocal("arithmetic of vectors of different ranks")
+            return None
+        if left.layout is None or right.layout is None:
+            raise NotLocal("arithmetic of a feature map and a tensor that is not one")
+        a, b = left.layout, right.layout
+        if (a.h, a.w) != (b.h, b.w) or len(a.shape) != len(b.shape):
+            raise NotLocal(f"arithmetic of feature maps in layouts {a} and {b}")
+        ones = (1,) * len(a.channel_shape)
+        if a.channel_shape != b.channel_shape and ones not in (a.channel_shape, b.channel_shape):
+            raise NotLocal("arithmetic that broadcasts over some channel axes only")
+        return a.with_shape(self.out_shape(node))
+
+    def as_scalar(self, value: Any) -> Any:
+        """A one-element model tensor as a Python number; anything else as it is."""
+        tensor = value.tensor if isinstance(value, Value) else None
+        if tensor is not None and tensor.numel() == 1 and tensor.dim() <= 1:
+            return float(tensor.item())
+        return value
+
+    def weight(self, value: Any, what: str) -> WeightRef:
+        """The handle of a model tensor (a folded one gets a name of its own)."""
+        if not isinstance(value, Value) or not value.is_constant:
+            raise NotLocal(f"{what} computed from the image")
+        assert value.ref is not None and value.tensor is not None
+        self.tensors.setdefault(value.ref.path, value.tensor)  # a folded tensor, once used
+        return value.ref
+
+    def register(self, tensor: torch.Tensor, hint: str) -> WeightRef:
+        name = f"<{hint}>" if f"<{hint}>" not in self.tensors else f"<{hint}:{len(self.tensors)}>"
+        self.tensors[name] = tensor
+        return WeightRef(name, tuple(tensor.shape))
+
+    def constant_for(self, constant: Value, image: Value) -> Value:
+        """A model tensor that meets ``image`` in arithmetic, as a ``Constant`` node in the
+        image's canonical form; ``NotLocal`` if its broadcast is not one the IR has."""
+        assert constant.tensor is not None
+        tensor = constant.tensor
+        rank = len(image.shape) + 1
+        if tensor.dim() > rank:
+            raise NotLocal("a constant with more axes than the tensor it meets")
+        tensor = tensor.reshape((1,) * (rank - tensor.dim()) + tuple(tensor.shape))
+        if tensor.shape[0] != 1:
+            raise NotLocal("a constant that varies over the batch")
+        layout = image.layout
+        if layout is None:
+            ref = self.weight(constant, "a constant")
+            return self._constant_node(ref, Schema(tuple(tensor.shape[1:]), spatial=False), None)
+        per_image = tuple(tensor.shape[1:])
+        channels = tuple(per_image[a] for a in layout.channel_axes)
+        if channels not in (layout.channel_shape, (1,) * len(channels)):
+            raise NotLocal("a constant that broadcasts over some channel axes only")
+        if per_image[layout.h] not in (1, layout.shape[layout.h]) or per_image[layout.w] not in (
+            1,
+            layout.shape[layout.w],
+        ):
+            raise NotLocal("a constant that does not cover the map")
+        canonical = tensor.movedim((1 + layout.h, 1 + layout.w), (-2, -1))
+        canonical = canonical.reshape(math.prod(channels), per_image[layout.h], per_image[layout.w])
+        if tuple(canonical.shape) == tuple(constant.tensor.shape):
+            ref = self.weight(constant, "a constant")
+        else:
+            path = constant.ref.path.strip("<>") if constant.ref else "constant"
+            ref = self.register(canonical.contiguous(), f"{path} as C×H×W")
+        return self._constant_node(
+            ref, Schema(tuple(canonical.shape)), layout.with_shape(per_image)
+        )
+
+    def _constant_node(self, ref: WeightRef, schema: Schema, layout: Layout | None) -> Value:
+        key = (ref.path, schema.shape)
+        name = self._constants.get(key)
+        if name is None:
+            name = self._unique(_identifier(ref.path))
+            self.nodes.append(Node(name, Constant(ref), (), schema, ref.path))
+            self._constants[key] = name
+        return Value(name, layout.shape if layout else schema.shape, layout)
+
+    def call(
+        self,
+        node: fx.Node,
+        images: list[Value],
+        *,
+        item: int | None = None,
+        spatial_layout: Layout | None = None,
+    ) -> Call:
+        """``node``'s ATen call with ``images`` as ``Arg``s and model tensors as handles."""
+        target = node.target
+        assert isinstance(target, torch._ops.OpOverload)
+        if target._schema.is_mutable:
+            target = _functional(node)
+
+        def convert(value: Any) -> Any:
+            if isinstance(value, fx.Node):
+                found = self.values[value]
+                for index, image in enumerate(images):
+                    if found is image:
+                        return Arg(index)
+                if isinstance(found, Value) and found.is_constant:
+                    if spatial_layout is not None:
+                        self._check_constant(found, spatial_layout)
+                    return self.weight(found, "a constant")
+                raise NotLocal("an operator of several image tensors")
+            if isinstance(value, (list, tuple)):
+                return tuple(convert(v) for v in value)
+            return value
+
+        args = tuple(convert(a) for a in node.args)
+        kwargs = tuple((k, convert(v)) for k, v in node.kwargs.items())
+        return Call(str(target), args, kwargs, item)
+
+    def _check_constant(self, constant: Value, layout: Layout) -> None:
+        rank = len(layout.shape) + 1
+        shape = (1,) * (rank - len(constant.shape)) + constant.shape
+        if len(shape) == rank and (shape[1 + layout.h] != 1 or shape[1 + layout.w] != 1):
+            raise NotLocal("a per-position operator with a constant that varies over space")
+
+    def emit(
+        self, node: fx.Node, op: Operator, inputs: list[Value], layout: Layout | None
+    ) -> Value:
+        """Append the IR node computing ``node`` (in ``layout``, or as it is if not spatial)."""
+        names = []
+        for value in inputs:
+            if value.is_constant:
+                value = self.constant_for(value, inputs[0] if inputs[0] is not value else value)
+            assert value.name is not None
+            names.append(value.name)
+        if layout is not None:
+            schema, shape = Schema(layout.canonical), layout.shape
+        else:
+            shape = self.out_shape(node)
+            schema = Schema(shape, spatial=False)
+        name = self._name(node)
+        self.nodes.append(Node(name, op, tuple(names), schema, self._source(node)))
+        return Value(name, shape, layout)
+
+    def fallback(
+        self,
+        node: fx.Node,
+        target: Any,
+        why: str,
+        *,
+        item: int | None = None,
+        at: fx.Node | None = None,
+    ) -> Translation:
+        """``node`` as the exact fallback: the ATen call itself on full per-query tensors."""
+        returns = target._schema.returns
+        if item is None and (len(returns) > 1 or str(returns[0].type).startswith("List")):
+            return Outputs(
+                lambda getitem, index: self.fallback(node, target, why, item=index, at=getitem)  # type: ignore[return-value,arg-type]
+            )
+        images: list[Value] = []
+
+        def collect(value: Any) -> None:
+            if isinstance(value, fx.Node):
+                found = self.values[value]
+                if isinstance(found, Value) and not found.is_constant and found not in images:
+                    images.append(found)
+            elif isinstance(value, (list, tuple)):
+                for v in value:
+                    collect(v)
+
+        for value in (*node.args, *node.kwargs.values()):
+            collect(value)
+        call = self.call(node, images, item=item)
+        at = at or node
+        shape = self.out_shape(at)
+        out = next((v.layout for v in images if v.layout is not None and v.shape == shape), None)
+        if out is None and len(shape) == 3:
+            out = Layout.standard(shape)
+        layouts = tuple(v.layout for v in images)
+        name = op_name(target)
+        if name not in self._fallbacks:
+            self._fallbacks.add(name)
+            log.info("%s runs as an exact fallback on full tensors: %s", name, why)
+        op = Aten(call, layouts, out, why, _fma(node, item))
+        return self.emit(at, op, images, out)
+
+    # -- names ----------------------------------------------------------------------------------
+
+    def _module(self, node: fx.Node) -> tuple[str, str] | None:
+        stack = node.meta.get("nn_module_stack")
+        if not stack:
+            return None
+        path, kind = list(stack.values())[-1]
+        path = _module_path(str(path))
+        kind = kind.__name__ if isinstance(kind, type) else str(kind).rsplit(".", 1)[-1]
+        return path, kind
+
+    def _is_leaf(self, path: str) -> bool:
+        try:
+            module = self.exported.model.get_submodule(path)
+        except AttributeError:
+            return False
+        return path != "" and next(iter(module.children()), None) is None
+
+    def _name(self, node: fx.Node) -> str:
+        module = self._module(node)
+        base = node.name
+        if module is not None and self._is_leaf(module[0]):
+            base = _identifier(module[0])
+        return self._unique(base)
+
+    def _unique(self, base: str) -> str:
+        name, count = base, 0
+        while name in self._used:
+            count += 1
+            name = f"{base}_{count}"
+        self._used.add(name)
+        return name
+
+    def _source(self, node: fx.Node) -> str:
+        module = self._module(node)
+        name = op_name(node.target)
+        if module is None or module[0] == "":
+            return name
+        path, kind = module
+        if self._is_leaf(path):
+            return f"{path} ({kind})"
+        return f"{name} in {path} ({kind})"
+
+
+def _constant(tensor: torch.Tensor, path: str) -> Value:
+    tensor = tensor.detach()
+    return Value(None, tuple(tensor.shape), None, tensor, WeightRef(path, tuple(tensor.shape)))
+
+
+def _depends_on_image(value: Any) -> bool:
+    if isinstance(value, Outputs):
+        return True
+    if isinstance(value, Value):
+        return not value.is_constant
+    if isinstance(value, (list, tuple)):
+        return any(_depends_on_image(v) for v in value)
+    return False
+
+
+def _split(target: Any, bound: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    positional, keywords = [], {}
+    for argument in target._schema.arguments:
+        if argument.kwarg_only:
+            keywords[argument.name] = bound[argument.name]
+        else:
+            positional.append(bound[argument.name])
+    return positional, keywords
+
+
+def _fma(node: fx.Node, item: int | None) -> int:
+    """Multiply-adds of one call of ``node`` for one image, from its fake tensors."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def fake(value: Any) -> Any:
+        if isinstance(value, fx.Node):
+            return value.meta.get("val")
+        if isinstance(value, (list, tuple)):
+            return type(value)(fake(v) for v in value)
+        return value
+
+    try:
+        args = tuple(fake(a) for a in node.args)
+        kwargs = {k: fake(v) for k, v in node.kwargs.items()}
+        with FlopCounterMode(display=False) as counter:
+            node.target(*args, **kwargs)  # type: ignore[operator]
+        return int(counter.get_total_flops()) // 2
+    except Exception:  # a count is a nicety; an operator the counter cannot run counts 0
+        return 0
+
+
+def _module_path(path: str) -> str:
+    """``layer1.0.conv1`` from export's module paths (also older ``L['self'].layer1[0]``)."""
+    path = path.replace("L['self']", "").replace("L__self__", "")
+    path = path.replace("[", ".").replace("]", "").replace("'", "")
+    return path.strip("._")
+
+
+def _identifier(text: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in text).strip("_") or "value"

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from compiler.types import Agg, Padding, Schema, Size2, Window
+from compiler.types import Agg, Layout, Padding, Schema, Size2, Window
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +169,46 @@ class Concat:
     GLOBAL: ClassVar[bool] = False
 
 
+@dataclass(frozen=True, slots=True)
+class Arg:
+    """In a ``Call``'s arguments: the node's ``index``-th input, in the layout the model had."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One ATen operator call as the exported model made it: ``target`` names the overload
+    (``aten.layer_norm.default``); tensors in ``args``/``kwargs`` are ``Arg`` (a node input)
+    or ``WeightRef`` (a model tensor); ``item`` picks one output of a multi-output operator."""
+
+    target: str
+    args: tuple[Any, ...]
+    kwargs: tuple[tuple[str, Any], ...] = ()
+    item: int | None = None
+
+    @property
+    def name(self) -> str:
+        """``aten.layer_norm`` (the overload dropped), with ``[item]``."""
+        base = self.target.rsplit(".", 1)[0] if self.target.count(".") >= 2 else self.target
+        return base + (f"[{self.item}]" if self.item is not None else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Pointwise:
+    """A function of each position's channel vector, applied at every ``(y, x)`` alike:
+    ``O(·, y, x) = f(A(·, y, x))`` — layer norm over channels, a linear layer on a
+    channels-last tensor, channel slices and shuffles, softmax over channels. The call runs on
+    the inputs in the model's own ``layouts`` and its result (``out``) is brought back to
+    ``[C, H, W]``. Element-wise in space, so it keeps its input's box."""
+
+    call: Call
+    layouts: tuple[Layout, ...]
+    out: Layout
+    fma_per_cell: int = 0
+    GLOBAL: ClassVar[bool] = False
+
+
 # -- global-context operators ----------------------------------------------------------------
 
 
@@ -213,6 +253,23 @@ class Softmax:
     GLOBAL: ClassVar[bool] = True
 
 
+@dataclass(frozen=True, slots=True)
+class Aten:
+    """The exact fallback: an ATen call that no translator places in space (statistics over
+    the whole map, attention, an unknown operator). It runs as the model ran it, on full
+    per-query tensors, one image at a time (``torch.vmap``); ``layouts`` bring spatial inputs
+    back to the model's layout (``None``: not spatial), ``out`` is the result's layout if it
+    is still a feature map. ``why`` says why it is not local; ``fma`` counts its multiply-adds
+    per image (for the cost model)."""
+
+    call: Call
+    layouts: tuple[Layout | None, ...]
+    out: Layout | None
+    why: str
+    fma: int = 0
+    GLOBAL: ClassVar[bool] = True
+
+
 # -- operators that the IVM rules insert ----------------------------------------------------
 
 
@@ -241,6 +298,8 @@ Operator = (
     | Linear
     | Softmax
     | Project
+    | Pointwise
+    | Aten
 )
 
 ELEMENTWISE = (Map, Scalar, BatchNorm)

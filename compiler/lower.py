@@ -15,6 +15,7 @@ from compiler.ir import (
     JoinAggregate,
     Node,
     Pad,
+    Pointwise,
     Pool,
     State,
     Strategy,
@@ -95,6 +96,8 @@ def kernel_for(node: Node) -> KernelId:
     if strategy in simple:
         return simple[strategy]
     if strategy is Strategy.ELEMENTWISE:
+        if isinstance(op, Pointwise):
+            return KernelId.POINTWISE
         return KernelId.SHIFT if isinstance(op, Pad) else KernelId.ELEMENTWISE
     if strategy is Strategy.RECOMPUTE:
         return KernelId.GATHER_CONV2D if isinstance(op, JoinAggregate) else KernelId.GATHER_POOL2D

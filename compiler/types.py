@@ -140,10 +140,11 @@ class Schema:
     """
 
     shape: tuple[int, ...]
+    spatial: bool = True  # a [C, H, W] shape is a feature map unless said otherwise (tokens)
 
     @property
     def is_spatial(self) -> bool:
-        return len(self.shape) == 3
+        return len(self.shape) == 3 and self.spatial
 
     @property
     def channels(self) -> int:
@@ -173,3 +174,54 @@ class Score(enum.Enum):
 
     PROB = "prob"
     LOGIT = "logit"
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where the image's spatial axes are in a tensor the model computes.
+
+    ``shape`` is the per-image shape (batch axis excluded) and ``h``, ``w`` index its rows and
+    columns axes. The IR holds every such tensor in its canonical form ``[C, H, W]``: the
+    spatial axes moved last, the others flattened in order into ``C``. Layout operations that
+    keep that order (channels-last permutes and back, reshapes that split or merge channel
+    axes) change only the layout, not the relation.
+
+    >>> last = Layout((7, 7, 96), 0, 1)
+    >>> last.channel_shape, last.canonical, last.is_standard
+    ((96,), (96, 7, 7), False)
+    >>> Layout((96, 7, 7), 1, 2).is_standard
+    True
+    """
+
+    shape: tuple[int, ...]
+    h: int
+    w: int
+
+    @classmethod
+    def standard(cls, shape: tuple[int, ...]) -> Layout:
+        """``[C, H, W]`` itself."""
+        return cls(tuple(shape), len(shape) - 2, len(shape) - 1)
+
+    @property
+    def channel_axes(self) -> tuple[int, ...]:
+        return tuple(i for i in range(len(self.shape)) if i not in (self.h, self.w))
+
+    @property
+    def channel_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape[i] for i in self.channel_axes)
+
+    @property
+    def canonical(self) -> tuple[int, int, int]:
+        return (math.prod(self.channel_shape), self.shape[self.h], self.shape[self.w])
+
+    @property
+    def is_standard(self) -> bool:
+        return len(self.shape) == 3 and (self.h, self.w) == (1, 2)
+
+    def with_shape(self, shape: tuple[int, ...]) -> Layout:
+        return Layout(tuple(shape), self.h, self.w)
+
+    def __str__(self) -> str:
+        names = ["c"] * len(self.shape)
+        names[self.h], names[self.w] = "h", "w"
+        return "".join(names)

@@ -1,6 +1,6 @@
 """The Python API: compile an occlusion workload into a plan, run it, explain it.
 
-This module strings the stages together (trace → import → optimize → lower → execute) and
+This module strings the stages together (export → import → optimize → lower → execute) and
 validates user input; it holds no logic of its own.
 """
 
@@ -18,7 +18,7 @@ from compiler import explain as explain_text
 from compiler.boxes import Positions
 from compiler.cost import PlanCost, plan_cost
 from compiler.errors import InvalidInputError
-from compiler.importer import import_model, trace
+from compiler.importer import export, import_model
 from compiler.lower import lower
 from compiler.options import CompileOptions, LinearStrategy
 from compiler.pipeline import optimize
@@ -64,8 +64,8 @@ class OcclusionPlan:
         self.model, self.shape, self.occlusion, self.target = model, shape, occlusion, target
         self.backend = backend
         self.runner = runner_for(backend, conv)
-        self.graph_module = trace(model)
-        self.logical = import_model(self.graph_module, shape, occlusion.patch, occlusion.color)
+        self.exported = export(model, shape)
+        self.logical = import_model(self.exported, shape, occlusion.patch, occlusion.color)
         image = Size2(shape[1], shape[2])
         self.positions = Positions.grid(image, occlusion.patch, occlusion.stride)
         self.optimized = optimize(self.logical, options, self.positions)
@@ -134,7 +134,7 @@ class OcclusionPlan:
         if self.dtype is not None:
             images = images.to(self.dtype)
         _check_device(self.model, images)
-        weights = Weights(self.graph_module)
+        weights = Weights(self.exported.tensors)
         with torch.no_grad():
             views = materialize(self.physical, images, weights)
             logits = views[self.physical.output]

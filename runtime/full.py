@@ -14,6 +14,7 @@ from compiler.ir import (
     Activation,
     AdaptivePool,
     Arith,
+    Aten,
     BatchNorm,
     Combine,
     Concat,
@@ -26,12 +27,14 @@ from compiler.ir import (
     Node,
     Occlude,
     Pad,
+    Pointwise,
     Pool,
     Project,
     Scalar,
     Softmax,
 )
 from compiler.types import Agg
+from runtime import aten
 from runtime.weights import Weights
 
 ARITH: dict[Arith, Callable[[Tensor | float, Tensor | float], Tensor]] = {
@@ -74,6 +77,8 @@ def full(node: Node, inputs: list[Tensor], weights: Weights) -> Tensor:
         return ARITH[op.arith](inputs[0], inputs[1])
     if isinstance(op, Concat):
         return torch.cat(inputs, dim=1)
+    if isinstance(op, Pointwise):
+        return aten.pointwise(op, inputs[0], weights)
     return _global(node, inputs, weights)
 
 
@@ -90,6 +95,8 @@ def _global(node: Node, inputs: list[Tensor], weights: Weights) -> Tensor:
         return F.linear(x, weights[op.weight], weights.get(op.bias))
     if isinstance(op, Softmax):
         return F.log_softmax(x, dim=1) if op.log else F.softmax(x, dim=1)
+    if isinstance(op, Aten):
+        return aten.fallback(op, inputs, weights)
     if isinstance(op, (Project, Input, Occlude)):
         return x
     raise AssertionError(f"no full implementation of {type(op).__name__}")

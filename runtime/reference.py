@@ -14,9 +14,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from compiler.ir import Arith, BatchNorm, Combine, GlobalAvgPool, JoinAggregate, Node, Occlude, Pool
+from compiler.ir import (
+    Arith,
+    BatchNorm,
+    Combine,
+    GlobalAvgPool,
+    JoinAggregate,
+    Node,
+    Occlude,
+    Pointwise,
+    Pool,
+)
 from compiler.physical import KernelId
 from compiler.types import Agg, Size2
+from runtime import aten
 from runtime import full as full_ops
 from runtime.values import Env, Patch, Value, gather, gather_view, read_origin
 
@@ -145,6 +156,13 @@ def elementwise(node: Node, inputs: list[Value], env: Env) -> Value:
     return _patch(node, full_ops.elementwise(node.op, patch.values, env.weights), env)
 
 
+def pointwise(node: Node, inputs: list[Value], env: Env) -> Value:
+    """A per-position call on the patch values (layer norm over channels, a shuffle, …)."""
+    (patch,) = inputs
+    assert isinstance(patch, Patch) and isinstance(node.op, Pointwise)
+    return _patch(node, aten.pointwise(node.op, patch.values, env.weights), env)
+
+
 def shift(node: Node, inputs: list[Value], env: Env) -> Value:
     (patch,) = inputs
     assert isinstance(patch, Patch)
@@ -269,6 +287,7 @@ KERNELS: dict[KernelId, Kernel] = {
     KernelId.GATHER_CONV2D: gather_conv2d,
     KernelId.GATHER_POOL2D: gather_pool2d,
     KernelId.ELEMENTWISE: elementwise,
+    KernelId.POINTWISE: pointwise,
     KernelId.SHIFT: shift,
     KernelId.GATHER_COMBINE: gather_combine,
     KernelId.GATHER_CONCAT: gather_concat,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor, nn
 
@@ -9,11 +11,14 @@ from compiler.ir import WeightRef
 
 
 class Weights:
-    """Resolves weight handles against a module; tensors are looked up once and cached."""
+    """Resolves weight handles against a module or a mapping of names to tensors (an exported
+    model's, see ``compiler.importer.Exported.tensors``); looked up once and cached."""
 
-    def __init__(self, module: nn.Module):
-        self._module = module
+    def __init__(self, source: nn.Module | Mapping[str, Tensor]):
+        self._module = source if isinstance(source, nn.Module) else nn.Module()
         self._cache: dict[str, Tensor] = {}
+        if not isinstance(source, nn.Module):
+            self._cache = {name: tensor.detach() for name, tensor in source.items()}
 
     def __getitem__(self, ref: WeightRef) -> Tensor:
         tensor = self._cache.get(ref.path)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import krypton_ql as kql
+from tests.helpers import assert_matches_oracle
 
 
 class Unsupported(nn.Module):
@@ -72,9 +73,10 @@ def test_training_mode_is_refused() -> None:
         kql.naive_heatmap(_model().train(), IMAGE, patch=4)
 
 
-def test_unsupported_operation_is_named() -> None:
-    with pytest.raises(kql.UnsupportedOperationError, match=r"interpolate.*F\.interpolate"):
-        kql.occlusion_heatmap(Unsupported().eval(), IMAGE, patch=4)
+def test_an_operator_without_a_translation_is_named_in_explain() -> None:
+    """It runs as the exact fallback on full tensors, and explain says where and why."""
+    text = kql.explain(Unsupported().eval(), (3, 12, 12), patch=4)
+    assert "{full from here: aten.upsample_nearest2d" in text
 
 
 def test_wrong_channel_count_is_reported() -> None:
@@ -91,11 +93,11 @@ def test_plan_rejects_images_of_another_shape() -> None:
 def test_untraceable_model_is_a_krypton_error() -> None:
     class Branchy(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if x.sum() > 0:  # data-dependent control flow: fx cannot trace it
+            if x.sum() > 0:  # data-dependent control flow: export cannot capture it
                 return x.flatten(1)
             return -x.flatten(1)
 
-    with pytest.raises(kql.UnsupportedOperationError, match="cannot trace"):
+    with pytest.raises(kql.UnsupportedOperationError, match=r"cannot capture(.|\n)*x\.sum\(\)"):
         kql.occlusion_heatmap(Branchy().eval(), IMAGE, patch=4)
 
 
@@ -105,12 +107,14 @@ def test_segmentation_outputs_are_refused() -> None:
         kql.occlusion_heatmap(model, IMAGE, patch=4)
 
 
-def test_reflect_padding_is_named() -> None:
+def test_reflect_padding_runs_as_the_exact_fallback() -> None:
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(4, 2),
     ).eval()
-    with pytest.raises(kql.UnsupportedOperationError, match="padding_mode='reflect'"):
-        kql.occlusion_heatmap(model, IMAGE, patch=4)
+    assert "reflect padding" in kql.explain(model, (3, 12, 12), patch=4)
+    image = torch.randn(3, 12, 12)
+    heatmap = kql.occlusion_heatmap(model, image, patch=4, progress=False)
+    assert_matches_oracle(heatmap, model, image, patch=4)

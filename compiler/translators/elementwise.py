@@ -1,126 +1,119 @@
-"""Translators of element-wise operators: batch norm, activations, arithmetic, padding."""
+"""Translators of element-wise operators: activations, arithmetic, identities, and any other
+ATen operator tagged point-wise."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from torch import fx, nn
+import torch
+from torch import fx
 
-from compiler.ir import (
-    Activation,
-    Arith,
-    BatchNorm,
-    Combine,
-    Map,
-    Pad,
-    Scalar,
-)
-from compiler.translators.common import Translation, Translator, bind, unsupported
-from compiler.types import Padding
+from compiler.ir import Activation, Arith, Combine, Map, Scalar
+from compiler.translators.common import NotLocal, Translation, Translator, Value, unsupported
 
 if TYPE_CHECKING:
     from compiler.importer import ImportContext
 
-
-def batch_norm_module(node: fx.Node, ctx: ImportContext) -> Translation:
-    m = ctx.module(node, nn.BatchNorm2d)
-    if m.running_mean is None or m.running_var is None:
-        raise unsupported(node, "batch norm without running statistics")
-    prefix = node.target
-    op = BatchNorm(
-        ctx.weight(f"{prefix}.running_mean"),
-        ctx.weight(f"{prefix}.running_var"),
-        ctx.weight(f"{prefix}.weight") if m.affine else None,
-        ctx.weight(f"{prefix}.bias") if m.affine else None,
-        float(m.eps),
-    )
-    return op, (node.args[0],)
+SWAPPED = {Arith.SUB: Arith.RSUB, Arith.DIV: Arith.RDIV, Arith.ADD: Arith.ADD, Arith.MUL: Arith.MUL}
 
 
-def activation_module(fn: Activation) -> Translator:
-    def translate(node: fx.Node, ctx: ImportContext) -> Translation:
-        m = ctx.module(node, nn.Module)
-        alpha, beta = 0.0, 0.0
+def _source(args: dict[str, Any]) -> Value:
+    value = args.get("self", args.get("input"))
+    assert isinstance(value, Value), value
+    return value
+
+
+def activation(fn: Activation) -> Translator:
+    def translate(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+        source = _source(args)
+        alpha, beta, kind = 0.0, 0.0, fn
         if fn is Activation.LEAKY_RELU:
-            alpha = float(m.negative_slope)
+            alpha = float(args["negative_slope"])
         elif fn is Activation.HARDTANH:
-            alpha, beta = float(m.min_val), float(m.max_val)
-        elif fn is Activation.GELU and m.approximate != "none":
-            raise unsupported(node, "GELU with approximate='tanh'")
-        return Map(fn, alpha, beta), (node.args[0],)
-
-    return translate
-
-
-def activation_function(fn: Activation) -> Translator:
-    def translate(node: fx.Node, ctx: ImportContext) -> Translation:
-        alpha, beta = 0.0, 0.0
-        if fn is Activation.LEAKY_RELU:
-            alpha = float(
-                bind(node, ("input", "negative_slope"), negative_slope=0.01)["negative_slope"]
-            )
-        elif fn is Activation.HARDTANH:
-            args = bind(node, ("input", "min_val", "max_val"), min_val=-1.0, max_val=1.0)
             alpha, beta = float(args["min_val"]), float(args["max_val"])
-        elif fn is Activation.GELU and node.kwargs.get("approximate", "none") != "none":
-            raise unsupported(node, "GELU with approximate='tanh'")
-        return Map(fn, alpha, beta), (node.args[0],)
+            if (alpha, beta) == (0.0, 6.0):
+                kind, alpha, beta = Activation.RELU6, 0.0, 0.0
+        elif fn is Activation.GELU and args.get("approximate", "none") != "none":
+            return generic(node, args, ctx)
+        return ctx.emit(node, Map(kind, alpha, beta), [source], ctx.like(node, source))
 
     return translate
 
 
-def stochastic_depth(node: fx.Node, ctx: ImportContext) -> Translation:
-    """torchvision's stochastic depth is the identity at inference."""
-    args = bind(node, ("input", "p", "mode", "training"), training=True)
-    if args["training"]:
-        raise unsupported(node, "stochastic depth in training mode")
-    return Map(Activation.IDENTITY), (args["input"],)
+def identity(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    """Operators that return their input's values: no node."""
+    return _source(args)
 
 
-def identity(node: fx.Node, ctx: ImportContext) -> Translation:
-    return Map(Activation.IDENTITY), (node.args[0],)
+def dropout(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    if args.get("train"):
+        raise unsupported(
+            node,
+            "dropout with training=True is random at inference — an occlusion heatmap of a "
+            "random model means nothing; pass training=self.training or use nn.Dropout",
+        )
+    return _source(args)
+
+
+def to_dtype(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    """``aten.to``/``_to_copy`` that keeps the dtype is the identity; a cast is point-wise."""
+    source = _source(args)
+    value = node.meta.get("val")
+    inputs = [a for a in node.all_input_nodes if "val" in a.meta]
+    if value is not None and inputs and value.dtype == inputs[0].meta["val"].dtype:
+        return source
+    raise NotLocal("a change of dtype")
 
 
 def arithmetic(arith: Arith) -> Translator:
-    swapped = {
-        Arith.SUB: Arith.RSUB,
-        Arith.DIV: Arith.RDIV,
-        Arith.ADD: Arith.ADD,
-        Arith.MUL: Arith.MUL,
-    }
-
-    def translate(node: fx.Node, ctx: ImportContext) -> Translation:
-        left, right = node.args[0], node.args[1]
-        if node.kwargs.get("alpha", 1) != 1 or node.kwargs.get("rounding_mode") is not None:
-            raise unsupported(node, "alpha or rounding_mode arguments")
-        left_t, right_t = isinstance(left, fx.Node), isinstance(right, fx.Node)
-        if left_t and right_t:
-            return Combine(arith), (left, right)
-        if left_t and isinstance(right, (int, float)):
-            return Scalar(arith, float(right)), (left,)
-        if right_t and isinstance(left, (int, float)):
-            return Scalar(swapped[arith], float(left)), (right,)
-        raise unsupported(node, "arithmetic on non-tensor, non-number operands")
+    def translate(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+        left, right = args["self"], args["other"]
+        alpha = args.get("alpha", 1)
+        if alpha not in (None, 1):
+            if isinstance(right, (int, float)) and arith in (Arith.ADD, Arith.SUB):
+                right = right * alpha
+            else:
+                return generic(node, args, ctx)
+        return combine(node, arith, left, right, ctx)
 
     return translate
 
 
-def pad_function(node: fx.Node, ctx: ImportContext) -> Translation:
-    args = bind(node, ("input", "pad", "mode", "value"), mode="constant", value=None)
-    return _pad(node, tuple(args["pad"]), args["mode"], args["value"] or 0.0), (args["input"],)
+def rsub(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    """``aten.rsub``: ``other − alpha·self``."""
+    if args.get("alpha", 1) not in (None, 1):
+        return generic(node, args, ctx)
+    return combine(node, Arith.SUB, args["other"], args["self"], ctx)
 
 
-def pad_module(node: fx.Node, ctx: ImportContext) -> Translation:
-    m = ctx.module(node, nn.modules.padding._ConstantPadNd)
-    return _pad(node, tuple(m.padding), "constant", float(m.value)), (node.args[0],)
+def combine(node: fx.Node, arith: Arith, left: Any, right: Any, ctx: ImportContext) -> Value:
+    """``left ∘ right`` where at least one side depends on the image."""
+    left, right = ctx.as_scalar(left), ctx.as_scalar(right)
+    if isinstance(right, (int, float)) and isinstance(left, Value):
+        return ctx.emit(node, Scalar(arith, float(right)), [left], ctx.like(node, left))
+    if isinstance(left, (int, float)) and isinstance(right, Value):
+        op = Scalar(SWAPPED[arith], float(left))
+        return ctx.emit(node, op, [right], ctx.like(node, right))
+    if not (isinstance(left, Value) and isinstance(right, Value)):
+        raise NotLocal("arithmetic on operands that are neither tensors nor numbers")
+    image = left if not left.is_constant else right
+    if left.is_constant or right.is_constant:
+        constant = ctx.constant_for(left if left.is_constant else right, image)
+        pair = [constant, right] if left.is_constant else [left, constant]
+        return ctx.emit(node, Combine(arith), pair, ctx.like(node, image))
+    out = ctx.like_shape(node, left, right)
+    return ctx.emit(node, Combine(arith), [left, right], out)
 
 
-def _pad(node: fx.Node, pad: tuple[int, ...], mode: str, value: float) -> Pad:
-    if mode != "constant":
-        raise unsupported(node, f"pad mode {mode!r} (only 'constant')")
-    if len(pad) == 2:
-        pad = (*pad, 0, 0)
-    if len(pad) != 4 or any(p < 0 for p in pad):
-        raise unsupported(node, f"pad {pad}: only non-negative padding of H and W")
-    left, right, top, bottom = (int(p) for p in pad)
-    return Pad(Padding(top, bottom, left, right), float(value))
+def generic(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    """An ATen operator tagged point-wise on one feature map (other operands constants that do
+    not vary over space): a ``Pointwise`` node; anything else is not local."""
+    target = node.target
+    if not (isinstance(target, torch._ops.OpOverload) and torch.Tag.pointwise in target.tags):
+        raise NotLocal("no translation")
+    from compiler.translators.channels import pointwise
+
+    images = [v for v in args.values() if isinstance(v, Value) and not v.is_constant]
+    if len(images) != 1:
+        raise NotLocal("a point-wise operator of several feature maps")
+    return pointwise(node, args, ctx, images[0])

@@ -1,71 +1,59 @@
-"""Translators of window operators: convolution, pooling, adaptive pooling."""
+"""Translators of window operators on ``[N, C, H, W]`` maps: convolution, pooling, adaptive
+pooling, batch norm, constant padding and the mean over the spatial axes."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from torch import fx, nn
+from torch import fx
 
-from compiler.ir import (
-    AdaptivePool,
-    GlobalAvgPool,
-    JoinAggregate,
-    Pool,
+from compiler.ir import AdaptivePool, BatchNorm, GlobalAvgPool, JoinAggregate, Pad, Pool
+from compiler.translators.common import (
+    NotLocal,
+    Outputs,
+    Translation,
+    Value,
+    axis,
+    spatial,
+    standard,
+    unsupported,
 )
-from compiler.translators.common import Translation, bind, unsupported
 from compiler.types import Agg, Padding, Size2, Window
 
 if TYPE_CHECKING:
     from compiler.importer import ImportContext
 
 
-def _conv_window(node: fx.Node, kernel: Size2, stride: Any, padding: Any, dilation: Any) -> Window:
+def _conv_window(kernel: Size2, stride: Any, padding: Any, dilation: Any) -> Window:
     stride_, dilation_ = Size2.of(stride), Size2.of(dilation)
     if isinstance(padding, str):
         if padding == "valid":
             pad = Padding(0, 0, 0, 0)
-        elif stride_ == Size2(1, 1):
+        else:  # "same" (stride 1 only, checked by torch): the extra cell goes after
             total_h, total_w = dilation_.h * (kernel.h - 1), dilation_.w * (kernel.w - 1)
             top, left = total_h // 2, total_w // 2
             pad = Padding(top, total_h - top, left, total_w - left)
-        else:
-            raise unsupported(node, "padding='same' with stride > 1")
     else:
         pad = Padding.symmetric(Size2.of(padding))
     return Window(kernel, stride_, dilation_, pad)
 
 
-def conv2d_module(node: fx.Node, ctx: ImportContext) -> Translation:
-    module = ctx.module(node, nn.Conv2d)
-    if module.padding_mode != "zeros":
-        raise unsupported(node, f"padding_mode={module.padding_mode!r} (only 'zeros')")
-    kernel = Size2.of(module.kernel_size)
-    window = _conv_window(node, kernel, module.stride, module.padding, module.dilation)
-    weight = ctx.weight(f"{node.target}.weight")
-    bias = ctx.weight(f"{node.target}.bias") if module.bias is not None else None
-    return JoinAggregate(weight, bias, window, module.groups), (node.args[0],)
-
-
-def conv2d_function(node: fx.Node, ctx: ImportContext) -> Translation:
-    args = bind(
-        node,
-        ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
-        bias=None,
-        stride=1,
-        padding=0,
-        dilation=1,
-        groups=1,
-    )
-    weight = ctx.weight_of(node, args["weight"])
-    bias = ctx.weight_of(node, args["bias"]) if args["bias"] is not None else None
+def conv2d(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    """``aten.conv2d`` (both overloads) and ``aten.convolution`` (not transposed)."""
+    if args.get("transposed"):
+        raise NotLocal("transposed convolution")
+    source = standard(args["input"], "a convolution")
+    weight = ctx.weight(args["weight"], "a convolution's weight")
+    if len(weight.shape) != 4:
+        raise NotLocal(f"a convolution with a {len(weight.shape) - 2}-D kernel")
+    bias = ctx.weight(args["bias"], "a convolution's bias") if args["bias"] is not None else None
     kernel = Size2(weight.shape[2], weight.shape[3])
-    window = _conv_window(node, kernel, args["stride"], args["padding"], args["dilation"])
-    return JoinAggregate(weight, bias, window, int(args["groups"])), (args["input"],)
+    window = _conv_window(kernel, args["stride"], args["padding"], args["dilation"])
+    op = JoinAggregate(weight, bias, window, int(args["groups"]))
+    return ctx.emit(node, op, [source], ctx.like(node, source))
 
 
-def _pool(node: fx.Node, agg: Agg, args: dict[str, Any]) -> Pool:
-    if args.get("return_indices"):
-        raise unsupported(node, "return_indices=True")
+def _pool(agg: Agg, args: dict[str, Any]) -> Pool:
     kernel = Size2.of(args["kernel_size"])
     stride = Size2.of(args["stride"]) if args["stride"] not in (None, []) else kernel
     window = Window(
@@ -80,105 +68,123 @@ def _pool(node: fx.Node, agg: Agg, args: dict[str, Any]) -> Pool:
     )
 
 
-_MAX_POOL_ARGS = (
-    "input",
-    "kernel_size",
-    "stride",
-    "padding",
-    "dilation",
-    "ceil_mode",
-    "return_indices",
-)
-_AVG_POOL_ARGS = (
-    "input",
-    "kernel_size",
-    "stride",
-    "padding",
-    "ceil_mode",
-    "count_include_pad",
-    "divisor_override",
-)
+def max_pool2d(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    source = standard(args["self"], "max pooling")
+    return ctx.emit(node, _pool(Agg.MAX, args), [source], ctx.like(node, source))
 
 
-def max_pool2d_module(node: fx.Node, ctx: ImportContext) -> Translation:
-    m = ctx.module(node, nn.MaxPool2d)
-    args = dict(
-        kernel_size=m.kernel_size,
-        stride=m.stride,
-        padding=m.padding,
-        dilation=m.dilation,
-        ceil_mode=m.ceil_mode,
-        return_indices=m.return_indices,
-    )
-    return _pool(node, Agg.MAX, args), (node.args[0],)
+def max_pool2d_with_indices(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Outputs:
+    def item(getitem: fx.Node, index: int) -> Value:
+        if index != 0:
+            raise NotLocal("the indices of a max pool")
+        return max_pool2d(getitem, args, ctx)  # type: ignore[return-value]
+
+    return Outputs(item)
 
 
-def avg_pool2d_module(node: fx.Node, ctx: ImportContext) -> Translation:
-    m = ctx.module(node, nn.AvgPool2d)
-    args = dict(
-        kernel_size=m.kernel_size,
-        stride=m.stride,
-        padding=m.padding,
-        ceil_mode=m.ceil_mode,
-        count_include_pad=m.count_include_pad,
-        divisor_override=m.divisor_override,
-    )
-    return _pool(node, Agg.AVG, args), (node.args[0],)
+def avg_pool2d(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    source = standard(args["self"], "average pooling")
+    return ctx.emit(node, _pool(Agg.AVG, args), [source], ctx.like(node, source))
 
 
-def max_pool2d_function(node: fx.Node, ctx: ImportContext) -> Translation:
-    args = bind(
-        node,
-        _MAX_POOL_ARGS,
-        stride=None,
-        padding=0,
-        dilation=1,
-        ceil_mode=False,
-        return_indices=False,
-    )
-    return _pool(node, Agg.MAX, args), (args["input"],)
-
-
-def avg_pool2d_function(node: fx.Node, ctx: ImportContext) -> Translation:
-    args = bind(
-        node,
-        _AVG_POOL_ARGS,
-        stride=None,
-        padding=0,
-        ceil_mode=False,
-        count_include_pad=True,
-        divisor_override=None,
-    )
-    return _pool(node, Agg.AVG, args), (args["input"],)
-
-
-def _adaptive(node: fx.Node, ctx: ImportContext, agg: Agg, source: fx.Node) -> Translation:
-    size_in, size_out = ctx.schema(source).size, ctx.schema(node).size
+def _adaptive(node: fx.Node, agg: Agg, value: Any, ctx: ImportContext) -> Value:
+    source = standard(value, "adaptive pooling")
+    assert source.layout is not None
+    layout = ctx.like(node, source)
+    size_in, size_out = Size2(*source.shape[1:]), Size2(*layout.shape[1:])
     if size_out == Size2(1, 1) and agg is Agg.AVG:
-        return GlobalAvgPool(keepdim=True), (source,)
+        return ctx.emit(node, GlobalAvgPool(keepdim=True), [source], layout)
     if size_in.h % size_out.h == 0 and size_in.w % size_out.w == 0:
         # Uniform windows: adaptive pooling is an ordinary local pool.
         kernel = Size2(size_in.h // size_out.h, size_in.w // size_out.w)
         window = Window(kernel, kernel, Size2(1, 1), Padding(0, 0, 0, 0))
-        return Pool(agg, window), (source,)
-    return AdaptivePool(agg, size_out), (source,)
+        return ctx.emit(node, Pool(agg, window), [source], layout)
+    return ctx.emit(node, AdaptivePool(agg, size_out), [source], layout)
 
 
-def adaptive_avg_pool_module(node: fx.Node, ctx: ImportContext) -> Translation:
-    return _adaptive(node, ctx, Agg.AVG, node.args[0])
+def adaptive_avg_pool2d(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    return _adaptive(node, Agg.AVG, args["self"], ctx)
 
 
-def adaptive_max_pool_module(node: fx.Node, ctx: ImportContext) -> Translation:
-    if ctx.module(node, nn.AdaptiveMaxPool2d).return_indices:
-        raise unsupported(node, "return_indices=True")
-    return _adaptive(node, ctx, Agg.MAX, node.args[0])
+def adaptive_max_pool2d(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Outputs:
+    def item(getitem: fx.Node, index: int) -> Value:
+        if index != 0:
+            raise NotLocal("the indices of an adaptive max pool")
+        return _adaptive(getitem, Agg.MAX, args["self"], ctx)
+
+    return Outputs(item)
 
 
-def adaptive_avg_pool_function(node: fx.Node, ctx: ImportContext) -> Translation:
-    return _adaptive(node, ctx, Agg.AVG, node.args[0])
+def batch_norm(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    """``aten.batch_norm`` in inference: a per-channel affine map."""
+    if args.get("training", False):
+        raise unsupported(
+            node, "batch norm with batch statistics (no running statistics, or training mode)"
+        )
+    source = standard(args["input"], "batch norm")
+    mean, var = args["running_mean"], args["running_var"]
+    if mean is None or var is None:
+        raise unsupported(node, "batch norm without running statistics")
+    weight, bias = args["weight"], args["bias"]
+    op = BatchNorm(
+        ctx.weight(mean, "running mean"),
+        ctx.weight(var, "running variance"),
+        ctx.weight(weight, "batch norm weight") if weight is not None else None,
+        ctx.weight(bias, "batch norm bias") if bias is not None else None,
+        float(args["eps"]),
+    )
+    return ctx.emit(node, op, [source], ctx.like(node, source))
 
 
-def adaptive_max_pool_function(node: fx.Node, ctx: ImportContext) -> Translation:
-    if bind(node, ("input", "output_size", "return_indices")).get("return_indices"):
-        raise unsupported(node, "return_indices=True")
-    return _adaptive(node, ctx, Agg.MAX, node.args[0])
+def batch_norm_no_training(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Outputs:
+    """``aten._native_batch_norm_legit_no_training`` (functionalized graphs): item 0."""
+
+    def item(getitem: fx.Node, index: int) -> Value:
+        if index != 0:
+            raise unsupported(node, "batch norm's saved statistics")
+        return batch_norm(getitem, {**args, "training": False}, ctx)  # type: ignore[return-value]
+
+    return Outputs(item)
+
+
+def pad(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    """``aten.pad`` and ``aten.constant_pad_nd``: constant padding of H and W."""
+    mode = args.get("mode", "constant")
+    if mode != "constant":
+        raise NotLocal(f"{mode} padding")
+    source = standard(args["self"], "padding")
+    amounts = tuple(int(p) for p in args["pad"])
+    if len(amounts) == 2:
+        amounts = (*amounts, 0, 0)
+    if len(amounts) != 4 or any(p < 0 for p in amounts):
+        raise NotLocal(f"padding {list(amounts)} (only non-negative padding of H and W)")
+    left, right, top, bottom = amounts
+    value = args.get("value")
+    op = Pad(Padding(top, bottom, left, right), float(value) if value is not None else 0.0)
+    return ctx.emit(node, op, [source], ctx.like(node, source))
+
+
+def mean(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    """``aten.mean.dim`` over exactly the spatial axes: the global average pool."""
+    source = spatial(args["self"], "a mean of a tensor that is not a feature map")
+    layout = source.layout
+    assert layout is not None
+    rank = len(layout.shape) + 1
+    dims = args.get("dim") or list(range(rank))
+    axes = sorted(axis(int(d), rank) - 1 for d in dims)
+    if args.get("dtype") is not None:
+        raise NotLocal("a mean with a dtype")
+    if axes == sorted((layout.h, layout.w)):
+        keepdim = bool(args["keepdim"])
+        if keepdim:
+            return ctx.emit(node, GlobalAvgPool(True), [source], ctx.like(node, source))
+        if len(layout.channel_shape) != 1:
+            raise NotLocal("a mean over the spatial axes of a tensor with several channel axes")
+        return ctx.emit(node, GlobalAvgPool(False), [source], None)
+    if layout.h in axes and layout.w in axes:
+        raise NotLocal("a mean over the spatial and the channel axes")
+    if layout.h in axes or layout.w in axes:
+        raise NotLocal("a mean over one spatial axis")
+    from compiler.translators.channels import pointwise
+
+    return pointwise(node, args, ctx, source)

@@ -161,7 +161,7 @@ def test_positions_follow_captum(h, w, ph, pw, sy, sx) -> None:
 
 def _values(plan, images: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every node's full value in the logical plan (plain torch operators)."""
-    weights, values = Weights(plan.graph_module), {}
+    weights, values = Weights(plan.exported.tensors), {}
     for node in plan.logical:
         if isinstance(node.op, Input):
             values[node.name] = images

@@ -1,9 +1,11 @@
-"""torch.fx -> IR translation: each supported form lands on the right operator; others are
-named in the error."""
+"""Exported ATen graph -> IR translation: each supported form lands on the right operator; a
+form no translator places in space becomes the exact fallback, and the few that cannot be
+explained at all are refused by name."""
 
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 
 import pytest
@@ -13,7 +15,7 @@ from torch import nn
 
 import krypton_ql as kql
 from compiler import ir
-from compiler.importer import import_model, trace
+from compiler.importer import export, import_model
 from compiler.types import Padding, Size2
 from tests.helpers import assert_matches_oracle
 
@@ -22,7 +24,7 @@ def _ops(module: nn.Module, shape=(3, 14, 14)) -> list:
     module.eval()
     with contextlib.suppress(Exception):  # the import reports what is wrong
         module(torch.zeros(1, *shape))  # initializes lazy layers
-    plan = import_model(trace(module), shape, Size2(2, 2), (0.0,) * shape[0])
+    plan = import_model(export(module, shape), shape, Size2(2, 2), (0.0,) * shape[0])
     return [node.op for node in plan][2:]  # after Input and Occlude
 
 
@@ -73,9 +75,10 @@ def test_functional_conv_reads_weights_by_handle() -> None:
         (lambda x: F.leaky_relu(x, 0.3), ir.Map(ir.Activation.LEAKY_RELU, 0.3)),
         (lambda x: F.hardtanh(x, -2.0, 3.0), ir.Map(ir.Activation.HARDTANH, -2.0, 3.0)),
         (lambda x: x.sigmoid(), ir.Map(ir.Activation.SIGMOID)),
-        (lambda x: F.dropout(x, 0.5, False), ir.Map(ir.Activation.IDENTITY)),
+        (lambda x: F.relu6(x), ir.Map(ir.Activation.RELU6)),
+        (lambda x: F.dropout(x, 0.5, False), ir.Flatten()),  # the identity: no node
     ],
-    ids=["mul", "rsub", "div", "leaky", "hardtanh", "sigmoid", "dropout"],
+    ids=["mul", "rsub", "div", "leaky", "hardtanh", "sigmoid", "relu6", "dropout"],
 )
 def test_elementwise_forms(fn, expected) -> None:
     assert _ops(Lambda(fn))[0] == expected
@@ -101,6 +104,13 @@ def test_adaptive_pooling_is_local_when_windows_are_uniform() -> None:
     assert isinstance(general, ir.AdaptivePool) and general.output == Size2(5, 5)
 
 
+def test_view_to_one_row_is_a_flatten_of_each_image() -> None:
+    """``x.view(1, -1)`` at the exported batch of one is each image's flatten (occlusion
+    scores each image alone)."""
+    flatten, linear = _ops(Lambda(lambda x: x.view(1, -1)))
+    assert isinstance(flatten, ir.Flatten) and isinstance(linear, ir.Linear)
+
+
 def test_view_by_batch_size_is_a_flatten() -> None:
     class Viewed(nn.Module):
         def __init__(self) -> None:
@@ -115,19 +125,32 @@ def test_view_by_batch_size_is_a_flatten() -> None:
 
 
 @pytest.mark.parametrize(
-    ("fn", "message"),
+    ("fn", "why"),
     [
-        (lambda x: x.view(1, -1), "reshape other than flattening"),
-        (lambda x: torch.cat([x, x], dim=2), "cat along dim 2"),
-        (lambda x: F.pad(x, (1, 1, 1, 1), mode="reflect"), "pad mode 'reflect'"),
-        (lambda x: F.max_pool2d(x, 2, return_indices=True)[0], "max_pool2d_with_indices"),
-        (lambda x: x * x.mean(), "torch.Tensor.mean|mean over dims"),
+        (lambda x: x.permute(0, 2, 1, 3).reshape(len(x), 14, -1), "merges the spatial axes"),
+        (lambda x: torch.cat([x, x], dim=2), "along a spatial axis"),
+        (lambda x: F.pad(x, (1, 1, 1, 1), mode="reflect"), "reflect padding"),
+        (lambda x: F.max_pool2d(x, 2, return_indices=True)[1].float(), "indices"),
+        (lambda x: x * x.mean((1, 2, 3), keepdim=True), "the spatial and the channel axes"),
+        (lambda x: F.group_norm(x, 1), "no translation"),
     ],
-    ids=["view-batch-1", "cat-spatial", "reflect", "indices", "global-mean"],
+    ids=["view-batch-1", "cat-spatial", "reflect", "indices", "global-mean", "group-norm"],
 )
-def test_unsupported_forms_name_the_node(fn, message: str) -> None:
-    with pytest.raises(kql.UnsupportedOperationError, match=message):
-        _ops(Lambda(fn))
+def test_forms_that_are_not_local_run_as_the_exact_fallback(fn, why: str) -> None:
+    """Each becomes an ``Aten`` node that says why, and the heatmap is still exact."""
+    model = Lambda(fn).eval()
+    ops = _ops(model)
+    fallbacks = [op for op in ops if isinstance(op, ir.Aten)]
+    assert fallbacks and re.search(why, fallbacks[0].why), [op.why for op in fallbacks]
+    image = torch.randn(3, 14, 14)
+    options = dict(patch=3, stride=3, score="logit")
+    heatmap = kql.occlusion_heatmap(model, image, progress=False, **options)
+    assert_matches_oracle(heatmap, model, image, **options)
+
+
+def test_random_dropout_is_refused_by_name() -> None:
+    with pytest.raises(kql.UnsupportedOperationError, match="dropout with training=True"):
+        _ops(Lambda(lambda x: F.dropout(x, 0.5, True)))
 
 
 def test_two_inputs_are_refused() -> None:
@@ -136,7 +159,7 @@ def test_two_inputs_are_refused() -> None:
             return (x + y).flatten(1)
 
     with pytest.raises(kql.KryptonError, match="more than one input|does not accept"):
-        import_model(trace(TwoInputs().eval()), (3, 4, 4), Size2(1, 1), (0.0,) * 3)
+        import_model(export(TwoInputs().eval(), (3, 4, 4)), (3, 4, 4), Size2(1, 1), (0.0,) * 3)
 
 
 def test_logical_plan_runs_like_the_model() -> None:
@@ -150,12 +173,12 @@ def test_logical_plan_runs_like_the_model() -> None:
 
     model = Lambda(lambda x: F.silu(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)))
     model.eval()
-    gm = trace(model)
-    plan = import_model(gm, (3, 14, 14), Size2(2, 2), (0.0,) * 3)
+    exported = export(model, (3, 14, 14))
+    plan = import_model(exported, (3, 14, 14), Size2(2, 2), (0.0,) * 3)
     options = CompileOptions(Size2(2, 2), Size2(1, 1), (0.0,) * 3, batch_size=4)
     physical = lower(optimize(plan, options, Positions.centre(Size2(14, 14), Size2(2, 2))).plan)
     image = torch.randn(2, 3, 14, 14)
-    views = materialize(physical, image, Weights(gm))
+    views = materialize(physical, image, Weights(exported.tensors))
     with torch.no_grad():
         assert torch.allclose(views[physical.output], model(image), atol=1e-6)
 
@@ -175,7 +198,7 @@ def test_a_tensor_added_to_class_scores_keeps_their_rank() -> None:
             return self.fc((x * self.scale).mean((2, 3))) + self.offset
 
     model = Offset().eval()
-    ops = import_model(trace(model), (3, 6, 6), Size2(2, 2), (0.0,) * 3)
+    ops = import_model(export(model, (3, 6, 6)), (3, 6, 6), Size2(2, 2), (0.0,) * 3)
     constants = {node.name: node.schema.shape for node in ops if isinstance(node.op, ir.Constant)}
     assert constants == {"scale": (3, 1, 1), "offset": (4,)}
     image = torch.randn(3, 6, 6)

@@ -11,7 +11,7 @@ from sqlglot.executor import execute
 from torch import nn
 
 from compiler import sql
-from compiler.importer import import_model, trace
+from compiler.importer import export, import_model
 from compiler.types import Size2
 
 
@@ -39,7 +39,7 @@ def _to_tensor(rows, shape) -> torch.Tensor:
 def _node(module: nn.Module, shape: tuple[int, int, int]):
     model = nn.Sequential(module, nn.Flatten(), nn.LazyLinear(2))
     model(torch.zeros(1, *shape))
-    plan = import_model(trace(model.eval()), shape, Size2(1, 1), (0.0,) * shape[0])
+    plan = import_model(export(model.eval(), shape), shape, Size2(1, 1), (0.0,) * shape[0])
     return list(plan)[2]  # after Input and Occlude
 
 

@@ -94,8 +94,31 @@ def test_what_it_cannot_accelerate_goes_to_captum_with_a_warning(caplog) -> None
     assert function.delegated == "the forward function is not an nn.Module"
 
 
-def test_an_untraceable_model_is_delegated(caplog) -> None:
+def test_an_unexportable_model_is_delegated(caplog) -> None:
     class Untraceable(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+
+        def forward(self, x):
+            x = self.conv(x)
+            if x.sum() > 0:  # data-dependent control flow
+                x = -x
+            return x.mean((2, 3))
+
+    model = Untraceable().eval()
+    ours = Occlusion(model)
+    with caplog.at_level(logging.WARNING, logger="krypton_ql.captum"):
+        ours.attribute(torch.randn(1, 3, 8, 8), sliding_window_shapes=(3, 2, 2), target=0)
+    assert ours.delegated is not None and "cannot capture" in ours.delegated
+
+
+def test_a_model_with_upsampling_is_accelerated_and_equals_captum() -> None:
+    """Interpolation used to send the drop-in to Captum; now it runs in the plan (the exact
+    fallback from the upsampling on) and agrees with Captum."""
+    from captum.attr import Occlusion as CaptumOcclusion
+
+    class Upsampled(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.conv = nn.Conv2d(3, 2, 3)
@@ -104,8 +127,12 @@ def test_an_untraceable_model_is_delegated(caplog) -> None:
             x = self.conv(x)
             return torch.nn.functional.interpolate(x, scale_factor=2).mean((2, 3))
 
-    model = Untraceable().eval()
+    model = Upsampled().eval()
+    image = torch.randn(1, 3, 8, 8)
     ours = Occlusion(model)
-    with caplog.at_level(logging.WARNING, logger="krypton_ql.captum"):
-        ours.attribute(torch.randn(1, 3, 8, 8), sliding_window_shapes=(3, 2, 2), target=0)
-    assert ours.delegated is not None and "interpolate" in ours.delegated
+    got = ours.attribute(image, sliding_window_shapes=(3, 2, 2), strides=(3, 2, 2), target=1)
+    assert ours.delegated is None
+    want = CaptumOcclusion(model).attribute(
+        image, sliding_window_shapes=(3, 2, 2), strides=(3, 2, 2), target=1
+    )
+    assert torch.allclose(got, want, atol=1e-5)

@@ -56,7 +56,7 @@ def test_each_convolution_implementation(conv: str) -> None:
     plan = kql.compile(model, image.shape, patch=3, stride=4, backend="triton", conv=conv)
     text = plan.explain()
     assert "\nbackend: triton (gather_conv2d, gather_pool2d" in text
-    assert "gather_conv2d      _0 → _1 → _2 buffer=" in text  # conv + BN + hardswish fused
+    assert "gather_conv2d      0 → 1 → 2 buffer=" in text  # conv + BN + hardswish fused
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # exact fp32 on a GPU
         exact = plan.run(image, progress=False)
     assert_matches_oracle(exact.cpu(), model.cpu(), image.cpu(), patch=3, stride=4)
@@ -64,7 +64,7 @@ def test_each_convolution_implementation(conv: str) -> None:
         assert set(plan.runner.choices.values()) <= {"triton", "cudnn"}
         return
     ran = "triton" if conv == "measure" else conv  # the interpreter never measures
-    assert plan.runner.choices == {"_0": ran, "_3": ran}
+    assert plan.runner.choices == {"0": ran, "3": ran}
     assert f"ran={ran}" in plan.explain()
 
 

@@ -1,0 +1,252 @@
+"""Translators of layout and channel operators: permutes and reshapes that move the spatial
+axes (no node while the channel order is kept), and the per-position operators on the channel
+axes — layer norm, a linear layer on a channels-last tensor, channel slices, splits and
+concatenation, softmax and sums over channels — plus their forms on class-score vectors."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from torch import fx
+
+from compiler.ir import Concat, Flatten, Linear, Pointwise, Softmax
+from compiler.translators.common import (
+    NotLocal,
+    Outputs,
+    Translation,
+    Translator,
+    Value,
+    axis,
+    spatial,
+)
+from compiler.types import Layout
+
+if TYPE_CHECKING:
+    from compiler.importer import ImportContext
+
+
+def pointwise(
+    node: fx.Node,
+    args: dict[str, Any],
+    ctx: ImportContext,
+    source: Value,
+    *,
+    out: Layout | None = None,
+    fma_per_cell: int = 0,
+    item: int | None = None,
+    at: fx.Node | None = None,
+) -> Value:
+    """``node``'s call as a ``Pointwise`` node on the feature map ``source``; the result
+    takes the name and shape of ``at`` (default: ``node``)."""
+    layout = spatial(source, "a per-position operator on a tensor that is not a feature map")
+    assert layout.layout is not None
+    at = at or node
+    out = out or ctx.like(at, source)
+    if out is None:
+        raise NotLocal("a per-position operator whose result is not a feature map")
+    call = ctx.call(node, [source], item=item, spatial_layout=layout.layout)
+    op = Pointwise(call, (layout.layout,), out, fma_per_cell)
+    return ctx.emit(at, op, [source], out)
+
+
+def _channel_axis(source: Value, dim: int, what: str) -> int:
+    """The per-image axis of ``dim``; ``NotLocal`` if it is the batch or a spatial axis."""
+    layout = source.layout
+    assert layout is not None
+    index = axis(int(dim), len(layout.shape) + 1) - 1
+    if index < 0:
+        raise NotLocal(f"{what} along the batch axis")
+    if index in (layout.h, layout.w):
+        raise NotLocal(f"{what} along a spatial axis")
+    return index
+
+
+def _without(layout: Layout, removed: list[int], shape: tuple[int, ...]) -> Layout:
+    """``layout`` after the channel axes ``removed`` are dropped, the result of ``shape``."""
+    h = layout.h - sum(a < layout.h for a in removed)
+    w = layout.w - sum(a < layout.w for a in removed)
+    return Layout(shape, h, w)
+
+
+# -- layout -------------------------------------------------------------------------------
+
+
+def reshaped(layout: Layout, shape: tuple[int, ...]) -> Layout | None:
+    """The layout after a row-major reshape to ``shape``, if each spatial axis survives as one
+    axis of its own (then the channel order is kept: no data moves); else ``None``.
+
+    >>> reshaped(Layout((96, 7, 7), 1, 2), (4, 24, 7, 7))
+    Layout(shape=(4, 24, 7, 7), h=2, w=3)
+    >>> reshaped(Layout((96, 7, 7), 1, 2), (96, 49)) is None
+    True
+    """
+
+    def kept(index: int) -> int | None:
+        before, size = math.prod(layout.shape[:index]), layout.shape[index]
+        for new in range(len(shape)):
+            if shape[new] == size and math.prod(shape[:new]) == before:
+                return new
+        return None
+
+    h, w = kept(layout.h), kept(layout.w)
+    if h is None or w is None or h == w or math.prod(shape) != math.prod(layout.shape):
+        return None
+    return Layout(tuple(shape), h, w)
+
+
+def reshape(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    """``view``, ``reshape``, ``flatten``, ``unflatten``, ``squeeze``, ``unsqueeze``: a new
+    layout of the same relation, or ``Flatten`` of a whole map into a vector."""
+    source = args.get("self", args.get("input"))
+    assert isinstance(source, Value)
+    shape = ctx.out_shape(node)
+    if not source.is_spatial:
+        if shape == source.shape:
+            return source
+        raise NotLocal("a reshape of a tensor that is not a feature map")
+    assert source.layout is not None
+    layout = reshaped(source.layout, shape)
+    if layout is not None:
+        return Value(source.name, shape, layout)
+    if source.layout.is_standard and shape == (math.prod(source.shape),):
+        return ctx.emit(node, Flatten(), [source], None)
+    raise NotLocal("a reshape that merges the spatial axes with others")
+
+
+def permute(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    source = spatial(args["self"], "a permute of a tensor that is not a feature map")
+    layout = source.layout
+    assert layout is not None
+    rank = len(layout.shape) + 1
+    if "dims" in args:
+        dims = [axis(int(d), rank) for d in args["dims"]]
+    else:  # transpose
+        dims = list(range(rank))
+        a, b = axis(int(args["dim0"]), rank), axis(int(args["dim1"]), rank)
+        dims[a], dims[b] = dims[b], dims[a]
+    if dims[0] != 0:
+        raise NotLocal("a permute that moves the batch axis")
+    order = [d - 1 for d in dims[1:]]
+    shape = tuple(layout.shape[d] for d in order)
+    new = Layout(shape, order.index(layout.h), order.index(layout.w))
+    before = [a for a in layout.channel_axes if layout.shape[a] > 1]
+    after = [order[a] for a in new.channel_axes if shape[a] > 1]
+    if before == after:  # only the spatial axes moved: the same relation
+        return Value(source.name, shape, new)
+    return pointwise(node, args, ctx, source, out=new)  # a channel shuffle
+
+
+# -- per-position operators on channels ------------------------------------------------------
+
+
+def slice_(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    """``slice`` and ``narrow`` along a channel axis."""
+    source = spatial(args["self"], "a slice of a tensor that is not a feature map")
+    _channel_axis(source, args["dim"], "a slice")
+    return pointwise(node, args, ctx, source)
+
+
+def select(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    source = spatial(args["self"], "a select of a tensor that is not a feature map")
+    assert source.layout is not None
+    index = _channel_axis(source, args["dim"], "a select")
+    out = _without(source.layout, [index], ctx.out_shape(node))
+    return pointwise(node, args, ctx, source, out=out)
+
+
+def split(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    """``split``, ``split_with_sizes``, ``chunk`` and ``unbind`` along a channel axis."""
+    source = spatial(args["self"], "a split of a tensor that is not a feature map")
+    assert source.layout is not None
+    index = _channel_axis(source, args.get("dim", 0), "a split")
+    removes = "unbind" in str(node.target)
+
+    def item(getitem: fx.Node, number: int) -> Value:
+        shape = ctx.out_shape(getitem)
+        assert source.layout is not None
+        out = (
+            _without(source.layout, [index], shape) if removes else source.layout.with_shape(shape)
+        )
+        return pointwise(node, args, ctx, source, out=out, item=number, at=getitem)
+
+    return Outputs(item)
+
+
+def layer_norm(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    """Layer norm over channel axes only (ConvNeXt's channels-last norm): per position."""
+    source = spatial(args["input"], "layer norm of a tensor that is not a feature map")
+    assert source.layout is not None
+    count = len(args["normalized_shape"])
+    normalized = range(len(source.layout.shape) - count, len(source.layout.shape))
+    if source.layout.h in normalized or source.layout.w in normalized:
+        raise NotLocal("layer norm over the spatial axes")
+    return pointwise(node, args, ctx, source)
+
+
+def linear(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    """A linear layer on class-score vectors, or on the channel axis of a channels-last map
+    (a 1×1 convolution, per position)."""
+    source = args["input"]
+    assert isinstance(source, Value)
+    weight = ctx.weight(args["weight"], "a linear layer's weight")
+    bias = ctx.weight(args["bias"], "a linear layer's bias") if args["bias"] is not None else None
+    if source.is_spatial:
+        assert source.layout is not None
+        _channel_axis(source, -1, "a linear layer")
+        per_cell = math.prod(source.layout.channel_shape) * weight.shape[0]
+        return pointwise(node, args, ctx, source, fma_per_cell=per_cell)
+    if len(source.shape) != 1:
+        raise NotLocal(f"a linear layer on a tensor of shape {list(source.shape)} per image")
+    return ctx.emit(node, Linear(weight, bias), [source], None)
+
+
+def softmax(log: bool) -> Translator:
+    def translate(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+        source = args["self"]
+        assert isinstance(source, Value)
+        if source.is_spatial:
+            _channel_axis(source, args["dim"], "a softmax")
+            return pointwise(node, args, ctx, source)
+        if len(source.shape) != 1 or axis(int(args["dim"]), 2) != 1:
+            raise NotLocal("a softmax other than over the classes of [N, K] scores")
+        if args.get("dtype") is not None or args.get("half_to_float"):
+            raise NotLocal("a softmax with a dtype")
+        return ctx.emit(node, Softmax(log), [source], None)
+
+    return translate
+
+
+def reduce_channels(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    """``sum``/``mean``/``amax`` over channel axes only (selective-kernel branch sums)."""
+    source = spatial(args["self"], "a reduction of a tensor that is not a feature map")
+    assert source.layout is not None
+    dims = args.get("dim")
+    if not dims:
+        raise NotLocal("a reduction over every axis")
+    axes = [_channel_axis(source, d, "a reduction") for d in dims]
+    shape = ctx.out_shape(node)
+    keep = len(shape) == len(source.layout.shape)
+    out = source.layout.with_shape(shape) if keep else _without(source.layout, axes, shape)
+    return pointwise(node, args, ctx, source, out=out)
+
+
+def cat(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    """Concatenation of feature maps along their (first) channel axis."""
+    tensors = list(args["tensors"])
+    if not all(isinstance(t, Value) and t.is_spatial for t in tensors):
+        raise NotLocal("a concatenation of tensors that are not all feature maps")
+    first = tensors[0]
+    assert first.layout is not None
+    index = _channel_axis(first, args["dim"], "a concatenation")
+    layouts = [t.layout for t in tensors]
+    same = all(
+        lay is not None
+        and (lay.h, lay.w) == (first.layout.h, first.layout.w)
+        and len(lay.shape) == len(first.layout.shape)
+        and all(lay.shape[a] == first.layout.shape[a] for a in range(len(lay.shape)) if a != index)
+        for lay in layouts
+    )
+    if not same or index != first.layout.channel_axes[0]:
+        raise NotLocal("a concatenation along an inner channel axis")
+    return ctx.emit(node, Concat(), tensors, ctx.like(node, first))

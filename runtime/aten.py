@@ -1,0 +1,88 @@
+"""Running the ATen calls the importer kept: per-position calls (``Pointwise``) on patches in
+any layout, and the exact fallback (``Aten``) on full tensors, one image at a time."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from compiler.ir import Arg, Aten, Call, Pointwise, WeightRef
+from compiler.types import Layout
+from runtime.weights import Weights
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def resolve(target: str) -> Any:
+    """``torch.ops.aten.layer_norm.default`` for ``"aten.layer_norm.default"``."""
+    namespace, name, overload = target.split(".")
+    return getattr(getattr(getattr(torch.ops, namespace), name), overload)
+
+
+def run(call: Call, tensors: list[Tensor], weights: Weights) -> Tensor:
+    """The call with ``Arg(i)`` bound to ``tensors[i]`` and handles to the model's tensors."""
+
+    def bind(value: Any) -> Any:
+        if isinstance(value, Arg):
+            return tensors[value.index]
+        if isinstance(value, WeightRef):
+            return weights[value]
+        if isinstance(value, tuple):
+            return [bind(v) for v in value]
+        return value
+
+    result = resolve(call.target)(
+        *(bind(a) for a in call.args), **{k: bind(v) for k, v in call.kwargs}
+    )
+    return result[call.item] if call.item is not None else result
+
+
+def to_model(x: Tensor, layout: Layout) -> Tensor:
+    """A canonical ``[B, C, h, w]`` tensor in the model's layout (any ``h``, ``w``: a box)."""
+    batch, _, h, w = x.shape
+    x = x.reshape(batch, *layout.channel_shape, h, w)
+    return x.movedim((-2, -1), (1 + layout.h, 1 + layout.w))
+
+
+def to_canonical(y: Tensor, layout: Layout) -> Tensor:
+    """The inverse of ``to_model``."""
+    y = y.movedim((1 + layout.h, 1 + layout.w), (-2, -1))
+    batch, h, w = y.shape[0], y.shape[-2], y.shape[-1]
+    return y.reshape(batch, math.prod(y.shape[1:-2]), h, w)
+
+
+def pointwise(op: Pointwise, x: Tensor, weights: Weights) -> Tensor:
+    """A per-position call on a canonical tensor (a full map or a box)."""
+    return to_canonical(run(op.call, [to_model(x, op.layouts[0])], weights), op.out)
+
+
+_LOOPED: set[str] = set()  # calls vmap cannot batch: run image by image
+
+
+def fallback(op: Aten, inputs: list[Tensor], weights: Weights) -> Tensor:
+    """The fallback call on full tensors with a leading batch: each image alone, as the model
+    ran it at export (batch 1), batched with ``torch.vmap`` where it can be."""
+    tensors = [to_model(x, lay) if lay is not None else x for x, lay in zip(inputs, op.layouts)]
+
+    def one(*images: Tensor) -> Tensor:
+        return run(op.call, [image.unsqueeze(0) for image in images], weights).squeeze(0)
+
+    if op.call.target not in _LOOPED:
+        try:
+            result = torch.vmap(one)(*tensors)
+        except RuntimeError as error:
+            _LOOPED.add(op.call.target)
+            log.info(
+                "%s cannot be batched by vmap (%s); it runs image by image", op.call.name, error
+            )
+            result = None
+        if result is not None:
+            return to_canonical(result, op.out) if op.out is not None else result
+    result = torch.stack([one(*(t[i] for t in tensors)) for i in range(len(tensors[0]))])
+    return to_canonical(result, op.out) if op.out is not None else result
