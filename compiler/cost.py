@@ -73,7 +73,8 @@ def incremental_cost(node: Node, inputs: list[Node]) -> Cost:
         return Cost(0, (2 * _boxed_values(inputs[0]) + channels) * WORD)
     written = channels * box_cells
     if strategy in (Strategy.OCCLUDE, Strategy.ELEMENTWISE):
-        return Cost(0, (written + sum(_boxed_values(i) for i in inputs)) * WORD)
+        moved = written + sum(_boxed_values(i) for i in inputs)
+        return Cost(fma(node, box_cells), moved * WORD)  # FMAs: a per-position linear layer
     gathered = sum(i.schema.channels for i in inputs) * (
         update.read.area if update.read is not None else box_cells
     )

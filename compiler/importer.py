@@ -29,7 +29,18 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
 from compiler.errors import InvalidInputError, UnsupportedOperationError
-from compiler.ir import Arg, Aten, Call, Constant, Input, Node, Occlude, Operator, WeightRef
+from compiler.ir import (
+    Arg,
+    Aten,
+    Call,
+    Constant,
+    Input,
+    Node,
+    Occlude,
+    Operator,
+    Tmp,
+    WeightRef,
+)
 from compiler.plan import Plan
 from compiler.translators import (
     ATEN,
@@ -202,6 +213,8 @@ class ImportContext:
                 self.output = self._output(node)
             elif node.op == "call_function":
                 self._call(node)
+            elif node.op == "get_attr":  # a higher-order operator's subgraph
+                self.values[node] = getattr(self.program.graph_module, str(node.target))
             else:
                 raise UnsupportedOperationError(f"exported node {node.name!r} ({node.op})")
 
@@ -255,6 +268,9 @@ class ImportContext:
                     )
                 return
             raise unsupported(node, "indexing a single tensor with getitem")
+        if getattr(target, "__name__", None) == "wrap_with_autocast":
+            self.values[node] = self._inline_autocast(node)
+            return
         if not isinstance(target, torch._ops.OpOverload):
             raise unsupported(node, "not an ATen operator (a higher-order operator?)")
         name = target.overloadpacket.__name__
@@ -273,6 +289,29 @@ class ImportContext:
         if mutated and isinstance(node.args[0], fx.Node):
             self.values[node.args[0]] = result  # later readers see the write
 
+    def _inline_autocast(self, node: fx.Node) -> Outputs:
+        """``with torch.autocast(..., enabled=False)``: the region computes in the model's own
+        dtypes, so its subgraph is translated in place."""
+        _device, _dtype, enabled, _cache, submodule, *inputs = node.args
+        if enabled:
+            raise unsupported(
+                node,
+                "an autocast region inside the model (mixed precision); compile with "
+                "precision='bf16' or 'fp16' instead",
+            )
+        graph = self.values[submodule].graph  # type: ignore[index,union-attr]
+        placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+        for placeholder, value in zip(placeholders, inputs, strict=True):
+            self.values[placeholder] = self.values[value]  # type: ignore[index]
+        results: tuple = ()
+        for inner in graph.nodes:
+            if inner.op == "call_function":
+                self._call(inner)
+            elif inner.op == "output":
+                results = tuple(inner.args[0])
+        values = [self.values[r] for r in results]
+        return Outputs(lambda getitem, index: values[index])  # type: ignore[return-value]
+
     def _lookup(self, value: Any) -> Any:
         if isinstance(value, fx.Node):
             found = self.values.get(value)
@@ -286,6 +325,8 @@ class ImportContext:
     def _translate(self, node: fx.Node, target: Any, args: dict[str, Any]) -> Translation:
         name = target.overloadpacket.__name__
         translator = ATEN.get(name)
+        if _has_deferred(args):
+            return self.fallback(node, target, "reads a tensor whose batch axis was moved")
         try:
             if translator is None:
                 from compiler.translators import generic
@@ -478,37 +519,49 @@ class ImportContext:
         item: int | None = None,
         at: fx.Node | None = None,
     ) -> Translation:
-        """``node`` as the exact fallback: the ATen call itself on full per-query tensors."""
+        """``node`` as the exact fallback: the ATen call itself on full per-query tensors.
+        While the result's batch axis is not in front (attention's ``qkv.permute(2, 0, …)``,
+        ``flatten(0, 1)``) the calls stay ``Deferred`` and join the next fallback node."""
         returns = target._schema.returns
         if item is None and (len(returns) > 1 or str(returns[0].type).startswith("List")):
             return Outputs(
-                lambda getitem, index: self.fallback(node, target, why, item=index, at=getitem)  # type: ignore[return-value,arg-type]
+                lambda getitem, index: self.fallback(node, target, why, item=index, at=getitem)  # type: ignore[return-value]
             )
-        images: list[Value] = []
+        program = _Program()
 
-        def collect(value: Any) -> None:
+        def convert(value: Any) -> Any:
             if isinstance(value, fx.Node):
                 found = self.values[value]
-                if isinstance(found, Value) and not found.is_constant and found not in images:
-                    images.append(found)
-            elif isinstance(value, (list, tuple)):
-                for v in value:
-                    collect(v)
+                if isinstance(found, Deferred):
+                    return program.include(found)
+                if isinstance(found, Value) and not found.is_constant:
+                    return program.arg(found)
+                if isinstance(found, Value):
+                    return self.weight(found, "a constant")
+                raise UnsupportedOperationError(f"exported node {value.name!r} has no value")
+            if isinstance(value, (list, tuple)):
+                return tuple(convert(v) for v in value)
+            return value
 
-        for value in (*node.args, *node.kwargs.values()):
-            collect(value)
-        call = self.call(node, images, item=item)
+        args = tuple(convert(a) for a in node.args)
+        kwargs = tuple((k, convert(v)) for k, v in node.kwargs.items())
+        program.calls.append(Call(str(target), args, kwargs, item))
+        program.fma += _fma(node)
+        program.why = program.why or why
         at = at or node
+        if not _batch_in_front(node, at):
+            return Deferred(tuple(program.calls), tuple(program.inputs), program.why, program.fma)
         shape = self.out_shape(at)
+        images = program.inputs
         out = next((v.layout for v in images if v.layout is not None and v.shape == shape), None)
         if out is None and len(shape) == 3:
             out = Layout.standard(shape)
-        layouts = tuple(v.layout for v in images)
         name = op_name(target)
         if name not in self._fallbacks:
             self._fallbacks.add(name)
             log.info("%s runs as an exact fallback on full tensors: %s", name, why)
-        op = Aten(call, layouts, out, why, _fma(node, item))
+        layouts = tuple(v.layout for v in images)
+        op = Aten(tuple(program.calls), layouts, out, program.why, program.fma)
         return self.emit(at, op, images, out)
 
     # -- names ----------------------------------------------------------------------------------
@@ -555,13 +608,99 @@ class ImportContext:
         return f"{name} in {path} ({kind})"
 
 
+@dataclass(frozen=True)
+class Deferred:
+    """Fallback calls whose result has its batch axis elsewhere than in front: not yet a
+    node; the next fallback that reads it takes the calls into its own program."""
+
+    calls: tuple[Call, ...]
+    inputs: tuple[Value, ...]
+    why: str
+    fma: int
+
+
+@dataclass
+class _Program:
+    """A fallback program being built: its image inputs and calls."""
+
+    inputs: list[Value] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+    why: str = ""
+    fma: int = 0
+
+    def arg(self, value: Value) -> Arg:
+        for index, known in enumerate(self.inputs):
+            if known is value:
+                return Arg(index)
+        self.inputs.append(value)
+        return Arg(len(self.inputs) - 1)
+
+    def include(self, deferred: Deferred) -> Tmp:
+        """Append ``deferred``'s calls (renumbered); its result's ``Tmp``."""
+        offset = len(self.calls)
+
+        def renumber(value: Any) -> Any:
+            if isinstance(value, Arg):
+                return self.arg(deferred.inputs[value.index])
+            if isinstance(value, Tmp):
+                return Tmp(value.index + offset)
+            if isinstance(value, tuple):
+                return tuple(renumber(v) for v in value)
+            return value
+
+        for call in deferred.calls:
+            args = tuple(renumber(a) for a in call.args)
+            kwargs = tuple((k, renumber(v)) for k, v in call.kwargs)
+            self.calls.append(Call(call.target, args, kwargs, call.item))
+        self.why = self.why or deferred.why
+        self.fma += deferred.fma
+        return Tmp(len(self.calls) - 1)
+
+
+_BATCH_AXES = {"dim", "dim0", "dim1", "start_dim", "source", "destination"}
+
+
+def _batch_in_front(node: fx.Node, at: fx.Node) -> bool:
+    """Is the batch axis still the first axis of ``at``'s result (an image's tensor)?"""
+    value = at.meta.get("val")
+    if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != 1:
+        return False
+    target = node.target
+    if not isinstance(target, torch._ops.OpOverload):
+        return True
+    source = next(
+        (a for a in node.all_input_nodes if isinstance(a.meta.get("val"), torch.Tensor)), None
+    )
+    rank = source.meta["val"].dim() if source is not None else value.dim()
+    args = bind(target, node.args, node.kwargs)
+    if target.overloadpacket.__name__ == "permute":
+        return int(args["dims"][0]) % max(rank, 1) == 0
+    for name, given in args.items():
+        if name not in _BATCH_AXES or given is None:
+            continue
+        dims = given if isinstance(given, (list, tuple)) else [given]
+        if any(isinstance(d, int) and d % max(rank, 1) == 0 for d in dims):
+            return False
+    return True
+
+
 def _constant(tensor: torch.Tensor, path: str) -> Value:
     tensor = tensor.detach()
     return Value(None, tuple(tensor.shape), None, tensor, WeightRef(path, tuple(tensor.shape)))
 
 
+def _has_deferred(value: Any) -> bool:
+    if isinstance(value, Deferred):
+        return True
+    if isinstance(value, dict):
+        return any(_has_deferred(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_deferred(v) for v in value)
+    return False
+
+
 def _depends_on_image(value: Any) -> bool:
-    if isinstance(value, Outputs):
+    if isinstance(value, (Outputs, Deferred)):
         return True
     if isinstance(value, Value):
         return not value.is_constant
@@ -580,7 +719,7 @@ def _split(target: Any, bound: dict[str, Any]) -> tuple[list[Any], dict[str, Any
     return positional, keywords
 
 
-def _fma(node: fx.Node, item: int | None) -> int:
+def _fma(node: fx.Node) -> int:
     """Multiply-adds of one call of ``node`` for one image, from its fake tensors."""
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -177,6 +177,13 @@ class Arg:
 
 
 @dataclass(frozen=True, slots=True)
+class Tmp:
+    """In a fallback program's arguments: the result of its ``index``-th call."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
 class Call:
     """One ATen operator call as the exported model made it: ``target`` names the overload
     (``aten.layer_norm.default``); tensors in ``args``/``kwargs`` are ``Arg`` (a node input)
@@ -255,19 +262,26 @@ class Softmax:
 
 @dataclass(frozen=True, slots=True)
 class Aten:
-    """The exact fallback: an ATen call that no translator places in space (statistics over
-    the whole map, attention, an unknown operator). It runs as the model ran it, on full
-    per-query tensors, one image at a time (``torch.vmap``); ``layouts`` bring spatial inputs
-    back to the model's layout (``None``: not spatial), ``out`` is the result's layout if it
-    is still a feature map. ``why`` says why it is not local; ``fma`` counts its multiply-adds
-    per image (for the cost model)."""
+    """The exact fallback: ATen calls that no translator places in space (statistics over the
+    whole map, attention, an unknown operator). They run as the model ran them, on full
+    per-query tensors, one image at a time (``torch.vmap``). ``calls`` is a short program
+    (later calls read earlier results as ``Tmp``; a run of calls whose intermediates move the
+    batch axis stays in one node); the last call's result is the node's. ``layouts`` bring
+    spatial inputs back to the model's layout (``None``: not spatial), ``out`` is the result's
+    layout if it is still a feature map. ``why`` says why the first call is not local; ``fma``
+    counts the multiply-adds per image (for the cost model)."""
 
-    call: Call
+    calls: tuple[Call, ...]
     layouts: tuple[Layout | None, ...]
     out: Layout | None
     why: str
     fma: int = 0
     GLOBAL: ClassVar[bool] = True
+
+    @property
+    def name(self) -> str:
+        names = [call.name for call in self.calls]
+        return " → ".join(names if len(names) <= 4 else [*names[:2], "…", names[-1]])
 
 
 # -- operators that the IVM rules insert ----------------------------------------------------

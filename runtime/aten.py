@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from compiler.ir import Arg, Aten, Call, Pointwise, WeightRef
+from compiler.ir import Arg, Aten, Call, Pointwise, Tmp, WeightRef
 from compiler.types import Layout
 from runtime.weights import Weights
 
@@ -25,12 +25,15 @@ def resolve(target: str) -> Any:
     return getattr(getattr(getattr(torch.ops, namespace), name), overload)
 
 
-def run(call: Call, tensors: list[Tensor], weights: Weights) -> Tensor:
-    """The call with ``Arg(i)`` bound to ``tensors[i]`` and handles to the model's tensors."""
+def run(call: Call, tensors: list[Tensor], weights: Weights, temps: list[Any] = ()) -> Any:
+    """The call with ``Arg(i)`` bound to ``tensors[i]``, ``Tmp(j)`` to ``temps[j]`` and
+    handles to the model's tensors."""
 
     def bind(value: Any) -> Any:
         if isinstance(value, Arg):
             return tensors[value.index]
+        if isinstance(value, Tmp):
+            return temps[value.index]
         if isinstance(value, WeightRef):
             return weights[value]
         if isinstance(value, tuple):
@@ -62,7 +65,7 @@ def pointwise(op: Pointwise, x: Tensor, weights: Weights) -> Tensor:
     return to_canonical(run(op.call, [to_model(x, op.layouts[0])], weights), op.out)
 
 
-_LOOPED: set[str] = set()  # calls vmap cannot batch: run image by image
+_LOOPED: set[tuple[str, ...]] = set()  # programs vmap cannot batch: run image by image
 
 
 def fallback(op: Aten, inputs: list[Tensor], weights: Weights) -> Tensor:
@@ -71,16 +74,19 @@ def fallback(op: Aten, inputs: list[Tensor], weights: Weights) -> Tensor:
     tensors = [to_model(x, lay) if lay is not None else x for x, lay in zip(inputs, op.layouts)]
 
     def one(*images: Tensor) -> Tensor:
-        return run(op.call, [image.unsqueeze(0) for image in images], weights).squeeze(0)
+        batch = [image.unsqueeze(0) for image in images]
+        temps: list[Any] = []
+        for call in op.calls:
+            temps.append(run(call, batch, weights, temps))
+        return temps[-1].squeeze(0)
 
-    if op.call.target not in _LOOPED:
+    key = tuple(call.target for call in op.calls)
+    if key not in _LOOPED:
         try:
             result = torch.vmap(one)(*tensors)
         except RuntimeError as error:
-            _LOOPED.add(op.call.target)
-            log.info(
-                "%s cannot be batched by vmap (%s); it runs image by image", op.call.name, error
-            )
+            _LOOPED.add(key)
+            log.info("%s cannot be batched by vmap (%s); it runs image by image", op.name, error)
             result = None
         if result is not None:
             return to_canonical(result, op.out) if op.out is not None else result

@@ -20,6 +20,7 @@ from compiler.translators.channels import (
     slice_,
     softmax,
     split,
+    stack,
 )
 from compiler.translators.common import (
     NotLocal,
@@ -139,4 +140,5 @@ ATEN: dict[str, Translator] = {
     "amax": reduce_channels,
     "cat": cat,
     "concat": cat,
+    "stack": stack,
 }

@@ -36,16 +36,19 @@ def pointwise(
     fma_per_cell: int = 0,
     item: int | None = None,
     at: fx.Node | None = None,
+    broadcast: bool = False,
 ) -> Value:
     """``node``'s call as a ``Pointwise`` node on the feature map ``source``; the result
-    takes the name and shape of ``at`` (default: ``node``)."""
+    takes the name and shape of ``at`` (default: ``node``). With ``broadcast`` (element-wise
+    operators) the model tensors it reads broadcast against ``source`` and must not vary
+    over space."""
     layout = spatial(source, "a per-position operator on a tensor that is not a feature map")
     assert layout.layout is not None
     at = at or node
     out = out or ctx.like(at, source)
     if out is None:
         raise NotLocal("a per-position operator whose result is not a feature map")
-    call = ctx.call(node, [source], item=item, spatial_layout=layout.layout)
+    call = ctx.call(node, [source], item=item, spatial_layout=layout.layout if broadcast else None)
     op = Pointwise(call, (layout.layout,), out, fma_per_cell)
     return ctx.emit(at, op, [source], out)
 
@@ -82,14 +85,18 @@ def reshaped(layout: Layout, shape: tuple[int, ...]) -> Layout | None:
     True
     """
 
-    def kept(index: int) -> int | None:
+    def kept(index: int, start: int = 0, taken: int = -1) -> int | None:
         before, size = math.prod(layout.shape[:index]), layout.shape[index]
-        for new in range(len(shape)):
-            if shape[new] == size and math.prod(shape[:new]) == before:
+        for new in range(start, len(shape)):
+            if new != taken and shape[new] == size and math.prod(shape[:new]) == before:
                 return new
         return None
 
-    h, w = kept(layout.h), kept(layout.w)
+    # Size-1 axes match in several places: keep the two spatial axes in their order.
+    first, second = sorted((layout.h, layout.w))
+    a = kept(first)
+    b = kept(second, a + 1, a) if a is not None else None
+    h, w = (a, b) if layout.h < layout.w else (b, a)
     if h is None or w is None or h == w or math.prod(shape) != math.prod(layout.shape):
         return None
     return Layout(tuple(shape), h, w)
@@ -106,6 +113,8 @@ def reshape(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translat
             return source
         raise NotLocal("a reshape of a tensor that is not a feature map")
     assert source.layout is not None
+    if node.meta["val"].shape[0] != 1:
+        raise NotLocal("a reshape that merges the batch axis with others")
     layout = reshaped(source.layout, shape)
     if layout is not None:
         return Value(source.name, shape, layout)
@@ -250,3 +259,21 @@ def cat(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
     if not same or index != first.layout.channel_axes[0]:
         raise NotLocal("a concatenation along an inner channel axis")
     return ctx.emit(node, Concat(), tensors, ctx.like(node, first))
+
+
+def stack(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    """Stacking feature maps along a new outermost channel axis: a concatenation."""
+    tensors = list(args["tensors"])
+    if not all(isinstance(t, Value) and t.is_spatial for t in tensors):
+        raise NotLocal("a stack of tensors that are not all feature maps")
+    first = tensors[0].layout
+    assert first is not None
+    if any(t.layout != first for t in tensors):
+        raise NotLocal("a stack of feature maps in different layouts")
+    index = axis(int(args["dim"]), len(first.shape) + 2) - 1
+    if index < 0:
+        raise NotLocal("a stack along the batch axis")
+    out = Layout(ctx.out_shape(node), first.h + (index <= first.h), first.w + (index <= first.w))
+    if out.channel_axes[0] != index:
+        raise NotLocal("a stack along an inner channel axis")
+    return ctx.emit(node, Concat(), tensors, out)

@@ -116,4 +116,4 @@ def generic(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translat
     images = [v for v in args.values() if isinstance(v, Value) and not v.is_constant]
     if len(images) != 1:
         raise NotLocal("a point-wise operator of several feature maps")
-    return pointwise(node, args, ctx, images[0])
+    return pointwise(node, args, ctx, images[0], broadcast=True)
