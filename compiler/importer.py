@@ -527,30 +527,12 @@ class ImportContext:
             return Outputs(
                 lambda getitem, index: self.fallback(node, target, why, item=index, at=getitem)  # type: ignore[return-value]
             )
-        program = _Program()
-
-        def convert(value: Any) -> Any:
-            if isinstance(value, fx.Node):
-                found = self.values[value]
-                if isinstance(found, Deferred):
-                    return program.include(found)
-                if isinstance(found, Value) and not found.is_constant:
-                    return program.arg(found)
-                if isinstance(found, Value):
-                    return self.weight(found, "a constant")
-                raise UnsupportedOperationError(f"exported node {value.name!r} has no value")
-            if isinstance(value, (list, tuple)):
-                return tuple(convert(v) for v in value)
-            return value
-
-        args = tuple(convert(a) for a in node.args)
-        kwargs = tuple((k, convert(v)) for k, v in node.kwargs.items())
-        program.calls.append(Call(str(target), args, kwargs, item))
-        program.fma += _fma(node)
-        program.why = program.why or why
         at = at or node
+        deferred = Deferred(node, target, item, why)
         if not _batch_in_front(node, at):
-            return Deferred(tuple(program.calls), tuple(program.inputs), program.why, program.fma)
+            return deferred
+        program = _Program(self)
+        program.visit(deferred)
         shape = self.out_shape(at)
         images = program.inputs
         out = next((v.layout for v in images if v.layout is not None and v.shape == shape), None)
@@ -561,8 +543,34 @@ class ImportContext:
             self._fallbacks.add(name)
             log.info("%s runs as an exact fallback on full tensors: %s", name, why)
         layouts = tuple(v.layout for v in images)
-        op = Aten(tuple(program.calls), layouts, out, program.why, program.fma)
+        batched = len(program.calls) == 1 and self._batch_free(target, node, at)
+        op = Aten(tuple(program.calls), layouts, out, program.why, program.fma, batched)
         return self.emit(at, op, images, out)
+
+    def _batch_free(self, target: Any, node: fx.Node, at: fx.Node) -> bool:
+        """Does ``node``'s call give each image's result whatever the batch: no shape argument
+        (a baked batch of one) and no model tensor shaped like a batch of one, unless the
+        operator broadcasts (point-wise)?"""
+        args = bind(target, node.args, node.kwargs)
+        if any(args.get(name) is not None for name in _SHAPE_ARGUMENTS):
+            return False
+        rank = len(self.out_shape(at)) + 1
+        pointwise = torch.Tag.pointwise in target.tags
+
+        def batch_shaped(value: Any) -> bool:
+            if isinstance(value, fx.Node):
+                found = self.values.get(value)
+                return (
+                    isinstance(found, Value)
+                    and found.is_constant
+                    and len(found.shape) >= rank
+                    and found.shape[0] == 1
+                )
+            if isinstance(value, (list, tuple)):
+                return any(batch_shaped(v) for v in value)
+            return False
+
+        return pointwise or not any(batch_shaped(v) for v in (*node.args, *node.kwargs.values()))
 
     # -- names ----------------------------------------------------------------------------------
 
@@ -608,25 +616,29 @@ class ImportContext:
         return f"{name} in {path} ({kind})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Deferred:
-    """Fallback calls whose result has its batch axis elsewhere than in front: not yet a
-    node; the next fallback that reads it takes the calls into its own program."""
+    """A fallback call whose result has its batch axis elsewhere than in front: not yet a
+    node; the next fallback that reads it takes the call (and what it reads) into its own
+    program."""
 
-    calls: tuple[Call, ...]
-    inputs: tuple[Value, ...]
+    node: fx.Node
+    target: Any
+    item: int | None
     why: str
-    fma: int
 
 
-@dataclass
 class _Program:
-    """A fallback program being built: its image inputs and calls."""
+    """A fallback program being built from ``Deferred`` calls: its image inputs and calls,
+    each call once (a residual that reads a deferred tensor twice shares it)."""
 
-    inputs: list[Value] = field(default_factory=list)
-    calls: list[Call] = field(default_factory=list)
-    why: str = ""
-    fma: int = 0
+    def __init__(self, ctx: ImportContext):
+        self.ctx = ctx
+        self.inputs: list[Value] = []
+        self.calls: list[Call] = []
+        self.why = ""
+        self.fma = 0
+        self._done: dict[tuple[fx.Node, int | None], Tmp] = {}
 
     def arg(self, value: Value) -> Arg:
         for index, known in enumerate(self.inputs):
@@ -635,28 +647,37 @@ class _Program:
         self.inputs.append(value)
         return Arg(len(self.inputs) - 1)
 
-    def include(self, deferred: Deferred) -> Tmp:
-        """Append ``deferred``'s calls (renumbered); its result's ``Tmp``."""
-        offset = len(self.calls)
+    def visit(self, deferred: Deferred) -> Tmp:
+        """Append ``deferred``'s call after the calls it reads; its result's ``Tmp``."""
+        key = (deferred.node, deferred.item)
+        if key in self._done:
+            return self._done[key]
+        self.why = self.why or deferred.why
 
-        def renumber(value: Any) -> Any:
-            if isinstance(value, Arg):
-                return self.arg(deferred.inputs[value.index])
-            if isinstance(value, Tmp):
-                return Tmp(value.index + offset)
-            if isinstance(value, tuple):
-                return tuple(renumber(v) for v in value)
+        def convert(value: Any) -> Any:
+            if isinstance(value, fx.Node):
+                found = self.ctx.values[value]
+                if isinstance(found, Deferred):
+                    return self.visit(found)
+                if isinstance(found, Value) and not found.is_constant:
+                    return self.arg(found)
+                if isinstance(found, Value):
+                    return self.ctx.weight(found, "a constant")
+                raise UnsupportedOperationError(f"exported node {value.name!r} has no value")
+            if isinstance(value, (list, tuple)):
+                return tuple(convert(v) for v in value)
             return value
 
-        for call in deferred.calls:
-            args = tuple(renumber(a) for a in call.args)
-            kwargs = tuple((k, renumber(v)) for k, v in call.kwargs)
-            self.calls.append(Call(call.target, args, kwargs, call.item))
-        self.why = self.why or deferred.why
-        self.fma += deferred.fma
-        return Tmp(len(self.calls) - 1)
+        node = deferred.node
+        args = tuple(convert(a) for a in node.args)
+        kwargs = tuple((k, convert(v)) for k, v in node.kwargs.items())
+        self.calls.append(Call(str(deferred.target), args, kwargs, deferred.item))
+        self.fma += _fma(node)
+        self._done[key] = Tmp(len(self.calls) - 1)
+        return self._done[key]
 
 
+_SHAPE_ARGUMENTS = ("size", "shape", "sizes", "repeats")
 _BATCH_AXES = {"dim", "dim0", "dim1", "start_dim", "source", "destination"}
 
 

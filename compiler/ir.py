@@ -264,7 +264,9 @@ class Softmax:
 class Aten:
     """The exact fallback: ATen calls that no translator places in space (statistics over the
     whole map, attention, an unknown operator). They run as the model ran them, on full
-    per-query tensors, one image at a time (``torch.vmap``). ``calls`` is a short program
+    per-query tensors: image by image as exported (batch 1), or, when ``batched`` (one call
+    with no shape argument and no batch-shaped constant), on the whole batch at once.
+    ``calls`` is a short program
     (later calls read earlier results as ``Tmp``; a run of calls whose intermediates move the
     batch axis stays in one node); the last call's result is the node's. ``layouts`` bring
     spatial inputs back to the model's layout (``None``: not spatial), ``out`` is the result's
@@ -276,6 +278,7 @@ class Aten:
     out: Layout | None
     why: str
     fma: int = 0
+    batched: bool = False  # the call is right for any batch (no batch size baked into it)
     GLOBAL: ClassVar[bool] = True
 
     @property

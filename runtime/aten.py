@@ -4,7 +4,6 @@ any layout, and the exact fallback (``Aten``) on full tensors, one image at a ti
 from __future__ import annotations
 
 import functools
-import logging
 import math
 from typing import Any
 
@@ -14,8 +13,6 @@ from torch import Tensor
 from compiler.ir import Arg, Aten, Call, Pointwise, Tmp, WeightRef
 from compiler.types import Layout
 from runtime.weights import Weights
-
-log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -65,30 +62,20 @@ def pointwise(op: Pointwise, x: Tensor, weights: Weights) -> Tensor:
     return to_canonical(run(op.call, [to_model(x, op.layouts[0])], weights), op.out)
 
 
-_LOOPED: set[tuple[str, ...]] = set()  # programs vmap cannot batch: run image by image
-
-
 def fallback(op: Aten, inputs: list[Tensor], weights: Weights) -> Tensor:
-    """The fallback call on full tensors with a leading batch: each image alone, as the model
-    ran it at export (batch 1), batched with ``torch.vmap`` where it can be."""
+    """The fallback program on full tensors with a leading batch: on the whole batch when it
+    is ``batched``, else each image alone, as the model ran it at export (batch 1)."""
     tensors = [to_model(x, lay) if lay is not None else x for x, lay in zip(inputs, op.layouts)]
 
-    def one(*images: Tensor) -> Tensor:
-        batch = [image.unsqueeze(0) for image in images]
+    def program(batch: list[Tensor]) -> Tensor:
         temps: list[Any] = []
         for call in op.calls:
             temps.append(run(call, batch, weights, temps))
-        return temps[-1].squeeze(0)
+        return temps[-1]
 
-    key = tuple(call.target for call in op.calls)
-    if key not in _LOOPED:
-        try:
-            result = torch.vmap(one)(*tensors)
-        except RuntimeError as error:
-            _LOOPED.add(key)
-            log.info("%s cannot be batched by vmap (%s); it runs image by image", op.name, error)
-            result = None
-        if result is not None:
-            return to_canonical(result, op.out) if op.out is not None else result
-    result = torch.stack([one(*(t[i] for t in tensors)) for i in range(len(tensors[0]))])
+    if op.batched:
+        result = program(tensors)
+    else:
+        images = range(len(tensors[0]))
+        result = torch.cat([program([t[i : i + 1] for t in tensors]) for i in images])
     return to_canonical(result, op.out) if op.out is not None else result

@@ -57,38 +57,3 @@ def test_theoretical_speedup_falls_with_patch_size_as_in_the_paper() -> None:
         for p in (4, 8, 32)
     ]
     assert speedups == pytest.approx([8.59, 7.85, 5.04], rel=0.02)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "mobilenet_v2",
-        "mobilenet_v3_small",
-        "squeezenet1_0",
-        "densenet121",
-        "googlenet",
-        "efficientnet_b0",
-        "resnet50",
-        "regnet_x_400mf",
-        "mnasnet0_5",
-    ],
-)
-def test_model_zoo_is_imported_without_model_specific_code(name: str) -> None:
-    """Depthwise/inverted residuals, dense concats, fire modules, squeeze-excitation,
-    stochastic depth, hard-swish, inception branches: all from the same translators."""
-    kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
-    image = torch.randn(3, 80, 88)
-    model = responsive(calibrate(getattr(torchvision.models, name)(**kwargs), (3, 80, 88)), image)
-    assert_exact(model, image, patch=24, stride=28)
-
-
-@pytest.mark.parametrize(
-    ("name", "target"),
-    [("shufflenet_v2_x0_5", ".size()"), ("convnext_tiny", ".permute()")],
-)
-def test_models_with_unsupported_layers_name_them(name: str, target: str) -> None:
-    model = getattr(torchvision.models, name)().eval()
-    with pytest.raises(
-        kql.UnsupportedOperationError, match=target.replace("(", r"\(").replace(")", r"\)")
-    ):
-        kql.compile(model, (3, 64, 64), patch=16)
