@@ -6,9 +6,9 @@ exported graph once and translates every node with the table in ``compiler.trans
 
 - the image placeholder becomes ``Input`` followed by the query's ``Occlude``;
 - a node whose inputs are all model tensors is folded to a constant at import;
-- an in-place operator is translated as its functional form, and later readers of the tensor
-  it wrote read its result (a graph where a write reaches a tensor through a view is
-  functionalized by ``run_decompositions`` first);
+- an in-place operator is translated as its functional form: export already makes every later
+  reader of the written tensor read the in-place node; a write that reaches a tensor through a
+  view (``y[:, :2].mul_(3)``) is functionalized by ``run_decompositions`` first;
 - an operator no translator places in space becomes an exact fallback node (``Aten``) that
   runs as the model ran it on full per-query tensors; explain shows why.
 
@@ -276,8 +276,7 @@ class ImportContext:
         name = target.overloadpacket.__name__
         if name in SKIPPED:
             return
-        mutated = target._schema.is_mutable
-        if mutated:
+        if target._schema.is_mutable:
             target = _functional(node)
         args = bind(target, node.args, node.kwargs)
         args = {k: self._lookup(v) for k, v in args.items()}
@@ -286,8 +285,6 @@ class ImportContext:
         else:
             result = self._translate(node, target, args)
         self.values[node] = result
-        if mutated and isinstance(node.args[0], fx.Node):
-            self.values[node.args[0]] = result  # later readers see the write
 
     def _inline_autocast(self, node: fx.Node) -> Outputs:
         """``with torch.autocast(..., enabled=False)``: the region computes in the model's own
@@ -448,7 +445,7 @@ class ImportContext:
         name = self._constants.get(key)
         if name is None:
             name = self._unique(_identifier(ref.path))
-            self.nodes.append(Node(name, Constant(ref), (), schema, ref.path))
+            self.nodes.append(Node(name, Constant(ref), (), schema))
             self._constants[key] = name
         return Value(name, layout.shape if layout else schema.shape, layout)
 
@@ -607,7 +604,8 @@ class ImportContext:
 
     def _source(self, node: fx.Node) -> str:
         module = self._module(node)
-        name = op_name(node.target)
+        producer = node.args[0] if getattr(node.target, "__name__", "") == "getitem" else node
+        name = op_name(producer.target)  # type: ignore[union-attr]
         if module is None or module[0] == "":
             return name
         path, kind = module

@@ -64,8 +64,13 @@ def pointwise(op: Pointwise, x: Tensor, weights: Weights) -> Tensor:
 
 def fallback(op: Aten, inputs: list[Tensor], weights: Weights) -> Tensor:
     """The fallback program on full tensors with a leading batch: on the whole batch when it
-    is ``batched``, else each image alone, as the model ran it at export (batch 1)."""
-    tensors = [to_model(x, lay) if lay is not None else x for x, lay in zip(inputs, op.layouts)]
+    is ``batched``, else each image alone, as the model ran it at export (batch 1). Inputs are
+    made contiguous in the model's layout (a ``view`` in the program needs the strides the
+    model had; views are stored channels-last)."""
+    tensors = [
+        (to_model(x, lay) if lay is not None else x).contiguous()
+        for x, lay in zip(inputs, op.layouts)
+    ]
 
     def program(batch: list[Tensor]) -> Tensor:
         temps: list[Any] = []

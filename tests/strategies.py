@@ -7,8 +7,12 @@ left > 0, asymmetric), ``a − b``, ``a · b`` and ``a / b`` between two changed
 average pools with ``ceil_mode``, ``count_include_pad=False`` and ``divisor_override``, dilated
 max pools, non-square pools and strides, convolution padding larger than ``k // 2``, max pools
 whose padded windows see only negative values, and channel counts above the Triton kernels'
-interpreter tile (16). Weights are drawn so that occlusion moves the scores noticeably (a
-network that ignores the patch cannot tell a right heatmap from a wrong one).
+interpreter tile (16). Since the importer tracks layouts, the blocks also move the spatial
+axes and work per position on channels: ConvNeXt-style channels-last blocks (permute, layer
+norm, linear layers, layer scale), ShuffleNet-style channel splits and shuffles, channel
+slices; and they contain operators that run as the exact fallback mid-network (group norm,
+nearest and bilinear upsampling). Weights are drawn so that occlusion moves the scores
+noticeably (a network that ignores the patch cannot tell a right heatmap from a wrong one).
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ ACTIVATIONS = {
 WIDE = 18
 # Block kinds; convolutions and pools twice, as their geometry is where boxes go wrong.
 KINDS = ("conv", "conv", "pool", "pool", "bn", "act", "pad", "negpool", "depthwise", "residual",
-         "inception", "se", "branches", "offset", "scale", "gate")  # fmt: skip
-DAG_KINDS = ("residual", "inception", "se", "branches", "offset", "gate")
+         "inception", "se", "branches", "offset", "scale", "gate", "channels_last", "shuffle",
+         "slice", "fallback")  # fmt: skip
+DAG_KINDS = ("residual", "inception", "se", "branches", "offset", "gate", "channels_last",
+             "shuffle")  # fmt: skip
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -169,6 +175,63 @@ class OffsetHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(x.mean((2, 3))) + self.offset
+
+
+class ChannelsLast(nn.Module):
+    """ConvNeXt's block: depthwise conv, then channels-last ``LayerNorm → Linear → GELU →
+    Linear → ·γ`` (per position), permuted back and added to the input."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.dw = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+        self.norm = nn.LayerNorm(channels, eps=1e-6)
+        self.up, self.down = nn.Linear(channels, 2 * channels), nn.Linear(2 * channels, channels)
+        self.gamma = nn.Parameter(torch.rand(channels) + 0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.norm(self.dw(x).permute(0, 2, 3, 1))
+        y = self.down(F.gelu(self.up(y))) * self.gamma
+        return x + y.permute(0, 3, 1, 2)
+
+
+class Shuffle(nn.Module):
+    """ShuffleNetV2's unit: a 1×1 conv to ``2k`` channels, ``chunk(2)``, a conv on one half,
+    ``cat``, then the channel shuffle ``view → transpose → view``."""
+
+    def __init__(self, channels: int, half: int):
+        super().__init__()
+        self.expand = nn.Conv2d(channels, 2 * half, 1)
+        self.branch = nn.Conv2d(half, half, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.expand(x).chunk(2, dim=1)
+        y = torch.cat([a, F.relu(self.branch(b))], dim=1)
+        n, c, h, w = y.shape
+        return y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class ChannelSlice(nn.Module):
+    """A channel slice and a selected channel (``x[:, :k]``, ``x[:, -1]``) recombined."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        k = max(1, x.shape[1] // 2)
+        return x[:, :k] * 2.0 - x[:, -1:].sigmoid()
+
+
+class Fallback(nn.Module):
+    """An operator no translator places in space, mid-network: group norm (statistics over
+    the whole map) or nearest / bilinear upsampling."""
+
+    def __init__(self, channels: int, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.norm = nn.GroupNorm(1, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "groupnorm":
+            return self.norm(x)
+        mode = "nearest" if self.kind == "nearest" else "bilinear"
+        return F.interpolate(x, scale_factor=2, mode=mode)
 
 
 class Padded(nn.Module):
@@ -378,6 +441,17 @@ def _block(draw: st.DrawFn, kind: str, c: int, h: int, w: int, wide: bool):  # n
         out = draw(st.integers(2, 4))
         op = draw(st.sampled_from(["sub", "mul", "div"]))
         return TwoBranches(c, out, op, draw(st.booleans())), out, h, w
+    if kind == "channels_last":
+        return ChannelsLast(c), c, h, w
+    if kind == "shuffle":
+        half = draw(st.integers(1, 3))
+        return Shuffle(c, half), 2 * half, h, w
+    if kind == "slice":
+        return ChannelSlice(), max(1, c // 2), h, w
+    if kind == "fallback":
+        which = draw(st.sampled_from(["groupnorm", "nearest", "bilinear"]))
+        scale = 1 if which == "groupnorm" else 2
+        return Fallback(c, which), c, h * scale, w * scale
     width = draw(st.integers(1, 3))
     return Inception(c, width), 4 * width, h, w
 
@@ -481,5 +555,20 @@ def pinned_cases() -> dict[str, Case]:
         "wide": make_case(
             [nn.Conv2d(2, WIDE, 3, padding=1), nn.ReLU(), nn.Conv2d(WIDE, WIDE, 3, groups=2)],
             torch.randn(2, 9, 8), (3, 3), (3, 2), description="wide conv",
+        ),
+        # channels-last layer norm and linear layers between two permutes (ConvNeXt)
+        "channels_last": make_case(
+            [nn.Conv2d(2, 4, 3, padding=1), ChannelsLast(4), nn.ReLU()],
+            torch.randn(2, 10, 9), (3, 2), (2, 2), description="channels-last block",
+        ),
+        # a channel split, concatenation and shuffle (ShuffleNetV2)
+        "shuffle": make_case(
+            [nn.Conv2d(2, 3, 3, padding=1), Shuffle(3, 2), ChannelSlice()],
+            torch.randn(2, 9, 10), (2, 3), (2, 2), description="shuffle + slice",
+        ),
+        # an operator that runs as the exact fallback between local ones
+        "fallback": make_case(
+            [nn.Conv2d(2, 3, 3, padding=1), Fallback(3, "bilinear"), nn.Conv2d(3, 3, 3)],
+            torch.randn(2, 8, 7), (3, 3), (2, 2), description="bilinear fallback",
         ),
     }  # fmt: skip

@@ -29,6 +29,9 @@ STRATEGIES = st.sampled_from(["auto", "recompute", "delta"])
 @example(case=PINNED["offset"], strategy="delta")
 @example(case=PINNED["affine"], strategy="auto")
 @example(case=PINNED["gate"], strategy="auto")
+@example(case=PINNED["channels_last"], strategy="auto")
+@example(case=PINNED["shuffle"], strategy="delta")
+@example(case=PINNED["fallback"], strategy="auto")
 def test_incremental_equals_the_oracle_on_random_cnns(case: Case, strategy: str) -> None:
     plan = kql.compile(
         case.model,

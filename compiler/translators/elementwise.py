@@ -14,6 +14,20 @@ from compiler.translators.common import NotLocal, Translation, Translator, Value
 if TYPE_CHECKING:
     from compiler.importer import ImportContext
 
+# Why well-known operators are not local (the fallback's explanation in explain).
+_NOT_LOCAL = {
+    "group_norm": "statistics over the whole map",
+    "native_group_norm": "statistics over the whole map",
+    "instance_norm": "statistics over the whole map",
+    "upsample_nearest2d": "upsampling has no box rule yet",
+    "upsample_bilinear2d": "upsampling has no box rule yet",
+    "upsample_bicubic2d": "upsampling has no box rule yet",
+    "scaled_dot_product_attention": "attention: every token reads every token",
+    "matmul": "a matrix product over tokens",
+    "bmm": "a matrix product over tokens",
+    "grid_sampler": "sampling at data-dependent positions",
+}
+
 SWAPPED = {Arith.SUB: Arith.RSUB, Arith.DIV: Arith.RDIV, Arith.ADD: Arith.ADD, Arith.MUL: Arith.MUL}
 
 
@@ -110,7 +124,8 @@ def generic(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translat
     not vary over space): a ``Pointwise`` node; anything else is not local."""
     target = node.target
     if not (isinstance(target, torch._ops.OpOverload) and torch.Tag.pointwise in target.tags):
-        raise NotLocal("no translation")
+        name = target.overloadpacket.__name__ if isinstance(target, torch._ops.OpOverload) else ""
+        raise NotLocal(_NOT_LOCAL.get(name.lstrip("_"), "no translation of this operator"))
     from compiler.translators.channels import pointwise
 
     images = [v for v in args.values() if isinstance(v, Value) and not v.is_constant]

@@ -58,3 +58,33 @@ def test_golden_explain(verbose: bool) -> None:
 def test_explain_is_deterministic_across_compilations() -> None:
     texts = {kql.explain(TinyResNet().eval(), (3, 32, 30), patch=6, batch_size=4) for _ in range(2)}
     assert len(texts) == 1
+
+
+def _head(channels: int) -> list[nn.Module]:
+    return [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 3)]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["convnext_block", "channel_shuffle", "upsampling", "fallback"],
+)
+def test_golden_explain_of_layout_and_fallback_blocks(name: str) -> None:
+    """The logical and rewritten plans of a ConvNeXt block (permutes cost nothing; layer norm
+    and linear layers run per position, boxed), a ShuffleNet unit (split, concat, shuffle),
+    an upsampling and a group norm (the exact fallback, marked in explain)."""
+    from tests.strategies import ChannelsLast, Fallback, Shuffle
+
+    torch.manual_seed(0)
+    body = {
+        "convnext_block": [nn.Conv2d(3, 4, 3, padding=1), ChannelsLast(4)],
+        "channel_shuffle": [nn.Conv2d(3, 4, 3, padding=1), Shuffle(4, 2)],
+        "upsampling": [nn.Conv2d(3, 4, 3, padding=1), Fallback(4, "nearest"), nn.Conv2d(4, 4, 3)],
+        "fallback": [nn.Conv2d(3, 4, 3, padding=1), Fallback(4, "groupnorm"), nn.ReLU()],
+    }[name]
+    model = nn.Sequential(*body, *_head(4)).eval()
+    text = kql.explain(model, (3, 12, 12), patch=3, stride=3, batch_size=4)
+    text = text.split("== physical ==")[0]
+    path = GOLDEN / f"layouts_{name}.txt"
+    if os.environ.get("KRYPTON_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text()

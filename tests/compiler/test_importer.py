@@ -205,3 +205,48 @@ def test_a_tensor_added_to_class_scores_keeps_their_rank() -> None:
     options = dict(patch=2, stride=2, score="logit")
     heatmap = kql.occlusion_heatmap(model, image, progress=False, **options)
     assert_matches_oracle(heatmap, model, image, **options)
+
+
+class InPlace(nn.Module):
+    """Writes in place to a tensor that is read again; the model's own semantics count."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if self.kind == "relu":  # y itself becomes relu(y): y + z = 2·relu(y)
+            z = self.relu(y)
+            out = y + z
+        elif self.kind == "add_":
+            y.add_(1.0)
+            out = y * y
+        elif self.kind == "alias":  # z is y: the write reaches y
+            z = y
+            z += 1.0
+            out = y * 2.0 - z.sigmoid()
+        else:  # a write through a view of y reaches y
+            v = y[:, :2]
+            v.mul_(3.0)
+            out = y
+        return self.fc(out.mean((2, 3)))
+
+
+@pytest.mark.parametrize("kind", ["relu", "add_", "alias", "view"])
+def test_in_place_writes_have_their_true_semantics(kind: str) -> None:
+    """Heatmap and clean score equal the model's own (fx tracing read the values before the
+    write, silently)."""
+    torch.manual_seed(0)
+    model = InPlace(kind).eval()
+    image = torch.randn(3, 10, 10)
+    options = dict(patch=3, stride=2, score="logit")
+    plan = kql.compile(model, image.shape, **options)
+    result = plan.evaluate(image, progress=False)
+    with torch.no_grad():
+        clean = model(image[None].clone())
+    assert torch.allclose(result.base[0], clean[0, result.targets[0]], atol=1e-5)
+    assert_matches_oracle(result.heatmaps[0, 0], model, image, **options)
