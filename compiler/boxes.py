@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler.ir import Combine, Concat, JoinAggregate, Node, Occlude, Pad, Pool
+from compiler.ir import Combine, Concat, JoinAggregate, Node, Occlude, Pad, Pool, Upsample
 from compiler.types import Size2, Window
 
 Origins = tuple[np.ndarray, np.ndarray]  # (y0, x0), int64 arrays of one entry per position
@@ -170,4 +170,6 @@ def node_origins(
         )
     if isinstance(op, Pad):
         return y0 + op.padding.top, x0 + op.padding.left
+    if isinstance(op, Upsample):
+        return y0 * op.scale.h, x0 * op.scale.w
     return y0, x0  # element-wise: the box does not move

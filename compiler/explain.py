@@ -22,6 +22,7 @@ from compiler.ir import (
     Pool,
     Scalar,
     Softmax,
+    Upsample,
 )
 from compiler.physical import PhysicalPlan
 from compiler.pipeline import Optimized, is_approximate
@@ -66,6 +67,8 @@ def describe(op: Operator) -> str:
     if isinstance(op, Pointwise):
         layout = f" in {op.layouts[0]}" if not op.layouts[0].is_standard else ""
         return f"{op.call.name} per position{layout}"
+    if isinstance(op, Upsample):
+        return f"nearest ×{op.scale}"
     if isinstance(op, Aten):
         return f"{{full from here: {op.name} — {op.why}}}"
     return ""

@@ -170,6 +170,15 @@ class Concat:
 
 
 @dataclass(frozen=True, slots=True)
+class Upsample:
+    """Nearest upsampling by integer factors: ``O(c, y, x) = A(c, ⌊y/s_h⌋, ⌊x/s_w⌋)``. A box of
+    ``b`` input cells at ``y0`` becomes exactly ``s·b`` output cells at ``s·y0``."""
+
+    scale: Size2
+    GLOBAL: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True)
 class Arg:
     """In a ``Call``'s arguments: the node's ``index``-th input, in the layout the model had."""
 
@@ -316,6 +325,7 @@ Operator = (
     | Softmax
     | Project
     | Pointwise
+    | Upsample
     | Aten
 )
 

@@ -19,6 +19,7 @@ from compiler.ir import (
     Pool,
     State,
     Strategy,
+    Upsample,
 )
 from compiler.physical import BOXED, KernelId, Launch, PhysicalPlan, Step
 from compiler.plan import Plan
@@ -98,6 +99,8 @@ def kernel_for(node: Node) -> KernelId:
     if strategy is Strategy.ELEMENTWISE:
         if isinstance(op, Pointwise):
             return KernelId.POINTWISE
+        if isinstance(op, Upsample):
+            return KernelId.UPSAMPLE
         return KernelId.SHIFT if isinstance(op, Pad) else KernelId.ELEMENTWISE
     if strategy is Strategy.RECOMPUTE:
         return KernelId.GATHER_CONV2D if isinstance(op, JoinAggregate) else KernelId.GATHER_POOL2D

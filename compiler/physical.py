@@ -19,6 +19,7 @@ class KernelId(enum.Enum):
     GATHER_POOL2D = "gather_pool2d"  # gather Window(view ⊕ patch), pool with padding 0
     ELEMENTWISE = "elementwise"  # the map on the patch values
     POINTWISE = "pointwise"  # a per-position ATen call on the patch values (any layout)
+    UPSAMPLE = "upsample"  # nearest upsampling of the patch values
     SHIFT = "shift"  # constant padding moves the box; values are unchanged
     GATHER_COMBINE = "gather_combine"  # gather operands over the bounding box, combine
     GATHER_CONCAT = "gather_concat"  # gather operands over the bounding box, concatenate

@@ -30,6 +30,7 @@ from compiler.rules.push_delta_through_global_pool import push_delta_through_glo
 from compiler.rules.push_delta_through_join import push_delta_through_join
 from compiler.rules.push_delta_through_map import push_delta_through_map
 from compiler.rules.push_delta_through_occlude import push_delta_through_occlude
+from compiler.rules.push_delta_through_upsample import push_delta_through_upsample
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ STAGES: tuple[Stage, ...] = (
             Rule(push_delta_through_occlude),
             Rule(push_delta_through_join),
             Rule(push_delta_through_map),
+            Rule(push_delta_through_upsample),
             Rule(merge_update_boxes),
             # The incremental global pool must win over projecting before a global operator.
             Rule(push_delta_through_global_pool),

@@ -14,11 +14,19 @@ from compiler.ir import Arg, Aten, Call, Pointwise, Tmp, WeightRef
 from compiler.types import Layout
 from runtime.weights import Weights
 
+# A ``view`` that was valid for the strides a tensor had at export may not be for the strides
+# it has when replayed (views are stored channels-last; torch versions decompose ``reshape``
+# into ``view`` by the traced strides): replay it as ``reshape``, which gives the same values.
+_REPLAYED_AS = {
+    "aten.view.default": "aten.reshape.default",
+    "aten._unsafe_view.default": "aten.reshape.default",
+}
+
 
 @functools.cache
 def resolve(target: str) -> Any:
     """``torch.ops.aten.layer_norm.default`` for ``"aten.layer_norm.default"``."""
-    namespace, name, overload = target.split(".")
+    namespace, name, overload = _REPLAYED_AS.get(target, target).split(".")
     return getattr(getattr(getattr(torch.ops, namespace), name), overload)
 
 

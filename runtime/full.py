@@ -32,6 +32,7 @@ from compiler.ir import (
     Project,
     Scalar,
     Softmax,
+    Upsample,
 )
 from compiler.types import Agg
 from runtime import aten
@@ -79,6 +80,8 @@ def full(node: Node, inputs: list[Tensor], weights: Weights) -> Tensor:
         return torch.cat(inputs, dim=1)
     if isinstance(op, Pointwise):
         return aten.pointwise(op, inputs[0], weights)
+    if isinstance(op, Upsample):
+        return upsample(inputs[0], op)
     return _global(node, inputs, weights)
 
 
@@ -100,6 +103,11 @@ def _global(node: Node, inputs: list[Tensor], weights: Weights) -> Tensor:
     if isinstance(op, (Project, Input, Occlude)):
         return x
     raise AssertionError(f"no full implementation of {type(op).__name__}")
+
+
+def upsample(x: Tensor, op: Upsample) -> Tensor:
+    """Nearest upsampling by integer factors: each cell repeated ``s_h × s_w`` times."""
+    return x.repeat_interleave(op.scale.h, dim=2).repeat_interleave(op.scale.w, dim=3)
 
 
 def elementwise(op: Map | Scalar | BatchNorm, x: Tensor, weights: Weights) -> Tensor:

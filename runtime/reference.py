@@ -24,6 +24,7 @@ from compiler.ir import (
     Occlude,
     Pointwise,
     Pool,
+    Upsample,
 )
 from compiler.physical import KernelId
 from compiler.types import Agg, Size2
@@ -163,6 +164,13 @@ def pointwise(node: Node, inputs: list[Value], env: Env) -> Value:
     return _patch(node, aten.pointwise(node.op, patch.values, env.weights), env)
 
 
+def upsample(node: Node, inputs: list[Value], env: Env) -> Value:
+    """Nearest upsampling of the patch: the changed blocks, at ``s·y0``."""
+    (patch,) = inputs
+    assert isinstance(patch, Patch) and isinstance(node.op, Upsample)
+    return _patch(node, full_ops.upsample(patch.values, node.op), env)
+
+
 def shift(node: Node, inputs: list[Value], env: Env) -> Value:
     (patch,) = inputs
     assert isinstance(patch, Patch)
@@ -288,6 +296,7 @@ KERNELS: dict[KernelId, Kernel] = {
     KernelId.GATHER_POOL2D: gather_pool2d,
     KernelId.ELEMENTWISE: elementwise,
     KernelId.POINTWISE: pointwise,
+    KernelId.UPSAMPLE: upsample,
     KernelId.SHIFT: shift,
     KernelId.GATHER_COMBINE: gather_combine,
     KernelId.GATHER_CONCAT: gather_concat,

@@ -106,7 +106,7 @@ TIMM_CI = {
     "skresnet18": 64,  # selective kernel: stack, sum over branches, softmax gates
     "resnest14d": 64,  # split attention: radix softmax over reshaped gates
     "mixnet_s": 64,  # mixed depthwise kernels: channel split and concat
-    "hrnet_w18_small": 64,  # multi-resolution fusion: nearest upsampling
+    "hrnet_w18_small": 64,  # multi-resolution fusion: nearest upsampling, boxed
     "efficientvit_b0": 128,  # linear attention inside an autocast-disabled region
     "tf_efficientnet_b0": 64,  # "same" padding from the input size, BatchNormAct2d
 }

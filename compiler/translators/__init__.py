@@ -52,6 +52,7 @@ from compiler.translators.local import (
     max_pool2d_with_indices,
     mean,
     pad,
+    upsample_nearest,
 )
 
 __all__ = [
@@ -82,6 +83,7 @@ ATEN: dict[str, Translator] = {
     "pad": pad,
     "constant_pad_nd": pad,
     "mean": mean,
+    "upsample_nearest2d": upsample_nearest,
     # element-wise
     "relu": activation(Activation.RELU),
     "relu6": activation(Activation.RELU6),

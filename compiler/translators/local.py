@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING, Any
 
 from torch import fx
 
-from compiler.ir import AdaptivePool, BatchNorm, GlobalAvgPool, JoinAggregate, Pad, Pool
+from compiler.ir import (
+    AdaptivePool,
+    BatchNorm,
+    GlobalAvgPool,
+    JoinAggregate,
+    Pad,
+    Pool,
+    Upsample,
+)
 from compiler.translators.common import (
     NotLocal,
     Outputs,
@@ -188,3 +196,14 @@ def mean(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation
     from compiler.translators.channels import pointwise
 
     return pointwise(node, args, ctx, source)
+
+
+def upsample_nearest(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    """``aten.upsample_nearest2d`` by integer factors (the output an exact multiple)."""
+    source = standard(args.get("input", args.get("self")), "nearest upsampling")
+    layout = ctx.like(node, source)
+    assert layout is not None
+    (_, h, w), (_, oh, ow) = source.shape, layout.shape
+    if oh % h or ow % w:
+        raise NotLocal(f"nearest upsampling by a non-integer factor ({h}×{w} → {oh}×{ow})")
+    return ctx.emit(node, Upsample(Size2(oh // h, ow // w)), [source], layout)

@@ -132,7 +132,7 @@ def test_view_by_batch_size_is_a_flatten() -> None:
         (lambda x: F.pad(x, (1, 1, 1, 1), mode="reflect"), "reflect padding"),
         (lambda x: F.max_pool2d(x, 2, return_indices=True)[1].float(), "indices"),
         (lambda x: x * x.mean((1, 2, 3), keepdim=True), "the spatial and the channel axes"),
-        (lambda x: F.group_norm(x, 1), "no translation"),
+        (lambda x: F.group_norm(x, 1), "statistics over the whole map"),
     ],
     ids=["view-batch-1", "cat-spatial", "reflect", "indices", "global-mean", "group-norm"],
 )

@@ -114,8 +114,8 @@ def test_an_unexportable_model_is_delegated(caplog) -> None:
 
 
 def test_a_model_with_upsampling_is_accelerated_and_equals_captum() -> None:
-    """Interpolation used to send the drop-in to Captum; now it runs in the plan (the exact
-    fallback from the upsampling on) and agrees with Captum."""
+    """Interpolation used to send the drop-in to Captum; now it runs in the plan (nearest
+    upsampling with its own box rule) and agrees with Captum."""
     from captum.attr import Occlusion as CaptumOcclusion
 
     class Upsampled(nn.Module):
