@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # pairs a torch build with a torchvision built for another one.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test thorough mutation mutmut lint bench clean
+.PHONY: demo test zoo thorough mutation mutmut lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
+
+# Every torchvision classifier and a broad timm sample against the oracle (about 15 minutes).
+zoo: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m zoo tests/test_model_zoo.py
 
 # Random hypothesis draws with the example database and 10x the examples: run before resolving
 # an issue that touches the compiler or the runtime.

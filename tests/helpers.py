@@ -48,8 +48,12 @@ def responsive(model: nn.Module, image: Tensor, spread: float = 4.0) -> nn.Modul
     ``image`` spread over ``spread`` units: random weights otherwise give near-uniform
     probabilities that occlusion barely moves, and a comparison of those proves nothing."""
     layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    batch = image[None] if image.dim() == 3 else image
     with torch.no_grad():
-        std = float(model(image[None] if image.dim() == 3 else image).std())
+        std = float(model(batch).std())
+        if std == 0.0:  # a classifier initialized at zero (torchvision's ViT heads)
+            nn.init.normal_(layers[-1].weight)
+            std = float(model(batch).std())
         for parameter in layers[-1].parameters():
             parameter.mul_(spread / std)
     return model

@@ -1,7 +1,9 @@
 """The model zoo practitioners have — every torchvision classifier and a broad sample of timm's
 CNN families (random weights, calibrated batch norms, a classifier scaled so that occlusion
 moves the scores) — imported through ``torch.export`` with no model-specific code, each exact
-against the independent oracle. A representative set runs in CI; the rest is ``slow``."""
+against the independent oracle. A representative set runs in the fast suite, a wider one is
+``slow`` (CI), and the whole zoo is marked ``zoo`` (``make zoo``, about 15 minutes; not in
+``make test``)."""
 
 from __future__ import annotations
 
@@ -72,10 +74,26 @@ def test_a_small_vision_transformer_is_exact_through_the_fallback() -> None:
 
 
 TORCHVISION_CI = ["regnet_y_400mf", "mnasnet0_5", "resnext50_32x4d"]
+TORCHVISION_SLOW = [
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "squeezenet1_0",
+    "densenet121",
+    "googlenet",
+    "efficientnet_b0",
+    "efficientnet_v2_s",
+    "resnet50",
+    "wide_resnet50_2",
+    "regnet_x_400mf",
+    "swin_t",
+]
 # Every classification model of torchvision, except the giants (over 200M parameters).
 GIANTS = {"regnet_y_128gf", "vit_h_14", "vit_l_16", "vit_l_32", "regnet_y_32gf"}
 TORCHVISION_ALL = sorted(
-    set(torchvision.models.list_models(module=torchvision.models)) - GIANTS - set(TORCHVISION_CI)
+    set(torchvision.models.list_models(module=torchvision.models))
+    - GIANTS
+    - set(TORCHVISION_CI)
+    - set(TORCHVISION_SLOW)
 )
 SIZES = {"inception_v3": 96, "googlenet": 64}  # 224 for transformers, below
 
@@ -94,6 +112,12 @@ def test_torchvision_representatives(name: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", TORCHVISION_SLOW)
+def test_torchvision_families(name: str) -> None:
+    _exact(*_torchvision(name))
+
+
+@pytest.mark.zoo
 @pytest.mark.parametrize("name", TORCHVISION_ALL)
 def test_every_torchvision_classifier(name: str) -> None:
     _exact(*_torchvision(name))
@@ -109,6 +133,14 @@ TIMM_CI = {
     "hrnet_w18_small": 64,  # multi-resolution fusion: nearest upsampling, boxed
     "efficientvit_b0": 128,  # linear attention inside an autocast-disabled region
     "tf_efficientnet_b0": 64,  # "same" padding from the input size, BatchNormAct2d
+}
+TIMM_SLOW = {
+    "cspresnet50": 64,
+    "dpn68": 64,
+    "res2net50_14w_8s": 64,
+    "ghostnet_100": 64,
+    "mobilevit_xxs": 128,
+    "vit_tiny_patch16_224": 224,
 }
 TIMM_ALL = {
     "resnet18": 64,
@@ -148,6 +180,12 @@ def test_timm_representatives(name: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(TIMM_ALL))
+@pytest.mark.parametrize("name", sorted(TIMM_SLOW))
 def test_timm_families(name: str) -> None:
+    _exact(timm.create_model(name, pretrained=False), TIMM_SLOW[name])
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", sorted(set(TIMM_ALL) - set(TIMM_SLOW)))
+def test_timm_zoo(name: str) -> None:
     _exact(timm.create_model(name, pretrained=False), TIMM_ALL[name])
