@@ -166,6 +166,10 @@ def _writes_through_views(graph: fx.Graph) -> bool:
         target = node.target
         if not (isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable):
             continue
+        if "dropout" in target.overloadpacket.__name__ and not bind(
+            target, node.args, node.kwargs
+        ).get("train"):
+            continue  # in-place dropout at inference writes nothing
         written = node.args[0]
         if not isinstance(written, fx.Node):
             continue
