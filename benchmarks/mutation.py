@@ -153,6 +153,27 @@ MUTATIONS: tuple[Mutation, ...] = (
         "cols = tl.arange(0, BLOCK_N)  # output channels within the group",
         "the fused convolution computes only the first tile of output channels",
     ),
+    Mutation(
+        "upsample-origin",
+        "compiler/boxes.py",
+        "return y0 * op.scale.h, x0 * op.scale.w",
+        "return y0 * op.scale.h, x0",
+        "an upsampled box does not move by the factor along x",
+    ),
+    Mutation(
+        "shuffle-is-free",
+        "compiler/translators/channels.py",
+        "    if before == after:  # only the spatial axes moved: the same relation",
+        "    if True:  # only the spatial axes moved: the same relation",
+        "a permute that reorders channel axes (a channel shuffle) is taken for a relayout",
+    ),
+    Mutation(
+        "constant-layout",
+        "compiler/importer.py",
+        "canonical = tensor.movedim((1 + layout.h, 1 + layout.w), (-2, -1))",
+        "canonical = tensor",
+        "a channels-last constant (ConvNeXt's layer scale) is not moved into [C, H, W]",
+    ),
 )
 
 # The tests that exercise the engine's exactness, without the slow end-to-end scripts.

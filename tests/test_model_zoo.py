@@ -20,7 +20,8 @@ from tests.helpers import assert_matches_oracle, calibrate, responsive
 
 
 def _exact(model: nn.Module, size: int, *, patch: int | None = None) -> kql.OcclusionPlan:
-    """Compile, run on a random image (a 4×4 grid of positions) and compare with the oracle."""
+    """Compile, run on a random image (a 4×4 grid of positions) and compare with the oracle;
+    ``naive_heatmap`` (the baseline users compare with) must agree with the oracle too."""
     torch.manual_seed(0)
     image = torch.randn(3, size, size)
     model = responsive(calibrate(model, (3, size, size)), image)
@@ -28,6 +29,8 @@ def _exact(model: nn.Module, size: int, *, patch: int | None = None) -> kql.Occl
     options = dict(patch=patch, stride=patch, score="logit")
     plan = kql.compile(model, (3, size, size), **options)
     assert_matches_oracle(plan.run(image, progress=False), model, image, **options)
+    naive = kql.naive_heatmap(model, image, progress=False, **options)
+    assert_matches_oracle(naive, model, image, **options)
     return plan
 
 

@@ -250,3 +250,28 @@ def test_in_place_writes_have_their_true_semantics(kind: str) -> None:
         clean = model(image[None].clone())
     assert torch.allclose(result.base[0], clean[0, result.targets[0]], atol=1e-5)
     assert_matches_oracle(result.heatmaps[0, 0], model, image, **options)
+
+
+def test_a_channels_last_constant_that_varies_over_space_is_moved_into_place() -> None:
+    """A learned ``[H, W, C]`` map added to a channels-last tensor is a ``[C, H, W]`` constant
+    in the IR (its cells must land where the model adds them)."""
+
+    class Positional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.position = nn.Parameter(torch.randn(9, 8, 4))
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = (self.conv(x).permute(0, 2, 3, 1) + self.position).relu()
+            return self.fc(y.permute(0, 3, 1, 2).amax((2, 3)))
+
+    torch.manual_seed(0)
+    model = Positional().eval()
+    ops = _ops(model, (3, 9, 8))
+    assert any(isinstance(op, ir.Constant) and op.ref.path.endswith("as C×H×W>") for op in ops)
+    image = torch.randn(3, 9, 8)
+    options = dict(patch=3, stride=2, score="logit")
+    heatmap = kql.occlusion_heatmap(model, image, progress=False, **options)
+    assert_matches_oracle(heatmap, model, image, **options)

@@ -281,3 +281,27 @@ def test_label_names_the_class() -> None:
         "SELECT label FROM occlusion(scans, cnn, patch => 8, stride => 8) WHERE class = 2 LIMIT 1"
     ).rows
     assert rows == [("c",)]
+
+
+def test_a_model_the_old_importer_refused_runs_in_a_query() -> None:
+    """ShuffleNetV2 (channel split and shuffle) was refused by fx tracing; through export it
+    runs, with pushdown, and equals the oracle."""
+    import torchvision
+
+    from tests.helpers import calibrate, responsive
+
+    torch.manual_seed(0)
+    image = torch.randn(3, 48, 48)
+    model = torchvision.models.shufflenet_v2_x0_5(num_classes=5)
+    model = responsive(calibrate(model, (3, 48, 48)), image)
+    session = kql.connect()
+    session.register_model("shuffle", model)
+    session.register_images("photos", image[None])
+    result = session.sql(
+        "SELECT heatmap(prob) AS h FROM occlusion(photos, shuffle, patch => 12, stride => 12) "
+        "WHERE class = 3"
+    )
+    assert session.last_queries == 16
+    assert_matches_oracle(
+        result.heatmaps[0], model, image, patch=12, stride=12, target=3, score="prob"
+    )
