@@ -170,6 +170,12 @@ def node_origins(
         )
     if isinstance(op, Pad):
         return y0 + op.padding.top, x0 + op.padding.left
-    if isinstance(op, Upsample):
+    if isinstance(op, Upsample) and op.mode == "nearest":
         return y0 * op.scale.h, x0 * op.scale.w
+    if isinstance(op, Upsample):  # bilinear: from the first output row that reads row y0 − 1
+        sh, sw = op.scale.h, op.scale.w
+        return (
+            np.clip(y0 * sh - (sh + 1) // 2, 0, size.h - box.h),
+            np.clip(x0 * sw - (sw + 1) // 2, 0, size.w - box.w),
+        )
     return y0, x0  # element-wise: the box does not move

@@ -68,7 +68,7 @@ def describe(op: Operator) -> str:
         layout = f" in {op.layouts[0]}" if not op.layouts[0].is_standard else ""
         return f"{op.call.name} per position{layout}"
     if isinstance(op, Upsample):
-        return f"nearest ×{op.scale}"
+        return f"{op.mode} ×{op.scale}"
     if isinstance(op, Aten):
         return f"{{full from here: {op.name} — {op.why}}}"
     return ""

@@ -171,10 +171,14 @@ class Concat:
 
 @dataclass(frozen=True, slots=True)
 class Upsample:
-    """Nearest upsampling by integer factors: ``O(c, y, x) = A(c, ⌊y/s_h⌋, ⌊x/s_w⌋)``. A box of
-    ``b`` input cells at ``y0`` becomes exactly ``s·b`` output cells at ``s·y0``."""
+    """Upsampling by integer factors ``s``. Nearest: ``O(c, y, x) = A(c, ⌊y/s_h⌋, ⌊x/s_w⌋)``; a
+    box of ``b`` input cells at ``y0`` becomes exactly ``s·b`` cells at ``s·y0``. Bilinear
+    (``align_corners=False``): output row ``y`` blends input rows ``i0 = ⌊max((y + ½)/s − ½,
+    0)⌋`` and ``min(i0 + 1, H − 1)``, so a box of ``b`` rows changes at most ``s·(b + 1)``
+    output rows, from ``s·y0 − ⌊(s + 1)/2⌋``, read from ``b + 2`` input rows."""
 
     scale: Size2
+    mode: str = "nearest"  # or "bilinear"
     GLOBAL: ClassVar[bool] = False
 
 

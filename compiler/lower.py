@@ -103,6 +103,8 @@ def kernel_for(node: Node) -> KernelId:
             return KernelId.UPSAMPLE
         return KernelId.SHIFT if isinstance(op, Pad) else KernelId.ELEMENTWISE
     if strategy is Strategy.RECOMPUTE:
+        if isinstance(op, Upsample):
+            return KernelId.GATHER_UPSAMPLE
         return KernelId.GATHER_CONV2D if isinstance(op, JoinAggregate) else KernelId.GATHER_POOL2D
     if strategy is Strategy.BOUNDING_BOX:
         return KernelId.GATHER_CONCAT if isinstance(op, Concat) else KernelId.GATHER_COMBINE

@@ -20,6 +20,7 @@ class KernelId(enum.Enum):
     ELEMENTWISE = "elementwise"  # the map on the patch values
     POINTWISE = "pointwise"  # a per-position ATen call on the patch values (any layout)
     UPSAMPLE = "upsample"  # nearest upsampling of the patch values
+    GATHER_UPSAMPLE = "gather_upsample"  # gather Window(view ⊕ patch), bilinear upsampling
     SHIFT = "shift"  # constant padding moves the box; values are unchanged
     GATHER_COMBINE = "gather_combine"  # gather operands over the bounding box, combine
     GATHER_CONCAT = "gather_concat"  # gather operands over the bounding box, concatenate

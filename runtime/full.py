@@ -106,8 +106,12 @@ def _global(node: Node, inputs: list[Tensor], weights: Weights) -> Tensor:
 
 
 def upsample(x: Tensor, op: Upsample) -> Tensor:
-    """Nearest upsampling by integer factors: each cell repeated ``s_h × s_w`` times."""
-    return x.repeat_interleave(op.scale.h, dim=2).repeat_interleave(op.scale.w, dim=3)
+    """Upsampling by integer factors: nearest repeats each cell ``s_h × s_w`` times; bilinear
+    is torch's (``align_corners=False``) on the whole map."""
+    if op.mode == "nearest":
+        return x.repeat_interleave(op.scale.h, dim=2).repeat_interleave(op.scale.w, dim=3)
+    size = [x.shape[2] * op.scale.h, x.shape[3] * op.scale.w]
+    return torch.ops.aten.upsample_bilinear2d.vec(x, size, False, None)
 
 
 def elementwise(op: Map | Scalar | BatchNorm, x: Tensor, weights: Weights) -> Tensor:

@@ -171,6 +171,54 @@ def upsample(node: Node, inputs: list[Value], env: Env) -> Value:
     return _patch(node, full_ops.upsample(patch.values, node.op), env)
 
 
+def gather_upsample(node: Node, inputs: list[Value], env: Env) -> Value:
+    """Bilinear upsampling of a box: gather the ``b + 2`` input rows (and columns) it reads
+    from ``view ⊕ patch``, then blend with torch's source indices (``align_corners=False``)."""
+    assert isinstance(node.op, Upsample) and node.update is not None
+    (source,) = node.inputs
+    (patch,) = inputs
+    assert isinstance(patch, Patch) and node.update.read is not None
+    oy, ox = env.batch.origins[node.name]
+    box, read = _box(node), node.update.read
+    size = Size2(*env.views[source].shape[2:])
+    rows = _bilinear_axis(oy, box.h, node.op.scale.h, size.h, read.h)
+    cols = _bilinear_axis(ox, box.w, node.op.scale.w, size.w, read.w)
+    window = gather(env.views[source], patch, env.batch.image, rows[0], cols[0], read, size)
+    channels = window.shape[1]
+
+    def blend(values: Tensor, axis: tuple[Tensor, Tensor, Tensor, Tensor], dim: int) -> Tensor:
+        _, low, high, weight = axis  # [B, L] local indices and the weight of ``high``
+        shape = [len(low), 1, 1, 1]
+        shape[dim] = low.shape[1]
+        index = [low.reshape(shape), high.reshape(shape)]
+        size = list(values.shape)
+        size[dim] = low.shape[1]
+        a = values.gather(dim, index[0].expand(size))
+        b = values.gather(dim, index[1].expand(size))
+        w = weight.reshape(shape).to(values.dtype)
+        return a + (b - a) * w
+
+    result = blend(blend(window.contiguous(), rows, 2), cols, 3)
+    assert result.shape[1] == channels
+    return _patch(node, result, env)
+
+
+def _bilinear_axis(
+    origin: Tensor, length: int, scale: int, size: int, read: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For output cells ``origin + [0, length)`` along one axis: the read window's start, and
+    per cell the two source cells (relative to it) and the second one's weight."""
+    device = origin.device
+    cells = origin[:, None] + torch.arange(length, device=device)  # [B, L]
+    ratio = torch.tensor(1.0 / scale, dtype=torch.float32, device=device)
+    source = (ratio * (cells.to(torch.float32) + 0.5) - 0.5).clamp(min=0.0)
+    low = source.floor().to(torch.long)
+    high = torch.clamp(low + 1, max=size - 1)
+    weight = source - low.to(torch.float32)
+    start = torch.clamp(low[:, 0], 0, size - read)
+    return start, low - start[:, None], high - start[:, None], weight
+
+
 def shift(node: Node, inputs: list[Value], env: Env) -> Value:
     (patch,) = inputs
     assert isinstance(patch, Patch)
@@ -297,6 +345,7 @@ KERNELS: dict[KernelId, Kernel] = {
     KernelId.ELEMENTWISE: elementwise,
     KernelId.POINTWISE: pointwise,
     KernelId.UPSAMPLE: upsample,
+    KernelId.GATHER_UPSAMPLE: gather_upsample,
     KernelId.SHIFT: shift,
     KernelId.GATHER_COMBINE: gather_combine,
     KernelId.GATHER_CONCAT: gather_concat,

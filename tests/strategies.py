@@ -10,8 +10,8 @@ whose padded windows see only negative values, and channel counts above the Trit
 interpreter tile (16). Since the importer tracks layouts, the blocks also move the spatial
 axes and work per position on channels: ConvNeXt-style channels-last blocks (permute, layer
 norm, linear layers, layer scale), ShuffleNet-style channel splits and shuffles, channel
-slices; and they contain operators that run as the exact fallback mid-network (group norm,
-nearest and bilinear upsampling). Weights are drawn so that occlusion moves the scores
+slices; nearest and bilinear upsampling by integer factors; and operators that run as the
+exact fallback mid-network (group norm, reflect padding). Weights are drawn so that occlusion moves the scores
 noticeably (a network that ignores the patch cannot tell a right heatmap from a wrong one).
 """
 
@@ -39,7 +39,7 @@ WIDE = 18
 # Block kinds; convolutions and pools twice, as their geometry is where boxes go wrong.
 KINDS = ("conv", "conv", "pool", "pool", "bn", "act", "pad", "negpool", "depthwise", "residual",
          "inception", "se", "branches", "offset", "scale", "gate", "channels_last", "shuffle",
-         "slice", "fallback")  # fmt: skip
+         "slice", "fallback", "upsample")  # fmt: skip
 DAG_KINDS = ("residual", "inception", "se", "branches", "offset", "gate", "channels_last",
              "shuffle")  # fmt: skip
 
@@ -220,7 +220,7 @@ class ChannelSlice(nn.Module):
 
 class Fallback(nn.Module):
     """An operator no translator places in space, mid-network: group norm (statistics over
-    the whole map) or nearest / bilinear upsampling."""
+    the whole map) or reflect padding (+1 on each side)."""
 
     def __init__(self, channels: int, kind: str):
         super().__init__()
@@ -230,8 +230,18 @@ class Fallback(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.kind == "groupnorm":
             return self.norm(x)
-        mode = "nearest" if self.kind == "nearest" else "bilinear"
-        return F.interpolate(x, scale_factor=2, mode=mode)
+        return F.pad(x, (1, 1, 1, 1), mode="reflect")
+
+
+class Upsampled(nn.Module):
+    """Nearest or bilinear upsampling by integer factors (boxed by their own rule)."""
+
+    def __init__(self, mode: str, scale: tuple[int, int]):
+        super().__init__()
+        self.mode, self.scale = mode, scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.interpolate(x, scale_factor=self.scale, mode=self.mode)
 
 
 class Padded(nn.Module):
@@ -449,9 +459,15 @@ def _block(draw: st.DrawFn, kind: str, c: int, h: int, w: int, wide: bool):  # n
     if kind == "slice":
         return ChannelSlice(), max(1, c // 2), h, w
     if kind == "fallback":
-        which = draw(st.sampled_from(["groupnorm", "nearest", "bilinear"]))
-        scale = 1 if which == "groupnorm" else 2
-        return Fallback(c, which), c, h * scale, w * scale
+        which = draw(st.sampled_from(["groupnorm", "reflect"]))
+        grow = 0 if which == "groupnorm" or min(h, w) < 2 else 2
+        return Fallback(c, which if grow else "groupnorm"), c, h + grow, w + grow
+    if kind == "upsample":
+        mode = draw(st.sampled_from(["nearest", "bilinear"]))
+        sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 2))
+        if h * sh > 20 or w * sw > 20:  # keep the maps small (Triton's interpreter is slow)
+            return None, c, h, w
+        return Upsampled(mode, (sh, sw)), c, h * sh, w * sw
     width = draw(st.integers(1, 3))
     return Inception(c, width), 4 * width, h, w
 
@@ -566,9 +582,14 @@ def pinned_cases() -> dict[str, Case]:
             [nn.Conv2d(2, 3, 3, padding=1), Shuffle(3, 2), ChannelSlice()],
             torch.randn(2, 9, 10), (2, 3), (2, 2), description="shuffle + slice",
         ),
+        # bilinear upsampling: s·(b + 1) rows from b + 2 input rows, clamped at the border
+        "bilinear": make_case(
+            [nn.Conv2d(2, 3, 3, padding=1), Upsampled("bilinear", (2, 3)), nn.Conv2d(3, 3, 3)],
+            torch.randn(2, 8, 7), (3, 3), (2, 2), description="bilinear ×2×3",
+        ),
         # an operator that runs as the exact fallback between local ones
         "fallback": make_case(
-            [nn.Conv2d(2, 3, 3, padding=1), Fallback(3, "bilinear"), nn.Conv2d(3, 3, 3)],
-            torch.randn(2, 8, 7), (3, 3), (2, 2), description="bilinear fallback",
+            [nn.Conv2d(2, 3, 3, padding=1), Fallback(3, "groupnorm"), nn.Conv2d(3, 3, 3)],
+            torch.randn(2, 8, 7), (3, 3), (2, 2), description="group norm fallback",
         ),
     }  # fmt: skip

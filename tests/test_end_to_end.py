@@ -32,6 +32,7 @@ STRATEGIES = st.sampled_from(["auto", "recompute", "delta"])
 @example(case=PINNED["channels_last"], strategy="auto")
 @example(case=PINNED["shuffle"], strategy="delta")
 @example(case=PINNED["fallback"], strategy="auto")
+@example(case=PINNED["bilinear"], strategy="auto")
 def test_incremental_equals_the_oracle_on_random_cnns(case: Case, strategy: str) -> None:
     plan = kql.compile(
         case.model,

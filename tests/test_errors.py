@@ -17,7 +17,7 @@ class Unsupported(nn.Module):
         self.fc = nn.Linear(4, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.nn.functional.interpolate(self.conv(x), scale_factor=2.0, mode="bilinear")
+        x = torch.nn.functional.interpolate(self.conv(x), scale_factor=2.0, mode="bicubic")
         return self.fc(x.mean((2, 3)))
 
 
@@ -76,7 +76,7 @@ def test_training_mode_is_refused() -> None:
 def test_an_operator_without_a_translation_is_named_in_explain() -> None:
     """It runs as the exact fallback on full tensors, and explain says where and why."""
     text = kql.explain(Unsupported().eval(), (3, 12, 12), patch=4)
-    assert "{full from here: aten.upsample_bilinear2d — bilinear upsampling has no box" in text
+    assert "{full from here: aten.upsample_bicubic2d — bicubic upsampling has no box" in text
 
 
 def test_wrong_channel_count_is_reported() -> None:

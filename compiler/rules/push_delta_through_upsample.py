@@ -1,9 +1,14 @@
-"""push_delta_through_upsample: ``up(V ⊕ ΔA) = V_up ⊕ up(ΔA)`` for nearest upsampling (exact).
+"""push_delta_through_upsample: ``up(V ⊕ ΔA) = V_up ⊕ up(ΔA)`` (nearest) and
+``up(V ⊕ ΔA) = V_up ⊕ up(Window(V ⊕ ΔA))`` (bilinear), for integer factors ``s`` (exact).
 
-Identity: nearest upsampling by integer factors ``s`` copies each input cell into an ``s×s``
-block and reads nothing else, so the changed output cells are exactly the blocks of the changed
-input cells: a box of ``b`` cells at ``y0`` becomes ``s·b`` cells at ``s·y0`` (never past the
-border: ``y0 + b <= H`` gives ``s·y0 + s·b <= s·H``), computed from the patch alone.
+Identity: nearest upsampling copies each input cell into an ``s×s`` block and reads nothing
+else, so the changed output cells are exactly the blocks of the changed input cells: a box of
+``b`` cells at ``y0`` becomes ``s·b`` cells at ``s·y0`` (never past the border), computed from
+the patch alone. Bilinear upsampling (``align_corners=False``) blends input rows ``i0(y)`` and
+``i0(y) + 1`` with ``i0(y) = ⌊max((y + ½)/s − ½, 0)⌋``; the rows whose ``i0`` lies in
+``[y0 − 1, y0 + b − 1]`` run from ``s·y0 − ⌊(s + 1)/2⌋`` to ``s·(y0 + b) + ⌈(s − 1)/2⌉``:
+``s·(b + 1)`` rows (clamped inward at the border), recomputed from ``b + 2`` input rows of
+``view ⊕ patch``.
 Precondition: the input is boxed.
 """
 
@@ -22,5 +27,10 @@ def push_delta_through_upsample(node: Node, ctx: RuleContext) -> Node | None:
         return None
     assert source.update is not None and source.update.box is not None
     box, scale = source.update.box, node.op.scale
-    out = Size2(box.h * scale.h, box.w * scale.w)
-    return node.with_update(Update(State.BOX, Strategy.ELEMENTWISE, out))  # up(Δ)
+    if node.op.mode == "nearest":
+        out = Size2(box.h * scale.h, box.w * scale.w)
+        return node.with_update(Update(State.BOX, Strategy.ELEMENTWISE, out))  # up(Δ)
+    size, inner = node.schema.size, source.schema.size
+    out = Size2(min(scale.h * (box.h + 1), size.h), min(scale.w * (box.w + 1), size.w))
+    read = Size2(min(box.h + 2, inner.h), min(box.w + 2, inner.w))
+    return node.with_update(Update(State.BOX, Strategy.RECOMPUTE, out, read))  # up(W(V ⊕ Δ))

@@ -52,6 +52,7 @@ from compiler.translators.local import (
     max_pool2d_with_indices,
     mean,
     pad,
+    upsample_bilinear,
     upsample_nearest,
 )
 
@@ -84,6 +85,7 @@ ATEN: dict[str, Translator] = {
     "constant_pad_nd": pad,
     "mean": mean,
     "upsample_nearest2d": upsample_nearest,
+    "upsample_bilinear2d": upsample_bilinear,
     # element-wise
     "relu": activation(Activation.RELU),
     "relu6": activation(Activation.RELU6),

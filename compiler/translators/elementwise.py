@@ -19,7 +19,6 @@ _NOT_LOCAL = {
     "group_norm": "statistics over the whole map",
     "native_group_norm": "statistics over the whole map",
     "instance_norm": "statistics over the whole map",
-    "upsample_bilinear2d": "bilinear upsampling has no box rule yet",
     "upsample_bicubic2d": "bicubic upsampling has no box rule yet",
     "scaled_dot_product_attention": "attention: every token reads every token",
     "matmul": "a matrix product over tokens",

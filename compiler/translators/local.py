@@ -207,3 +207,16 @@ def upsample_nearest(node: fx.Node, args: dict[str, Any], ctx: ImportContext) ->
     if oh % h or ow % w:
         raise NotLocal(f"nearest upsampling by a non-integer factor ({h}×{w} → {oh}×{ow})")
     return ctx.emit(node, Upsample(Size2(oh // h, ow // w)), [source], layout)
+
+
+def upsample_bilinear(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    """``aten.upsample_bilinear2d`` by integer factors with ``align_corners=False``."""
+    if args.get("align_corners"):
+        raise NotLocal("bilinear upsampling with align_corners=True (not shift-invariant)")
+    source = standard(args.get("input", args.get("self")), "bilinear upsampling")
+    layout = ctx.like(node, source)
+    assert layout is not None
+    (_, h, w), (_, oh, ow) = source.shape, layout.shape
+    if oh % h or ow % w:
+        raise NotLocal(f"bilinear upsampling by a non-integer factor ({h}×{w} → {oh}×{ow})")
+    return ctx.emit(node, Upsample(Size2(oh // h, ow // w), "bilinear"), [source], layout)

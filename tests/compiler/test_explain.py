@@ -71,14 +71,18 @@ def _head(channels: int) -> list[nn.Module]:
 def test_golden_explain_of_layout_and_fallback_blocks(name: str) -> None:
     """The logical and rewritten plans of a ConvNeXt block (permutes cost nothing; layer norm
     and linear layers run per position, boxed), a ShuffleNet unit (split, concat, shuffle),
-    an upsampling and a group norm (the exact fallback, marked in explain)."""
-    from tests.strategies import ChannelsLast, Fallback, Shuffle
+    a nearest upsampling (box ×2) and a group norm (the exact fallback, marked in explain)."""
+    from tests.strategies import ChannelsLast, Fallback, Shuffle, Upsampled
 
     torch.manual_seed(0)
     body = {
         "convnext_block": [nn.Conv2d(3, 4, 3, padding=1), ChannelsLast(4)],
         "channel_shuffle": [nn.Conv2d(3, 4, 3, padding=1), Shuffle(4, 2)],
-        "upsampling": [nn.Conv2d(3, 4, 3, padding=1), Fallback(4, "nearest"), nn.Conv2d(4, 4, 3)],
+        "upsampling": [
+            nn.Conv2d(3, 4, 3, padding=1),
+            Upsampled("nearest", (2, 2)),
+            nn.Conv2d(4, 4, 3),
+        ],
         "fallback": [nn.Conv2d(3, 4, 3, padding=1), Fallback(4, "groupnorm"), nn.ReLU()],
     }[name]
     model = nn.Sequential(*body, *_head(4)).eval()
