@@ -11,8 +11,9 @@ interpreter tile (16). Since the importer tracks layouts, the blocks also move t
 axes and work per position on channels: ConvNeXt-style channels-last blocks (permute, layer
 norm, linear layers, layer scale), ShuffleNet-style channel splits and shuffles, channel
 slices; nearest and bilinear upsampling by integer factors; and operators that run as the
-exact fallback mid-network (group norm, reflect padding). Weights are drawn so that occlusion moves the scores
-noticeably (a network that ignores the patch cannot tell a right heatmap from a wrong one).
+exact fallback mid-network (group norm, reflect padding). Weights are drawn so that
+occlusion moves the scores noticeably (a network that ignores the patch cannot tell a right
+heatmap from a wrong one).
 """
 
 from __future__ import annotations
