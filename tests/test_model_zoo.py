@@ -121,6 +121,7 @@ def test_torchvision_families(name: str) -> None:
 
 
 @pytest.mark.zoo
+@pytest.mark.slow  # so that -m 'not slow' (the fast loop) leaves it out too
 @pytest.mark.parametrize("name", TORCHVISION_ALL)
 def test_every_torchvision_classifier(name: str) -> None:
     _exact(*_torchvision(name))
@@ -189,6 +190,7 @@ def test_timm_families(name: str) -> None:
 
 
 @pytest.mark.zoo
+@pytest.mark.slow  # so that -m 'not slow' (the fast loop) leaves it out too
 @pytest.mark.parametrize("name", sorted(set(TIMM_ALL) - set(TIMM_SLOW)))
 def test_timm_zoo(name: str) -> None:
     _exact(timm.create_model(name, pretrained=False), TIMM_ALL[name])
