@@ -12,7 +12,7 @@ Semantics are Captum's (research/peers.md §1.3): windows at ``i·s`` per dimens
 function returns (usually logits); each pixel's attribution is the average ``diff`` over the
 windows that cover it; the result has the input's shape (every channel holds the same values).
 
-Accelerated: a 4-D image batch, an ``nn.Module`` forward function that krypton-ql can trace,
+Accelerated: a 4-D image batch, an ``nn.Module`` forward function that ``torch.export`` can capture,
 a window that spans all channels, a scalar or per-channel baseline, and a target per example
 (an int, or one per example). Anything else is handed to Captum itself with a logged warning
 when captum is installed, and raises ``UnsupportedOperationError`` (saying why) when it is
