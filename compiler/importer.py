@@ -244,6 +244,11 @@ class ImportContext:
         if len(results) != 1 or not isinstance(results[0], fx.Node):
             raise UnsupportedOperationError("the model must return one tensor of class scores")
         value = self.values.get(results[0])
+        if isinstance(value, Deferred):
+            raise UnsupportedOperationError(
+                "the model's output does not have the batch axis first; an occlusion heatmap "
+                "needs class scores of shape [N, classes]"
+            )
         if not isinstance(value, Value) or value.is_constant:
             raise UnsupportedOperationError("the model's output does not depend on the image")
         if value.is_spatial:

@@ -118,3 +118,22 @@ def test_reflect_padding_runs_as_the_exact_fallback() -> None:
     image = torch.randn(3, 12, 12)
     heatmap = kql.occlusion_heatmap(model, image, patch=4, progress=False)
     assert_matches_oracle(heatmap, model, image, patch=4)
+
+
+def test_outputs_that_are_not_class_scores_per_image_are_refused() -> None:
+    class Transposed(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean((2, 3)).t()  # [classes, N]
+
+    class Constant(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scores = nn.Parameter(torch.randn(1, 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.scores * 1.0
+
+    with pytest.raises(kql.UnsupportedOperationError, match="batch axis first"):
+        kql.occlusion_heatmap(Transposed().eval(), IMAGE, patch=4)
+    with pytest.raises(kql.UnsupportedOperationError, match="does not depend on the image"):
+        kql.occlusion_heatmap(Constant().eval(), IMAGE, patch=4)
