@@ -49,6 +49,7 @@ from compiler.translators import (
     Translation,
     Value,
     bind,
+    generic,
     op_name,
     unsupported,
 )
@@ -66,7 +67,6 @@ class Exported:
 
     program: ExportedProgram
     model: nn.Module
-    input_shape: tuple[int, int, int]
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -98,7 +98,7 @@ def export(model: nn.Module, input_shape: tuple[int, int, int]) -> Exported:
             f"torch.export cannot capture the model ({type(error).__name__}): "
             f"{_export_reason(str(error))}"
         ) from error
-    return Exported(program, model, tuple(input_shape), _model_tensors(program))
+    return Exported(program, model, _model_tensors(program))
 
 
 def _export_reason(text: str) -> str:
@@ -334,11 +334,7 @@ class ImportContext:
         if _has_deferred(args):
             return self.fallback(node, target, "reads a tensor whose batch axis was moved")
         try:
-            if translator is None:
-                from compiler.translators import generic
-
-                return generic(node, args, self)
-            return translator(node, args, self)
+            return (translator or generic)(node, args, self)
         except NotLocal as why:
             return self.fallback(node, target, str(why))
 
@@ -502,10 +498,8 @@ class ImportContext:
     ) -> Value:
         """Append the IR node computing ``node`` (in ``layout``, or as it is if not spatial)."""
         names = []
-        for value in inputs:
-            if value.is_constant:
-                value = self.constant_for(value, inputs[0] if inputs[0] is not value else value)
-            assert value.name is not None
+        for value in inputs:  # translators turn model tensors into Constant nodes first
+            assert value.name is not None, node
             names.append(value.name)
         if layout is not None:
             schema, shape = Schema(layout.canonical), layout.shape

@@ -184,23 +184,19 @@ def gather_upsample(node: Node, inputs: list[Value], env: Env) -> Value:
     rows = _bilinear_axis(oy, box.h, node.op.scale.h, size.h, read.h)
     cols = _bilinear_axis(ox, box.w, node.op.scale.w, size.w, read.w)
     window = gather(env.views[source], patch, env.batch.image, rows[0], cols[0], read, size)
-    channels = window.shape[1]
+    return _patch(node, _blend(_blend(window.contiguous(), rows, 2), cols, 3), env)
 
-    def blend(values: Tensor, axis: tuple[Tensor, Tensor, Tensor, Tensor], dim: int) -> Tensor:
-        _, low, high, weight = axis  # [B, L] local indices and the weight of ``high``
-        shape = [len(low), 1, 1, 1]
-        shape[dim] = low.shape[1]
-        index = [low.reshape(shape), high.reshape(shape)]
-        size = list(values.shape)
-        size[dim] = low.shape[1]
-        a = values.gather(dim, index[0].expand(size))
-        b = values.gather(dim, index[1].expand(size))
-        w = weight.reshape(shape).to(values.dtype)
-        return a + (b - a) * w
 
-    result = blend(blend(window.contiguous(), rows, 2), cols, 3)
-    assert result.shape[1] == channels
-    return _patch(node, result, env)
+def _blend(values: Tensor, axis: tuple[Tensor, Tensor, Tensor, Tensor], dim: int) -> Tensor:
+    """Linear interpolation along ``dim`` between the cells ``axis`` names per output cell."""
+    _, low, high, weight = axis  # [B, L]: local source indices and the weight of ``high``
+    shape = [len(low), 1, 1, 1]
+    shape[dim] = low.shape[1]
+    extent = list(values.shape)
+    extent[dim] = low.shape[1]
+    a = values.gather(dim, low.reshape(shape).expand(extent))
+    b = values.gather(dim, high.reshape(shape).expand(extent))
+    return a + (b - a) * weight.reshape(shape).to(values.dtype)
 
 
 def _bilinear_axis(

@@ -198,25 +198,23 @@ def mean(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation
     return pointwise(node, args, ctx, source)
 
 
-def upsample_nearest(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
-    """``aten.upsample_nearest2d`` by integer factors (the output an exact multiple)."""
-    source = standard(args.get("input", args.get("self")), "nearest upsampling")
+def _upsample(node: fx.Node, args: dict[str, Any], ctx: ImportContext, mode: str) -> Value:
+    source = standard(args.get("input", args.get("self")), f"{mode} upsampling")
     layout = ctx.like(node, source)
     assert layout is not None
     (_, h, w), (_, oh, ow) = source.shape, layout.shape
     if oh % h or ow % w:
-        raise NotLocal(f"nearest upsampling by a non-integer factor ({h}×{w} → {oh}×{ow})")
-    return ctx.emit(node, Upsample(Size2(oh // h, ow // w)), [source], layout)
+        raise NotLocal(f"{mode} upsampling by a non-integer factor ({h}×{w} → {oh}×{ow})")
+    return ctx.emit(node, Upsample(Size2(oh // h, ow // w), mode), [source], layout)
+
+
+def upsample_nearest(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    """``aten.upsample_nearest2d`` by integer factors (the output an exact multiple)."""
+    return _upsample(node, args, ctx, "nearest")
 
 
 def upsample_bilinear(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
     """``aten.upsample_bilinear2d`` by integer factors with ``align_corners=False``."""
     if args.get("align_corners"):
         raise NotLocal("bilinear upsampling with align_corners=True (not shift-invariant)")
-    source = standard(args.get("input", args.get("self")), "bilinear upsampling")
-    layout = ctx.like(node, source)
-    assert layout is not None
-    (_, h, w), (_, oh, ow) = source.shape, layout.shape
-    if oh % h or ow % w:
-        raise NotLocal(f"bilinear upsampling by a non-integer factor ({h}×{w} → {oh}×{ow})")
-    return ctx.emit(node, Upsample(Size2(oh // h, ow // w), "bilinear"), [source], layout)
+    return _upsample(node, args, ctx, "bilinear")

@@ -11,15 +11,20 @@ from compiler.ir import Upsample
 from compiler.types import Size2
 from tests.compiler.rules.rule_checks import check_equivalence, fired, rewritten_lines
 
+
+def _upsampling(mode: str) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.Upsample(scale_factor=(2, 3), mode=mode),
+        nn.Conv2d(3, 3, 3),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(3, 2),
+    ).eval()
+
+
 torch.manual_seed(0)  # module-level weights: the same whatever was imported before
-MODEL = nn.Sequential(
-    nn.Conv2d(2, 3, 3, padding=1),
-    nn.Upsample(scale_factor=(2, 3), mode="nearest"),
-    nn.Conv2d(3, 3, 3),
-    nn.AdaptiveAvgPool2d(1),
-    nn.Flatten(),
-    nn.Linear(3, 2),
-).eval()
+MODEL, BILINEAR = _upsampling("nearest"), _upsampling("bilinear")
 SHAPE = (2, 7, 6)
 
 
@@ -50,16 +55,6 @@ def test_the_box_is_exactly_the_blocks_of_the_changed_cells() -> None:
         sh, sw = op.scale.h, op.scale.w
         assert (rows.min(), rows.max() + 1) == (sh * y0, sh * (y0 + bh))
         assert (cols.min(), cols.max() + 1) == (sw * x0, sw * (x0 + bw))
-
-
-BILINEAR = nn.Sequential(
-    nn.Conv2d(2, 3, 3, padding=1),
-    nn.Upsample(scale_factor=(2, 3), mode="bilinear"),
-    nn.Conv2d(3, 3, 3),
-    nn.AdaptiveAvgPool2d(1),
-    nn.Flatten(),
-    nn.Linear(3, 2),
-).eval()
 
 
 def test_golden_bilinear_box_and_read_window() -> None:
