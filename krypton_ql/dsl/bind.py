@@ -1,24 +1,26 @@
-"""Binding: the ``occlusion(images, model, name => value, …)`` table function and the WHERE
-predicates that can be pushed into it (positions, classes, images)."""
+"""Binding: every ``occlusion(images, model, name => value, …)`` table function of a statement,
+the WHERE predicates that can be pushed into it (positions, classes, images), and the
+``heatmap(v)`` aggregates with the grid each one fills.
+
+Pushdown is semantics-preserving: a conjunct of the WHERE clause of the SELECT whose FROM holds
+the call is pushed when every column it reads is the call's (qualified by its alias, or
+unqualified when the call is that SELECT's only source), the SELECT has no outer join, and the
+conjunct has no subquery, aggregate, window or volatile function. DuckDB still applies the whole
+WHERE clause to the computed relation; a pushed predicate only decides which positions, classes
+and images are computed. Classes are the exception that makes pushdown part of the meaning:
+``class = c`` / ``class IN (…)`` (or ``label = '…'``) chooses the classes the relation holds —
+without one, each image's predicted class (or the ``target`` option).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from sqlglot import exp
 
 from krypton_ql.dsl.errors import QueryError
-from krypton_ql.dsl.expressions import (
-    FUNCTIONS,
-    conjuncts,
-    evaluate,
-    is_aggregate,
-    literal,
-    referenced,
-)
-from krypton_ql.dsl.parse import Statement, fail
+from krypton_ql.dsl.parse import Statement, calls, fail, position
 
 COLUMNS = ("image", "row", "col", "y", "x", "class", "label", "prob", "base_prob", "drop")
 POSITION_COLUMNS = frozenset({"row", "col", "y", "x"})
@@ -26,85 +28,117 @@ APPROXIMATE = frozenset({"tau", "drilldown", "speedup", "ssim"})
 OPTIONS = frozenset(
     {"patch", "stride", "color", "target", "score", "batch_size", "backend", "drilldown_mode"}
 )
+_VOLATILE = {"random", "uuid", "gen_random_uuid", "setseed", "nextval", "now", "current_time"}
 
 
 @dataclass
-class Occlusion:
-    """What the table function asks for, with the pushed-down restrictions."""
+class Scan:
+    """One ``occlusion(…)`` call: what it asks for, where it is, and its pushdowns."""
 
     images: str
     model: str
     options: dict[str, Any]
+    call: exp.Anonymous
+    span: tuple[int, int]  # the call's text, ``occlusion`` to its closing parenthesis
+    qualifier: str  # how columns name it: its alias, else "occlusion"
     option_nodes: dict[str, exp.Expression] = field(default_factory=dict)
     position_filters: list[exp.Expression] = field(default_factory=list)
-    classes: list[int] | None = None
-    class_nodes: list[exp.Expression] = field(default_factory=list)
-    image_names: list[str] | None = None
+    image_filters: list[exp.Expression] = field(default_factory=list)
+    class_filters: list[exp.Expression] = field(default_factory=list)
+    label_filters: list[exp.Expression] = field(default_factory=list)
 
 
-def bind(statement: Statement) -> Occlusion:
-    """Validate the FROM clause and collect the pushdowns of the WHERE clause."""
-    text, select = statement.text, statement.select
-    source = select.args.get("from_") or select.args.get("from")
-    function = (
-        source.this.this if source is not None and isinstance(source.this, exp.Table) else None
-    )
-    if not (isinstance(function, exp.Anonymous) and str(function.name).lower() == "occlusion"):
-        node = source if source is not None else select
-        raise fail("FROM must be occlusion(images, model, option => value, …)", node, text)
+@dataclass
+class Heatmap:
+    """One ``heatmap(v)`` call: its span, the qualifier of the grid's ``row``/``col`` columns,
+    and the scan whose grid it fills (None: the statement's only grid, if it has one)."""
+
+    node: exp.Anonymous
+    span: tuple[int, int]
+    qualifier: str | None
+    scan: int | None
+
+
+@dataclass
+class Bound:
+    scans: list[Scan]
+    heatmaps: list[Heatmap]
+
+
+def bind(statement: Statement) -> Bound:
+    """Validate every occlusion call and collect its pushdowns; find the heatmap calls."""
+    text, tree, tokens = statement.text, statement.tree, statement.tokens
+    assert tree is not None
+    spans = [(tokens[s].start, tokens[e - 1].end + 1) for s, e in calls(tokens)]
+    heatmap_spans = [(tokens[s].start, tokens[e - 1].end + 1) for s, e in calls(tokens, "heatmap")]
+    if isinstance(tree, exp.Create) and str(tree.args.get("kind", "")).upper() == "VIEW":
+        raise fail(
+            "a view cannot hold an occlusion relation (it is computed per statement): use "
+            "CREATE TABLE … AS SELECT …",
+            tree,
+            text,
+        )
+    scans = []
+    for node in tree.find_all(exp.Anonymous):
+        if str(node.name).lower() == "occlusion":
+            scans.append(_scan(node, _span_of(node, spans, text), text))
+    heatmaps = []
+    for node in tree.find_all(exp.Anonymous):
+        if str(node.name).lower() == "heatmap":
+            heatmaps.append(_heatmap(node, _span_of(node, heatmap_spans, text), scans, text))
+    return Bound(scans, heatmaps)
+
+
+def _span_of(node: exp.Expression, spans: list[tuple[int, int]], text: str) -> tuple[int, int]:
+    start = position(node, text)[0]
+    return next(span for span in spans if span[0] == start)
+
+
+def _scan(function: exp.Anonymous, span: tuple[int, int], text: str) -> Scan:
+    table = function.parent
+    if not isinstance(table, exp.Table):
+        raise fail("occlusion() is a table function: use it in FROM or JOIN", function, text)
     arguments = list(function.expressions)
     positional = [a for a in arguments if not isinstance(a, exp.Kwarg)]
     if len(positional) != 2 or any(isinstance(a, exp.Kwarg) for a in arguments[:2]):
         raise fail(
             "occlusion() takes an image set and a model, then name => value options", function, text
         )
-    occlusion = Occlusion(_name(arguments[0], text), _name(arguments[1], text), {})
+    scan = Scan(
+        _name(arguments[0], text),
+        _name(arguments[1], text),
+        {},
+        function,
+        span,
+        str(table.alias) if table.alias else "occlusion",
+    )
     for argument in arguments[2:]:
-        _option(argument, occlusion, text)
-    _check_columns(select, text)
-    _check_functions(select, text)
-    _push_down(select.args.get("where"), occlusion, text)
-    return occlusion
+        _option(argument, scan, text)
+    _push_down(scan, table, text)
+    return scan
 
 
-def _check_functions(select: exp.Select, text: str) -> None:
-    """Every function a query calls is one the language has, before any query runs."""
-    source = function_of(select)
-    operators = (exp.Binary, exp.Connector, exp.Predicate, exp.Unary)
-    for node in select.walk(prune=lambda n: n is source):
-        if not isinstance(node, exp.Func) or isinstance(node, operators) or node is source:
-            continue
-        if is_aggregate(node) or type(node) in FUNCTIONS:
-            continue
-        name = node.name if isinstance(node, exp.Anonymous) else node.sql_name()
-        raise fail(
-            f"unknown function '{str(name).lower()}' (functions: abs, sqrt, exp, ln, "
-            "count, sum, avg, min, max, heatmap)",
-            node,
-            text,
-        )
+def _heatmap(node: exp.Anonymous, span: tuple[int, int], scans: list[Scan], text: str) -> Heatmap:
+    if len(node.expressions) != 1:
+        raise fail("heatmap() takes one column", node, text)
+    qualified = [c.table for c in node.expressions[0].find_all(exp.Column) if c.table]
+    qualifier = str(qualified[0]) if qualified else None
+    select = node.find_ancestor(exp.Select)
+    sources = _sources(select) if select is not None else []
+    target = None
+    for index, scan in enumerate(scans):
+        table = scan.call.parent
+        if any(source is table for source in sources) and (
+            qualifier == scan.qualifier or (qualifier is None and len(sources) == 1)
+        ):
+            target = index
+    return Heatmap(node, span, qualifier, target)
 
 
-def function_of(select: exp.Select) -> exp.Expression | None:
-    """The ``occlusion(…)`` call of the FROM clause, if there is one."""
+def _sources(select: exp.Select) -> list[exp.Expression]:
     source = select.args.get("from_") or select.args.get("from")
-    table = source.this if source is not None else None
-    return table.this if isinstance(table, exp.Table) else None
-
-
-def _check_columns(select: exp.Select, text: str) -> None:
-    """Every column a query names exists (ORDER BY may also name an output alias), before any
-    occlusion query runs."""
-    aliases = {str(p.alias).lower() for p in select.expressions if isinstance(p, exp.Alias)}
-    for clause in ("expressions", "where", "group", "order"):
-        value = select.args.get(clause)
-        nodes = value if isinstance(value, list) else [value] if value is not None else []
-        allowed = set(COLUMNS) | (aliases if clause == "order" else set())
-        for node in nodes:
-            for column in node.find_all(exp.Column):
-                if column.table or str(column.name).lower() not in allowed:
-                    known = ", ".join(COLUMNS)
-                    raise fail(f"unknown column '{column.sql()}' (columns: {known})", column, text)
+    joins = select.args.get("joins") or []
+    return ([source.this] if source is not None else []) + [join.this for join in joins]
 
 
 def _name(node: exp.Expression, text: str) -> str:
@@ -115,11 +149,30 @@ def _name(node: exp.Expression, text: str) -> str:
     raise fail(f"expected a name, got {node.sql()}", node, text)
 
 
-def _option(node: exp.Expression, occlusion: Occlusion, text: str) -> None:
+def literal(node: exp.Expression, text: str) -> Any:
+    """A constant: number, string, boolean, or a negated number."""
+    if isinstance(node, exp.Neg):
+        value = literal(node.this, text)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return -value
+    if isinstance(node, exp.Boolean):
+        return bool(node.this)
+    if isinstance(node, exp.Literal):
+        if node.is_string:
+            return str(node.this)
+        number = str(node.this)
+        try:
+            return int(number) if number.lstrip("-").isdigit() else float(number)
+        except ValueError:
+            raise fail(f"not a number: {number}", node, text) from None
+    raise fail(f"expected a constant, got {node.sql()}", node, text)
+
+
+def _option(node: exp.Expression, scan: Scan, text: str) -> None:
     if not isinstance(node, exp.Kwarg):
         raise fail("options are written name => value", node, text)
     name = str(node.this.name if hasattr(node.this, "name") else node.this).lower()
-    if name in occlusion.options:
+    if name in scan.options:
         raise fail(f"option '{name}' is given twice", node, text)
     if name not in OPTIONS and name not in APPROXIMATE:
         known = ", ".join(sorted(OPTIONS | APPROXIMATE))
@@ -127,12 +180,12 @@ def _option(node: exp.Expression, occlusion: Occlusion, text: str) -> None:
     value = node.expression
     if isinstance(value, exp.Tuple | exp.Paren):
         items = value.expressions if isinstance(value, exp.Tuple) else [value.this]
-        occlusion.options[name] = tuple(literal(item, text) for item in items)
+        scan.options[name] = tuple(literal(item, text) for item in items)
     else:
-        occlusion.options[name] = literal(value, text)
-    occlusion.option_nodes[name] = node
+        scan.options[name] = literal(value, text)
+    scan.option_nodes[name] = node
     if name in APPROXIMATE:
-        _check_range(name, occlusion.options[name], node, text)
+        _check_range(name, scan.options[name], node, text)
 
 
 # The approximation options' domains, checked while binding (before anything runs).
@@ -151,56 +204,83 @@ def _check_range(name: str, value: Any, node: exp.Expression, text: str) -> None
         raise fail(f"{name} must be a number {words}, got {value!r}", node, text)
 
 
-def _push_down(where: exp.Where | None, occlusion: Occlusion, text: str) -> None:
-    for predicate in conjuncts(where.this if where is not None else None):
-        columns = referenced(predicate)
-        unknown = columns - set(COLUMNS)
-        if unknown:
-            column = next(c for c in predicate.find_all(exp.Column) if c.name.lower() in unknown)
-            raise fail(
-                f"unknown column '{column.name}' (columns: {', '.join(COLUMNS)})", column, text
-            )
-        if columns and columns <= POSITION_COLUMNS:
-            occlusion.position_filters.append(predicate)
-        elif columns == {"class"}:
-            classes = _equalities(predicate, text)
-            if classes is not None:
-                if any(not isinstance(c, int) or isinstance(c, bool) for c in classes):
-                    raise fail("class is compared with integers", predicate, text)
-                occlusion.classes = _intersect(occlusion.classes, classes)
-                occlusion.class_nodes.append(predicate)
+def conjuncts(node: exp.Expression | None) -> list[exp.Expression]:
+    if node is None:
+        return []
+    if isinstance(node, exp.Paren):
+        return conjuncts(node.this)
+    if isinstance(node, exp.And):
+        return conjuncts(node.this) + conjuncts(node.expression)
+    return [node]
+
+
+def _push_down(scan: Scan, table: exp.Table, text: str) -> None:
+    select = table.parent.parent if table.parent is not None else None
+    if not isinstance(select, exp.Select) or select.args.get("where") is None:
+        return
+    joins = select.args.get("joins") or []
+    if any(join.side or str(join.kind or "").upper() in ("ANTI", "ASOF") for join in joins):
+        return  # an outer join: a filter above it does not commute with the scan
+    alone = len(_sources(select)) == 1
+    for predicate in conjuncts(select.args["where"].this):
+        columns = _own_columns(predicate, scan.qualifier, alone)
+        if not columns:
+            continue
+        if columns <= POSITION_COLUMNS:
+            scan.position_filters.append(predicate)
         elif columns == {"image"}:
-            names = _equalities(predicate, text)
-            if names is not None:
-                occlusion.image_names = _intersect(occlusion.image_names, [str(n) for n in names])
+            scan.image_filters.append(predicate)
+        elif columns == {"class"} and _is_membership(predicate):
+            scan.class_filters.append(predicate)
+        elif columns == {"label"} and _is_membership(predicate):
+            scan.label_filters.append(predicate)
 
 
-def _equalities(predicate: exp.Expression, text: str) -> list[Any] | None:
-    """The constants of ``column = c`` or ``column IN (c, …)``; None for other forms."""
+def _own_columns(predicate: exp.Expression, qualifier: str, alone: bool) -> set[str]:
+    """The columns ``predicate`` reads when it reads the scan's columns only and can be
+    evaluated on its own; empty otherwise."""
+    if any(
+        isinstance(node, (exp.Subquery, exp.Select, exp.Window, exp.AggFunc, exp.Placeholder))
+        or (isinstance(node, exp.Func) and _function_name(node) in _VOLATILE)
+        for node in predicate.walk()
+    ):
+        return set()
+    names = set()
+    for column in predicate.find_all(exp.Column):
+        name = str(column.name).lower()
+        ours = str(column.table) == qualifier if column.table else alone
+        if not ours or name not in COLUMNS:
+            return set()
+        names.add(name)
+    return names
+
+
+def _function_name(node: exp.Func) -> str:
+    name = node.name if isinstance(node, exp.Anonymous) else node.sql_name()
+    return str(name).lower()
+
+
+def _is_membership(predicate: exp.Expression) -> bool:
+    """``column = constant`` (either side) or ``column IN (constants)``."""
     if isinstance(predicate, exp.EQ):
-        constant = (
-            predicate.expression if isinstance(predicate.this, exp.Column) else predicate.this
+        sides = (predicate.this, predicate.expression)
+        return sum(isinstance(s, exp.Column) for s in sides) == 1 and not any(
+            s.find(exp.Column) for s in sides if not isinstance(s, exp.Column)
         )
-        return [literal(constant, text)]
-    if isinstance(predicate, exp.In) and isinstance(predicate.this, exp.Column):
-        return [literal(e, text) for e in predicate.expressions]
-    return None
+    return (
+        isinstance(predicate, exp.In)
+        and isinstance(predicate.this, exp.Column)
+        and bool(predicate.expressions)
+        and not any(e.find(exp.Column) for e in predicate.expressions)
+    )
 
 
-def _intersect(current: list[Any] | None, values: list[Any]) -> list[Any]:
-    unique = list(dict.fromkeys(values))
-    return unique if current is None else [v for v in current if v in unique]
+def unqualified(predicate: exp.Expression) -> str:
+    """The predicate as DuckDB SQL over an unqualified relation with the scan's columns."""
+    copy = predicate.copy()
+    for column in copy.find_all(exp.Column):
+        column.set("table", None)
+    return copy.sql(dialect="duckdb")
 
 
-def position_mask(occlusion: Occlusion, grid: dict[str, np.ndarray], text: str) -> np.ndarray:
-    """Which positions of the grid satisfy the pushed-down position predicates."""
-    mask = np.ones(len(grid["row"]), dtype=bool)
-    for predicate in occlusion.position_filters:
-        value = evaluate(predicate, grid, text)
-        if not isinstance(value, np.ndarray) or value.dtype != bool:
-            raise fail("a WHERE condition must be true or false", predicate, text)
-        mask &= value
-    return mask
-
-
-__all__ = ["COLUMNS", "Occlusion", "QueryError", "bind", "position_mask"]
+__all__ = ["COLUMNS", "Bound", "Heatmap", "QueryError", "Scan", "bind", "conjuncts"]

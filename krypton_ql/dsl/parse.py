@@ -1,13 +1,14 @@
-"""Query text -> a validated sqlglot ``Select`` (sqlglot is lenient; we are not).
+"""Query text -> a parsed statement: sqlglot (DuckDB dialect) reads it so that the compiler can
+find the ``occlusion(…)`` calls and the predicates it can push into them; DuckDB runs it.
 
-Accepted: ``[EXPLAIN [VERBOSE]] SELECT … FROM occlusion(…) [WHERE …] [GROUP BY …]
-[ORDER BY …] [LIMIT n] [;]`` in sqlglot's DuckDB dialect (``name => value`` options).
+A statement without an ``occlusion(…)`` call goes to DuckDB as it is (``Statement.tree`` is
+None): DuckDB's SQL is the language, and sqlglot need not know all of it.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sqlglot
 from sqlglot import exp
@@ -21,26 +22,28 @@ DIALECT = "duckdb"
 # used while it parses (error positions stay those of the original text).
 _RESERVED = {"drop": "_drp", "row": "_rw"}
 _STAND_INS = {v: k for k, v in _RESERVED.items()}
+# ``drop`` followed by one of these is the statement DROP, not the column.
+_DROP_OBJECTS = {"table", "view", "macro", "function", "schema", "sequence", "index", "type"}
 _EXPLAIN = re.compile(r"\s*explain(\s+verbose)?\b", re.IGNORECASE)
-_UNSUPPORTED = (
-    (exp.Join, "joins"),
-    (exp.Subquery, "subqueries"),
-    (exp.With, "WITH"),
-    (exp.Window, "window functions"),
-    (exp.Having, "HAVING"),
-    (exp.Distinct, "DISTINCT"),
-    (exp.Offset, "OFFSET"),
-)
 
 
 @dataclass(frozen=True)
 class Statement:
-    """A parsed query: the SELECT, whether it is EXPLAINed, and the original text."""
+    """A statement: its sqlglot tree (None when it has no occlusion call), the original text,
+    and whether it is EXPLAINed (``EXPLAIN`` of a statement without an occlusion call is
+    DuckDB's own)."""
 
-    select: exp.Select
+    tree: exp.Expression | None
     text: str
     explain: bool = False
     verbose: bool = False
+    tokens: tuple[Token, ...] = field(default=(), compare=False, repr=False)
+
+    @property
+    def body(self) -> int:
+        """Where the statement starts after an ``EXPLAIN [VERBOSE]`` prefix."""
+        match = _EXPLAIN.match(self.text) if self.explain else None
+        return match.end() if match else 0
 
 
 def position(node: exp.Expression, text: str) -> tuple[int, int]:
@@ -68,47 +71,89 @@ def fail(message: str, node: exp.Expression, text: str) -> QueryError:
 
 
 def parse(text: str) -> Statement:
-    """Parse one statement; every syntax error becomes a ``QueryError`` with its position."""
-    if not isinstance(text, str) or not text.strip():
+    """Parse one statement; every syntax error of a statement with an occlusion call becomes a
+    ``QueryError`` with its position (DuckDB reports those of the others)."""
+    if not isinstance(text, str) or not text.strip().rstrip(";").strip():
         raise QueryError("the query is empty", text if isinstance(text, str) else "")
     explain = _EXPLAIN.match(text)
     offset = explain.end() if explain else 0
     body = " " * offset + text[offset:]  # keep offsets identical to the original text
-    tokens = _tokens(body, text)
-    if not tokens or tokens[0].token_type is not TokenType.SELECT:
-        start = tokens[0].start if tokens else offset
-        end = tokens[0].end + 1 if tokens else len(text)
-        raise QueryError("expected [EXPLAIN [VERBOSE]] SELECT …", text, start, end)
-    _check_tokens(tokens, text)
-    body = _unreserve(body, tokens)
     try:
-        statements = [s for s in sqlglot.parse(body, read=DIALECT) if s is not None]
+        tokens = sqlglot.Dialect.get_or_raise(DIALECT).tokenize(body)
+    except (TokenError, ValueError):
+        tokens = None
+    if tokens is None or not calls(tokens):
+        if tokens is None and "occlusion" in text.lower():
+            raise QueryError("cannot read the query", text, offset)
+        return Statement(None, text, bool(explain), bool(explain and explain.group(1)))
+    for start, end in calls(tokens):
+        _check_arguments(tokens[start:end], text)
+    try:
+        statements = [s for s in sqlglot.parse(_unreserve(body, tokens), read=DIALECT) if s]
     except ParseError as error:
         raise _from_parse_error(error, text) from None
     except (TokenError, ValueError, RecursionError) as error:
         raise QueryError(f"syntax error: {error}", text, offset) from None
     if len(statements) != 1:
         raise QueryError("expected exactly one statement", text, offset)
-    select = statements[0]
-    for identifier in select.find_all(exp.Identifier):
+    tree = statements[0]
+    for identifier in tree.find_all(exp.Identifier):
         if identifier.this in _STAND_INS:
             identifier.set("this", _STAND_INS[identifier.this])
-    if not isinstance(select, exp.Select):
-        raise fail(f"expected a SELECT query, got {select.key.upper()}", select, text)
-    for projection in select.expressions:
-        if isinstance(projection, exp.Star):
-            raise fail("name the columns instead of SELECT *", projection, text)
-    for kind, what in _UNSUPPORTED:
-        found = select.find(kind)
-        if found is not None:
-            raise fail(f"{what} are not supported in occlusion queries", found, text)
-    return Statement(select, text, bool(explain), bool(explain and explain.group(1)))
+    return Statement(tree, text, bool(explain), bool(explain and explain.group(1)), tuple(tokens))
+
+
+def split(text: str) -> list[str]:
+    """The statements of a script, each with its own text (``;`` outside strings ends one).
+
+    >>> split("SELECT 1; SELECT ';' AS s;\\n")
+    ['SELECT 1', "SELECT ';' AS s"]
+    """
+    try:
+        tokens = sqlglot.Dialect.get_or_raise(DIALECT).tokenize(text)
+    except (TokenError, ValueError) as error:
+        raise QueryError(f"cannot read the script: {error}", text, 0) from None
+    parts, start = [], 0
+    for token in tokens:
+        if token.token_type is TokenType.SEMICOLON:
+            parts.append(text[start : token.start])
+            start = token.end + 1
+    parts.append(text[start:])
+    return [part.strip() for part in parts if part.strip()]
+
+
+def complete(text: str) -> bool:
+    """Whether ``text`` ends a statement: its last token is ``;`` (a prompt's test)."""
+    try:
+        tokens = sqlglot.Dialect.get_or_raise(DIALECT).tokenize(text)
+    except (TokenError, ValueError):
+        return False  # an unterminated string or comment: wait for more
+    return bool(tokens) and tokens[-1].token_type is TokenType.SEMICOLON
+
+
+def calls(tokens: tuple[Token, ...] | list[Token], name: str = "occlusion") -> list[tuple[int, int]]:
+    """Token ranges ``[start, end)`` of every call of the function ``name``."""
+    found = []
+    for index, token in enumerate(tokens[:-1]):
+        if token.text.lower() == name and tokens[index + 1].token_type is TokenType.L_PAREN:
+            depth, end = 0, len(tokens)
+            for inner in range(index + 1, len(tokens)):
+                kind = tokens[inner].token_type
+                depth += (kind is TokenType.L_PAREN) - (kind is TokenType.R_PAREN)
+                if depth == 0:
+                    end = inner + 1
+                    break
+            found.append((index, end))
+    return found
 
 
 def _unreserve(body: str, tokens: list[Token]) -> str:
-    """Read the keywords ``drop`` and ``row`` as column names."""
-    for token in tokens:
+    """Read the keywords ``drop`` and ``row`` as column names (not ``DROP TABLE …``)."""
+    for index, token in enumerate(tokens):
         stand_in = _RESERVED.get(token.text.lower())
+        following = tokens[index + 1].text.lower() if index + 1 < len(tokens) else ""
+        if stand_in == "_drp" and following in _DROP_OBJECTS:
+            continue
         if stand_in and token.token_type not in (
             TokenType.VAR,
             TokenType.STRING,
@@ -118,23 +163,12 @@ def _unreserve(body: str, tokens: list[Token]) -> str:
     return body
 
 
-def _tokens(body: str, text: str) -> list[Token]:
-    try:
-        return sqlglot.Dialect.get_or_raise(DIALECT).tokenize(body)
-    except (TokenError, ValueError) as error:
-        raise QueryError(f"cannot read the query: {error}", text, 0) from None
-
-
-def _check_tokens(tokens: list[Token], text: str) -> None:
-    """Reject what sqlglot lets through: empty arguments such as ``f(a,, b)`` or ``f(a,)``."""
+def _check_arguments(tokens: list[Token], text: str) -> None:
+    """Reject what sqlglot lets through in a call: empty arguments such as ``f(a,, b)``."""
     for before, after in zip(tokens, tokens[1:]):
         if (
             before.token_type in (TokenType.COMMA, TokenType.L_PAREN)
-            and after.token_type
-            in (
-                TokenType.COMMA,
-                TokenType.R_PAREN,
-            )
+            and after.token_type in (TokenType.COMMA, TokenType.R_PAREN)
             and not (
                 before.token_type is TokenType.L_PAREN and after.token_type is TokenType.R_PAREN
             )

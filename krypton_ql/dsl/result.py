@@ -1,21 +1,51 @@
-"""Query results: columns, rows, heatmaps, the plan, and pretty printing."""
+"""Query results: DuckDB's rows as Arrow, heatmaps as tensors, the plan, and printing."""
 
 from __future__ import annotations
 
 import html
+from functools import cached_property
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import torch
 from torch import Tensor
 
+from krypton_ql.dsl.errors import QueryError
+
+_HEATMAP_FIELDS = ("kql_rows", "kql_cols", "kql_cells")
+
 
 class Result:
-    """The rows a query produced. ``heatmaps`` stacks the one heatmap column, if any."""
+    """The rows a statement produced. ``heatmaps`` stacks the one heatmap column, if any;
+    ``arrow()``, ``df()`` and ``to_parquet()`` hand the rows to other tools (heatmaps as
+    ``[rows, cols]`` float32 arrays in ``df()``, as lists of cells in Arrow and Parquet)."""
 
-    def __init__(self, columns: list[str], rows: list[tuple[Any, ...]], plan: str):
-        self.columns = list(columns)
-        self.rows = rows
+    def __init__(
+        self, table: pa.Table | None, plan: str, heatmap_error: QueryError | None = None
+    ) -> None:
+        self._table = table if table is not None else pa.table({})
         self._plan = plan
+        self._heatmap_error = heatmap_error
+        self._heatmap_columns = [
+            i for i, f in enumerate(self._table.schema) if _is_heatmap(f.type)
+        ]
+        self._grids = {i: self._tensors(i) for i in self._heatmap_columns}
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self._table.column_names)
+
+    @cached_property
+    def rows(self) -> list[tuple[Any, ...]]:
+        """Python values; a heatmap cell is a ``[rows, cols]`` float32 tensor (NaN where no
+        position was computed)."""
+        columns = [
+            self._grids[i] if i in self._grids else column.to_pylist()
+            for i, column in enumerate(self._table.columns)
+        ]
+        return list(zip(*columns)) if columns else []
 
     def explain(self) -> str:
         """The plan (and pushdowns) that computed this result."""
@@ -24,17 +54,66 @@ class Result:
     @property
     def heatmaps(self) -> Tensor | None:
         """``[rows, H, W]`` when the query has exactly one heatmap column, else None."""
-        indices = [
-            i
-            for i in range(len(self.columns))
-            if self.rows and all(isinstance(row[i], Tensor) for row in self.rows)
-        ]
-        if len(indices) != 1:
+        if len(self._heatmap_columns) != 1 or not len(self):
             return None
-        return torch.stack([row[indices[0]] for row in self.rows])
+        grids = self._grids[self._heatmap_columns[0]]
+        if any(g is None for g in grids) or len({tuple(g.shape) for g in grids}) != 1:
+            return None
+        return torch.stack(grids)
+
+    def arrow(self) -> pa.Table:
+        return self._table
+
+    def df(self) -> Any:
+        """The rows as a pandas DataFrame (pandas must be installed)."""
+        try:
+            import pandas  # noqa: F401
+        except ImportError:
+            raise QueryError("Result.df() needs pandas: pip install pandas") from None
+        frame = self._table.to_pandas()
+        for index in self._heatmap_columns:
+            frame[self.columns[index]] = [
+                None if g is None else g.numpy() for g in self._grids[index]
+            ]
+        return frame
+
+    def to_parquet(self, path: str | Path) -> Path:
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        pq.write_table(self._table, path)
+        return path
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self._table.num_rows
+
+    def _tensors(self, index: int) -> list[Tensor | None]:
+        """One column of heatmap structs as tensors (vectorised over the column's cells)."""
+        column = self._table.column(index).combine_chunks()
+        rows = column.field("kql_rows").to_numpy(zero_copy_only=False)
+        cols = column.field("kql_cols").to_numpy(zero_copy_only=False)
+        cells = column.field("kql_cells")
+        offsets = cells.offsets.to_numpy()
+        flat = cells.flatten()
+        row = flat.field("kql_row").to_numpy(zero_copy_only=False)
+        col = flat.field("kql_col").to_numpy(zero_copy_only=False)
+        value = flat.field("kql_value").to_numpy(zero_copy_only=False).astype(np.float32)
+        out: list[Tensor | None] = []
+        for i in range(len(column)):
+            if not column[i].is_valid:
+                out.append(None)
+                continue
+            part = slice(offsets[i], offsets[i + 1])
+            r, c, v = row[part], col[part], value[part]
+            height = int(rows[i]) if not np.isnan(rows[i]) else int(r.max(initial=-1)) + 1
+            width = int(cols[i]) if not np.isnan(cols[i]) else int(c.max(initial=-1)) + 1
+            grid = np.full((height, width), np.nan, dtype=np.float32)
+            flat_index = r.astype(np.int64) * width + c.astype(np.int64)
+            if len(np.unique(flat_index)) != len(flat_index):
+                raise self._heatmap_error or QueryError("heatmap() needs one row per position")
+            grid.reshape(-1)[flat_index] = v
+            out.append(torch.from_numpy(grid))
+        return out
 
     def _cells(self, limit: int = 20) -> list[list[str]]:
         return [[_cell(value) for value in row] for row in self.rows[:limit]]
@@ -45,8 +124,8 @@ class Result:
         line = " | ".join(c.ljust(w) for c, w in zip(self.columns, widths))
         rule = "-+-".join("-" * w for w in widths)
         body = [" | ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
-        more = [f"… {len(self.rows) - len(cells)} more rows"] if len(self.rows) > len(cells) else []
-        return "\n".join([line, rule, *body, *more, f"({len(self.rows)} rows)"])
+        more = [f"… {len(self) - len(cells)} more rows"] if len(self) > len(cells) else []
+        return "\n".join([line, rule, *body, *more, f"({len(self)} rows)"])
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
@@ -55,6 +134,10 @@ class Result:
             for row in self._cells()
         )
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _is_heatmap(kind: pa.DataType) -> bool:
+    return pa.types.is_struct(kind) and tuple(kind.field(i).name for i in range(kind.num_fields)) == _HEATMAP_FIELDS
 
 
 def _cell(value: Any) -> str:

@@ -1,7 +1,15 @@
-"""``kql.connect()``: a Session with a catalog of models and image sets, running queries.
+"""``kql.connect()``: a Session with a catalog of models and image sets, and a DuckDB
+connection that runs its statements.
 
 A new session knows the built-in pretrained model as ``efficientnet_lite0`` and the sample
 photos as ``photos`` (chelsea, coffee, astronaut, rocket), so a first query needs no set-up.
+
+A statement is DuckDB's SQL plus the ``occlusion(images, model, …)`` table function and the
+``heatmap(v)`` aggregate. Each occlusion call is validated and bound, the WHERE predicates it
+can take are pushed into it (evaluated by DuckDB over the grid, the image names and the
+classes), the scan runs (or is answered from the session's cache of computed relations), its
+rows are registered in DuckDB as an Arrow relation, and DuckDB runs the statement with each
+call replaced by that relation's name.
 """
 
 from __future__ import annotations
@@ -13,15 +21,18 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
+from sqlglot import exp
 from torch import Tensor, nn
 
 import krypton_ql.api as api
 from compiler.errors import InvalidInputError
-from krypton_ql.dsl.bind import Occlusion, bind, position_mask
+from krypton_ql.dsl import scans
+from krypton_ql.dsl.bind import Bound, Scan, bind, literal, unqualified
+from krypton_ql.dsl.engine import HEATMAP, Engine, Rewrite
 from krypton_ql.dsl.errors import QueryError
 from krypton_ql.dsl.parse import Statement, fail, parse
-from krypton_ql.dsl.relation import run_relation
 from krypton_ql.dsl.result import Result
 
 Transform = Callable[[Any], Tensor]
@@ -49,14 +60,33 @@ class _Images:
 
     items: dict[str, Any] = field(default_factory=dict)
     raw: bool = False
+    generation: int = 0  # changes when the name is registered again
+
+
+@dataclass
+class _Prepared:
+    """A scan resolved against the catalog: its plan, what it computes, and how."""
+
+    scan: Scan
+    plan: api.OcclusionPlan | None  # None when no image is asked for
+    request: scans.Request
+    images: Tensor  # the requested images, in the order of request.names
+    targets: Tensor | None
+    registered: int  # images in the image set
+    table: pa.Table | None = None  # from the cache, or once computed
 
 
 class Session:
-    """A catalog of models and images and the queries that run on them."""
+    """A catalog of models and images, a DuckDB connection, and the queries that run on them.
 
-    def __init__(self) -> None:
+    ``database``: None keeps DuckDB in memory; a path opens (or creates) a DuckDB file, so that
+    ``CREATE TABLE … AS SELECT … FROM occlusion(…)`` keeps heatmap rows across sessions.
+    """
+
+    def __init__(self, database: str | Path | None = None) -> None:
         from krypton_ql import models
 
+        self.engine = Engine(database)
         self._models: dict[str, _Model] = {}
         self._images: dict[str, _Images] = {}
         self._models["efficientnet_lite0"] = _Model(
@@ -65,9 +95,12 @@ class Session:
         photos = {name: (lambda n=name: models.sample_photo(n)) for name in models.SAMPLE_PHOTOS}
         self._images["photos"] = _Images(photos, raw=True)
         self.last_queries = 0  # occlusion queries the last statement executed
-        self.last_plan: Any = None  # the plan of the last statement
+        self.last_plan: Any = None  # the plan of the last statement's last occlusion call
+        self.last_cached = 0  # occlusion calls of the last statement answered from the cache
         self._last_inputs: dict[str, Tensor] = {}
         self._plans: dict[tuple[Any, ...], api.OcclusionPlan] = {}  # compiled plans, reused
+        self.cache = scans.Cache()
+        self._generation = 0
 
     # -- catalog ------------------------------------------------------------------------------
 
@@ -85,7 +118,7 @@ class Session:
         if not isinstance(module, nn.Module):
             raise InvalidInputError(f"register_model needs an nn.Module, got {type(module)}")
         self._models[name] = _Model(module.eval(), transform, classes, profile=profile)
-        self._plans.clear()  # a plan binds the module it was compiled for
+        self._forget()
 
     def tune(self, model: str, images: str, **options: Any) -> Any:
         """``kql.tune`` the registered ``model`` on the image set ``images`` (same options:
@@ -101,7 +134,7 @@ class Session:
         context: Any = SimpleNamespace(text=f"tune({model!r}, {images!r})")
         sample = torch.stack([self._image(catalog, name, entry, context) for name in catalog.items])
         entry.profile = tune(entry.get(), sample, **options)
-        self._plans.clear()
+        self._forget()
         return entry.profile
 
     def register_images(self, name: str, images: Any) -> list[str]:
@@ -110,56 +143,122 @@ class Session:
         if isinstance(images, Tensor):
             if images.dim() != 4:
                 raise InvalidInputError("an image tensor must have shape [N, C, H, W]")
-            self._images[name] = _Images({str(i): images[i] for i in range(len(images))})
+            entry = _Images({str(i): images[i] for i in range(len(images))})
         elif isinstance(images, (str, Path)) and Path(images).is_dir():
             files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
                 raise InvalidInputError(f"no image files in {images}")
-            self._images[name] = _Images({p.stem: _photo_loader(p) for p in files}, raw=True)
+            entry = _Images({p.stem: _photo_loader(p) for p in files}, raw=True)
         elif (
             isinstance(images, (list, tuple))
             and images
             and all(isinstance(i, Tensor) for i in images)
         ):
-            self._images[name] = _Images({str(i): t for i, t in enumerate(images)})
+            entry = _Images({str(i): t for i, t in enumerate(images)})
         elif isinstance(images, (list, tuple, str, Path)):
             paths = [Path(p) for p in ([images] if isinstance(images, (str, Path)) else images)]
             missing = [str(p) for p in paths if not p.is_file()]
             if missing or not paths:
                 raise InvalidInputError(f"no such image files: {missing or paths}")
-            self._images[name] = _Images({p.stem: _photo_loader(p) for p in paths}, raw=True)
+            entry = _Images({p.stem: _photo_loader(p) for p in paths}, raw=True)
         else:
             raise InvalidInputError(
                 "register_images takes a tensor [N,C,H,W], a list of tensors, image files or a "
                 "folder"
             )
-        return list(self._images[name].items)
+        self._generation += 1
+        entry.generation = self._generation
+        self._images[name] = entry
+        return list(entry.items)
+
+    def register_table(self, name: str, data: Any) -> None:
+        """Make ``data`` a table that statements can join with: a pandas or polars DataFrame,
+        an Arrow table, or a CSV or Parquet file (copied into the database)."""
+        if not isinstance(name, str) or not name.isidentifier():
+            raise InvalidInputError(f"a table name is an identifier, got {name!r}")
+        quoted = '"' + name.replace('"', '""') + '"'
+        if isinstance(data, (str, Path)):
+            path = Path(data)
+            readers = {".csv": "read_csv_auto", ".tsv": "read_csv_auto", ".parquet": "read_parquet"}
+            reader = readers.get(path.suffix.lower())
+            if reader is None or not path.is_file():
+                raise InvalidInputError(
+                    f"register_table reads an existing .csv, .tsv or .parquet file, got {data}"
+                )
+            self._unregister(name)
+            self.engine.query(f"CREATE OR REPLACE TABLE {quoted} AS SELECT * FROM {reader}(?)", [str(path)])
+            return
+        if hasattr(data, "to_arrow") and not isinstance(data, pa.Table):  # polars
+            data = data.to_arrow()
+        if not isinstance(data, pa.Table) and not _is_dataframe(data):
+            raise InvalidInputError(
+                "register_table takes a pandas or polars DataFrame, an Arrow table, or a "
+                f".csv/.parquet path, got {type(data).__name__}"
+            )
+        self._unregister(name)
+        self.engine.connection.register(name, data)
+
+    def _unregister(self, name: str) -> None:
+        self.engine.connection.unregister(name)
+
+    def _forget(self) -> None:
+        """A model or profile changed: compiled plans and computed relations are stale."""
+        self._plans.clear()
+        self.cache.clear()
+
+    def models(self) -> list[str]:
+        return sorted(self._models)
+
+    def image_sets(self) -> dict[str, list[str]]:
+        return {name: list(entry.items) for name, entry in sorted(self._images.items())}
+
+    def tables(self) -> list[str]:
+        """The database's tables and views (user tables, registered data)."""
+        rows = self.engine.query(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_name NOT LIKE 'kql\\_%' ESCAPE '\\' ORDER BY table_name"
+        )
+        return [str(v) for v in rows.column(0).to_pylist()]
 
     # -- queries ------------------------------------------------------------------------------
 
     def sql(self, query: str, *, progress: Any = "auto") -> Result:
-        """Run a query (or ``EXPLAIN [VERBOSE]`` one) and return its result. ``progress``:
+        """Run one statement (or ``EXPLAIN [VERBOSE]`` one) and return its result. ``progress``:
         a bar on stderr (``True``; ``"auto"``: when it is a terminal), a ``callback(done,
         total)``, or ``False``."""
         statement = parse(query)
-        occlusion = bind(statement)
-        model = self._model(occlusion, statement)
-        names, images = self._load_images(occlusion, statement, model)
-        plan = self._compile(occlusion, statement, model.get(), images)
-        self.last_plan = plan
-        self._last_inputs = dict(zip(names, images))
-        _check_classes(occlusion, statement, plan)
-        grid_columns = _grid(plan)
-        mask = position_mask(occlusion, grid_columns, statement.text)
-        pushdown = _describe_pushdown(
-            occlusion, mask, names, len(self._images[occlusion.images].items)
-        )
-        explanation = pushdown + "\n" + plan.explain(verbose=statement.verbose)
+        self.last_queries, self.last_cached = 0, 0
+        if statement.tree is None:  # plain DuckDB SQL
+            try:
+                return Result(self.engine.run(Rewrite(statement.text)), "")
+            except QueryError as error:
+                raise _with_hint(error, self) from None
+        bound = bind(statement)
+        names = [f"kql_occlusion_{i}" for i in range(len(bound.scans))]
+        for scan in bound.scans:
+            self._model(scan, statement)
+            self._catalog(scan, statement)
+        grids: list[tuple[int, int] | None] = [None] * len(bound.scans)
+        self._validate(statement, bound, names)
+        prepared = [self._prepare(scan, statement) for scan in bound.scans]
+        grids = [p.plan.grid if p.plan is not None else None for p in prepared]
+        explanation = "\n".join(self._describe(p, statement, i, len(prepared)) for i, p in enumerate(prepared))
+        plans = [p.plan for p in prepared if p.plan is not None]
+        if plans:
+            self.last_plan = plans[-1]
         if statement.explain:
-            return Result(["plan"], [(explanation,)], explanation)
-        columns = self._relation(plan, occlusion, names, images, mask, grid_columns, progress)
-        out_names, rows = run_relation(statement.select, columns, plan.grid, statement.text)
-        return Result(out_names, rows, explanation)
+            return Result(pa.table({"plan": [explanation]}), explanation)
+        for item in prepared:
+            self._compute(item, progress)
+        rewrite = _rewrite(statement, bound, names, grids)
+        try:
+            for name, item in zip(names, prepared):
+                self.engine.register(name, item.table)
+            table = self.engine.run(rewrite)
+        finally:
+            for name in names:
+                self.engine.unregister(name)
+        return Result(table, explanation, _heatmap_error(statement, bound))
 
     def input_image(self, name: str) -> Tensor | None:
         """The model input the last statement computed for image ``name`` (None if none)."""
@@ -168,45 +267,177 @@ class Session:
     def explain(self, query: str) -> str:
         """The plan of a query, pushdowns first."""
         text = query if _is_explain(query) else f"EXPLAIN {query}"
-        return str(self.sql(text).rows[0][0])
+        result = self.sql(text)
+        return "\n".join(str(row[0]) for row in result.rows)
 
-    def _model(self, occlusion: Occlusion, statement: Statement) -> _Model:
-        if occlusion.model not in self._models:
+    def _validate(self, statement: Statement, bound: Bound, names: list[str]) -> None:
+        """DuckDB binds the statement against empty relations before any scan runs: unknown
+        columns and functions, GROUP BY mistakes and type errors of the plan surface first."""
+        rewrite = _rewrite(statement, bound, names, [None] * len(names))
+        try:
+            for name in names:
+                self.engine.register(name, scans.empty())
+            self.engine.run(rewrite, explain_only=True)
+        except QueryError as error:
+            raise _with_hint(error, self) from None
+        finally:
+            for name in names:
+                self.engine.unregister(name)
+
+    def _model(self, scan: Scan, statement: Statement) -> _Model:
+        if scan.model not in self._models:
             known = ", ".join(sorted(self._models))
-            raise _argument_error(
-                statement, 1, f"unknown model '{occlusion.model}' (models: {known})"
+            raise fail(
+                f"unknown model '{scan.model}' (models: {known})",
+                scan.call.expressions[1],
+                statement.text,
             )
-        return self._models[occlusion.model]
+        return self._models[scan.model]
 
-    def _load_images(
-        self, occlusion: Occlusion, statement: Statement, model: _Model
-    ) -> tuple[list[str], Tensor]:
-        if occlusion.images not in self._images:
+    def _catalog(self, scan: Scan, statement: Statement) -> _Images:
+        if scan.images not in self._images:
             known = ", ".join(sorted(self._images))
-            raise _argument_error(
-                statement, 0, f"unknown images '{occlusion.images}' (image sets: {known})"
+            raise fail(
+                f"unknown images '{scan.images}' (image sets: {known})",
+                scan.call.expressions[0],
+                statement.text,
             )
-        catalog = self._images[occlusion.images]
-        names = list(catalog.items)
-        if occlusion.image_names is not None:
-            missing = [n for n in occlusion.image_names if n not in catalog.items]
-            if missing:
-                raise QueryError(
-                    f"unknown image {missing[0]!r} in '{occlusion.images}' "
-                    f"(images: {', '.join(names)})",
-                    statement.text,
-                    _find(statement.text, missing[0]),
-                )
-            names = [n for n in names if n in occlusion.image_names]
+        return self._images[scan.images]
+
+    def _prepare(self, scan: Scan, statement: Statement) -> _Prepared:
+        """Resolve a scan: images (with the image pushdown), plan, classes, positions, and the
+        cache's answer if it has one."""
+        model, catalog = self._model(scan, statement), self._catalog(scan, statement)
+        names = self._image_names(scan, statement, list(catalog.items))
         tensors = [self._image(catalog, name, model, statement) for name in names]
         shapes = {tuple(t.shape) for t in tensors}
         if len(shapes) > 1:
-            raise QueryError(
-                f"the images of '{occlusion.images}' differ in shape: {sorted(shapes)}",
+            raise fail(
+                f"the images of '{scan.images}' differ in shape: {sorted(shapes)}",
+                scan.call.expressions[0],
                 statement.text,
-                0,
             )
-        return names, torch.stack(tensors) if tensors else torch.empty(0)
+        if not tensors:  # no image satisfies the image predicates: an empty relation
+            request = scans.Request(None, (), None, np.zeros(0, dtype=np.int64))
+            return _Prepared(scan, None, request, torch.empty(0), None, len(catalog.items),
+                             scans.empty())  # fmt: skip
+        images = torch.stack(tensors)
+        plan = self._compile(scan, statement, model.get(), images)
+        classes = self._classes(scan, statement, plan, model)
+        positions = self._positions(scan, statement, plan)
+        targets = None
+        if classes is not None:
+            targets = torch.tensor([list(classes)] * len(names), dtype=torch.int64)
+            targets = targets.reshape(len(names), len(classes))
+        key = (
+            scan.model,
+            id(model.get()),
+            scan.images,
+            catalog.generation,
+            tuple(sorted((k, repr(v)) for k, v in scan.options.items())),
+        )
+        request = scans.Request(key, tuple(names), classes, positions)
+        self._last_inputs = dict(zip(names, tensors))
+        prepared = _Prepared(scan, plan, request, images, targets, len(catalog.items))
+        prepared.table = self.cache.find(request)
+        return prepared
+
+    def _compute(self, item: _Prepared, progress: Any) -> None:
+        if item.table is not None:
+            self.last_cached += item.plan is not None
+            return
+        assert item.plan is not None
+        positions = torch.as_tensor(item.request.positions, dtype=torch.int64)
+        result = item.plan.evaluate(
+            item.images,
+            targets=item.targets,
+            positions=positions,
+            progress=progress,
+            reuse_clean=True,
+        )
+        self.last_queries += result.queries
+        count, kinds = len(item.request.names), result.targets.shape[1]
+        index = item.request.positions
+        scores = result.heatmaps.reshape(count, kinds, -1)[:, :, index].float().cpu().numpy()
+        relation = scans.build(
+            item.request.names,
+            result.targets.cpu().numpy(),
+            scores,
+            result.base.float().cpu().numpy(),
+            index,
+            _grid(item.plan),
+            self._models[item.scan.model].classes,
+        )
+        self.cache.add(item.request, relation)
+        item.table = relation.table
+
+    def _image_names(self, scan: Scan, statement: Statement, names: list[str]) -> list[str]:
+        """The image set's names that satisfy the image predicates (DuckDB evaluates them)."""
+        if not scan.image_filters:
+            return names
+        for predicate in scan.image_filters:
+            _check_image_constants(predicate, names, statement.text)
+        chosen = self._filter(
+            statement,
+            scan.image_filters,
+            "SELECT unnest(?) AS image, unnest(range(?)) AS kql_i",
+            [names, len(names)],
+        )
+        return [names[i] for i in sorted(chosen)]
+
+    def _classes(
+        self, scan: Scan, statement: Statement, plan: api.OcclusionPlan, model: _Model
+    ) -> tuple[int, ...] | None:
+        """The classes the relation holds: the class/label predicates' (DuckDB evaluates them
+        over the model's classes), else the ``target`` option, else None (the prediction)."""
+        count = plan.logical[plan.logical.output].schema.shape[0]
+        for predicate in scan.class_filters:
+            _check_class_constants(predicate, count, statement.text)
+        if "target" in scan.options:
+            _check_class(scan.options["target"], count, scan.option_nodes["target"], statement)
+        if not scan.class_filters and not scan.label_filters:
+            return (scan.options["target"],) if "target" in scan.options else None
+        labels = [
+            model.classes[c] if model.classes is not None and c < len(model.classes) else str(c)
+            for c in range(count)
+        ]
+        chosen = self._filter(
+            statement,
+            scan.class_filters + scan.label_filters,
+            'SELECT unnest(range(?)) AS "class", unnest(?) AS label, "class" AS kql_i',
+            [count, labels],
+        )
+        return tuple(sorted(chosen))
+
+    def _positions(self, scan: Scan, statement: Statement, plan: api.OcclusionPlan) -> np.ndarray:
+        """Grid indices (ascending) that satisfy the position predicates."""
+        total = len(plan.positions)
+        if not scan.position_filters:
+            return np.arange(total, dtype=np.int64)
+        grid = _grid(plan)
+        table = pa.table({**{k: np.asarray(v, dtype=np.int64) for k, v in grid.items()},
+                          "kql_i": np.arange(total, dtype=np.int64)})  # fmt: skip
+        self.engine.register("kql_grid", table)
+        try:
+            chosen = self._filter(statement, scan.position_filters, "SELECT * FROM kql_grid", [])
+        finally:
+            self.engine.unregister("kql_grid")
+        return np.asarray(sorted(chosen), dtype=np.int64)
+
+    def _filter(
+        self, statement: Statement, predicates: list[exp.Expression], source: str, parameters: list
+    ) -> list[int]:
+        """Column ``kql_i`` of ``source`` where every predicate holds, evaluated by DuckDB;
+        an error points at the predicate that raised it."""
+        chosen: set[int] | None = None
+        for predicate in predicates:
+            sql = f"SELECT kql_i FROM ({source}) WHERE {unqualified(predicate)}"
+            try:
+                values = self.engine.query(sql, parameters).column(0).to_pylist()
+            except QueryError as error:
+                raise fail(error.message, predicate, statement.text) from None
+            chosen = set(values) if chosen is None else chosen & set(values)
+        return sorted(chosen or ())
 
     def _image(self, catalog: _Images, name: str, model: _Model, statement: Statement) -> Tensor:
         item = catalog.items[name]
@@ -234,31 +465,28 @@ class Session:
         return image
 
     def _compile(
-        self, occlusion: Occlusion, statement: Statement, module: nn.Module, images: Tensor
+        self, scan: Scan, statement: Statement, module: nn.Module, images: Tensor
     ) -> api.OcclusionPlan:
-        options = dict(occlusion.options)
+        options = dict(scan.options)
         backend = options.get("backend", "auto")
         if backend not in ("auto", "torch", "triton"):
-            node = occlusion.option_nodes["backend"]
-            raise _node_error(
-                statement,
-                node,
+            raise fail(
                 f"backend '{backend}' is not available (available: auto, torch, triton)",
+                scan.option_nodes["backend"],
+                statement.text,
             )
         if "patch" not in options:
-            raise _node_error(statement, _function(statement), "occlusion() needs patch => size")
-        if len(images) == 0:
-            raise QueryError("no images match the query", statement.text, 0)
+            raise fail("occlusion() needs patch => size", scan.call, statement.text)
         options.pop("target", None)
         if "ssim" in options:
-            profile = self._models[occlusion.model].profile
+            profile = self._models[scan.model].profile
             if profile is None:
-                raise _node_error(
-                    statement,
-                    occlusion.option_nodes["ssim"],
-                    f"ssim needs a tuning profile for model '{occlusion.model}': run "
-                    f"session.tune('{occlusion.model}', '<images>', ssim=…) or register the "
+                raise fail(
+                    f"ssim needs a tuning profile for model '{scan.model}': run "
+                    f"session.tune('{scan.model}', '<images>', ssim=…) or register the "
                     "model with profile=kql.tune(…)",
+                    scan.option_nodes["ssim"],
+                    statement.text,
                 )
             options["profile"] = profile
         key = (
@@ -271,58 +499,125 @@ class Session:
         try:
             plan = api.compile(module, tuple(images.shape[1:]), **options)
         except InvalidInputError as error:
-            name = _option_named(str(error), occlusion)
-            node = occlusion.option_nodes.get(name) if name else None
+            name = _option_named(str(error), scan)
+            node = scan.option_nodes.get(name) if name else None
             if node is None:
-                raise QueryError(str(error), statement.text, 0) from None
-            raise _node_error(statement, node, str(error)) from None
+                raise QueryError(str(error), statement.text, scan.span[0], scan.span[1]) from None
+            raise fail(str(error), node, statement.text) from None
         self._plans[key] = plan
         return plan
 
-    def _relation(
-        self,
-        plan: api.OcclusionPlan,
-        occlusion: Occlusion,
-        names: list[str],
-        images: Tensor,
-        mask: np.ndarray,
-        grid: dict[str, np.ndarray],
-        progress: Any = False,
-    ) -> dict[str, np.ndarray]:
-        positions = torch.as_tensor(np.nonzero(mask)[0], dtype=torch.int64)
-        targets = None
-        classes = occlusion.classes
-        if classes is None and "target" in occlusion.options:
-            classes = [occlusion.options["target"]]
-        if classes is not None:
-            targets = torch.tensor([classes] * len(names), dtype=torch.int64).reshape(
-                len(names), -1
-            )
-        result = plan.evaluate(images, targets=targets, positions=positions, progress=progress)
-        self.last_queries = result.queries
-        count, kinds = len(names), result.targets.shape[1]
-        index = positions.numpy()
-        scores = result.heatmaps.reshape(count, kinds, -1)[:, :, index].double().numpy()
-        shape = (count, kinds, len(index))
-        base = np.broadcast_to(result.base.double().numpy()[:, :, None], shape)
-        labels = self._models[occlusion.model].classes
-        targets_array = result.targets.cpu().numpy()
-        named = np.array(
-            [[labels[c] if labels is not None and 0 <= c < len(labels) else str(c) for c in row]
-             for row in targets_array.tolist()],
-            dtype=object,
-        )  # fmt: skip
-        column = {
-            "image": np.broadcast_to(np.array(names, dtype=object)[:, None, None], shape),
-            "class": np.broadcast_to(targets_array[:, :, None], shape),
-            "label": np.broadcast_to(named[:, :, None], shape),
-            "prob": scores,
-            "base_prob": base,
-            "drop": base - scores,
-        }
-        for name in ("row", "col", "y", "x"):
-            column[name] = np.broadcast_to(grid[name][index][None, None, :], shape)
-        return {name: np.ascontiguousarray(values).reshape(-1) for name, values in column.items()}
+    def _describe(self, item: _Prepared, statement: Statement, index: int, count: int) -> str:
+        scan, request = item.scan, item.request
+        if item.plan is None:
+            return f"== pushdown ==\nimages: 0 of {item.registered}: nothing to compute\n"
+        filters = " AND ".join(p.sql() for p in scan.position_filters) or "none"
+        classes = list(request.classes) if request.classes is not None else "predicted"
+        title = (
+            f"== pushdown (call {index + 1} of {count}: {scan.qualifier}) =="
+            if count > 1
+            else "== pushdown =="
+        )
+        cached = "yes (computed by an earlier statement)" if item.table is not None else "no"
+        return (
+            f"{title}\n"
+            f"positions: {len(request.positions)} of {len(item.plan.positions)} (filters: {filters})\n"
+            f"classes: {classes}\n"
+            f"images: {len(request.names)} of {item.registered} ({', '.join(request.names)})\n"
+            f"cached: {cached}\n\n" + item.plan.explain(verbose=statement.verbose)
+        )
+
+
+def _rewrite(
+    statement: Statement, bound: Bound, names: list[str], grids: list[tuple[int, int] | None]
+) -> Rewrite:
+    """The statement as DuckDB runs it: calls replaced by relation names, heatmaps by the
+    aggregate with their grid."""
+    rewrite = Rewrite(statement.text)
+    if statement.explain:
+        rewrite.replace(0, statement.body, "")
+    for scan, name in zip(bound.scans, names):
+        alias = "" if scan.call.parent.alias else " AS occlusion"
+        rewrite.replace(*scan.span, name + alias)
+    known = {g for g in grids if g is not None}
+    for heatmap in bound.heatmaps:
+        grid = grids[heatmap.scan] if heatmap.scan is not None else None
+        if grid is None and len(known) == 1:
+            grid = next(iter(known))
+        prefix = f"{heatmap.qualifier}." if heatmap.qualifier else ""
+        start, end = heatmap.span
+        open_paren = statement.text.index("(", start)
+        sizes = f"{grid[0]}, {grid[1]}" if grid else "NULL, NULL"
+        try:
+            rewrite.replace(start, open_paren + 1, f"{HEATMAP}({prefix}row, {prefix}col, ")
+            rewrite.replace(end - 1, end, f", {sizes})")
+        except ValueError:
+            raise fail("heatmap() cannot hold this expression", heatmap.node, statement.text) from None
+    return rewrite
+
+
+def _heatmap_error(statement: Statement, bound: Bound) -> QueryError:
+    node = bound.heatmaps[0].node if bound.heatmaps else statement.tree
+    assert node is not None
+    return fail(
+        "heatmap() needs one row per position: GROUP BY image (and class)", node, statement.text
+    )
+
+
+def _with_hint(error: QueryError, session: Session) -> QueryError:
+    """Name the occlusion function when a statement reads an image set as a table."""
+    for name in session._images:
+        if f'Table with name {name} does not exist' in error.message:
+            hint = f" ('{name}' is an image set: read it with occlusion({name}, model, patch => …))"
+            return QueryError(error.message.split("\n")[0] + hint, error.text, *_span(error))
+    return error
+
+
+def _span(error: QueryError) -> tuple[int, int]:
+    lines = error.text.split("\n")
+    start = sum(len(line) + 1 for line in lines[: error.line - 1]) + error.col - 1
+    return start, start + max(1, error.excerpt.count("^"))
+
+
+def _check_class_constants(predicate: exp.Expression, count: int, text: str) -> None:
+    """Integer classes named by ``class = c`` / ``class IN (…)`` exist in the model's output."""
+    for value in _constants(predicate, text):
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value < count:
+            raise fail(f"class {value!r} is outside the model's {count} classes", predicate, text)
+
+
+def _constants(predicate: exp.Expression, text: str) -> list[Any]:
+    """The literal constants of ``column = c`` / ``column IN (…)`` (others: none)."""
+    if isinstance(predicate, exp.In):
+        nodes = predicate.expressions
+    elif isinstance(predicate, exp.EQ):
+        nodes = [s for s in (predicate.this, predicate.expression) if not isinstance(s, exp.Column)]
+    else:
+        return []
+    values = []
+    for node in nodes:
+        try:
+            values.append(literal(node, text))
+        except QueryError:
+            continue  # an expression: DuckDB evaluates it
+    return values
+
+
+def _check_image_constants(predicate: exp.Expression, names: list[str], text: str) -> None:
+    """Image names spelled out by ``image = '…'`` / ``image IN (…)`` exist: a typo is an
+    error, not an empty result."""
+    for value in _constants(predicate, text):
+        if isinstance(value, str) and value not in names:
+            raise fail(f"unknown image {value!r} (images: {', '.join(names)})", predicate, text)
+
+
+def _check_class(value: Any, count: int, node: exp.Expression, statement: Statement) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < count:
+        raise fail(f"class {value!r} is outside the model's {count} classes", node, statement.text)
+
+
+def _is_dataframe(data: Any) -> bool:
+    return type(data).__module__.split(".")[0] == "pandas" and hasattr(data, "columns")
 
 
 def _grid(plan: api.OcclusionPlan) -> dict[str, np.ndarray]:
@@ -330,22 +625,6 @@ def _grid(plan: api.OcclusionPlan) -> dict[str, np.ndarray]:
     row, col = np.divmod(np.arange(rows * cols), cols)
     return {"row": row, "col": col, "y": plan.positions.top, "x": plan.positions.left}
 
-
-def _describe_pushdown(
-    occlusion: Occlusion, mask: np.ndarray, names: list[str], registered: int
-) -> str:
-    filters = " AND ".join(p.sql() for p in occlusion.position_filters) or "none"
-    classes = (
-        occlusion.classes
-        if occlusion.classes is not None
-        else ([occlusion.options["target"]] if "target" in occlusion.options else "predicted")
-    )
-    return (
-        "== pushdown ==\n"
-        f"positions: {int(mask.sum())} of {len(mask)} (filters: {filters})\n"
-        f"classes: {classes}\n"
-        f"images: {len(names)} of {registered} ({', '.join(names)})\n"
-    )
 
 
 def _photo_loader(path: Path) -> Callable[[], np.ndarray]:
@@ -362,46 +641,17 @@ def _is_explain(query: str) -> bool:
     return query.lstrip().lower().startswith("explain")
 
 
-def _find(text: str, word: str) -> int:
-    index = text.lower().find(word.lower())
-    return max(index, 0)
 
 
-def _argument_error(statement: Statement, index: int, message: str) -> QueryError:
-    return fail(message, _function(statement).expressions[index], statement.text)
 
-
-def _node_error(statement: Statement, node: Any, message: str) -> QueryError:
-    return fail(message, node, statement.text)
-
-
-def _option_named(message: str, occlusion: Occlusion) -> str | None:
+def _option_named(message: str, scan: Scan) -> str | None:
     """The option an argument check complains about (its messages start with the name)."""
-    return next((name for name in occlusion.option_nodes if message.startswith(name)), None)
+    return next((name for name in scan.option_nodes if message.startswith(name)), None)
 
 
-def _function(statement: Statement) -> Any:
-    select = statement.select
-    source = select.args.get("from_") or select.args.get("from")
-    return source.this.this
 
 
-def _check_classes(occlusion: Occlusion, statement: Statement, plan: api.OcclusionPlan) -> None:
-    """Classes named by the query exist in the model's output."""
-    count = plan.logical[plan.logical.output].schema.shape[0]
-    named = occlusion.classes or []
-    nodes = occlusion.class_nodes
-    if occlusion.classes is None and "target" in occlusion.options:
-        named, nodes = [occlusion.options["target"]], [occlusion.option_nodes["target"]]
-    for value in named:
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < count:
-            raise _node_error(
-                statement,
-                nodes[0] if nodes else _function(statement),
-                f"class {value!r} is outside the model's {count} classes",
-            )
-
-
-def connect() -> Session:
-    """A new session that knows the built-in model and sample photos."""
-    return Session()
+def connect(database: str | Path | None = None) -> Session:
+    """A new session that knows the built-in model and sample photos; ``database``: None for
+    an in-memory DuckDB, or a DuckDB file that keeps the tables statements create."""
+    return Session(database)

@@ -1,0 +1,157 @@
+"""The session's DuckDB: it runs everything after the occlusion scan.
+
+A statement reaches DuckDB as the user's own text with edits (each ``occlusion(…)`` call
+replaced by the name of its registered relation, each ``heatmap(v)`` by the aggregate that
+builds the grid). ``Rewrite`` records the edits, so that a position DuckDB reports in the edited
+text maps back to the user's text; ``Engine.run`` turns every ``duckdb.Error`` into a
+``QueryError`` with that position (or DuckDB's message alone where it gives none).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from krypton_ql.dsl.errors import QueryError
+
+# heatmap(v) becomes kql_heatmap(row, col, v, rows, cols): one struct per group with the grid
+# (NULL where the statement cannot tell it) and the group's cells, in row-major order.
+HEATMAP = "kql_heatmap"
+_MACROS = (
+    f"CREATE OR REPLACE TEMP MACRO {HEATMAP}(r, c, v, nr, nc) AS struct_pack("
+    "kql_rows := any_value(nr), kql_cols := any_value(nc), "
+    "kql_cells := list(struct_pack(kql_row := r, kql_col := c, kql_value := CAST(v AS FLOAT)) "
+    "ORDER BY r, c))",
+)
+_KIND = re.compile(r"^(\w+ Error): ", re.DOTALL)
+_NAMED = re.compile(r"with name \"?([\w.]+)\"? does not exist")
+
+
+@dataclass
+class Rewrite:
+    """The user's text with replaced spans, and the map from edited offsets back to it.
+
+    >>> r = Rewrite("SELECT a FROM f(x) WHERE b")
+    >>> r.replace(14, 18, "t1")
+    >>> r.text
+    'SELECT a FROM t1 WHERE b'
+    >>> r.original(23), r.original(15)
+    (25, 14)
+    """
+
+    source: str
+    _edits: list[tuple[int, int, str]] = field(default_factory=list)
+
+    def replace(self, start: int, end: int, new: str) -> None:
+        if any(s < end and start < e for s, e, _ in self._edits):
+            raise ValueError("overlapping edits")
+        self._edits.append((start, end, new))
+
+    @property
+    def text(self) -> str:
+        out, at = [], 0
+        for start, end, new in sorted(self._edits):
+            out += [self.source[at:start], new]
+            at = end
+        return "".join(out) + self.source[at:]
+
+    def original(self, offset: int) -> int:
+        """The offset in the user's text of an offset in the edited text (a position inside
+        a replacement maps to the start of the span it replaced)."""
+        shift = 0
+        for start, end, new in sorted(self._edits):
+            edited_start = start + shift
+            if offset < edited_start:
+                break
+            if offset < edited_start + len(new):
+                return start
+            shift += len(new) - (end - start)
+        return offset - shift
+
+
+class Engine:
+    """One DuckDB connection (in memory, or a database file) with the heatmap aggregate."""
+
+    def __init__(self, database: str | Path | None = None):
+        target = ":memory:" if database is None else str(database)
+        try:
+            self.connection = duckdb.connect(target)
+        except duckdb.Error as error:
+            raise QueryError(f"cannot open the database {target}: {_message(error)}") from None
+        self.database = target
+        for macro in _MACROS:
+            self.connection.execute(macro)
+        self.connection.execute("SET errors_as_json = true")
+
+    def register(self, name: str, table: pa.Table) -> None:
+        self.connection.register(name, table)
+
+    def unregister(self, name: str) -> None:
+        self.connection.unregister(name)
+
+    def run(self, rewrite: Rewrite, *, explain_only: bool = False) -> pa.Table | None:
+        """Run the edited statement; its rows as Arrow (None for a statement without rows).
+        ``explain_only`` binds and plans it without running it (errors surface all the same)."""
+        prefix = "EXPLAIN " if explain_only else ""
+        try:
+            relation = self.connection.sql(prefix + rewrite.text)
+            return None if relation is None else relation.to_arrow_table()
+        except duckdb.Error as error:
+            raise self.error(error, rewrite, len(prefix)) from None
+
+    def query(self, sql: str, parameters: list[Any] | None = None) -> pa.Table:
+        """Our own SQL (pushdown evaluation, catalog listings): rows as Arrow."""
+        try:
+            return self.connection.sql(sql, params=parameters or None).to_arrow_table()
+        except duckdb.Error as error:
+            raise QueryError(_message(error)) from None
+
+    @staticmethod
+    def error(error: duckdb.Error, rewrite: Rewrite, prefix: int = 0) -> QueryError:
+        """A ``QueryError`` at the position DuckDB reports, mapped back to the user's text."""
+        details = _details(error)
+        message = _message(error, details)
+        start, length = _location(details)
+        if start is None:
+            named = _NAMED.search(message)
+            word = named and re.search(rf"\b{re.escape(named.group(1))}\b", rewrite.source, re.I)
+            if not word:
+                return QueryError(message)
+            return QueryError(message, rewrite.source, word.start(), word.end())
+        begin = rewrite.original(max(0, start - prefix))
+        return QueryError(message, rewrite.source, begin, begin + max(1, length))
+
+
+def _details(error: duckdb.Error) -> dict[str, Any]:
+    text = str(error)
+    body = _KIND.sub("", text, count=1)
+    try:
+        details = json.loads(body)
+    except ValueError:
+        return {"exception_message": text}
+    return details if isinstance(details, dict) else {"exception_message": text}
+
+
+def _message(error: duckdb.Error, details: dict[str, Any] | None = None) -> str:
+    details = _details(error) if details is None else details
+    kind = _KIND.match(str(error))
+    message = str(details.get("exception_message", error)).strip()
+    message = message.split("\n\tCandidate functions:")[0]  # DuckDB lists every overload
+    if kind and not message.startswith(kind.group(1)):
+        message = f"{kind.group(1)}: {message}"
+    return message
+
+
+def _location(details: dict[str, Any]) -> tuple[int | None, int]:
+    location = re.fullmatch(r"\[(\d+),(\d+)\]", str(details.get("location", "")))
+    if location:
+        return int(location.group(1)), int(location.group(2))
+    if str(details.get("position", "")).isdigit():
+        return int(details["position"]), 1
+    return None, 1
