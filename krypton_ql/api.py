@@ -171,7 +171,6 @@ class OcclusionPlan:
         heatmaps = scores.reshape(len(images), targets.shape[1], *self.grid)
         return OcclusionResult(heatmaps, base, targets, executor.queries_run)
 
-
     def _views(self, images: Tensor, weights: Weights, reuse: bool) -> dict[str, Tensor]:
         """The clean forward's views of ``images`` (one forward per image set when reusing)."""
         kept = self._clean

@@ -85,7 +85,16 @@ def _parser() -> argparse.ArgumentParser:
     explain = commands.add_parser("explain", help="print the plan of a query")
     _query_arguments(explain)
     explain.add_argument("--verbose-plan", action="store_true", help="the plan after each stage")
+    explain.add_argument(
+        "--sql", dest="as_sql", action="store_true", help="also the incremental plan as SQL"
+    )
     explain.set_defaults(run=_explain)
+
+    shell = commands.add_parser(
+        "shell", help="an interactive SQL prompt (statements end with ';', .help for help)"
+    )
+    _session_arguments(shell)
+    shell.set_defaults(run=_shell)
 
     demo = commands.add_parser(
         "demo", help="what `make demo` runs", add_help=False, usage="kql demo [demo options]"
@@ -104,6 +113,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _query_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sql", help='the query, e.g. "SELECT … FROM occlusion(images, model, …)"')
+    _session_arguments(parser)
+
+
+def _session_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database",
+        metavar="FILE",
+        help="a DuckDB file that keeps created tables (default: in memory)",
+    )
     parser.add_argument("--images", nargs="+", metavar="PATH", help="image files or folders")
     parser.add_argument("--model", default=None, help="efficientnet_lite0 (default)")
     parser.add_argument("--arch", help="a torchvision architecture, with --weights")
@@ -116,7 +134,7 @@ def _session(args: argparse.Namespace):
     from compiler.errors import InvalidInputError
     from krypton_ql import models
 
-    session = kql.connect()
+    session = kql.connect(args.database)
     if args.arch or args.weights:
         if not (args.arch and args.weights):
             raise InvalidInputError("--arch and --weights go together (no weights are downloaded)")
@@ -162,12 +180,7 @@ _PROB_HEATMAP = re.compile(r"heatmap\s*\(\s*prob\s*\)", re.IGNORECASE)
 
 
 def _query(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-    from torch import Tensor
-
     from compiler.errors import InvalidInputError
-    from krypton_ql import render
 
     exact_sql = _APPROXIMATE_OPTION.sub("", args.sql)
     if args.compare_exact and exact_sql == args.sql:
@@ -176,9 +189,44 @@ def _query(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     exact = session.sql(exact_sql, progress=progress) if args.compare_exact else None
     result = session.sql(args.sql, progress=progress)  # last: the plan of record
-    occlusion = session.last_plan.occlusion
-    geometry = ((occlusion.patch.h, occlusion.patch.w), (occlusion.stride.h, occlusion.stride.w))
     out = Path(args.out)
+    written, rows = write_results(session, module, display, result, args.sql, out, exact)
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(result.columns)
+        writer.writerows(rows)
+    written.append(out / "results.csv")
+    written.append(result.to_parquet(out / "results.parquet"))
+    print(result)
+    print(f"wrote {len(written)} files to {out}/ ({session.last_queries} occlusion queries)")
+    return EXIT_OK
+
+
+def write_results(
+    session: Any,
+    module: Any,
+    display: Any,
+    result: Any,
+    sql: str,
+    out: Path,
+    exact: Any = None,
+) -> tuple[list[Path], list[list[Any]]]:
+    """Write each heatmap of ``result`` as ``.npy`` and a ``.png`` overlay on its image (and
+    exact-vs-approximate pictures with ``exact``); returns the files and the rows with each
+    heatmap replaced by its file name."""
+    import numpy as np
+    import torch
+    from torch import Tensor
+
+    from krypton_ql import render
+
+    plan = session.last_plan
+    occlusion = plan.occlusion if plan is not None else None
+    geometry = (
+        ((occlusion.patch.h, occlusion.patch.w), (occlusion.stride.h, occlusion.stride.w))
+        if occlusion is not None
+        else (None, None)
+    )
     out.mkdir(parents=True, exist_ok=True)
     written = []
     rows = []
@@ -196,12 +244,12 @@ def _query(args: argparse.Namespace) -> int:
             cells[column] = f"{stem}.npy"
             written.append(out / f"{stem}.npy")
             picture = session.input_image(image) if image_column is not None else None
-            if picture is None:
+            if picture is None or occlusion is None:
                 continue
             if image not in clean:
                 with torch.no_grad():
                     clean[image] = torch.softmax(module(picture[None]).float(), 1)[0]
-            base = _clean_score(args.sql, clean[image], row, class_column)
+            base = _clean_score(sql, clean[image], row, class_column)
             title = f"{image}: {result.columns[column]}"
             written.append(
                 render.overlay_png(
@@ -221,14 +269,7 @@ def _query(args: argparse.Namespace) -> int:
                     )  # fmt: skip
                 )
         rows.append(cells)
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(result.columns)
-        writer.writerows(rows)
-    written.append(out / "results.csv")
-    print(result)
-    print(f"wrote {len(written)} files to {out}/ ({session.last_queries} occlusion queries)")
-    return EXIT_OK
+    return written, rows
 
 
 def _clean_score(sql: str, probabilities: Any, row: tuple, class_column: int | None):
@@ -249,8 +290,20 @@ def _explain(args: argparse.Namespace) -> int:
     text = args.sql if args.sql.lstrip().upper().startswith("EXPLAIN") else f"EXPLAIN {args.sql}"
     if args.verbose_plan:
         text = text.replace("EXPLAIN", "EXPLAIN VERBOSE", 1)
-    print(session.explain(text), end="")
+    print(session.explain(text, sql=args.as_sql), end="")
     return EXIT_OK
+
+
+def _shell(args: argparse.Namespace) -> int:
+    from krypton_ql.shell import Shell
+
+    session, module, display = _session(args)
+
+    def save(result: Any, sql: str, out: Path) -> list[Path]:
+        out.mkdir(parents=True, exist_ok=True)
+        return write_results(session, module, display, result, sql, out)[0]
+
+    return Shell(session, save).run()
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -1,8 +1,8 @@
 """Query text -> a parsed statement: sqlglot (DuckDB dialect) reads it so that the compiler can
 find the ``occlusion(…)`` calls and the predicates it can push into them; DuckDB runs it.
 
-A statement without an ``occlusion(…)`` call goes to DuckDB as it is (``Statement.tree`` is
-None): DuckDB's SQL is the language, and sqlglot need not know all of it.
+A statement without an ``occlusion(…)`` or ``heatmap(…)`` call goes to DuckDB as it is
+(``Statement.tree`` is None): DuckDB's SQL is the language, and sqlglot need not know all of it.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def parse(text: str) -> Statement:
         tokens = sqlglot.Dialect.get_or_raise(DIALECT).tokenize(body)
     except (TokenError, ValueError):
         tokens = None
-    if tokens is None or not calls(tokens):
+    if tokens is None or not (calls(tokens) or calls(tokens, "heatmap")):
         if tokens is None and "occlusion" in text.lower():
             raise QueryError("cannot read the query", text, offset)
         return Statement(None, text, bool(explain), bool(explain and explain.group(1)))
@@ -131,7 +131,9 @@ def complete(text: str) -> bool:
     return bool(tokens) and tokens[-1].token_type is TokenType.SEMICOLON
 
 
-def calls(tokens: tuple[Token, ...] | list[Token], name: str = "occlusion") -> list[tuple[int, int]]:
+def calls(
+    tokens: tuple[Token, ...] | list[Token], name: str = "occlusion"
+) -> list[tuple[int, int]]:
     """Token ranges ``[start, end)`` of every call of the function ``name``."""
     found = []
     for index, token in enumerate(tokens[:-1]):

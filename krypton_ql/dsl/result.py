@@ -28,9 +28,7 @@ class Result:
         self._table = table if table is not None else pa.table({})
         self._plan = plan
         self._heatmap_error = heatmap_error
-        self._heatmap_columns = [
-            i for i, f in enumerate(self._table.schema) if _is_heatmap(f.type)
-        ]
+        self._heatmap_columns = [i for i, f in enumerate(self._table.schema) if _is_heatmap(f.type)]
         self._grids = {i: self._tensors(i) for i in self._heatmap_columns}
 
     @property
@@ -90,8 +88,8 @@ class Result:
     def _tensors(self, index: int) -> list[Tensor | None]:
         """One column of heatmap structs as tensors (vectorised over the column's cells)."""
         column = self._table.column(index).combine_chunks()
-        rows = column.field("kql_rows").to_numpy(zero_copy_only=False)
-        cols = column.field("kql_cols").to_numpy(zero_copy_only=False)
+        rows = column.field("kql_rows").to_pylist()  # None: the statement could not tell
+        cols = column.field("kql_cols").to_pylist()
         cells = column.field("kql_cells")
         offsets = cells.offsets.to_numpy()
         flat = cells.flatten()
@@ -105,8 +103,12 @@ class Result:
                 continue
             part = slice(offsets[i], offsets[i + 1])
             r, c, v = row[part], col[part], value[part]
-            height = int(rows[i]) if not np.isnan(rows[i]) else int(r.max(initial=-1)) + 1
-            width = int(cols[i]) if not np.isnan(cols[i]) else int(c.max(initial=-1)) + 1
+            height = rows[i] if rows[i] is not None else int(r.max(initial=-1)) + 1
+            width = cols[i] if cols[i] is not None else int(c.max(initial=-1)) + 1
+            if len(r) and (r.min() < 0 or c.min() < 0 or r.max() >= height or c.max() >= width):
+                raise QueryError(
+                    f"heatmap(): a cell lies outside the {height}×{width} grid of its scan"
+                )
             grid = np.full((height, width), np.nan, dtype=np.float32)
             flat_index = r.astype(np.int64) * width + c.astype(np.int64)
             if len(np.unique(flat_index)) != len(flat_index):
@@ -137,7 +139,10 @@ class Result:
 
 
 def _is_heatmap(kind: pa.DataType) -> bool:
-    return pa.types.is_struct(kind) and tuple(kind.field(i).name for i in range(kind.num_fields)) == _HEATMAP_FIELDS
+    return (
+        pa.types.is_struct(kind)
+        and tuple(kind.field(i).name for i in range(kind.num_fields)) == _HEATMAP_FIELDS
+    )
 
 
 def _cell(value: Any) -> str:

@@ -186,7 +186,9 @@ class Session:
                     f"register_table reads an existing .csv, .tsv or .parquet file, got {data}"
                 )
             self._unregister(name)
-            self.engine.query(f"CREATE OR REPLACE TABLE {quoted} AS SELECT * FROM {reader}(?)", [str(path)])
+            self.engine.query(
+                f"CREATE OR REPLACE TABLE {quoted} AS SELECT * FROM {reader}(?)", [str(path)]
+            )
             return
         if hasattr(data, "to_arrow") and not isinstance(data, pa.Table):  # polars
             data = data.to_arrow()
@@ -222,7 +224,7 @@ class Session:
 
     # -- queries ------------------------------------------------------------------------------
 
-    def sql(self, query: str, *, progress: Any = "auto") -> Result:
+    def sql(self, query: str, *, progress: Any = "auto", _sql_plan: bool = False) -> Result:
         """Run one statement (or ``EXPLAIN [VERBOSE]`` one) and return its result. ``progress``:
         a bar on stderr (``True``; ``"auto"``: when it is a terminal), a ``callback(done,
         total)``, or ``False``."""
@@ -242,7 +244,10 @@ class Session:
         self._validate(statement, bound, names)
         prepared = [self._prepare(scan, statement) for scan in bound.scans]
         grids = [p.plan.grid if p.plan is not None else None for p in prepared]
-        explanation = "\n".join(self._describe(p, statement, i, len(prepared)) for i, p in enumerate(prepared))
+        explanation = "\n".join(
+            self._describe(p, statement, i, len(prepared), _sql_plan)
+            for i, p in enumerate(prepared)
+        )
         plans = [p.plan for p in prepared if p.plan is not None]
         if plans:
             self.last_plan = plans[-1]
@@ -264,10 +269,10 @@ class Session:
         """The model input the last statement computed for image ``name`` (None if none)."""
         return self._last_inputs.get(name)
 
-    def explain(self, query: str) -> str:
-        """The plan of a query, pushdowns first."""
+    def explain(self, query: str, *, sql: bool = False) -> str:
+        """The plan of a query, pushdowns first; ``sql``: with the incremental plan as SQL."""
         text = query if _is_explain(query) else f"EXPLAIN {query}"
-        result = self.sql(text)
+        result = self.sql(text, _sql_plan=sql)
         return "\n".join(str(row[0]) for row in result.rows)
 
     def _validate(self, statement: Statement, bound: Bound, names: list[str]) -> None:
@@ -507,7 +512,9 @@ class Session:
         self._plans[key] = plan
         return plan
 
-    def _describe(self, item: _Prepared, statement: Statement, index: int, count: int) -> str:
+    def _describe(
+        self, item: _Prepared, statement: Statement, index: int, count: int, sql: bool
+    ) -> str:
         scan, request = item.scan, item.request
         if item.plan is None:
             return f"== pushdown ==\nimages: 0 of {item.registered}: nothing to compute\n"
@@ -521,10 +528,11 @@ class Session:
         cached = "yes (computed by an earlier statement)" if item.table is not None else "no"
         return (
             f"{title}\n"
-            f"positions: {len(request.positions)} of {len(item.plan.positions)} (filters: {filters})\n"
+            f"positions: {len(request.positions)} of {len(item.plan.positions)} "
+            f"(filters: {filters})\n"
             f"classes: {classes}\n"
             f"images: {len(request.names)} of {item.registered} ({', '.join(request.names)})\n"
-            f"cached: {cached}\n\n" + item.plan.explain(verbose=statement.verbose)
+            f"cached: {cached}\n\n" + item.plan.explain(verbose=statement.verbose, sql=sql)
         )
 
 
@@ -552,7 +560,9 @@ def _rewrite(
             rewrite.replace(start, open_paren + 1, f"{HEATMAP}({prefix}row, {prefix}col, ")
             rewrite.replace(end - 1, end, f", {sizes})")
         except ValueError:
-            raise fail("heatmap() cannot hold this expression", heatmap.node, statement.text) from None
+            raise fail(
+                "heatmap() cannot hold this expression", heatmap.node, statement.text
+            ) from None
     return rewrite
 
 
@@ -567,7 +577,7 @@ def _heatmap_error(statement: Statement, bound: Bound) -> QueryError:
 def _with_hint(error: QueryError, session: Session) -> QueryError:
     """Name the occlusion function when a statement reads an image set as a table."""
     for name in session._images:
-        if f'Table with name {name} does not exist' in error.message:
+        if f"Table with name {name} does not exist" in error.message:
             hint = f" ('{name}' is an image set: read it with occlusion({name}, model, patch => …))"
             return QueryError(error.message.split("\n")[0] + hint, error.text, *_span(error))
     return error
@@ -626,7 +636,6 @@ def _grid(plan: api.OcclusionPlan) -> dict[str, np.ndarray]:
     return {"row": row, "col": col, "y": plan.positions.top, "x": plan.positions.left}
 
 
-
 def _photo_loader(path: Path) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
         from PIL import Image
@@ -641,14 +650,9 @@ def _is_explain(query: str) -> bool:
     return query.lstrip().lower().startswith("explain")
 
 
-
-
-
 def _option_named(message: str, scan: Scan) -> str | None:
     """The option an argument check complains about (its messages start with the name)."""
     return next((name for name in scan.option_nodes if message.startswith(name)), None)
-
-
 
 
 def connect(database: str | Path | None = None) -> Session:
