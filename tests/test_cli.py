@@ -48,7 +48,7 @@ def test_query_writes_heatmaps_pictures_and_rows(photos: Path, tmp_path: Path) -
     )
     done = kql("query", sql, "--images", str(photos), "--out", str(out))
     assert done.returncode == 0, done.stderr
-    assert "image | h" in done.stdout and "wrote 5 files" in done.stdout
+    assert "image | h" in done.stdout and "wrote 6 files" in done.stdout
     from krypton_ql import models
 
     model = models.efficientnet_lite0()
@@ -62,6 +62,11 @@ def test_query_writes_heatmaps_pictures_and_rows(photos: Path, tmp_path: Path) -
     assert rows[0] == ["image", "h", "worst"]
     assert [r[:2] for r in rows[1:]] == [["cat", "cat_h.npy"], ["cup", "cup_h.npy"]]
     assert float(rows[1][2]) == pytest.approx(float(np.load(out / "cat_h.npy").min()), rel=1e-5)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out / "results.parquet")
+    assert table.column_names == ["image", "h", "worst"]
+    assert table.column("worst").to_pylist()[0] == pytest.approx(float(rows[1][2]), rel=1e-5)
 
 
 def test_compare_exact_writes_side_by_side_pictures(photos: Path, tmp_path: Path, capsys) -> None:
@@ -144,3 +149,27 @@ def test_demo_through_the_cli(tmp_path: Path, capsys) -> None:
     assert "chelsea" in output and "naive" in output and "SSIM" in output
     assert (tmp_path / "chelsea.png").stat().st_size > 10_000
     assert (tmp_path / "chelsea_tau.png").stat().st_size > 10_000
+
+
+def test_shell_reads_statements_on_stdin(photos: Path, tmp_path: Path) -> None:
+    database = tmp_path / "cells.duckdb"
+    script = (
+        "CREATE TABLE cells AS SELECT * FROM occlusion(images, model, patch => 112,\n"
+        "  stride => 112) WHERE image = 'cat';\n"
+        "SELECT image, label, count(*) AS n FROM cells GROUP BY ALL;\n"
+        "SELECT oops;\n"
+        ".tables\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "krypton_ql.cli", "shell", "--images", str(photos)]
+        + ["--database", str(database)],
+        input=script,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "cat   | tiger cat | 4" in done.stdout and "cells" in done.stdout
+    assert 'column "oops" was not found' in done.stderr and "Traceback" not in done.stderr
