@@ -64,7 +64,7 @@ def test_statements_span_lines_and_errors_do_not_stop_the_shell(tmp_path) -> Non
     ]
     saved = np.load(tmp_path / "maps" / "1_h.npy")
     assert saved.shape == (2, 2) and saved.dtype == np.float32
-    assert "a\n-" in out and "b\n-" in out and "ok" in out
+    assert "a\n-" in out and "b\n-" in out
     assert "\nt\n" in out and "cnn" in out and "scans: 0, 1" in out
     assert "unknown command '.frobnicate'" in err
     assert "positions: 2 of 4 (filters: row = 0)" in out
