@@ -67,7 +67,7 @@ def test_statements_span_lines_and_errors_do_not_stop_the_shell(tmp_path) -> Non
     assert "a\n-" in out and "b\n-" in out
     assert "\nt\n" in out and "cnn" in out and "scans: 0, 1" in out
     assert "unknown command '.frobnicate'" in err
-    assert "positions: 2 of 4 (filters: row = 0)" in out
+    assert "positions: 7 of 63 (filters: row = 0)" in out
     assert "unfinished" in out  # the last statement runs at end of input without its ';'
 
 
