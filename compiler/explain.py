@@ -4,7 +4,7 @@ and ``physical`` sections. No ids, addresses, timings or device names ever appea
 
 from __future__ import annotations
 
-from compiler import sql as relational
+from compiler import relational
 from compiler.cost import WORD, PlanCost, incremental_cost, naive_cost
 from compiler.ir import (
     AdaptivePool,
@@ -146,7 +146,11 @@ def render(
         *render_physical(physical, positions, backend, choices or {}),
     ]
     if sql:
-        lines += ["", "== relational ==", *relational.render_plan(logical)]
+        lines += [
+            "",
+            "== relational (the incremental plan as SQL) ==",
+            *relational.render_text(optimized.plan),
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,6 @@ equal torch on small tensors: the relational semantics is executable, not decora
 from __future__ import annotations
 
 from compiler.ir import Activation, Arith, BatchNorm, JoinAggregate, Map, Node, Pool, Scalar
-from compiler.plan import Plan
 from compiler.types import Agg, Window
 
 
@@ -96,17 +95,24 @@ def map_sql(op: Map | Scalar | BatchNorm) -> str:
             "SELECT A.c AS c, A.y AS y, A.x AS x, A.v * S.scale + S.shift AS v "
             "FROM A JOIN S ON S.c = A.c"
         )
+    return f"SELECT A.c AS c, A.y AS y, A.x AS x, {scalar_sql(op)} AS v FROM A"
+
+
+def scalar_sql(op: Scalar, v: str = "A.v") -> str:
+    """The scalar expression of ``v ∘ constant``.
+
+    >>> scalar_sql(Scalar(Arith.RSUB, 1.0))
+    '1.0 - A.v'
+    """
     forms = {
-        Arith.ADD: "A.v + {}",
-        Arith.SUB: "A.v - {}",
-        Arith.RSUB: "{} - A.v",
-        Arith.MUL: "A.v * {}",
-        Arith.DIV: "A.v / {}",
-        Arith.RDIV: "{} / A.v",
+        Arith.ADD: "{v} + {c}",
+        Arith.SUB: "{v} - {c}",
+        Arith.RSUB: "{c} - {v}",
+        Arith.MUL: "{v} * {c}",
+        Arith.DIV: "{v} / {c}",
+        Arith.RDIV: "{c} / {v}",
     }
-    return (
-        f"SELECT A.c AS c, A.y AS y, A.x AS x, {forms[op.arith].format(repr(op.value))} AS v FROM A"
-    )
+    return forms[op.arith].format(v=v, c=repr(op.value))
 
 
 def constant_divisor(op: Pool) -> int | None:
@@ -128,13 +134,3 @@ def node_sql(node: Node) -> str | None:
     if isinstance(op, (Map, Scalar, BatchNorm)):
         return map_sql(op)
     return None
-
-
-def render_plan(plan: Plan) -> list[str]:
-    """``name: SQL`` for every exportable node of a plan."""
-    lines = []
-    for node in plan:
-        text = node_sql(node)
-        if text is not None:
-            lines.append(f"{node.name}: {text};")
-    return lines

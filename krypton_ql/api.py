@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -170,6 +171,31 @@ class OcclusionPlan:
                 )
         heatmaps = scores.reshape(len(images), targets.shape[1], *self.grid)
         return OcclusionResult(heatmaps, base, targets, executor.queries_run)
+
+    def sql_heatmap(
+        self, image: Tensor, *, target: int | None = None, positions: Any = None
+    ) -> Tensor:
+        """The heatmap of one image ``[C,H,W]`` computed by running the incremental plan as SQL
+        in DuckDB (``explain(sql=True)`` prints it): the relational semantics, executable.
+        Every cell is a row: for tiny models and images (tests, teaching), not for speed.
+        ``positions``: grid indices to compute (NaN elsewhere)."""
+        from runtime import relational
+
+        image = check.images(image, self.shape)
+        if image.dim() == 4:
+            if len(image) != 1:
+                raise InvalidInputError("sql_heatmap takes one image [C, H, W]")
+            image = image[0]
+        return relational.heatmap(
+            self.optimized.plan,
+            self.optimized.origins,
+            self.positions,
+            Weights(self.exported.tensors),
+            image.float(),
+            score=self.occlusion.score,
+            target=target if target is not None else self.target,
+            chosen=None if positions is None else np.asarray(positions, dtype=np.int64),
+        )
 
     def _views(self, images: Tensor, weights: Weights, reuse: bool) -> dict[str, Tensor]:
         """The clean forward's views of ``images`` (one forward per image set when reusing)."""

@@ -363,15 +363,22 @@ def _responsive(model: nn.Module, image: Tensor) -> nn.Module:
 
 
 @st.composite
-def cnn_cases(draw: st.DrawFn, dag: bool | None = None, wide: bool = True) -> Case:
-    """A random CNN with 2–5 blocks, a global-pool or flatten head, and a workload."""
+def cnn_cases(
+    draw: st.DrawFn,
+    dag: bool | None = None,
+    wide: bool = True,
+    kinds: tuple[str, ...] | None = None,
+    heads: tuple[str, ...] = ("mean", "adaptive", "flatten", "offset"),
+) -> Case:
+    """A random CNN with 2–5 blocks (of ``kinds``, default all), a global-pool or flatten
+    head, and a workload."""
     channels = draw(st.integers(1, 3))
     height, width = draw(st.integers(7, 18)), draw(st.integers(7, 18))
     torch.manual_seed(draw(st.integers(0, 2**16)))
     layers: list[nn.Module] = []
     names: list[str] = []
     c, h, w = channels, height, width
-    kinds = list(KINDS)
+    kinds = list(KINDS if kinds is None else kinds)
     if dag is False:
         kinds = [k for k in kinds if k not in DAG_KINDS]
     for _ in range(draw(st.integers(2, 5))):
@@ -383,7 +390,7 @@ def cnn_cases(draw: st.DrawFn, dag: bool | None = None, wide: bool = True) -> Ca
         names.append(kind)
         c, h, w = c2, h2, w2
     classes = draw(st.integers(2, 5))
-    head = draw(st.sampled_from(["mean", "adaptive", "flatten", "offset"]))
+    head = draw(st.sampled_from(list(heads)))
     layers.append(_head(head, c, h, w, classes))
     image = torch.randn(channels, height, width)
     model = _responsive(nn.Sequential(*layers).eval(), image)

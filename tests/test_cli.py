@@ -129,6 +129,11 @@ def test_explain_and_torchvision_weights_in_process(tmp_path: Path, capsys) -> N
     sql = "SELECT heatmap(prob) FROM occlusion(photos, squeezenet1_1, patch => 32, stride => 32)"
     assert main(["explain", sql, "--arch", "squeezenet1_1", "--weights", str(weights)]) == 0
     assert "== physical ==" in capsys.readouterr().out
+    assert (
+        main(["explain", sql, "--arch", "squeezenet1_1", "--weights", str(weights), "--sql"]) == 0
+    )
+    relational = capsys.readouterr().out.split("== relational (the incremental plan as SQL) ==")
+    assert "CREATE TABLE u2 AS" in relational[1]  # the first convolution after the occlusion
     assert main(["explain", sql, "--arch", "squeezenet1_1"]) == 2
     assert "--arch and --weights go together" in capsys.readouterr().err
     assert main(["explain", sql, "--arch", "resnet18", "--weights", str(weights)]) == 2

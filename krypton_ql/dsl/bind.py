@@ -90,8 +90,12 @@ def bind(statement: Statement) -> Bound:
 
 
 def _span_of(node: exp.Expression, spans: list[tuple[int, int]], text: str) -> tuple[int, int]:
+    """The call's text, from its name to its closing parenthesis (found by the tokenizer)."""
     start = position(node, text)[0]
-    return next(span for span in spans if span[0] == start)
+    found = [span for span in spans if span[0] == start]
+    if not found:
+        raise fail(f"cannot read the call of {node.name}()", node, text)
+    return found[0]
 
 
 def _scan(function: exp.Anonymous, span: tuple[int, int], text: str) -> Scan:

@@ -1,18 +1,33 @@
-"""The relational export is executable: SQL run by sqlglot's executor equals torch."""
+"""The relational export of single nodes is executable: the SQL, run by DuckDB on tiny
+tensors, equals torch (the whole incremental plan: tests/runtime/test_relational.py)."""
 
 from __future__ import annotations
 
 import math
 
+import duckdb
+import pyarrow as pa
 import pytest
 import torch
 import torch.nn.functional as F
-from sqlglot.executor import execute
 from torch import nn
 
 from compiler import sql
 from compiler.importer import export, import_model
 from compiler.types import Size2
+
+
+class _Rows:
+    def __init__(self, rows):
+        self.rows = rows
+
+
+def execute(sql_text: str, tables: dict[str, list[dict]]) -> _Rows:
+    """Run ``sql_text`` in DuckDB over the tables (lists of rows)."""
+    db = duckdb.connect()
+    for name, rows in tables.items():
+        db.register(name, pa.Table.from_pylist(rows))
+    return _Rows(db.execute(sql_text).fetchall())
 
 
 def _relation_a(x: torch.Tensor) -> list[dict]:
