@@ -46,6 +46,38 @@ def main() -> None:
     )
     print("\n".join(text.splitlines()[:5]))
 
+    print("\n-- the two regions per photo whose occlusion hurts most (a window function)")
+    print(
+        session.sql(
+            f"SELECT image, label, y, x, round(drop, 4) AS drop FROM {source} "
+            "QUALIFY rank() OVER (PARTITION BY image ORDER BY drop DESC) <= 2 "
+            "ORDER BY image, 5 DESC"
+        ),
+        "\n",
+    )
+    print("-- exact against approximate (τ = 0.6), compared in SQL; the exact side is cached")
+    approximate = source.replace(")", ", tau => 0.6)")
+    print(
+        session.sql(
+            f"SELECT e.image, round(max(abs(e.prob - a.prob)), 5) AS worst_error "
+            f"FROM {source} e JOIN {approximate} a USING (image, row, col, class) "
+            "GROUP BY e.image ORDER BY 1"
+        ),
+        "\n",
+    )
+    print("-- a user table joined with the heatmap rows")
+    import pyarrow as pa
+
+    session.register_table(
+        "truth", pa.table({"image": ["chelsea", "coffee"], "truth": ["tabby", "espresso"]})
+    )
+    print(
+        session.sql(
+            f"SELECT o.image, t.truth, o.label AS predicted, o.label = t.truth AS right "
+            f"FROM {source} o JOIN truth t USING (image) GROUP BY ALL ORDER BY 1"
+        )
+    )
+
     print("\n-- mistakes are pointed at")
     try:
         session.sql(f"SELECT y, x, dorp FROM {source}")

@@ -30,7 +30,8 @@ def test_query_tour() -> None:
     output = _run("query_tour.py")
     assert "coffee" in output and "967" in output  # espresso, predicted
     assert "occlusion queries ran" in output and "== pushdown ==" in output
-    assert "unknown column 'dorp'" in output and "^" in output
+    assert 'column "dorp" not found' in output and "^" in output
+    assert "worst_error" in output and "| True" in output and "| False" in output
 
 
 def test_quickstart(tmp_path) -> None:

@@ -14,6 +14,7 @@ call replaced by that relation's name.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,10 @@ class Session:
         self._plans: dict[tuple[Any, ...], api.OcclusionPlan] = {}  # compiled plans, reused
         self.cache = scans.Cache()
         self._generation = 0
+        # Seconds the last statement spent parsing, binding and validating ("parse"), loading
+        # images, compiling and pushing down ("prepare"), in occlusion scans ("scan"), and in
+        # DuckDB with the registration of the scans and the result ("duckdb").
+        self.last_timings: dict[str, float] = {}
 
     # -- catalog ------------------------------------------------------------------------------
 
@@ -228,33 +233,39 @@ class Session:
         """Run one statement (or ``EXPLAIN [VERBOSE]`` one) and return its result. ``progress``:
         a bar on stderr (``True``; ``"auto"``: when it is a terminal), a ``callback(done,
         total)``, or ``False``."""
+        clock = _Clock()
         statement = parse(query)
         self.last_queries, self.last_cached = 0, 0
         if statement.tree is None:  # plain DuckDB SQL
             try:
-                return Result(self.engine.run(Rewrite(statement.text)), "")
+                result = Result(self.engine.run(Rewrite(statement.text)), "")
             except QueryError as error:
                 raise _with_hint(error, self) from None
+            self.last_timings = clock.split("duckdb")
+            return result
         bound = bind(statement)
         names = [f"kql_occlusion_{i}" for i in range(len(bound.scans))]
         for scan in bound.scans:
             self._model(scan, statement)
             self._catalog(scan, statement)
-        grids: list[tuple[int, int] | None] = [None] * len(bound.scans)
         self._validate(statement, bound, names)
+        clock.split("parse")
         prepared = [self._prepare(scan, statement) for scan in bound.scans]
         grids = [p.plan.grid if p.plan is not None else None for p in prepared]
+        count = len(prepared)
         explanation = "\n".join(
-            self._describe(p, statement, i, len(prepared), _sql_plan)
-            for i, p in enumerate(prepared)
+            self._describe(p, statement, i, count, _sql_plan) for i, p in enumerate(prepared)
         )
         plans = [p.plan for p in prepared if p.plan is not None]
         if plans:
             self.last_plan = plans[-1]
+        clock.split("prepare")
         if statement.explain:
+            self.last_timings = clock.times
             return Result(pa.table({"plan": [explanation]}), explanation)
         for item in prepared:
             self._compute(item, progress)
+        clock.split("scan")
         rewrite = _rewrite(statement, bound, names, grids)
         try:
             for name, item in zip(names, prepared):
@@ -263,7 +274,9 @@ class Session:
         finally:
             for name in names:
                 self.engine.unregister(name)
-        return Result(table, explanation, _heatmap_error(statement, bound))
+        result = Result(table, explanation, _heatmap_error(statement, bound))
+        self.last_timings = clock.split("duckdb")
+        return result
 
     def input_image(self, name: str) -> Tensor | None:
         """The model input the last statement computed for image ``name`` (None if none)."""
@@ -534,6 +547,20 @@ class Session:
             f"images: {len(request.names)} of {item.registered} ({', '.join(request.names)})\n"
             f"cached: {cached}\n\n" + item.plan.explain(verbose=statement.verbose, sql=sql)
         )
+
+
+class _Clock:
+    """Phase times of a statement."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def split(self, phase: str) -> dict[str, float]:
+        now = time.perf_counter()
+        self.times[phase] = self.times.get(phase, 0.0) + now - self._last
+        self._last = now
+        return self.times
 
 
 def _rewrite(
