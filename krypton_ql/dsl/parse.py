@@ -82,6 +82,15 @@ def parse(text: str) -> Statement:
         tokens = sqlglot.Dialect.get_or_raise(DIALECT).tokenize(body)
     except (TokenError, ValueError):
         tokens = None
+    ends = [t for t in tokens or [] if t.token_type is TokenType.SEMICOLON]
+    if ends and any(
+        t.token_type is not TokenType.SEMICOLON for t in tokens[tokens.index(ends[0]) :]
+    ):
+        raise QueryError(
+            "one statement at a time (run a script with kql shell < script.sql)",
+            text,
+            ends[0].start,
+        )
     if tokens is None or not (calls(tokens) or calls(tokens, "heatmap")):
         if tokens is None and "occlusion" in text.lower():
             raise QueryError("cannot read the query", text, offset)

@@ -4,9 +4,15 @@ print their caret and let the shell go on, Ctrl-C that cancels a statement."""
 from __future__ import annotations
 
 import io
+import os
+import pty
+import select
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import krypton_ql as kql
@@ -88,3 +94,50 @@ def test_ctrl_c_cancels_the_running_statement_and_keeps_the_shell() -> None:
 def test_help_and_quit() -> None:
     status, out, _err, _ = _shell(".help\n.quit\nSELECT 1 AS never;\n")
     assert status == 0 and ".save heatmaps DIR" in out and "never" not in out
+
+
+@pytest.mark.slow
+def test_on_a_terminal_ctrl_c_clears_the_line_and_history_is_kept(tmp_path) -> None:
+    """A real pseudo-terminal: readline editing, Ctrl-C on a half-typed statement, Ctrl-D to
+    leave, and the history file written for the next run."""
+    root = Path(__file__).resolve().parents[2]
+    history = tmp_path / "history"
+    script = (
+        "import krypton_ql as kql\n"
+        "from krypton_ql.shell import Shell\n"
+        "raise SystemExit(Shell(kql.connect(), lambda *a: []).run())\n"
+    )
+    environment = {"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "TERM": "dumb",
+                   "KQL_HISTORY": str(history), "HOME": str(tmp_path)}  # fmt: skip
+    pid, controller = pty.fork()  # the child's controlling terminal: Ctrl-C is a SIGINT
+    if pid == 0:
+        os.chdir(root)
+        os.execve(sys.executable, [sys.executable, "-c", script], environment)
+    output = b""
+
+    def read_until(marker: bytes, seconds: float = 120) -> None:
+        nonlocal output
+        deadline = time.monotonic() + seconds
+        while marker not in output and time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 0.5)
+            if ready:
+                try:
+                    output += os.read(controller, 4096)
+                except OSError:
+                    return
+
+    read_until(b"kql> ")
+    os.write(controller, b"SELECT 1 AS never\n")
+    read_until(b"...> ")
+    os.write(controller, b"\x03")
+    read_until(b"^C")
+    os.write(controller, b"SELECT 41 + 1 AS answer;\n")
+    read_until(b"(1 rows)")
+    os.write(controller, b"\x04")
+    read_until(b"never-appears", 10)  # until the shell exits and the terminal closes
+    _, status = os.waitpid(pid, 0)
+    os.close(controller)
+    text = output.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "answer" in text and "42" in text and "never\r\n-" not in text
+    assert "SELECT 41 + 1 AS answer;" in history.read_text()
