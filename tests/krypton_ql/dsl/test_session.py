@@ -245,6 +245,12 @@ VALID = [
     "SELECT y, x, drop FROM occlusion(scans, cnn, patch => 4, stride => 3) WHERE image = '1' "
     "AND class IN (0, 2) AND y BETWEEN 2 AND 8 ORDER BY drop DESC LIMIT 10",
     "EXPLAIN SELECT count(*) FROM occlusion(scans, cnn, patch => (4, 3), color => 0.5)",
+    "WITH t AS (SELECT image, row, col, drop FROM occlusion(scans, cnn, patch => 8, stride => 8) "
+    "WHERE class = 1) SELECT image, drop, rank() OVER (PARTITION BY image ORDER BY drop) AS r "
+    "FROM t QUALIFY r <= 2",
+    "SELECT e.image, max(abs(e.prob - a.prob)) FROM occlusion(scans, cnn, patch => 8, "
+    "stride => 8) e JOIN occlusion(scans, cnn, patch => 8, stride => 8, tau => 0.5) a "
+    "USING (image, row, col) GROUP BY 1 HAVING count(*) > 1",
 ]
 
 
@@ -292,6 +298,12 @@ def test_mutated_queries_raise_only_krypton_errors(session, data) -> None:
                         "class",
                         "drop",
                         "row",
+                        "JOIN",
+                        "OVER",
+                        "occlusion",
+                        "e.prob",
+                        "1;",
+                        "DATE",
                     ]
                 )
             )
