@@ -18,7 +18,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from krypton_ql.dsl.bind import Bound
 from krypton_ql.dsl.errors import QueryError
+from krypton_ql.dsl.parse import Statement, fail
 
 # heatmap(v) becomes kql_heatmap(row, col, v, rows, cols): one struct per group with the grid
 # (NULL where the statement cannot tell it) and the group's cells, in row-major order.
@@ -155,3 +157,42 @@ def _location(details: dict[str, Any]) -> tuple[int | None, int]:
     if str(details.get("position", "")).isdigit():
         return int(details["position"]), 1
     return None, 1
+
+
+def rewrite(
+    statement: Statement, bound: Bound, names: list[str], grids: list[tuple[int, int] | None]
+) -> Rewrite:
+    """The statement as DuckDB runs it: calls replaced by relation names, heatmaps by the
+    aggregate with their grid."""
+    edited = Rewrite(statement.text)
+    if statement.explain:
+        edited.replace(0, statement.body, "")
+    for scan, name in zip(bound.scans, names):
+        alias = "" if scan.call.parent.alias else " AS occlusion"
+        edited.replace(*scan.span, name + alias)
+    known = {g for g in grids if g is not None}
+    for heatmap in bound.heatmaps:
+        grid = grids[heatmap.scan] if heatmap.scan is not None else None
+        if grid is None and len(known) == 1:
+            grid = next(iter(known))
+        prefix = f"{heatmap.qualifier}." if heatmap.qualifier else ""
+        start, end = heatmap.span
+        open_paren = statement.text.index("(", start)
+        sizes = f"{grid[0]}, {grid[1]}" if grid else "NULL, NULL"
+        try:
+            edited.replace(start, open_paren + 1, f"{HEATMAP}({prefix}row, {prefix}col, ")
+            edited.replace(end - 1, end, f", {sizes})")
+        except ValueError:
+            raise fail(
+                "heatmap() cannot hold this expression", heatmap.node, statement.text
+            ) from None
+    return edited
+
+
+def heatmap_error(statement: Statement, bound: Bound) -> QueryError:
+    """The error a heatmap with two rows for one cell raises, at the first heatmap call."""
+    node = bound.heatmaps[0].node if bound.heatmaps else statement.tree
+    assert node is not None
+    return fail(
+        "heatmap() needs one row per position: GROUP BY image (and class)", node, statement.text
+    )

@@ -29,9 +29,9 @@ from torch import Tensor, nn
 
 import krypton_ql.api as api
 from compiler.errors import InvalidInputError
-from krypton_ql.dsl import scans
-from krypton_ql.dsl.bind import Bound, Scan, bind, literal, unqualified
-from krypton_ql.dsl.engine import HEATMAP, Engine, Rewrite
+from krypton_ql.dsl import pushdown, scans
+from krypton_ql.dsl.bind import Bound, Scan, bind
+from krypton_ql.dsl.engine import Engine, Rewrite, heatmap_error, rewrite
 from krypton_ql.dsl.errors import QueryError
 from krypton_ql.dsl.parse import Statement, fail, parse
 from krypton_ql.dsl.result import Result
@@ -266,15 +266,15 @@ class Session:
         for item in prepared:
             self._compute(item, progress)
         clock.split("scan")
-        rewrite = _rewrite(statement, bound, names, grids)
+        edited = rewrite(statement, bound, names, grids)
         try:
             for name, item in zip(names, prepared):
                 self.engine.register(name, item.table)
-            table = self.engine.run(rewrite)
+            table = self.engine.run(edited)
         finally:
             for name in names:
                 self.engine.unregister(name)
-        result = Result(table, explanation, _heatmap_error(statement, bound))
+        result = Result(table, explanation, heatmap_error(statement, bound))
         self.last_timings = clock.split("duckdb")
         return result
 
@@ -291,11 +291,11 @@ class Session:
     def _validate(self, statement: Statement, bound: Bound, names: list[str]) -> None:
         """DuckDB binds the statement against empty relations before any scan runs: unknown
         columns and functions, GROUP BY mistakes and type errors of the plan surface first."""
-        rewrite = _rewrite(statement, bound, names, [None] * len(names))
+        edited = rewrite(statement, bound, names, [None] * len(names))
         try:
             for name in names:
                 self.engine.register(name, scans.empty())
-            self.engine.run(rewrite, explain_only=True)
+            self.engine.run(edited, explain_only=True)
         except QueryError as error:
             raise _with_hint(error, self) from None
         finally:
@@ -303,30 +303,16 @@ class Session:
                 self.engine.unregister(name)
 
     def _model(self, scan: Scan, statement: Statement) -> _Model:
-        if scan.model not in self._models:
-            known = ", ".join(sorted(self._models))
-            raise fail(
-                f"unknown model '{scan.model}' (models: {known})",
-                scan.call.expressions[1],
-                statement.text,
-            )
-        return self._models[scan.model]
+        return _lookup(self._models, scan.model, "model", "models", scan.call, 1, statement)
 
     def _catalog(self, scan: Scan, statement: Statement) -> _Images:
-        if scan.images not in self._images:
-            known = ", ".join(sorted(self._images))
-            raise fail(
-                f"unknown images '{scan.images}' (image sets: {known})",
-                scan.call.expressions[0],
-                statement.text,
-            )
-        return self._images[scan.images]
+        return _lookup(self._images, scan.images, "images", "image sets", scan.call, 0, statement)
 
     def _prepare(self, scan: Scan, statement: Statement) -> _Prepared:
         """Resolve a scan: images (with the image pushdown), plan, classes, positions, and the
         cache's answer if it has one."""
         model, catalog = self._model(scan, statement), self._catalog(scan, statement)
-        names = self._image_names(scan, statement, list(catalog.items))
+        names = pushdown.image_names(self.engine, scan, statement, list(catalog.items))
         tensors = [self._image(catalog, name, model, statement) for name in names]
         shapes = {tuple(t.shape) for t in tensors}
         if len(shapes) > 1:
@@ -341,8 +327,9 @@ class Session:
                              scans.empty())  # fmt: skip
         images = torch.stack(tensors)
         plan = self._compile(scan, statement, model.get(), images)
-        classes = self._classes(scan, statement, plan, model)
-        positions = self._positions(scan, statement, plan)
+        count = plan.logical[plan.logical.output].schema.shape[0]
+        classes = pushdown.classes(self.engine, scan, statement, count, model.classes)
+        positions = pushdown.positions(self.engine, scan, statement, _grid(plan))
         targets = None
         if classes is not None:
             targets = torch.tensor([list(classes)] * len(names), dtype=torch.int64)
@@ -388,74 +375,6 @@ class Session:
         )
         self.cache.add(item.request, relation)
         item.table = relation.table
-
-    def _image_names(self, scan: Scan, statement: Statement, names: list[str]) -> list[str]:
-        """The image set's names that satisfy the image predicates (DuckDB evaluates them)."""
-        if not scan.image_filters:
-            return names
-        for predicate in scan.image_filters:
-            _check_image_constants(predicate, names, statement.text)
-        chosen = self._filter(
-            statement,
-            scan.image_filters,
-            "SELECT unnest(?) AS image, unnest(range(?)) AS kql_i",
-            [names, len(names)],
-        )
-        return [names[i] for i in sorted(chosen)]
-
-    def _classes(
-        self, scan: Scan, statement: Statement, plan: api.OcclusionPlan, model: _Model
-    ) -> tuple[int, ...] | None:
-        """The classes the relation holds: the class/label predicates' (DuckDB evaluates them
-        over the model's classes), else the ``target`` option, else None (the prediction)."""
-        count = plan.logical[plan.logical.output].schema.shape[0]
-        for predicate in scan.class_filters:
-            _check_class_constants(predicate, count, statement.text)
-        if "target" in scan.options:
-            _check_class(scan.options["target"], count, scan.option_nodes["target"], statement)
-        if not scan.class_filters and not scan.label_filters:
-            return (scan.options["target"],) if "target" in scan.options else None
-        labels = [
-            model.classes[c] if model.classes is not None and c < len(model.classes) else str(c)
-            for c in range(count)
-        ]
-        chosen = self._filter(
-            statement,
-            scan.class_filters + scan.label_filters,
-            'SELECT unnest(range(?)) AS "class", unnest(?) AS label, "class" AS kql_i',
-            [count, labels],
-        )
-        return tuple(sorted(chosen))
-
-    def _positions(self, scan: Scan, statement: Statement, plan: api.OcclusionPlan) -> np.ndarray:
-        """Grid indices (ascending) that satisfy the position predicates."""
-        total = len(plan.positions)
-        if not scan.position_filters:
-            return np.arange(total, dtype=np.int64)
-        grid = _grid(plan)
-        table = pa.table({**{k: np.asarray(v, dtype=np.int64) for k, v in grid.items()},
-                          "kql_i": np.arange(total, dtype=np.int64)})  # fmt: skip
-        self.engine.register("kql_grid", table)
-        try:
-            chosen = self._filter(statement, scan.position_filters, "SELECT * FROM kql_grid", [])
-        finally:
-            self.engine.unregister("kql_grid")
-        return np.asarray(sorted(chosen), dtype=np.int64)
-
-    def _filter(
-        self, statement: Statement, predicates: list[exp.Expression], source: str, parameters: list
-    ) -> list[int]:
-        """Column ``kql_i`` of ``source`` where every predicate holds, evaluated by DuckDB;
-        an error points at the predicate that raised it."""
-        chosen: set[int] | None = None
-        for predicate in predicates:
-            sql = f"SELECT kql_i FROM ({source}) WHERE {unqualified(predicate)}"
-            try:
-                values = self.engine.query(sql, parameters).column(0).to_pylist()
-            except QueryError as error:
-                raise fail(error.message, predicate, statement.text) from None
-            chosen = set(values) if chosen is None else chosen & set(values)
-        return sorted(chosen or ())
 
     def _image(self, catalog: _Images, name: str, model: _Model, statement: Statement) -> Tensor:
         item = catalog.items[name]
@@ -549,6 +468,26 @@ class Session:
         )
 
 
+def _lookup(
+    catalog: dict[str, Any],
+    name: str,
+    what: str,
+    kinds: str,
+    call: exp.Anonymous,
+    argument: int,
+    statement: Statement,
+) -> Any:
+    """A catalog entry, or an error at the call's argument that names it."""
+    if name not in catalog:
+        known = ", ".join(sorted(catalog))
+        raise fail(
+            f"unknown {what} '{name}' ({kinds}: {known})",
+            call.expressions[argument],
+            statement.text,
+        )
+    return catalog[name]
+
+
 class _Clock:
     """Phase times of a statement."""
 
@@ -563,42 +502,10 @@ class _Clock:
         return self.times
 
 
-def _rewrite(
-    statement: Statement, bound: Bound, names: list[str], grids: list[tuple[int, int] | None]
-) -> Rewrite:
-    """The statement as DuckDB runs it: calls replaced by relation names, heatmaps by the
-    aggregate with their grid."""
-    rewrite = Rewrite(statement.text)
-    if statement.explain:
-        rewrite.replace(0, statement.body, "")
-    for scan, name in zip(bound.scans, names):
-        alias = "" if scan.call.parent.alias else " AS occlusion"
-        rewrite.replace(*scan.span, name + alias)
-    known = {g for g in grids if g is not None}
-    for heatmap in bound.heatmaps:
-        grid = grids[heatmap.scan] if heatmap.scan is not None else None
-        if grid is None and len(known) == 1:
-            grid = next(iter(known))
-        prefix = f"{heatmap.qualifier}." if heatmap.qualifier else ""
-        start, end = heatmap.span
-        open_paren = statement.text.index("(", start)
-        sizes = f"{grid[0]}, {grid[1]}" if grid else "NULL, NULL"
-        try:
-            rewrite.replace(start, open_paren + 1, f"{HEATMAP}({prefix}row, {prefix}col, ")
-            rewrite.replace(end - 1, end, f", {sizes})")
-        except ValueError:
-            raise fail(
-                "heatmap() cannot hold this expression", heatmap.node, statement.text
-            ) from None
-    return rewrite
-
-
-def _heatmap_error(statement: Statement, bound: Bound) -> QueryError:
-    node = bound.heatmaps[0].node if bound.heatmaps else statement.tree
-    assert node is not None
-    return fail(
-        "heatmap() needs one row per position: GROUP BY image (and class)", node, statement.text
-    )
+def _grid(plan: api.OcclusionPlan) -> dict[str, np.ndarray]:
+    rows, cols = plan.grid
+    row, col = np.divmod(np.arange(rows * cols), cols)
+    return {"row": row, "col": col, "y": plan.positions.top, "x": plan.positions.left}
 
 
 def _with_hint(error: QueryError, session: Session) -> QueryError:
@@ -616,51 +523,8 @@ def _span(error: QueryError) -> tuple[int, int]:
     return start, start + max(1, error.excerpt.count("^"))
 
 
-def _check_class_constants(predicate: exp.Expression, count: int, text: str) -> None:
-    """Integer classes named by ``class = c`` / ``class IN (…)`` exist in the model's output."""
-    for value in _constants(predicate, text):
-        if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value < count:
-            raise fail(f"class {value!r} is outside the model's {count} classes", predicate, text)
-
-
-def _constants(predicate: exp.Expression, text: str) -> list[Any]:
-    """The literal constants of ``column = c`` / ``column IN (…)`` (others: none)."""
-    if isinstance(predicate, exp.In):
-        nodes = predicate.expressions
-    elif isinstance(predicate, exp.EQ):
-        nodes = [s for s in (predicate.this, predicate.expression) if not isinstance(s, exp.Column)]
-    else:
-        return []
-    values = []
-    for node in nodes:
-        try:
-            values.append(literal(node, text))
-        except QueryError:
-            continue  # an expression: DuckDB evaluates it
-    return values
-
-
-def _check_image_constants(predicate: exp.Expression, names: list[str], text: str) -> None:
-    """Image names spelled out by ``image = '…'`` / ``image IN (…)`` exist: a typo is an
-    error, not an empty result."""
-    for value in _constants(predicate, text):
-        if isinstance(value, str) and value not in names:
-            raise fail(f"unknown image {value!r} (images: {', '.join(names)})", predicate, text)
-
-
-def _check_class(value: Any, count: int, node: exp.Expression, statement: Statement) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < count:
-        raise fail(f"class {value!r} is outside the model's {count} classes", node, statement.text)
-
-
 def _is_dataframe(data: Any) -> bool:
     return type(data).__module__.split(".")[0] == "pandas" and hasattr(data, "columns")
-
-
-def _grid(plan: api.OcclusionPlan) -> dict[str, np.ndarray]:
-    rows, cols = plan.grid
-    row, col = np.divmod(np.arange(rows * cols), cols)
-    return {"row": row, "col": col, "y": plan.positions.top, "x": plan.positions.left}
 
 
 def _photo_loader(path: Path) -> Callable[[], np.ndarray]:
