@@ -303,7 +303,10 @@ def _shell(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         return write_results(session, module, display, result, sql, out)[0]
 
-    return Shell(session, save).run()
+    import os
+
+    history = Path(os.environ.get("KQL_HISTORY", Path.home() / ".kql_history"))
+    return Shell(session, save, history=history).run()
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -3,14 +3,13 @@
 Statements end with ``;`` and may span lines; ``.help`` lists the dot commands. Errors print
 their caret excerpt and the shell goes on; Ctrl-C cancels the running statement (or the one
 being typed) and keeps the shell; Ctrl-D (end of input) leaves it. On a terminal, line editing
-and history come from ``readline`` (history kept in ``$KQL_HISTORY``, default
+and history come from ``readline`` (the CLI keeps history in ``$KQL_HISTORY``, default
 ``~/.kql_history``); fed on stdin, it reads the statements and prints the results.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,8 +40,10 @@ class Shell:
         stdin: IO[str] = sys.stdin,
         stdout: IO[str] = sys.stdout,
         stderr: IO[str] = sys.stderr,
+        history: Path | None = None,
     ) -> None:
         self.session, self.save = session, save
+        self.history = history  # the history file of a terminal session (None: none kept)
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
         self.interactive = stdin.isatty() and stdout.isatty()
         self.last: tuple[Any, str] | None = None  # the last result and its statement
@@ -147,7 +148,9 @@ class Shell:
             import readline
         except ImportError:  # no line editing on this platform
             return
-        path = Path(os.environ.get("KQL_HISTORY", Path.home() / ".kql_history"))
+        if self.history is None:
+            return
+        path = self.history
         with contextlib.suppress(OSError):
             readline.read_history_file(path)
         readline.set_history_length(1000)

@@ -15,10 +15,9 @@ call replaced by that relation's name.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -29,39 +28,12 @@ from torch import Tensor, nn
 
 import krypton_ql.api as api
 from compiler.errors import InvalidInputError
-from krypton_ql.dsl import pushdown, scans
+from krypton_ql.dsl import catalog, pushdown, scans
 from krypton_ql.dsl.bind import Bound, Scan, bind
 from krypton_ql.dsl.engine import Engine, Rewrite, heatmap_error, rewrite
 from krypton_ql.dsl.errors import QueryError
 from krypton_ql.dsl.parse import Statement, fail, parse
 from krypton_ql.dsl.result import Result
-
-Transform = Callable[[Any], Tensor]
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-@dataclass
-class _Model:
-    module: nn.Module | None
-    transform: Transform | None
-    classes: Sequence[str] | None
-    loader: Callable[[], nn.Module] | None = None
-    profile: Any = None  # a krypton_ql.Profile that ssim => … queries read
-
-    def get(self) -> nn.Module:
-        if self.module is None:
-            assert self.loader is not None
-            self.module = self.loader()
-        return self.module
-
-
-@dataclass
-class _Images:
-    """Named images: tensors in model input space, or raw photos the model's transform reads."""
-
-    items: dict[str, Any] = field(default_factory=dict)
-    raw: bool = False
-    generation: int = 0  # changes when the name is registered again
 
 
 @dataclass
@@ -88,13 +60,13 @@ class Session:
         from krypton_ql import models
 
         self.engine = Engine(database)
-        self._models: dict[str, _Model] = {}
-        self._images: dict[str, _Images] = {}
-        self._models["efficientnet_lite0"] = _Model(
+        self._models: dict[str, catalog.Model] = {}
+        self._images: dict[str, catalog.Images] = {}
+        self._models["efficientnet_lite0"] = catalog.Model(
             None, models.preprocess, models.imagenet_classes(), loader=models.efficientnet_lite0
         )
         photos = {name: (lambda n=name: models.sample_photo(n)) for name in models.SAMPLE_PHOTOS}
-        self._images["photos"] = _Images(photos, raw=True)
+        self._images["photos"] = catalog.Images(photos, raw=True)
         self.last_queries = 0  # occlusion queries the last statement executed
         self.last_plan: Any = None  # the plan of the last statement's last occlusion call
         self.last_cached = 0  # occlusion calls of the last statement answered from the cache
@@ -114,7 +86,7 @@ class Session:
         name: str,
         module: nn.Module,
         *,
-        transform: Transform | None = None,
+        transform: catalog.Transform | None = None,
         classes: Sequence[str] | None = None,
         profile: Any = None,
     ) -> None:
@@ -122,7 +94,7 @@ class Session:
         (image files) into its input; ``profile`` (from ``kql.tune``) serves ``ssim => …``."""
         if not isinstance(module, nn.Module):
             raise InvalidInputError(f"register_model needs an nn.Module, got {type(module)}")
-        self._models[name] = _Model(module.eval(), transform, classes, profile=profile)
+        self._models[name] = catalog.Model(module.eval(), transform, classes, profile=profile)
         self._forget()
 
     def tune(self, model: str, images: str, **options: Any) -> Any:
@@ -135,9 +107,9 @@ class Session:
             raise InvalidInputError(f"unknown model {model!r} (models: {', '.join(self._models)})")
         if images not in self._images:
             raise InvalidInputError(f"unknown images {images!r}")
-        entry, catalog = self._models[model], self._images[images]
-        context: Any = SimpleNamespace(text=f"tune({model!r}, {images!r})")
-        sample = torch.stack([self._image(catalog, name, entry, context) for name in catalog.items])
+        entry, images_set = self._models[model], self._images[images]
+        text = f"tune({model!r}, {images!r})"
+        sample = torch.stack([catalog.load(images_set, n, entry, text) for n in images_set.items])
         entry.profile = tune(entry.get(), sample, **options)
         self._forget()
         return entry.profile
@@ -145,32 +117,7 @@ class Session:
     def register_images(self, name: str, images: Any) -> list[str]:
         """Register a tensor ``[N,C,H,W]`` or a list of tensors (named by index), or image files
         or a folder of them (named by file stem). Returns the image names."""
-        if isinstance(images, Tensor):
-            if images.dim() != 4:
-                raise InvalidInputError("an image tensor must have shape [N, C, H, W]")
-            entry = _Images({str(i): images[i] for i in range(len(images))})
-        elif isinstance(images, (str, Path)) and Path(images).is_dir():
-            files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                raise InvalidInputError(f"no image files in {images}")
-            entry = _Images({p.stem: _photo_loader(p) for p in files}, raw=True)
-        elif (
-            isinstance(images, (list, tuple))
-            and images
-            and all(isinstance(i, Tensor) for i in images)
-        ):
-            entry = _Images({str(i): t for i, t in enumerate(images)})
-        elif isinstance(images, (list, tuple, str, Path)):
-            paths = [Path(p) for p in ([images] if isinstance(images, (str, Path)) else images)]
-            missing = [str(p) for p in paths if not p.is_file()]
-            if missing or not paths:
-                raise InvalidInputError(f"no such image files: {missing or paths}")
-            entry = _Images({p.stem: _photo_loader(p) for p in paths}, raw=True)
-        else:
-            raise InvalidInputError(
-                "register_images takes a tensor [N,C,H,W], a list of tensors, image files or a "
-                "folder"
-            )
+        entry = catalog.image_set(images)
         self._generation += 1
         entry.generation = self._generation
         self._images[name] = entry
@@ -179,34 +126,7 @@ class Session:
     def register_table(self, name: str, data: Any) -> None:
         """Make ``data`` a table that statements can join with: a pandas or polars DataFrame,
         an Arrow table, or a CSV or Parquet file (copied into the database)."""
-        if not isinstance(name, str) or not name.isidentifier():
-            raise InvalidInputError(f"a table name is an identifier, got {name!r}")
-        quoted = '"' + name.replace('"', '""') + '"'
-        if isinstance(data, (str, Path)):
-            path = Path(data)
-            readers = {".csv": "read_csv_auto", ".tsv": "read_csv_auto", ".parquet": "read_parquet"}
-            reader = readers.get(path.suffix.lower())
-            if reader is None or not path.is_file():
-                raise InvalidInputError(
-                    f"register_table reads an existing .csv, .tsv or .parquet file, got {data}"
-                )
-            self._unregister(name)
-            self.engine.query(
-                f"CREATE OR REPLACE TABLE {quoted} AS SELECT * FROM {reader}(?)", [str(path)]
-            )
-            return
-        if hasattr(data, "to_arrow") and not isinstance(data, pa.Table):  # polars
-            data = data.to_arrow()
-        if not isinstance(data, pa.Table) and not _is_dataframe(data):
-            raise InvalidInputError(
-                "register_table takes a pandas or polars DataFrame, an Arrow table, or a "
-                f".csv/.parquet path, got {type(data).__name__}"
-            )
-        self._unregister(name)
-        self.engine.connection.register(name, data)
-
-    def _unregister(self, name: str) -> None:
-        self.engine.connection.unregister(name)
+        catalog.register_table(self.engine, name, data)
 
     def _forget(self) -> None:
         """A model or profile changed: compiled plans and computed relations are stale."""
@@ -302,18 +222,18 @@ class Session:
             for name in names:
                 self.engine.unregister(name)
 
-    def _model(self, scan: Scan, statement: Statement) -> _Model:
+    def _model(self, scan: Scan, statement: Statement) -> catalog.Model:
         return _lookup(self._models, scan.model, "model", "models", scan.call, 1, statement)
 
-    def _catalog(self, scan: Scan, statement: Statement) -> _Images:
+    def _catalog(self, scan: Scan, statement: Statement) -> catalog.Images:
         return _lookup(self._images, scan.images, "images", "image sets", scan.call, 0, statement)
 
     def _prepare(self, scan: Scan, statement: Statement) -> _Prepared:
         """Resolve a scan: images (with the image pushdown), plan, classes, positions, and the
         cache's answer if it has one."""
-        model, catalog = self._model(scan, statement), self._catalog(scan, statement)
-        names = pushdown.image_names(self.engine, scan, statement, list(catalog.items))
-        tensors = [self._image(catalog, name, model, statement) for name in names]
+        model, image_set = self._model(scan, statement), self._catalog(scan, statement)
+        names = pushdown.image_names(self.engine, scan, statement, list(image_set.items))
+        tensors = [catalog.load(image_set, name, model, statement.text) for name in names]
         shapes = {tuple(t.shape) for t in tensors}
         if len(shapes) > 1:
             raise fail(
@@ -323,7 +243,7 @@ class Session:
             )
         if not tensors:  # no image satisfies the image predicates: an empty relation
             request = scans.Request(None, (), None, np.zeros(0, dtype=np.int64))
-            return _Prepared(scan, None, request, torch.empty(0), None, len(catalog.items),
+            return _Prepared(scan, None, request, torch.empty(0), None, len(image_set.items),
                              scans.empty())  # fmt: skip
         images = torch.stack(tensors)
         plan = self._compile(scan, statement, model.get(), images)
@@ -338,12 +258,12 @@ class Session:
             scan.model,
             id(model.get()),
             scan.images,
-            catalog.generation,
+            image_set.generation,
             tuple(sorted((k, repr(v)) for k, v in scan.options.items())),
         )
         request = scans.Request(key, tuple(names), classes, positions)
         self._last_inputs = dict(zip(names, tensors))
-        prepared = _Prepared(scan, plan, request, images, targets, len(catalog.items))
+        prepared = _Prepared(scan, plan, request, images, targets, len(image_set.items))
         prepared.table = self.cache.find(request)
         return prepared
 
@@ -375,31 +295,6 @@ class Session:
         )
         self.cache.add(item.request, relation)
         item.table = relation.table
-
-    def _image(self, catalog: _Images, name: str, model: _Model, statement: Statement) -> Tensor:
-        item = catalog.items[name]
-        if not catalog.raw:
-            return item
-        if model.transform is None:
-            raise QueryError(
-                "this model has no transform for image files; register it with transform=…",
-                statement.text,
-                0,
-            )
-        try:
-            photo = item() if callable(item) else item
-            image = model.transform(photo)
-        except Exception as error:  # user code or an unreadable file
-            raise QueryError(
-                f"image {name!r} could not be loaded and transformed: {error}", statement.text, 0
-            ) from error
-        if not isinstance(image, Tensor):
-            raise QueryError(
-                f"the model's transform returned {type(image).__name__}, not a tensor",
-                statement.text,
-                0,
-            )
-        return image
 
     def _compile(
         self, scan: Scan, statement: Statement, module: nn.Module, images: Tensor
@@ -469,7 +364,7 @@ class Session:
 
 
 def _lookup(
-    catalog: dict[str, Any],
+    entries: dict[str, Any],
     name: str,
     what: str,
     kinds: str,
@@ -478,14 +373,14 @@ def _lookup(
     statement: Statement,
 ) -> Any:
     """A catalog entry, or an error at the call's argument that names it."""
-    if name not in catalog:
-        known = ", ".join(sorted(catalog))
+    if name not in entries:
+        known = ", ".join(sorted(entries))
         raise fail(
             f"unknown {what} '{name}' ({kinds}: {known})",
             call.expressions[argument],
             statement.text,
         )
-    return catalog[name]
+    return entries[name]
 
 
 class _Clock:
@@ -521,20 +416,6 @@ def _span(error: QueryError) -> tuple[int, int]:
     lines = error.text.split("\n")
     start = sum(len(line) + 1 for line in lines[: error.line - 1]) + error.col - 1
     return start, start + max(1, error.excerpt.count("^"))
-
-
-def _is_dataframe(data: Any) -> bool:
-    return type(data).__module__.split(".")[0] == "pandas" and hasattr(data, "columns")
-
-
-def _photo_loader(path: Path) -> Callable[[], np.ndarray]:
-    def load() -> np.ndarray:
-        from PIL import Image
-
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"))  # a writable copy
-
-    return load
 
 
 def _is_explain(query: str) -> bool:

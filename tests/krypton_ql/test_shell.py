@@ -103,9 +103,10 @@ def test_on_a_terminal_ctrl_c_clears_the_line_and_history_is_kept(tmp_path) -> N
     root = Path(__file__).resolve().parents[2]
     history = tmp_path / "history"
     script = (
-        "import krypton_ql as kql\n"
+        "import os, pathlib, krypton_ql as kql\n"
         "from krypton_ql.shell import Shell\n"
-        "raise SystemExit(Shell(kql.connect(), lambda *a: []).run())\n"
+        "history = pathlib.Path(os.environ['KQL_HISTORY'])\n"
+        "raise SystemExit(Shell(kql.connect(), lambda *a: [], history=history).run())\n"
     )
     environment = {"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "TERM": "dumb",
                    "KQL_HISTORY": str(history), "HOME": str(tmp_path)}  # fmt: skip

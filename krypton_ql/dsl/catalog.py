@@ -1,0 +1,139 @@
+"""The session's catalog: models, image sets and user tables.
+
+A model is a registered module (or the built-in one, loaded on first use) with an optional
+transform for raw photos and class names; an image set holds tensors in the model's input
+space, or photos (files, the sample photos) that the model's transform reads when a statement
+needs them; a user table is registered in the session's DuckDB.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from torch import Tensor, nn
+
+from compiler.errors import InvalidInputError
+from krypton_ql.dsl.engine import Engine
+from krypton_ql.dsl.errors import QueryError
+
+Transform = Callable[[Any], Tensor]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+_READERS = {".csv": "read_csv_auto", ".tsv": "read_csv_auto", ".parquet": "read_parquet"}
+
+
+@dataclass
+class Model:
+    module: nn.Module | None
+    transform: Transform | None
+    classes: Sequence[str] | None
+    loader: Callable[[], nn.Module] | None = None
+    profile: Any = None  # a krypton_ql.Profile that ssim => … queries read
+
+    def get(self) -> nn.Module:
+        if self.module is None:
+            assert self.loader is not None
+            self.module = self.loader()
+        return self.module
+
+
+@dataclass
+class Images:
+    """Named images: tensors in model input space, or raw photos the model's transform reads."""
+
+    items: dict[str, Any] = field(default_factory=dict)
+    raw: bool = False
+    generation: int = 0  # changes when the name is registered again
+
+
+def image_set(images: Any) -> Images:
+    """A tensor ``[N,C,H,W]`` or a list of tensors (named by index), or image files or a
+    folder of them (named by file stem)."""
+    if isinstance(images, Tensor):
+        if images.dim() != 4:
+            raise InvalidInputError("an image tensor must have shape [N, C, H, W]")
+        return Images({str(i): images[i] for i in range(len(images))})
+    if isinstance(images, (str, Path)) and Path(images).is_dir():
+        files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise InvalidInputError(f"no image files in {images}")
+        return Images({p.stem: _photo_loader(p) for p in files}, raw=True)
+    if isinstance(images, (list, tuple)) and images and all(isinstance(i, Tensor) for i in images):
+        return Images({str(i): t for i, t in enumerate(images)})
+    if isinstance(images, (list, tuple, str, Path)):
+        paths = [Path(p) for p in ([images] if isinstance(images, (str, Path)) else images)]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing or not paths:
+            raise InvalidInputError(f"no such image files: {missing or paths}")
+        return Images({p.stem: _photo_loader(p) for p in paths}, raw=True)
+    raise InvalidInputError(
+        "register_images takes a tensor [N,C,H,W], a list of tensors, image files or a folder"
+    )
+
+
+def load(images: Images, name: str, model: Model, text: str) -> Tensor:
+    """Image ``name`` as the model's input: a tensor as it is, a photo through the model's
+    transform (errors point at the statement ``text``)."""
+    item = images.items[name]
+    if not images.raw:
+        return item
+    if model.transform is None:
+        raise QueryError(
+            "this model has no transform for image files; register it with transform=…", text, 0
+        )
+    try:
+        photo = item() if callable(item) else item
+        image = model.transform(photo)
+    except Exception as error:  # user code or an unreadable file
+        raise QueryError(
+            f"image {name!r} could not be loaded and transformed: {error}", text, 0
+        ) from error
+    if not isinstance(image, Tensor):
+        raise QueryError(
+            f"the model's transform returned {type(image).__name__}, not a tensor", text, 0
+        )
+    return image
+
+
+def register_table(engine: Engine, name: str, data: Any) -> None:
+    """``data`` as the table ``name``: a pandas or polars DataFrame or an Arrow table is
+    registered (read in place), a CSV or Parquet file copied into the database."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise InvalidInputError(f"a table name is an identifier, got {name!r}")
+    engine.connection.unregister(name)
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        reader = _READERS.get(path.suffix.lower())
+        if reader is None or not path.is_file():
+            raise InvalidInputError(
+                f"register_table reads an existing .csv, .tsv or .parquet file, got {data}"
+            )
+        quoted = '"' + name.replace('"', '""') + '"'
+        engine.query(f"CREATE OR REPLACE TABLE {quoted} AS SELECT * FROM {reader}(?)", [str(path)])
+        return
+    if hasattr(data, "to_arrow") and not isinstance(data, pa.Table):  # polars
+        data = data.to_arrow()
+    if not isinstance(data, pa.Table) and not _is_dataframe(data):
+        raise InvalidInputError(
+            "register_table takes a pandas or polars DataFrame, an Arrow table, or a "
+            f".csv/.parquet path, got {type(data).__name__}"
+        )
+    engine.connection.register(name, data)
+
+
+def _is_dataframe(data: Any) -> bool:
+    return type(data).__module__.split(".")[0] == "pandas" and hasattr(data, "columns")
+
+
+def _photo_loader(path: Path) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))  # a writable copy
+
+    return load
