@@ -206,6 +206,8 @@ class Session:
         """The plan of a query, pushdowns first; ``sql``: with the incremental plan as SQL."""
         text = query if _is_explain(query) else f"EXPLAIN {query}"
         result = self.sql(text, _sql_plan=sql)
+        if result.columns != ["plan"]:  # DuckDB's own EXPLAIN of a statement without a scan
+            return "\n".join(str(row[-1]) for row in result.rows)
         return "\n".join(str(row[0]) for row in result.rows)
 
     def _validate(self, statement: Statement, bound: Bound, names: list[str]) -> None:

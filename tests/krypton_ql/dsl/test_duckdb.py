@@ -153,6 +153,7 @@ def test_statements_without_occlusion_are_plain_duckdb(session) -> None:
     assert session.sql("SELECT 1 + 1 AS two;").rows == [(2,)]
     with pytest.raises(kql.QueryError, match="one statement at a time"):
         session.sql("SELECT 1; SELECT 2")
+    assert "Projection" in session.explain("SELECT 1 + 1 AS two")  # DuckDB's own plan
     with pytest.raises(kql.QueryError) as raised:
         session.sql("SELECT 1 +\nFROM nowhere")
     assert raised.value.line == 2 and "^" in raised.value.excerpt
