@@ -174,6 +174,20 @@ MUTATIONS: tuple[Mutation, ...] = (
         "canonical = tensor",
         "a channels-last constant (ConvNeXt's layer scale) is not moved into [C, H, W]",
     ),
+    Mutation(
+        "pushdown-over-outer-join",
+        "krypton_ql/dsl/bind.py",
+        "        return  # an outer join: a filter above it does not commute with the scan",
+        "        pass  # an outer join: a filter above it does not commute with the scan",
+        "WHERE predicates above an outer join are pushed into the scan below it",
+    ),
+    Mutation(
+        "sql-view-over-patch",
+        "compiler/relational.py",
+        'return update + view, f"COALESCE({alias}u.v, {alias}v.v)"',
+        'return update + view, f"COALESCE({alias}v.v, {alias}u.v)"',
+        "the plan as SQL reads the clean view where the patch changed it",
+    ),
 )
 
 # The tests that exercise the engine's exactness, without the slow end-to-end scripts.
