@@ -268,7 +268,7 @@ def compile(
     the smallest τ — and the drill-down, if the profile measured one — that met the target.
     ``drilldown_mode``: ``"grid"`` (the paper's coarse stride, bilinear interpolation) or
     ``"lattice"`` (the same query budget on a lattice of fine cells, thin-plate-spline
-    reconstruction: much closer to exact; see ``compiler/rules/approx/adaptive_drilldown.py``).
+    reconstruction: much closer to exact; see ``compiler/drilldown.py``).
     """
     shape = check.input_shape(input_shape)
     occlusion = check.occlusion(shape, patch, stride, color, score)
@@ -319,13 +319,14 @@ def compile(
 
     if drilldown is None and speedup is None:
         return plan(occlusion)
+    from compiler.drilldown import DrillDownMode
     from krypton_ql.approx import DrillDownPlan, drilldown_settings
 
     if occlusion.stride.h != occlusion.stride.w:
         raise InvalidInputError("drill-down needs a square stride (one int)")
     settings = drilldown_settings(drilldown, speedup, occlusion.stride.h, drilldown_mode)
     assert settings is not None
-    if settings.mode == "lattice":
+    if settings.mode is DrillDownMode.LATTICE:
         return DrillDownPlan(None, plan(occlusion), settings)
     coarse = check.occlusion(shape, patch, settings.coarse, color, score)
     return DrillDownPlan(plan(coarse), plan(occlusion), settings)

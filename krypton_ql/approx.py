@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from compiler import drilldown as drill
+from compiler.drilldown import DrillDown, DrillDownMode
 from compiler.errors import InvalidInputError
-from compiler.rules.approx import adaptive_drilldown as drill
-from compiler.rules.approx.adaptive_drilldown import DrillDown
 from krypton_ql import options as check
 from krypton_ql import quality
 from krypton_ql.api import OcclusionPlan, OcclusionResult
@@ -34,7 +34,7 @@ TAUS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)  # the paper's τ grid
 
 
 def drilldown_settings(
-    drilldown: Any, speedup: Any, stride: int, mode: str = "grid"
+    drilldown: Any, speedup: Any, stride: int, mode: DrillDownMode | str = DrillDownMode.GRID
 ) -> DrillDown | None:
     """Validated drill-down settings, or None when neither option is given."""
     if drilldown is None and speedup is None:
@@ -47,15 +47,11 @@ def drilldown_settings(
         raise InvalidInputError(f"speedup must be a number greater than 1, got {speedup!r}")
     else:
         target = float(speedup)
-    if mode not in drill.MODES:
-        raise InvalidInputError(
-            f"drilldown_mode must be one of {', '.join(drill.MODES)}, got {mode!r}"
-        )
-    return DrillDown.plan(ratio, target, stride, mode)
+    return DrillDown.plan(ratio, target, stride, DrillDownMode.parse(mode))
 
 
 class DrillDownPlan:
-    """Two stages of occlusion queries (``compiler.rules.approx.adaptive_drilldown``): stage 1
+    """Two stages of occlusion queries (``compiler.drilldown``): stage 1
     everywhere at low density, stage 2 at the fine stride where the score drops most. Same
     interface as ``OcclusionPlan``; ``coarse`` is None in lattice mode (both stages run the
     fine plan)."""
@@ -81,7 +77,7 @@ class DrillDownPlan:
     def explain(self, verbose: bool = False, sql: bool = False) -> str:
         s, (rows, cols) = self.settings, self.grid
         cells = rows * cols
-        if s.mode == "lattice":
+        if s.mode is DrillDownMode.LATTICE:
             first = (
                 f"stage 1: stride {s.fine} on a lattice of period {s.period:.3g} "
                 f"(≈{math.ceil(cells / s.period)} of {cells} cells), thin-plate-spline "
@@ -94,7 +90,7 @@ class DrillDownPlan:
                 f"{coarse_rows * coarse_cols} queries), interpolated bilinearly to {rows}×{cols}"
             )
         header = [
-            f"== ≈ adaptive drill-down ({s.mode}) ==",
+            f"== ≈ adaptive drill-down ({s.mode.value}) ==",
             first,
             f"stage 2: stride {s.fine} at the {math.ceil(s.ratio * cells)} of {cells} cells "
             f"with the lowest scores (fraction {s.ratio:g})",
@@ -123,7 +119,7 @@ class DrillDownPlan:
         (its selection needs it)."""
         images = check.images(image)
         settings, shape = self.settings, self.grid
-        if settings.mode == "lattice":
+        if settings.mode is DrillDownMode.LATTICE:
             known = drill.lattice(shape, settings.period)
             first = self.fine.evaluate(
                 images, targets=targets, positions=_cells(known), progress=progress
@@ -134,7 +130,7 @@ class DrillDownPlan:
         heatmaps = np.empty((*stage1.shape[:2], *shape))
         selected, queries = [], first.queries
         for n in range(len(images)):  # each image refines its own cells (all its targets')
-            if settings.mode == "lattice":
+            if settings.mode is DrillDownMode.LATTICE:
                 estimate = [drill.reconstruct(stage1[n, t], known) for t in range(len(stage1[n]))]
             else:
                 known = np.zeros(shape, dtype=bool)
@@ -151,7 +147,7 @@ class DrillDownPlan:
             exact = second.heatmaps[0].detach().float().cpu().numpy()
             for t, values in enumerate(estimate):
                 values[mask] = exact[t][mask]
-                if settings.mode == "lattice":  # reconstruct again from every sample
+                if settings.mode is DrillDownMode.LATTICE:  # reconstruct again from every sample
                     values[known] = stage1[n, t][known]
                     values = drill.reconstruct(values, known | mask)
                 heatmaps[n, t] = values

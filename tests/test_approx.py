@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import krypton_ql as kql
+from compiler import drilldown as drill
 from compiler.boxes import Positions
-from compiler.rules.approx import adaptive_drilldown as drill
 from compiler.types import Size2
 from krypton_ql import models, quality
 from tests import oracle

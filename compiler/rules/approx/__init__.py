@@ -2,6 +2,7 @@
 one of them ``≈``.
 
 - ``threshold_projective_field`` (τ < 1): caps update boxes (a plan rewrite).
-- ``adaptive_drilldown``: plans a two-stage query set (coarse everywhere, fine where the
-  prediction drops most); the executor runs the exact or τ plan at each stage.
+
+Adaptive drill-down, the other approximation, is not a rewrite: ``compiler.drilldown`` plans
+its two stages of queries and ``krypton_ql.approx`` runs the exact or τ plan at each.
 """

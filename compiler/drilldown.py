@@ -1,5 +1,8 @@
-"""adaptive_drilldown (≈): plan a two-stage query set — every position at a coarse stride, then
-the fine stride only where it matters.
+"""Adaptive drill-down (≈): plan a two-stage query set — every position at a coarse stride,
+then the fine stride only where it matters.
+
+Not a plan rewrite: the exact (or τ) plan runs at each stage; this module plans the stages and
+reconstructs the map (``krypton_ql.approx.DrillDownPlan`` runs them).
 
 Approximation (research §5.2): a heatmap's structure is concentrated where the prediction
 drops; elsewhere a coarse map interpolated to the fine grid is close. Stage 1 runs every
@@ -11,14 +14,15 @@ the interpolated map with those cells replaced. Predicted speedup (query ratio):
 
 Two modes:
 
-- ``"grid"`` — the paper's: stage 1 is the regular grid at ``S1``, interpolated bilinearly;
-  stage 2 refines the ``r`` fraction of fine cells with the lowest interpolated score (the
-  largest drop). On EfficientNet-Lite0 with scikit-image photos its heatmaps reach SSIM
-  0.70–0.84 against exact at 2.9× fewer queries (the paper reports 0.6–0.8 on OCT).
-- ``"lattice"`` — ours: stage 1 runs the *fine* plan on a sheared lattice of fine cells,
-  ``{(i, j): (i + a·j) mod k < 1}`` with the same density as the paper's coarse grid
-  (``k = t / (1 − r·t)``), so that every unsampled cell has a sample one cell away
-  (a regular grid of the same density leaves cells ``√2·(k/2)`` away); the map is
+- ``DrillDownMode.GRID`` (``"grid"``) — the paper's: stage 1 is the regular grid at ``S1``,
+  interpolated bilinearly; stage 2 refines the ``r`` fraction of fine cells with the lowest
+  interpolated score (the largest drop). On EfficientNet-Lite0 with scikit-image photos its
+  heatmaps reach SSIM 0.70–0.84 against exact at 2.9× fewer queries (the paper reports
+  0.6–0.8 on OCT).
+- ``DrillDownMode.LATTICE`` (``"lattice"``) — ours: stage 1 runs the *fine* plan on a sheared
+  lattice of fine cells, ``{(i, j): (i + a·j) mod k < 1}`` with the same density as the
+  paper's coarse grid (``k = t / (1 − r·t)``), so that every unsampled cell has a sample one
+  cell away (a regular grid of the same density leaves cells ``√2·(k/2)`` away); the map is
   reconstructed by thin-plate-spline interpolation of the samples (scipy's
   ``RBFInterpolator``); stage 2 refines the ``r`` fraction with the lowest reconstructed score
   and the map is reconstructed again from all samples. Same query budget; SSIM 0.89–0.95 at
@@ -28,6 +32,7 @@ Two modes:
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 
@@ -36,7 +41,29 @@ import numpy as np
 from compiler.errors import InvalidInputError
 from compiler.rules.approx.threshold_projective_field import round_half_away
 
-MODES = ("grid", "lattice")
+
+class DrillDownMode(enum.Enum):
+    """Where stage 1 samples and how the map is reconstructed from its samples."""
+
+    GRID = "grid"  # the regular grid at the coarse stride, bilinear interpolation
+    LATTICE = "lattice"  # a sheared lattice of fine cells, thin-plate-spline reconstruction
+
+    @classmethod
+    def parse(cls, value: DrillDownMode | str) -> DrillDownMode:
+        """The mode a keyword names.
+
+        >>> DrillDownMode.parse("lattice")
+        <DrillDownMode.LATTICE: 'lattice'>
+        """
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            names = ", ".join(m.value for m in cls)
+            raise InvalidInputError(
+                f"drilldown_mode must be one of {names}, got {value!r}"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -48,10 +75,12 @@ class DrillDown:
     target: float
     fine: int
     coarse: int
-    mode: str = "grid"
+    mode: DrillDownMode = DrillDownMode.GRID
 
     @classmethod
-    def plan(cls, ratio: float, target: float, fine: int, mode: str = "grid") -> DrillDown:
+    def plan(
+        cls, ratio: float, target: float, fine: int, mode: DrillDownMode = DrillDownMode.GRID
+    ) -> DrillDown:
         return cls(ratio, target, fine, coarse_stride(fine, ratio, target), mode)
 
     @property
@@ -61,7 +90,7 @@ class DrillDown:
 
     @property
     def predicted_speedup(self) -> float:
-        if self.mode == "lattice":
+        if self.mode is DrillDownMode.LATTICE:
             return 1 / (1 / self.period + self.ratio)
         return predicted_speedup(self.coarse, self.fine, self.ratio)
 
