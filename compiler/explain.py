@@ -4,8 +4,10 @@ and ``physical`` sections. No ids, addresses, timings or device names ever appea
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from compiler import relational
-from compiler.cost import WORD, PlanCost, incremental_cost, naive_cost
+from compiler.cost import WORD, Cost, PlanCost, incremental_cost, naive_cost
 from compiler.ir import (
     AdaptivePool,
     Aten,
@@ -15,6 +17,7 @@ from compiler.ir import (
     JoinAggregate,
     Linear,
     Map,
+    Node,
     Occlude,
     Operator,
     Pad,
@@ -22,11 +25,14 @@ from compiler.ir import (
     Pool,
     Scalar,
     Softmax,
+    State,
+    Strategy,
     Upsample,
 )
 from compiler.physical import PhysicalPlan
 from compiler.pipeline import Optimized, is_approximate
 from compiler.plan import Plan
+from compiler.rules.choose_linear_delta import is_linear
 
 
 def describe(op: Operator) -> str:
@@ -111,8 +117,27 @@ def render_plan(plan: Plan, *, rewritten: bool) -> list[str]:
             parts.append(f"{{{node.update}}}")
         if cost.fma:
             parts.append(f"fma={_quantity(cost.fma)}")
+        if rewritten:
+            parts.append(_delta_alternative(node, sources, cost))
         lines.append(" ".join(p for p in parts if p).rstrip())
     return lines
+
+
+def _delta_alternative(node: Node, sources: list[Node], chosen: Cost) -> str:
+    """What the delta form of a linear node that kept recompute would cost in addition (see
+    ``choose_linear_delta``: equal FMAs, more bytes, so recompute wins by default)."""
+    update = node.update
+    if (
+        update is None
+        or update.state is not State.BOX
+        or update.strategy is not Strategy.RECOMPUTE
+        or not is_linear(node)
+    ):
+        return ""
+    delta = incremental_cost(node.with_update(replace(update, strategy=Strategy.DELTA)), sources)
+    fma = "same fma" if delta.fma == chosen.fma else f"fma={_quantity(delta.fma)}"
+    extra = delta.bytes - chosen.bytes
+    return f"(delta form: {fma}, {'+' if extra >= 0 else '−'}{_quantity(abs(extra))}B)"
 
 
 def render(

@@ -6,6 +6,15 @@ the view plus the operator applied to the difference ``Δ = patch − view``, wh
 the input box; no read-in context of the view is needed. The rule compares the cost model's
 figures for the recompute and the delta forms (FMAs, then bytes) and keeps the cheaper one;
 ``CompileOptions.linear_strategy`` can force either, which is how tests cover both.
+
+Why it does not fire by default: with dense kernels the two forms run the same taps — the
+delta's zero-padded window around the input box is the recompute's read window — so their FMAs
+are equal, and the delta form moves more bytes (it reads ``patch − view`` over the input box
+and the output view to add to). Under "FMAs, then bytes" recompute always wins; the delta form
+would pay off only with a kernel that skips the zeros of Δ (sparse Δ: a patch much smaller
+than the read window) or a cost model that charges gathers of the view more than reads of Δ.
+Explain prints what the delta form would cost beside each linear node it did not choose
+(``delta +…B``), and the identity stays tested through the forced strategy.
 Preconditions: the node is boxed and its operator is linear (a bias does not matter: it cancels
 in the difference).
 """
@@ -31,7 +40,7 @@ from compiler.types import Agg
 
 
 def choose_linear_delta(node: Node, ctx: RuleContext) -> Node | None:
-    if node.update is None or node.update.state is not State.BOX or not _is_linear(node):
+    if node.update is None or node.update.state is not State.BOX or not is_linear(node):
         return None
     forced = ctx.options.linear_strategy
     if forced is LinearStrategy.RECOMPUTE:
@@ -45,7 +54,8 @@ def choose_linear_delta(node: Node, ctx: RuleContext) -> Node | None:
     return None
 
 
-def _is_linear(node: Node) -> bool:
+def is_linear(node: Node) -> bool:
+    """Whether ``node``'s operator is linear in its input (a delta form exists)."""
     op = node.op
     if isinstance(op, JoinAggregate | BatchNorm):
         return True
