@@ -8,17 +8,21 @@ incremental queries.
 
 from krypton_ql import models, quality
 from krypton_ql.api import OcclusionPlan, OcclusionResult, compile, explain, occlusion_heatmap
-from krypton_ql.approx import DrillDownPlan, Profile, tune
+from krypton_ql.approx import DrillDownPlan
 from krypton_ql.dsl.errors import QueryError
 from krypton_ql.dsl.result import Result
 from krypton_ql.dsl.session import Session, connect
 from krypton_ql.errors import InvalidInputError, KryptonError, UnsupportedOperationError
 from krypton_ql.naive import naive_heatmap
+from krypton_ql.plans import HeatmapPlan
+from krypton_ql.profile import Profile
+from krypton_ql.tuning import tune
 
 __all__ = [
     "InvalidInputError",
     "KryptonError",
     "DrillDownPlan",
+    "HeatmapPlan",
     "OcclusionPlan",
     "Profile",
     "OcclusionResult",

@@ -7,8 +7,6 @@ validates user input; it holds no logic of its own.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,6 +16,7 @@ from torch import Tensor, nn
 from compiler import explain as explain_text
 from compiler.boxes import Positions
 from compiler.cost import PlanCost, plan_cost
+from compiler.drilldown import DrillDownMode
 from compiler.errors import InvalidInputError
 from compiler.importer import export, import_model
 from compiler.lower import lower
@@ -25,6 +24,9 @@ from compiler.options import CompileOptions, LinearStrategy
 from compiler.pipeline import optimize
 from compiler.types import Size2
 from krypton_ql import options as check
+from krypton_ql.approx import DrillDownPlan, drilldown_settings
+from krypton_ql.plans import HeatmapPlan, OcclusionResult, ProgressArg
+from krypton_ql.profile import resolve_ssim
 from krypton_ql.progress import progress_callback
 from runtime.backends import Backend, ConvChoice, resolve, runner_for
 from runtime.executor import Executor, materialize, select_scores
@@ -33,20 +35,8 @@ from runtime.weights import Weights
 
 log = logging.getLogger(__name__)
 
-ProgressArg = bool | str | Callable[[int, int], None]  # True, False, "auto" or a callback
 
-
-@dataclass(frozen=True)
-class OcclusionResult:
-    """Everything one run computed."""
-
-    heatmaps: Tensor  # [N, T, rows, cols]: scores with the patch at each position
-    base: Tensor  # [N, T]: scores on the clean images
-    targets: Tensor  # [N, T]: the class of each score
-    queries: int  # occlusion queries executed
-
-
-class OcclusionPlan:
+class OcclusionPlan(HeatmapPlan):
     """A compiled occlusion workload for images of one shape. Build it with ``compile``."""
 
     def __init__(
@@ -96,9 +86,8 @@ class OcclusionPlan:
         return self.centre_cost.speedup
 
     @property
-    def grid(self) -> tuple[int, int]:
-        """Heatmap rows and columns."""
-        return self.positions.rows, self.positions.cols
+    def classes(self) -> int:
+        return self.logical[self.logical.output].schema.shape[0]
 
     def explain(self, verbose: bool = False, sql: bool = False) -> str:
         """The plan as text: logical, rewritten (rules that fired) and physical sections."""
@@ -113,12 +102,6 @@ class OcclusionPlan:
             backend=self.runner.describe(),
             choices=self.runner.choices,
         )
-
-    def run(self, image: Tensor, *, progress: ProgressArg = "auto") -> Tensor:
-        """The heatmap ``[rows, cols]`` of a ``[C,H,W]`` image, ``[N, rows, cols]`` of a batch."""
-        result = self.evaluate(image, progress=progress)
-        heatmaps = result.heatmaps[:, 0]
-        return heatmaps[0] if image.dim() == 3 else heatmaps
 
     def evaluate(
         self,
@@ -247,7 +230,7 @@ def compile(
     ssim: float | None = None,
     profile: Any = None,
     drilldown_mode: str = "grid",
-) -> Any:
+) -> HeatmapPlan:
     """Compile an incremental occlusion plan for images of ``input_shape`` (C, H, W): exact
     unless an approximation is asked for.
 
@@ -273,8 +256,6 @@ def compile(
     shape = check.input_shape(input_shape)
     occlusion = check.occlusion(shape, patch, stride, color, score)
     if ssim is not None:
-        from krypton_ql.approx import resolve_ssim
-
         tau, drilldown, speedup, drilldown_mode = resolve_ssim(
             ssim, profile, occlusion.patch, tau, drilldown, speedup, drilldown_mode
         )
@@ -319,8 +300,6 @@ def compile(
 
     if drilldown is None and speedup is None:
         return plan(occlusion)
-    from compiler.drilldown import DrillDownMode
-    from krypton_ql.approx import DrillDownPlan, drilldown_settings
 
     if occlusion.stride.h != occlusion.stride.w:
         raise InvalidInputError("drill-down needs a square stride (one int)")

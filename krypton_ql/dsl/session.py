@@ -101,7 +101,7 @@ class Session:
         """``kql.tune`` the registered ``model`` on the image set ``images`` (same options:
         ``ssim``, ``patch``, ``stride``, ``drilldown``, …) and keep the profile for its
         ``ssim => …`` queries. Returns the profile."""
-        from krypton_ql.approx import tune
+        from krypton_ql.tuning import tune
 
         if model not in self._models:
             raise InvalidInputError(f"unknown model {model!r} (models: {', '.join(self._models)})")
@@ -249,8 +249,7 @@ class Session:
                              scans.empty())  # fmt: skip
         images = torch.stack(tensors)
         plan = self._compile(scan, statement, model.get(), images)
-        count = plan.logical[plan.logical.output].schema.shape[0]
-        classes = pushdown.classes(self.engine, scan, statement, count, model.classes)
+        classes = pushdown.classes(self.engine, scan, statement, plan.classes, model.classes)
         positions = pushdown.positions(self.engine, scan, statement, _grid(plan))
         targets = None
         if classes is not None:

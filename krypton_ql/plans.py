@@ -1,0 +1,72 @@
+"""What every compiled occlusion plan offers: ``HeatmapPlan``, and what one run computed.
+
+``OcclusionPlan`` (``krypton_ql.api``, one exact or τ plan) and ``DrillDownPlan``
+(``krypton_ql.approx``, two stages of an inner ``OcclusionPlan``) implement it; the query
+language, the CLI, tuning and the Captum drop-in use only this interface.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from compiler.boxes import Positions
+
+ProgressArg = bool | str | Callable[[int, int], None]  # True, False, "auto" or a callback
+
+
+@dataclass(frozen=True)
+class OcclusionResult:
+    """Everything one run computed."""
+
+    heatmaps: Tensor  # [N, T, rows, cols]: scores with the patch at each position
+    base: Tensor  # [N, T]: scores on the clean images
+    targets: Tensor  # [N, T]: the class of each score
+    queries: int  # occlusion queries executed
+
+
+class HeatmapPlan(abc.ABC):
+    """A compiled occlusion workload for images of one shape."""
+
+    positions: Positions  # the patch positions, row-major over the heatmap grid
+    occlusion: Any  # the checked geometry: patch, stride, color, score
+
+    @property
+    @abc.abstractmethod
+    def classes(self) -> int:
+        """How many classes the model scores."""
+
+    @property
+    @abc.abstractmethod
+    def theoretical_speedup(self) -> float:
+        """The plan's predicted speedup over naive re-inference (FMA and query ratios)."""
+
+    @abc.abstractmethod
+    def explain(self, verbose: bool = False, sql: bool = False) -> str:
+        """The plan as text."""
+
+    @abc.abstractmethod
+    def evaluate(
+        self,
+        image: Tensor,
+        *,
+        targets: Tensor | None = None,
+        positions: Tensor | None = None,
+        progress: ProgressArg = "auto",
+    ) -> OcclusionResult:
+        """Scores of every target at every position (or the ``positions`` given)."""
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.positions.rows, self.positions.cols
+
+    def run(self, image: Tensor, *, progress: ProgressArg = "auto") -> Tensor:
+        """The heatmap ``[rows, cols]`` of a ``[C,H,W]`` image, ``[N, rows, cols]`` of a batch
+        (the first target's: the compiled one, else the predicted class)."""
+        result = self.evaluate(image, progress=progress)
+        heatmaps = result.heatmaps[:, 0]
+        return heatmaps[0] if image.dim() == 3 else heatmaps

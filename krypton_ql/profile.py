@@ -1,0 +1,84 @@
+"""Tuning profiles: what ``kql.tune`` measured, and the approximation an ``ssim`` target
+chooses from one."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compiler.errors import InvalidInputError
+from krypton_ql import options as check
+
+
+@dataclass
+class Profile:
+    """What ``tune`` measured: for each τ tried, the SSIM of each sample image's heatmap against
+    the exact one; optionally the same for drill-down speedup targets at the chosen τ.
+    Serializable (``to_json`` / ``from_json`` / ``save`` / ``load``)."""
+
+    patch: int
+    stride: int
+    criterion: str  # how one number is made of the samples' SSIMs: "min" or "mean"
+    taus: dict[str, list[float]] = field(default_factory=dict)  # τ → SSIM per sample
+    drilldown_ratio: float | None = None
+    drilldown_mode: str = "lattice"
+    drilldown: dict[str, list[float]] = field(default_factory=dict)  # target → SSIM per sample
+
+    def score(self, values: list[float]) -> float:
+        return float(np.min(values) if self.criterion == "min" else np.mean(values))
+
+    def tau_for(self, target: float) -> float:
+        """The smallest τ measured to meet ``target`` (1.0, exact, if none does)."""
+        meeting = [float(t) for t, v in self.taus.items() if self.score(v) >= target]
+        return min(meeting, default=1.0)
+
+    def speedup_for(self, target: float) -> float | None:
+        """The largest drill-down speedup target measured to meet ``target`` (None: none)."""
+        meeting = [float(s) for s, v in self.drilldown.items() if self.score(v) >= target]
+        return max(meeting, default=None)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Profile:
+        try:
+            return cls(**json.loads(text))
+        except (TypeError, ValueError) as error:
+            raise InvalidInputError(f"not a krypton-ql tuning profile: {error}") from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Profile:
+        return cls.from_json(Path(path).read_text())
+
+
+def resolve_ssim(
+    ssim: Any, profile: Any, patch: Any, tau: Any, drilldown: Any, speedup: Any, mode: str
+) -> tuple[float | None, Any, Any, str]:
+    """``(tau, drilldown, speedup, drilldown_mode)`` for an ``ssim`` target from a profile."""
+    target = check.fraction("ssim", ssim)
+    if tau is not None:
+        raise InvalidInputError("give either tau or ssim (which chooses τ), not both")
+    if not isinstance(profile, Profile):
+        raise InvalidInputError(
+            "ssim= needs a tuning profile: profile = kql.tune(model, sample_images, ssim=...), "
+            "then pass profile=profile"
+        )
+    if (profile.patch, profile.patch) != (patch.h, patch.w):
+        raise InvalidInputError(
+            f"the profile was tuned at patch {profile.patch}, this workload uses patch {patch}"
+        )
+    assert target is not None
+    chosen = profile.tau_for(target)
+    if drilldown is None and speedup is None and profile.drilldown_ratio is not None:
+        found = profile.speedup_for(target)
+        if found is not None:
+            drilldown, speedup, mode = profile.drilldown_ratio, found, profile.drilldown_mode
+    return chosen, drilldown, speedup, mode
