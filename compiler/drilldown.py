@@ -62,7 +62,7 @@ class DrillDownMode(enum.Enum):
         except ValueError:
             names = ", ".join(m.value for m in cls)
             raise InvalidInputError(
-                f"drilldown_mode must be one of {names}, got {value!r}"
+                f"drilldown_mode must be one of {names}, got {value!r}", option="drilldown_mode"
             ) from None
 
 
@@ -104,7 +104,8 @@ def coarse_stride(fine: int, ratio: float, target: float) -> int:
     if ratio * target >= 1:
         raise InvalidInputError(
             f"speedup {target:g}× is out of reach: a drill-down into a fraction {ratio:g} of "
-            f"the cells is always less than 1/fraction = {1 / ratio:.3g}× faster"
+            f"the cells is always less than 1/fraction = {1 / ratio:.3g}× faster",
+            option="speedup",
         )
     return max(fine, round_half_away(math.sqrt(target / (1 - ratio * target)) * fine))
 

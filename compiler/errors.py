@@ -16,4 +16,15 @@ class UnsupportedOperationError(KryptonError):
 
 
 class InvalidInputError(KryptonError):
-    """An image, model or option is not acceptable (wrong rank, NaN, patch too large, ...)."""
+    """An image, model or option is not acceptable (wrong rank, NaN, patch too large, ...).
+
+    ``option`` names the offending option (``"patch"``, ``"stride"``, …) when there is one: the
+    query language puts its caret there.
+
+    >>> InvalidInputError("stride must be at least 1, got 0", option="stride").option
+    'stride'
+    """
+
+    def __init__(self, message: str, *, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option

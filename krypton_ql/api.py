@@ -260,12 +260,13 @@ def compile(
             ssim, profile, occlusion.patch, tau, drilldown, speedup, drilldown_mode
         )
     elif profile is not None:
-        raise InvalidInputError("profile= is read by ssim=; give ssim too")
+        raise InvalidInputError("profile= is read by ssim=; give ssim too", option="profile")
     try:
         strategy = LinearStrategy(linear_strategy)
     except ValueError:
         raise InvalidInputError(
-            f"linear_strategy must be 'auto', 'recompute' or 'delta', got {linear_strategy!r}"
+            f"linear_strategy must be 'auto', 'recompute' or 'delta', got {linear_strategy!r}",
+            option="linear_strategy",
         ) from None
     parameter = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
     device = parameter.device if parameter is not None else torch.device("cpu")
@@ -274,13 +275,13 @@ def compile(
         chosen = Backend(backend)
     except ValueError:
         raise InvalidInputError(
-            f"backend must be 'auto', 'torch' or 'triton', got {backend!r}"
+            f"backend must be 'auto', 'torch' or 'triton', got {backend!r}", option="backend"
         ) from None
     try:
         conv_choice = ConvChoice(conv)
     except ValueError:
         raise InvalidInputError(
-            f"conv must be 'measure', 'triton' or 'cudnn', got {conv!r}"
+            f"conv must be 'measure', 'triton' or 'cudnn', got {conv!r}", option="conv"
         ) from None
     dtype = check.precision(precision)
     threshold = check.fraction("tau", tau, default=1.0)
@@ -302,7 +303,7 @@ def compile(
         return plan(occlusion)
 
     if occlusion.stride.h != occlusion.stride.w:
-        raise InvalidInputError("drill-down needs a square stride (one int)")
+        raise InvalidInputError("drill-down needs a square stride (one int)", option="stride")
     settings = drilldown_settings(drilldown, speedup, occlusion.stride.h, drilldown_mode)
     assert settings is not None
     if settings.mode is DrillDownMode.LATTICE:

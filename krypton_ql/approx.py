@@ -38,7 +38,9 @@ def drilldown_settings(
     if speedup is None:
         target = DEFAULT_TARGET
     elif isinstance(speedup, bool) or not isinstance(speedup, (int, float)) or speedup <= 1:
-        raise InvalidInputError(f"speedup must be a number greater than 1, got {speedup!r}")
+        raise InvalidInputError(
+            f"speedup must be a number greater than 1, got {speedup!r}", option="speedup"
+        )
     else:
         target = float(speedup)
     return DrillDown.plan(ratio, target, stride, DrillDownMode.parse(mode))

@@ -35,9 +35,11 @@ def size_pair(name: str, value: Any) -> Size2:
     elif isinstance(value, Sequence) and len(value) == 2 and all(_is_int(v) for v in value):
         pair = (value[0], value[1])
     else:
-        raise InvalidInputError(f"{name} must be an int or a pair of ints, got {value!r}")
+        raise InvalidInputError(
+            f"{name} must be an int or a pair of ints, got {value!r}", option=name
+        )
     if min(pair) < 1:
-        raise InvalidInputError(f"{name} must be at least 1, got {value!r}")
+        raise InvalidInputError(f"{name} must be at least 1, got {value!r}", option=name)
     return Size2(int(pair[0]), int(pair[1]))
 
 
@@ -50,13 +52,16 @@ def colour(value: Any, channels: int) -> tuple[float, ...]:
     ):
         if len(value) != channels:
             raise InvalidInputError(
-                f"color has {len(value)} values but the image has {channels} channels"
+                f"color has {len(value)} values but the image has {channels} channels",
+                option="color",
             )
         values = tuple(float(v) for v in value)
     else:
-        raise InvalidInputError(f"color must be a number or one number per channel, got {value!r}")
+        raise InvalidInputError(
+            f"color must be a number or one number per channel, got {value!r}", option="color"
+        )
     if not all(math.isfinite(v) for v in values):
-        raise InvalidInputError(f"color must be finite, got {value!r}")
+        raise InvalidInputError(f"color must be finite, got {value!r}", option="color")
     return values
 
 
@@ -64,7 +69,9 @@ def score(value: Any) -> Score:
     try:
         return Score(value) if not isinstance(value, Score) else value
     except ValueError:
-        raise InvalidInputError(f"score must be 'prob' or 'logit', got {value!r}") from None
+        raise InvalidInputError(
+            f"score must be 'prob' or 'logit', got {value!r}", option="score"
+        ) from None
 
 
 def input_shape(value: Any) -> tuple[int, int, int]:
@@ -83,7 +90,9 @@ def occlusion(
     channels, height, width = shape
     patch_size, stride_size = size_pair("patch", patch), size_pair("stride", stride)
     if patch_size.h > height or patch_size.w > width:
-        raise InvalidInputError(f"patch {patch_size} is larger than the {height}×{width} image")
+        raise InvalidInputError(
+            f"patch {patch_size} is larger than the {height}×{width} image", option="patch"
+        )
     return Occlusion(patch_size, stride_size, colour(color, channels), score(score_))
 
 
@@ -122,9 +131,13 @@ def targets(value: Any, count: int, classes: int, predicted: torch.Tensor) -> to
         or len(values) != count
         or not all(_is_int(v) for v in values)
     ):
-        raise InvalidInputError(f"target must be an int or one int per image, got {value!r}")
+        raise InvalidInputError(
+            f"target must be an int or one int per image, got {value!r}", option="target"
+        )
     if any(not 0 <= v < classes for v in values):
-        raise InvalidInputError(f"target {value!r} is outside the model's {classes} classes")
+        raise InvalidInputError(
+            f"target {value!r} is outside the model's {classes} classes", option="target"
+        )
     return torch.tensor(values, dtype=torch.int64, device=predicted.device).reshape(count, 1)
 
 
@@ -142,7 +155,9 @@ def batch_size(value: Any) -> int | None:
     if value is None:
         return None
     if not _is_int(value) or value < 1:
-        raise InvalidInputError(f"batch_size must be a positive int or None, got {value!r}")
+        raise InvalidInputError(
+            f"batch_size must be a positive int or None, got {value!r}", option="batch_size"
+        )
     return int(value)
 
 
@@ -155,7 +170,8 @@ def precision(value: Any) -> torch.dtype | None:
         return None
     if value not in PRECISIONS:
         raise InvalidInputError(
-            f"precision must be one of {', '.join(PRECISIONS)} (or None), got {value!r}"
+            f"precision must be one of {', '.join(PRECISIONS)} (or None), got {value!r}",
+            option="precision",
         )
     return PRECISIONS[value]
 
@@ -175,5 +191,5 @@ def fraction(name: str, value: Any, *, default: float | None = None) -> float | 
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, Real) or not 0 < float(value) <= 1:
-        raise InvalidInputError(f"{name} must be a number in (0, 1], got {value!r}")
+        raise InvalidInputError(f"{name} must be a number in (0, 1], got {value!r}", option=name)
     return float(value)

@@ -65,15 +65,17 @@ def resolve_ssim(
     """``(tau, drilldown, speedup, drilldown_mode)`` for an ``ssim`` target from a profile."""
     target = check.fraction("ssim", ssim)
     if tau is not None:
-        raise InvalidInputError("give either tau or ssim (which chooses τ), not both")
+        raise InvalidInputError("give either tau or ssim (which chooses τ), not both", option="tau")
     if not isinstance(profile, Profile):
         raise InvalidInputError(
             "ssim= needs a tuning profile: profile = kql.tune(model, sample_images, ssim=...), "
-            "then pass profile=profile"
+            "then pass profile=profile",
+            option="ssim",
         )
     if (profile.patch, profile.patch) != (patch.h, patch.w):
         raise InvalidInputError(
-            f"the profile was tuned at patch {profile.patch}, this workload uses patch {patch}"
+            f"the profile was tuned at patch {profile.patch}, this workload uses patch {patch}",
+            option="patch",
         )
     assert target is not None
     chosen = profile.tau_for(target)

@@ -332,8 +332,7 @@ class Session:
         try:
             plan = api.compile(module, tuple(images.shape[1:]), **options)
         except InvalidInputError as error:
-            name = _option_named(str(error), scan)
-            node = scan.option_nodes.get(name) if name else None
+            node = scan.option_nodes.get(error.option) if error.option else None
             if node is None:
                 raise QueryError(str(error), statement.text, scan.span[0], scan.span[1]) from None
             raise fail(str(error), node, statement.text) from None
@@ -421,11 +420,6 @@ def _span(error: QueryError) -> tuple[int, int]:
 
 def _is_explain(query: str) -> bool:
     return query.lstrip().lower().startswith("explain")
-
-
-def _option_named(message: str, scan: Scan) -> str | None:
-    """The option an argument check complains about (its messages start with the name)."""
-    return next((name for name in scan.option_nodes if message.startswith(name)), None)
 
 
 def connect(database: str | Path | None = None) -> Session:

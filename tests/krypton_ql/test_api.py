@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import krypton_ql as kql
 from runtime import reference
@@ -121,3 +122,32 @@ def test_several_targets_in_one_pass() -> None:
         plan.evaluate(images, targets=torch.tensor([[0], [4]]))
     with pytest.raises(kql.KryptonError, match="int tensor"):
         plan.evaluate(images, targets=torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        ({"stride": 0}, "stride"),
+        ({"patch": 100}, "patch"),
+        ({"color": (1.0, 2.0)}, "color"),
+        ({"score": "odds"}, "score"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"tau": 1.5}, "tau"),
+        ({"backend": "cuda"}, "backend"),
+        ({"conv": "fft"}, "conv"),
+        ({"linear_strategy": "sometimes"}, "linear_strategy"),
+        ({"precision": "fp8"}, "precision"),
+        ({"drilldown": 0.5, "drilldown_mode": "spiral"}, "drilldown_mode"),
+        ({"speedup": 0.5}, "speedup"),
+        ({"speedup": 20, "drilldown": 0.5}, "speedup"),
+        ({"profile": object()}, "profile"),
+    ],
+)
+def test_option_errors_name_the_option(options, option) -> None:
+    """Every option check says which option it rejects (the query language's caret goes there,
+    without reading the message)."""
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.LazyLinear(2)).eval()
+    model(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(kql.InvalidInputError) as raised:
+        kql.compile(model, (3, 8, 8), **{"patch": 2, **options})
+    assert raised.value.option == option, str(raised.value)
