@@ -14,7 +14,6 @@ from __future__ import annotations
 import enum
 import importlib.util
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -62,8 +61,10 @@ def resolve(backend: Backend, device_type: str) -> Backend:
 
 def _interpreter() -> None:
     """Kernels on CPU tensors run in Triton's interpreter, which must be on before Triton is
-    imported (its own library functions are compiled then)."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
+    imported (its own library functions are compiled then): Triton's own setting says."""
+    from triton import knobs  # Triton reads TRITON_INTERPRET; the library does not
+
+    if not knobs.runtime.interpret:
         raise InvalidInputError(
             "backend='triton' on CPU tensors runs Triton's interpreter (slow; meant for tests): "
             "set TRITON_INTERPRET=1 in the environment before starting Python, or use "
