@@ -1,9 +1,10 @@
 """The rewrite pipeline: ordered stages of rules, the driver that applies them, and its trace.
 
 Each stage is one topological walk; every node is offered to the stage's rules in order and the
-first answer wins. After every stage the driver drops nodes the output no longer reads, runs
-``verify()`` and records the plan for ``explain(verbose=True)``. The exact pipeline never
-contains an approximate rule.
+first answer wins; what a rule returns is checked by ``verify_node`` against its inputs at
+once (a violation names the rule). After every stage the driver drops nodes the output no
+longer reads, runs ``verify()`` on the whole plan and records it for ``explain(verbose=True)``.
+The exact pipeline never contains an approximate rule.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from compiler.boxes import Origins, Positions
 from compiler.errors import KryptonError
 from compiler.ir import Node, State
 from compiler.options import CompileOptions
-from compiler.plan import Plan
+from compiler.plan import Plan, verify_node
 from compiler.rules.approx.threshold_projective_field import threshold_projective_field
 from compiler.rules.base import Rule, RuleContext
 from compiler.rules.batch_occlusion_queries import batch_occlusion_queries
@@ -143,13 +144,32 @@ def _rewrite(node: Node, stage: Stage, ctx: RuleContext, fired: dict[str, int]) 
         result = rule.fn(node, ctx)
         if result is not None:
             fired[rule.name] = fired.get(rule.name, 0) + 1
-            return result if isinstance(result, tuple) else (result,)
+            nodes = result if isinstance(result, tuple) else (result,)
+            _verify_rewrite(rule, nodes, ctx)
+            return nodes
     if stage.maintains and node.update is None:
         raise KryptonError(
             f"no maintenance rule applies to node {node.name!r} ({type(node.op).__name__}); "
             "this is a bug in krypton-ql"
         )
     return (node,)
+
+
+def _verify_rewrite(rule: Rule, nodes: tuple[Node, ...], ctx: RuleContext) -> None:
+    """``verify_node`` on what a rule returned, against the inputs it reads (already rewritten,
+    or inserted by the same rule); a violation names the rule."""
+    known = dict(ctx.nodes)
+    for produced in nodes:
+        try:
+            verify_node(produced, [known[name] for name in produced.inputs])
+        except KeyError as missing:
+            raise KryptonError(
+                f"rule {rule.name} produced node {produced.name!r} reading the unknown node "
+                f"{missing}; this is a bug in krypton-ql"
+            ) from None
+        except KryptonError as error:
+            raise KryptonError(f"rule {rule.name}: {error}") from None
+        known[produced.name] = produced
 
 
 def _live(plan: Plan) -> Plan:

@@ -9,15 +9,55 @@ import networkx as nx
 
 from compiler.errors import KryptonError
 from compiler.ir import (
+    AdaptivePool,
+    Aten,
+    BatchNorm,
     Combine,
     Concat,
+    Constant,
+    Flatten,
+    GlobalAvgPool,
     Input,
     JoinAggregate,
+    Linear,
+    Map,
     Node,
     Occlude,
+    Pad,
+    Pointwise,
     Pool,
+    Project,
+    Scalar,
+    Softmax,
     State,
+    Upsample,
 )
+
+# How many inputs each operator reads (None: one or more).
+ARITY: dict[type, int | None] = {
+    Input: 0,
+    Constant: 0,
+    Occlude: 1,
+    JoinAggregate: 1,
+    Pool: 1,
+    Map: 1,
+    Scalar: 1,
+    BatchNorm: 1,
+    Pad: 1,
+    Upsample: 1,
+    Project: 1,
+    GlobalAvgPool: 1,
+    AdaptivePool: 1,
+    Flatten: 1,
+    Linear: 1,
+    Softmax: 1,
+    Combine: 2,
+    Concat: None,
+    Pointwise: None,
+    Aten: None,
+}
+# Operators whose output has their (first) input's shape.
+SAME_SHAPE = (Occlude, Map, Scalar, BatchNorm, Project, Softmax)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,29 +123,71 @@ class Plan:
     def verify(self) -> None:
         """Check every node's local invariants; raise ``KryptonError`` on the first violation."""
         for node in self:
-            verify_node(node, self)
+            verify_node(node, [self[name] for name in node.inputs])
 
 
-def verify_node(node: Node, plan: Plan) -> None:
-    """Local invariants of one node: arity, schema agreement and a consistent update form."""
+def verify_node(node: Node, inputs: list[Node]) -> None:
+    """Local invariants of one node against its inputs: arity, schema agreement (channels,
+    spatial sizes through windows, pads and upsampling, vector lengths) and a consistent update
+    form. Every operator kind is checked (``ARITY`` lists them)."""
     op = node.op
-    inputs = [plan[name] for name in node.inputs]
-    arity = {Input: 0, Occlude: 1, JoinAggregate: 1, Pool: 1, Combine: 2}
-    expected = arity.get(type(op))
-    if expected is not None and len(inputs) != expected:
-        _fail(node, f"expects {expected} inputs, has {len(inputs)}")
-    if isinstance(op, (JoinAggregate, Pool)) and not inputs[0].schema.is_spatial:
-        _fail(node, "reads a non-spatial input")
+    if type(op) not in ARITY:
+        _fail(node, "is an operator kind the plan does not know")
+    expected = ARITY[type(op)]
+    if (expected is None and not inputs) or (expected is not None and len(inputs) != expected):
+        wanted = "at least 1" if expected is None else str(expected)
+        _fail(node, f"expects {wanted} inputs, has {len(inputs)}")
+    _verify_schema(node, inputs)
+    _verify_update(node, inputs)
+
+
+def _verify_schema(node: Node, inputs: list[Node]) -> None:
+    op, out = node.op, node.schema
+    first = inputs[0].schema if inputs else None
+    if isinstance(op, SAME_SHAPE) and first is not None and first.shape != out.shape:
+        _fail(node, f"maps {first} to {out}; an element-wise operator keeps the shape")
+    if isinstance(op, (JoinAggregate, Pool)):
+        if not first.is_spatial:
+            _fail(node, "reads a non-spatial input")
+        if out.is_spatial and op.window.output_size(first.size) != out.size:
+            _fail(node, f"window over {first.size} gives {op.window.output_size(first.size)}")
     if isinstance(op, JoinAggregate):
-        if inputs[0].schema.channels != op.in_channels:
-            _fail(node, f"reads {inputs[0].schema.channels} channels, the weight {op.in_channels}")
-        if node.schema.channels != op.out_channels:
+        if first.channels != op.in_channels:
+            _fail(node, f"reads {first.channels} channels, the weight {op.in_channels}")
+        if out.channels != op.out_channels:
             _fail(node, "output channels disagree with the weight")
+    if isinstance(op, Pool) and first.channels != out.channels:
+        _fail(node, "a pool changes the channel count")
+    if isinstance(op, Pad) and first.is_spatial:
+        p = op.padding
+        padded = (first.shape[1] + p.top + p.bottom, first.shape[2] + p.left + p.right)
+        if (first.channels, *padded) != out.shape:
+            _fail(node, f"pads {first} to {out}")
+    if isinstance(op, Upsample) and first.is_spatial:
+        scaled = (first.channels, first.shape[1] * op.scale.h, first.shape[2] * op.scale.w)
+        if scaled != out.shape:
+            _fail(node, f"upsamples {first} to {out}")
+    if isinstance(op, (GlobalAvgPool, AdaptivePool)) and first.channels != out.channels:
+        _fail(node, "a global pool changes the channel count")
+    if isinstance(op, Flatten) and first.numel != out.numel:
+        _fail(node, f"flattens {first.numel} values into {out.numel}")
+    if isinstance(op, Linear) and (
+        out.shape[-1] != op.weight.shape[0] or first.shape[-1] != op.weight.shape[1]
+    ):
+        _fail(node, f"a {op.weight.shape} weight maps {first} to {out}")
+    if isinstance(op, BatchNorm) and op.mean.shape[0] != out.channels:
+        _fail(node, "batch norm statistics disagree with the channels")
     if isinstance(op, Concat):
         total = sum(i.schema.channels for i in inputs)
-        if total != node.schema.channels:
-            _fail(node, f"concatenates {total} channels into {node.schema.channels}")
-    _verify_update(node, inputs)
+        if total != out.channels:
+            _fail(node, f"concatenates {total} channels into {out.channels}")
+    if isinstance(op, Combine):
+        for source in inputs:
+            shape = source.schema.shape
+            if len(shape) == len(out.shape) and any(
+                d not in (1, o) for d, o in zip(shape, out.shape)
+            ):
+                _fail(node, f"cannot broadcast {source.schema} to {out}")
 
 
 def _verify_update(node: Node, inputs: list[Node]) -> None:

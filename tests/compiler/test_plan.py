@@ -9,18 +9,26 @@ import pytest
 from compiler.errors import KryptonError
 from compiler.ir import (
     Activation,
+    Arith,
+    Combine,
+    Concat,
+    Flatten,
     Input,
     JoinAggregate,
+    Linear,
     Map,
     Node,
     Occlude,
+    Pad,
+    Pool,
     State,
     Strategy,
     Update,
+    Upsample,
     WeightRef,
 )
 from compiler.plan import Plan
-from compiler.types import Padding, Schema, Size2, Window
+from compiler.types import Agg, Padding, Schema, Size2, Window
 
 WINDOW = Window(Size2(3, 3), Size2(1, 1), Size2(1, 1), Padding(1, 1, 1, 1))
 
@@ -88,3 +96,69 @@ def test_unknown_inputs_and_cycles_are_rejected() -> None:
     b = Node("b", Map(Activation.RELU), ("a",), Schema((3, 8, 8)))
     with pytest.raises(KryptonError, match="cycle"):
         Plan([a, b], "a")
+
+
+def _with(node: Node) -> list[Node]:
+    return [*_nodes(), node]
+
+
+@pytest.mark.parametrize(
+    ("node", "message"),
+    [
+        (Node("m", Map(Activation.RELU), ("conv",), Schema((4, 8, 7))), "keeps the shape"),
+        (Node("m", Map(Activation.RELU), ("conv", "x"), Schema((4, 8, 8))), "expects 1 inputs"),
+        (
+            Node("p", Pool(Agg.MAX, WINDOW), ("conv",), Schema((4, 7, 8))),
+            "window over 8×8 gives",
+        ),
+        (
+            Node("pad", Pad(Padding(1, 0, 0, 0)), ("conv",), Schema((4, 8, 8))),
+            "pads 4×8×8 to 4×8×8",
+        ),
+        (Node("u", Upsample(Size2(2, 2)), ("conv",), Schema((4, 16, 15))), "upsamples"),
+        (Node("f", Flatten(), ("conv",), Schema((255,))), "flattens 256 values"),
+        (
+            Node("l", Linear(WeightRef("w", (2, 5)), None), ("conv",), Schema((2,))),
+            "weight maps",
+        ),
+        (
+            Node("add", Combine(Arith.ADD), ("conv", "x"), Schema((4, 8, 8))),
+            "cannot broadcast 3×8×8",
+        ),
+        (Node("cat", Concat(), ("conv", "x"), Schema((8, 8, 8))), "concatenates 7 channels"),
+        (Node("cat", Concat(), (), Schema((8, 8, 8))), "at least 1 inputs"),
+    ],
+    ids=[
+        "map",
+        "arity",
+        "pool",
+        "pad",
+        "upsample",
+        "flatten",
+        "linear",
+        "combine",
+        "concat",
+        "no-inputs",
+    ],  # fmt: skip
+)
+def test_every_operator_kind_is_checked_against_its_inputs(node: Node, message: str) -> None:
+    with pytest.raises(KryptonError, match=message):
+        Plan(_with(node), node.name).verify()
+
+
+def test_a_rule_that_breaks_an_invariant_is_named_at_once(monkeypatch) -> None:
+    """The driver verifies what each rule returns, before the walk goes on."""
+    import krypton_ql as kql
+    from compiler import pipeline
+    from compiler.rules.base import Rule
+    from tests.helpers import small_cnn
+
+    def shrink_relu(node: Node, ctx) -> Node | None:
+        if isinstance(node.op, Map):
+            return replace(node, schema=Schema((node.schema.channels, 1, 1)))
+        return None
+
+    stages = (pipeline.Stage("normalize", (Rule(shrink_relu),)), *pipeline.STAGES[1:])
+    monkeypatch.setattr(pipeline, "STAGES", stages)
+    with pytest.raises(KryptonError, match="rule shrink_relu: invalid plan: node '1'"):
+        kql.compile(small_cnn(), (3, 8, 8), patch=2)
