@@ -30,7 +30,7 @@ from compiler.ir import (
     Upsample,
 )
 from compiler.physical import PhysicalPlan
-from compiler.pipeline import Optimized, is_approximate
+from compiler.pipeline import Optimized
 from compiler.plan import Plan
 from compiler.rules.choose_linear_delta import is_linear
 
@@ -158,7 +158,7 @@ def render(
     if verbose:
         lines += _trace(optimized)
     fired = ", ".join(
-        f"{'≈' if is_approximate(name) else ''}{name}×{count}"
+        f"{'≈' if name in optimized.approximate else ''}{name}×{count}"
         for name, count in optimized.rules_fired
     )
     lines += ["== rewritten ==", f"rules: {fired}", *render_plan(optimized.plan, rewritten=True)]

@@ -80,10 +80,6 @@ def stages(options: CompileOptions) -> tuple[Stage, ...]:
     return tuple(Stage(s.name, APPROXIMATE.get(s.name, ()) + s.rules, s.maintains) for s in STAGES)
 
 
-def is_approximate(rule_name: str) -> bool:
-    return any(rule.name == rule_name for rules in APPROXIMATE.values() for rule in rules)
-
-
 @dataclass(frozen=True)
 class TraceEntry:
     """One step of the pipeline: the rules that fired (with counts) and the plan after it."""
@@ -100,6 +96,7 @@ class Optimized:
     plan: Plan
     trace: tuple[TraceEntry, ...]
     origins: dict[str, Origins]
+    approximate: frozenset[str] = frozenset()  # rules that fired with ``Rule.exact`` false
 
     @property
     def rules_fired(self) -> tuple[tuple[str, int], ...]:
@@ -117,7 +114,9 @@ def optimize(logical: Plan, options: CompileOptions, positions: Positions) -> Op
     ctx = RuleContext(options, positions, {n.name: n for n in plan}, origins)
     plan = batch_occlusion_queries(plan, ctx)
     trace.append(TraceEntry("batch", (("batch_occlusion_queries", 1),), plan))
-    return Optimized(plan, tuple(trace), origins)
+    inexact = frozenset(r.name for stage in stages(options) for r in stage.rules if not r.exact)
+    fired = {name for entry in trace for name, _ in entry.fired}
+    return Optimized(plan, tuple(trace), origins, inexact & fired)
 
 
 def _run_stage(
