@@ -9,7 +9,8 @@ The exact pipeline never contains an approximate rule.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import networkx as nx
 
@@ -33,15 +34,19 @@ from compiler.rules.push_delta_through_map import push_delta_through_map
 from compiler.rules.push_delta_through_occlude import push_delta_through_occlude
 from compiler.rules.push_delta_through_upsample import push_delta_through_upsample
 
+PlanRule = Callable[[Plan, RuleContext], Plan]
+
 
 @dataclass(frozen=True)
 class Stage:
     """Rules offered to every node in one walk; ``maintains`` stages must give every node an
-    update form."""
+    update form. A plan-scoped stage has one ``plan_rule`` instead, applied to the whole plan
+    (batching: its size depends on every buffer at once)."""
 
     name: str
-    rules: tuple[Rule, ...]
+    rules: tuple[Rule, ...] = ()
     maintains: bool = False
+    plan_rule: PlanRule | None = None
 
 
 STAGES: tuple[Stage, ...] = (
@@ -65,6 +70,8 @@ STAGES: tuple[Stage, ...] = (
     ),
     # Runs once every box is known: the delta form's cost depends on the input boxes.
     Stage("choose", (Rule(choose_linear_delta),), maintains=True),
+    # Last: the batch size follows from the final plan's per-query buffers.
+    Stage("batch", plan_rule=batch_occlusion_queries),
 )
 
 # Approximate rules, by the stage they join (first in it) when a workload asks for them.
@@ -77,7 +84,7 @@ def stages(options: CompileOptions) -> tuple[Stage, ...]:
     """The pipeline for ``options``: ``STAGES``, plus the approximate rules it asks for."""
     if options.tau >= 1.0:
         return STAGES
-    return tuple(Stage(s.name, APPROXIMATE.get(s.name, ()) + s.rules, s.maintains) for s in STAGES)
+    return tuple(replace(s, rules=APPROXIMATE.get(s.name, ()) + s.rules) for s in STAGES)
 
 
 @dataclass(frozen=True)
@@ -108,12 +115,14 @@ def optimize(logical: Plan, options: CompileOptions, positions: Positions) -> Op
     plan, trace = logical, []
     origins: dict[str, Origins] = {}
     for stage in stages(options):
-        plan, fired, origins = _run_stage(stage, plan, options, positions)
+        if stage.plan_rule is not None:
+            ctx = RuleContext(options, positions, {n.name: n for n in plan}, origins)
+            plan = stage.plan_rule(plan, ctx)
+            fired: tuple[tuple[str, int], ...] = ((stage.plan_rule.__name__, 1),)
+        else:
+            plan, fired, origins = _run_stage(stage, plan, options, positions)
         plan.verify()
         trace.append(TraceEntry(stage.name, fired, plan))
-    ctx = RuleContext(options, positions, {n.name: n for n in plan}, origins)
-    plan = batch_occlusion_queries(plan, ctx)
-    trace.append(TraceEntry("batch", (("batch_occlusion_queries", 1),), plan))
     inexact = frozenset(r.name for stage in stages(options) for r in stage.rules if not r.exact)
     fired = {name for entry in trace for name, _ in entry.fired}
     return Optimized(plan, tuple(trace), origins, inexact & fired)
