@@ -225,23 +225,25 @@ class _Renderer:
         (source,) = self.node.inputs
         return self._read_all(source)
 
-    def _taps(self, kernel_source: str, columns: str) -> str:
-        """``t``: each (output cell, kernel tap) with the input cell ``(ay, ax)`` it reads."""
+    def _taps(self, columns: str) -> str:
+        """``t``: each (output cell, kernel tap) with the input cell ``(ay, ax)`` it reads — a
+        convolution's taps are its weight rows ``k<k>``; a pool's, the window's offsets (a pool
+        keeps channels, so its cells carry ``c``)."""
         op = self.node.op
         assert isinstance(op, (JoinAggregate, Pool))
         s, d, p = op.window.stride, op.window.dilation, op.window.padding
+        pool = isinstance(op, Pool)
+        kernel = op.window.kernel
+        taps = (
+            f"(SELECT a.i AS ky, e.i AS kx FROM range({kernel.h}) a(i), range({kernel.w}) e(i)) w"
+            if pool
+            else f"k{self.k} w"
+        )
         return (
             f"WITH t AS (SELECT b.q, b.y, b.x, {columns}"
             f"{s.h} * b.y + {d.h} * w.ky - {p.top} AS ay, "
             f"{s.w} * b.x + {d.w} * w.kx - {p.left} AS ax "
-            f"FROM ({self._cells(kernel_source == 'pool')}) b CROSS JOIN "
-            + (
-                f"k{self.k} w"
-                if kernel_source == "conv"
-                else f"(SELECT a.i AS ky, e.i AS kx FROM range({op.window.kernel.h}) a(i), "
-                f"range({op.window.kernel.w}) e(i)) w"
-            )
-            + ") "
+            f"FROM ({self._cells(pool)}) b CROSS JOIN {taps}) "
         )
 
     def _conv(self) -> str:
@@ -253,7 +255,7 @@ class _Renderer:
         if op.bias is not None:
             bias, bias_join = " + MAX(bb.v)", f" JOIN b{self.k} bb ON bb.n = t.n"
         return (
-            self._taps("conv", "w.n AS n, w.c AS c, w.v AS kv, ")
+            self._taps("w.n AS n, w.c AS c, w.v AS kv, ")
             + f"SELECT t.q, t.n AS c, t.y, t.x, COALESCE(SUM(t.kv * {value}), 0){bias} AS v "
             f"FROM t{joins}{bias_join} GROUP BY t.q, t.n, t.y, t.x"
         )
@@ -263,7 +265,7 @@ class _Renderer:
         (source,) = self.node.inputs
         i = self.index[source]
         return (
-            self._taps("conv", "w.n AS n, w.c AS c, w.v AS kv, ")
+            self._taps("w.n AS n, w.c AS c, w.v AS kv, ")
             + f", d AS (SELECT t.q, t.n, t.y, t.x, SUM(t.kv * (au.v - av.v)) AS dv FROM t "
             f"JOIN u{i} au ON au.q = t.q AND au.c = t.c AND au.y = t.ay AND au.x = t.ax "
             f"JOIN v{i} av ON av.c = t.c AND av.y = t.ay AND av.x = t.ax "
@@ -288,7 +290,7 @@ class _Renderer:
             aggregate = f"COALESCE(SUM({value}), 0) / MAX(dd.v)"
             divisor_join = f" JOIN d{self.k} dd ON dd.y = t.y AND dd.x = t.x"
         return (
-            self._taps("pool", "b.c AS c, ") + f"SELECT t.q, t.c, t.y, t.x, {aggregate} AS v "
+            self._taps("b.c AS c, ") + f"SELECT t.q, t.c, t.y, t.x, {aggregate} AS v "
             f"FROM t{joins}{divisor_join} GROUP BY t.q, t.c, t.y, t.x"
         )
 

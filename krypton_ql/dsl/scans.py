@@ -139,7 +139,8 @@ class Cache:
 
 
 def _subset(request: Request, held: Request, relation: Relation) -> pa.Table:
-    wanted_images = np.array([name in set(request.names) for name in held.names], dtype=bool)
+    wanted = set(request.names)
+    wanted_images = np.array([name in wanted for name in held.names], dtype=bool)
     mask = wanted_images[relation.image] & np.isin(relation.position, request.positions)
     if request.classes is not None:
         classes = relation.table.column("class").to_numpy()
