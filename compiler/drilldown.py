@@ -48,23 +48,6 @@ class DrillDownMode(enum.Enum):
     GRID = "grid"  # the regular grid at the coarse stride, bilinear interpolation
     LATTICE = "lattice"  # a sheared lattice of fine cells, thin-plate-spline reconstruction
 
-    @classmethod
-    def parse(cls, value: DrillDownMode | str) -> DrillDownMode:
-        """The mode a keyword names.
-
-        >>> DrillDownMode.parse("lattice")
-        <DrillDownMode.LATTICE: 'lattice'>
-        """
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(value)
-        except ValueError:
-            names = ", ".join(m.value for m in cls)
-            raise InvalidInputError(
-                f"drilldown_mode must be one of {names}, got {value!r}", option="drilldown_mode"
-            ) from None
-
 
 @dataclass(frozen=True)
 class DrillDown:

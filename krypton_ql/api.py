@@ -20,15 +20,14 @@ from compiler.drilldown import DrillDownMode
 from compiler.errors import InvalidInputError
 from compiler.importer import export, import_model
 from compiler.lower import lower
-from compiler.options import CompileOptions, LinearStrategy
 from compiler.pipeline import optimize
 from compiler.types import Size2
 from krypton_ql import options as check
-from krypton_ql.approx import DrillDownPlan, drilldown_settings
+from krypton_ql.approx import DrillDownPlan
+from krypton_ql.options import Options
 from krypton_ql.plans import HeatmapPlan, OcclusionResult, ProgressArg
-from krypton_ql.profile import resolve_ssim
 from krypton_ql.progress import progress_callback
-from runtime.backends import Backend, ConvChoice, resolve, runner_for
+from runtime.backends import resolve, runner_for
 from runtime.executor import Executor, materialize, select_scores
 from runtime.memory import default_budget
 from runtime.weights import Weights
@@ -39,32 +38,33 @@ log = logging.getLogger(__name__)
 class OcclusionPlan(HeatmapPlan):
     """A compiled occlusion workload for images of one shape. Build it with ``compile``."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        shape: tuple[int, int, int],
-        occlusion: check.Occlusion,
-        target: Any,
-        options: CompileOptions,
-        backend: Backend = Backend.TORCH,
-        conv: ConvChoice = ConvChoice.MEASURE,
-        dtype: torch.dtype | None = None,
-    ):
-        self.dtype = dtype
+    def __init__(self, model: nn.Module, options: Options):
+        """``options`` of one stage (no drill-down)."""
+        if options.drilldown is not None:
+            raise InvalidInputError("an OcclusionPlan runs one stage; kql.compile plans both")
+        self.options = options
+        self.dtype = options.precision
         self._clean: tuple[Tensor, dict[str, Tensor]] | None = None
         self.clean_forwards_reused = 0  # evaluate(reuse_clean=True) calls that ran no forward
-        model = check.in_precision(model, dtype)
-        self.model, self.shape, self.occlusion, self.target = model, shape, occlusion, target
-        self.backend = backend
-        self.runner = runner_for(backend, conv)
-        self.exported = export(model, shape)
-        self.logical = import_model(self.exported, shape, occlusion.patch, occlusion.color)
-        image = Size2(shape[1], shape[2])
-        self.positions = Positions.grid(image, occlusion.patch, occlusion.stride)
-        self.optimized = optimize(self.logical, options, self.positions)
+        model = check.in_precision(model, self.dtype)
+        self.model, self.shape, self.target = model, options.shape, options.target
+        self.occlusion = options.occlusion
+        device = _device(model)
+        self.backend = resolve(options.backend, device.type)
+        self.runner = runner_for(self.backend, options.conv)
+        compile_options = options.compile_options(default_budget(device))
+        self.exported = export(model, self.shape)
+        self.logical = import_model(
+            self.exported, self.shape, self.occlusion.patch, self.occlusion.color
+        )
+        image = Size2(self.shape[1], self.shape[2])
+        self.positions = Positions.grid(image, self.occlusion.patch, self.occlusion.stride)
+        self.optimized = optimize(self.logical, compile_options, self.positions)
         self.physical = lower(self.optimized.plan)
-        centre = optimize(self.logical, options, Positions.centre(image, occlusion.patch))
-        self.centre_cost: PlanCost = plan_cost(self.logical, centre.plan)
+        centre = Positions.centre(image, self.occlusion.patch)
+        self.centre_cost: PlanCost = plan_cost(
+            self.logical, optimize(self.logical, compile_options, centre).plan
+        )
         batching = self.physical.batching
         log.info(
             "compiled %s: %d nodes → %d steps (%d element-wise fused), %d queries in batches "
@@ -197,6 +197,11 @@ class OcclusionPlan(HeatmapPlan):
         return views
 
 
+def _device(model: nn.Module) -> torch.device:
+    parameter = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
 def _check_device(model: nn.Module, images: Tensor) -> None:
     parameter = next(iter(model.parameters()), None)
     if parameter is not None and parameter.device != images.device:
@@ -253,63 +258,39 @@ def compile(
     ``"lattice"`` (the same query budget on a lattice of fine cells, thin-plate-spline
     reconstruction: much closer to exact; see ``compiler/drilldown.py``).
     """
-    shape = check.input_shape(input_shape)
-    occlusion = check.occlusion(shape, patch, stride, color, score)
-    if ssim is not None:
-        tau, drilldown, speedup, drilldown_mode = resolve_ssim(
-            ssim, profile, occlusion.patch, tau, drilldown, speedup, drilldown_mode
-        )
-    elif profile is not None:
-        raise InvalidInputError("profile= is read by ssim=; give ssim too", option="profile")
-    try:
-        strategy = LinearStrategy(linear_strategy)
-    except ValueError:
-        raise InvalidInputError(
-            f"linear_strategy must be 'auto', 'recompute' or 'delta', got {linear_strategy!r}",
-            option="linear_strategy",
-        ) from None
-    parameter = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    budget = memory_budget if memory_budget is not None else default_budget(device)
-    try:
-        chosen = Backend(backend)
-    except ValueError:
-        raise InvalidInputError(
-            f"backend must be 'auto', 'torch' or 'triton', got {backend!r}", option="backend"
-        ) from None
-    try:
-        conv_choice = ConvChoice(conv)
-    except ValueError:
-        raise InvalidInputError(
-            f"conv must be 'measure', 'triton' or 'cudnn', got {conv!r}", option="conv"
-        ) from None
-    dtype = check.precision(precision)
-    threshold = check.fraction("tau", tau, default=1.0)
+    options = Options.build(
+        input_shape,
+        patch=patch,
+        stride=stride,
+        color=color,
+        target=target,
+        score=score,
+        batch_size=batch_size,
+        memory_budget=memory_budget,
+        linear_strategy=linear_strategy,
+        backend=backend,
+        conv=conv,
+        precision=precision,
+        tau=tau,
+        drilldown=drilldown,
+        speedup=speedup,
+        ssim=ssim,
+        profile=profile,
+        drilldown_mode=drilldown_mode,
+    )
+    return build_plan(model, options)
 
-    def plan(occlusion: check.Occlusion) -> OcclusionPlan:
-        options = CompileOptions(
-            occlusion.patch,
-            occlusion.stride,
-            occlusion.color,
-            strategy,
-            check.batch_size(batch_size),
-            budget,
-            tau=threshold,
-        )
-        resolved = resolve(chosen, device.type)
-        return OcclusionPlan(model, shape, occlusion, target, options, resolved, conv_choice, dtype)
 
-    if drilldown is None and speedup is None:
-        return plan(occlusion)
-
-    if occlusion.stride.h != occlusion.stride.w:
-        raise InvalidInputError("drill-down needs a square stride (one int)", option="stride")
-    settings = drilldown_settings(drilldown, speedup, occlusion.stride.h, drilldown_mode)
-    assert settings is not None
+def build_plan(model: nn.Module, options: Options) -> HeatmapPlan:
+    """The plan of validated ``options``: an ``OcclusionPlan``, or a ``DrillDownPlan`` of two
+    stages when ``options.drilldown`` asks for one (lattice mode runs the fine plan twice)."""
+    settings = options.drilldown
+    if settings is None:
+        return OcclusionPlan(model, options)
+    fine = OcclusionPlan(model, options.stage(settings.fine))
     if settings.mode is DrillDownMode.LATTICE:
-        return DrillDownPlan(None, plan(occlusion), settings)
-    coarse = check.occlusion(shape, patch, settings.coarse, color, score)
-    return DrillDownPlan(plan(coarse), plan(occlusion), settings)
+        return DrillDownPlan(None, fine, settings)
+    return DrillDownPlan(OcclusionPlan(model, options.stage(settings.coarse)), fine, settings)
 
 
 def occlusion_heatmap(
@@ -338,8 +319,7 @@ def occlusion_heatmap(
     Exact unless ``tau``, ``drilldown``, ``speedup`` or ``ssim`` asks for an approximation
     (see ``compile``)."""
     images = check.images(image)
-    plan = compile(
-        model,
+    options = Options.build(
         tuple(images.shape[1:]),
         patch=patch,
         stride=stride,
@@ -356,7 +336,7 @@ def occlusion_heatmap(
         profile=profile,
         drilldown_mode=drilldown_mode,
     )
-    return plan.run(image, progress=progress)
+    return build_plan(model, options).run(image, progress=progress)
 
 
 def explain(model: nn.Module, input_shape: Any, **options: Any) -> str:

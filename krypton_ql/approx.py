@@ -17,33 +17,10 @@ from torch import Tensor
 
 from compiler import drilldown as drill
 from compiler.drilldown import DrillDown, DrillDownMode
-from compiler.errors import InvalidInputError
 from krypton_ql import options as check
 from krypton_ql.plans import HeatmapPlan, OcclusionResult, ProgressArg
 
 log = logging.getLogger(__name__)
-
-DEFAULT_RATIO = 0.25  # the paper's default drill-down fraction (ImageNet)
-DEFAULT_TARGET = 3.0  # the paper's default drill-down speedup
-
-
-def drilldown_settings(
-    drilldown: Any, speedup: Any, stride: int, mode: DrillDownMode | str = DrillDownMode.GRID
-) -> DrillDown | None:
-    """Validated drill-down settings, or None when neither option is given."""
-    if drilldown is None and speedup is None:
-        return None
-    ratio = check.fraction("drilldown", drilldown, default=DEFAULT_RATIO)
-    assert ratio is not None
-    if speedup is None:
-        target = DEFAULT_TARGET
-    elif isinstance(speedup, bool) or not isinstance(speedup, (int, float)) or speedup <= 1:
-        raise InvalidInputError(
-            f"speedup must be a number greater than 1, got {speedup!r}", option="speedup"
-        )
-    else:
-        target = float(speedup)
-    return DrillDown.plan(ratio, target, stride, DrillDownMode.parse(mode))
 
 
 class DrillDownPlan(HeatmapPlan):
@@ -110,19 +87,26 @@ class DrillDownPlan(HeatmapPlan):
         targets: Tensor | None = None,
         positions: Tensor | None = None,
         progress: ProgressArg = "auto",
+        reuse_clean: bool = False,
     ) -> OcclusionResult:
         """Scores at every fine cell: sampled cells exact (or τ), the rest reconstructed.
-        ``positions`` is accepted for interface parity; drill-down always plans the whole grid
-        (its selection needs it)."""
+        Drill-down plans the whole grid (its selection needs it): cells outside ``positions``
+        are computed too, and the caller reads the ones it asked for."""
         images = check.images(image)
         settings, shape = self.settings, self.grid
         if settings.mode is DrillDownMode.LATTICE:
             known = drill.lattice(shape, settings.period)
             first = self.fine.evaluate(
-                images, targets=targets, positions=_cells(known), progress=progress
+                images,
+                targets=targets,
+                positions=_cells(known),
+                progress=progress,
+                reuse_clean=reuse_clean,
             )
         else:
-            first = self.coarse.evaluate(images, targets=targets, progress=progress)
+            first = self.coarse.evaluate(
+                images, targets=targets, progress=progress, reuse_clean=reuse_clean
+            )
         stage1 = first.heatmaps.detach().float().cpu().numpy()  # [N, T, rows', cols']
         heatmaps = np.empty((*stage1.shape[:2], *shape))
         selected, queries = [], first.queries

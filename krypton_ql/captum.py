@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from compiler.errors import InvalidInputError, KryptonError, UnsupportedOperationError
-from krypton_ql.api import compile as compile_plan
+from krypton_ql.api import build_plan
+from krypton_ql.options import Options
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +78,10 @@ class Occlusion:
         if reason is not None:
             return self._delegate(reason, arguments)
         try:
-            plan = compile_plan(
-                self.forward_func,
-                tuple(inputs.shape[1:]),
-                patch=window,
-                stride=stride,
-                color=colour,
-                score="logit",
+            options = Options.build(
+                tuple(inputs.shape[1:]), patch=window, stride=stride, color=colour, score="logit"
             )
+            plan = build_plan(self.forward_func, options)
         except UnsupportedOperationError as error:
             return self._delegate(str(error), arguments)
         self.last_plan, self.delegated = plan, None

@@ -15,6 +15,7 @@ from compiler.boxes import Positions
 from compiler.errors import InvalidInputError
 from compiler.types import Score, Size2
 from krypton_ql import options as check
+from krypton_ql.options import Options
 from krypton_ql.progress import progress_callback
 from runtime.memory import default_budget
 
@@ -34,11 +35,19 @@ def naive_heatmap(
 ) -> Tensor:
     """Same signature and semantics as ``occlusion_heatmap``, by full re-inference."""
     images = check.images(image)
-    dtype = check.precision(precision)
-    model = check.in_precision(model, dtype)
-    images = images.to(dtype) if dtype is not None else images
-    channels, height, width = (int(d) for d in images.shape[1:])
-    occlusion = check.occlusion((channels, height, width), patch, stride, color, score)
+    options = Options.build(
+        tuple(images.shape[1:]),
+        patch=patch,
+        stride=stride,
+        color=color,
+        target=target,
+        score=score,
+        batch_size=batch_size,
+        precision=precision,
+    )
+    model = check.in_precision(model, options.precision)
+    images = images.to(options.precision) if options.precision is not None else images
+    occlusion, (_, height, width) = options.occlusion, options.shape
     if any(m.training for m in model.modules()):
         raise InvalidInputError("the model is in training mode; call model.eval() first")
     positions = Positions.grid(Size2(height, width), occlusion.patch, occlusion.stride)
@@ -47,8 +56,8 @@ def naive_heatmap(
     colour = torch.tensor(occlusion.color, dtype=images.dtype, device=images.device)
     with torch.no_grad():
         logits = model(images)
-        targets = check.targets(target, len(images), logits.shape[1], logits.argmax(dim=1))
-        size = check.batch_size(batch_size) or _batch_size(model, images[:1])
+        targets = check.targets(options.target, len(images), logits.shape[1], logits.argmax(dim=1))
+        size = options.batch_size or _batch_size(model, images[:1])
         total = len(images) * len(positions)
         scores = torch.empty(total, dtype=torch.float32, device=images.device)
         with progress_callback(progress, total, "naive") as report:

@@ -1,17 +1,30 @@
-"""Validation of user-facing arguments: every bad value becomes a clear ``InvalidInputError``."""
+"""Every user-facing option, validated once: ``Options`` is what the Python API, the naive
+baseline, the query language, the CLI (through the query language) and the Captum drop-in
+build from their own spellings; every bad value is an ``InvalidInputError`` that names the
+option (``error.option``), which the query language turns into a caret under it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
+from compiler.drilldown import DrillDown, DrillDownMode
 from compiler.errors import InvalidInputError
+from compiler.options import CompileOptions, LinearStrategy
 from compiler.types import Score, Size2
+from krypton_ql.profile import Profile
+from runtime.backends import Backend, ConvChoice
+
+DEFAULT_RATIO = 0.25  # the paper's default drill-down fraction (ImageNet)
+DEFAULT_TARGET = 3.0  # the paper's default drill-down speedup
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,16 +78,30 @@ def colour(value: Any, channels: int) -> tuple[float, ...]:
     return values
 
 
-def score(value: Any) -> Score:
+E = TypeVar("E", bound=enum.Enum)
+
+
+def choice(name: str, value: Any, kind: type[E]) -> E:
+    """The member of ``kind`` that ``value`` is or spells.
+
+    >>> choice("score", "logit", Score)
+    <Score.LOGIT: 'logit'>
+    """
+    if isinstance(value, kind):
+        return value
     try:
-        return Score(value) if not isinstance(value, Score) else value
+        return kind(value)
     except ValueError:
-        raise InvalidInputError(
-            f"score must be 'prob' or 'logit', got {value!r}", option="score"
-        ) from None
+        names = [repr(m.value) for m in kind]
+        listed = ", ".join(names[:-1]) + " or " + names[-1]
+        raise InvalidInputError(f"{name} must be {listed}, got {value!r}", option=name) from None
 
 
-def input_shape(value: Any) -> tuple[int, int, int]:
+def score(value: Any) -> Score:
+    return choice("score", value, Score)
+
+
+def image_shape(value: Any) -> tuple[int, int, int]:
     """``(C, H, W)``, or ``(N, C, H, W)`` whose ``N`` is ignored."""
     if isinstance(value, torch.Size | tuple | list) and all(_is_int(v) for v in value):
         dims = tuple(int(v) for v in value)
@@ -151,7 +178,7 @@ def target_table(value: Any, count: int, classes: int, device: torch.device) -> 
     return table.to(torch.int64)
 
 
-def batch_size(value: Any) -> int | None:
+def batch(value: Any) -> int | None:
     if value is None:
         return None
     if not _is_int(value) or value < 1:
@@ -164,7 +191,7 @@ def batch_size(value: Any) -> int | None:
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def precision(value: Any) -> torch.dtype | None:
+def dtype(value: Any) -> torch.dtype | None:
     """``None`` (the model's own precision) or one of ``fp32``, ``bf16``, ``fp16``."""
     if value is None:
         return None
@@ -193,3 +220,166 @@ def fraction(name: str, value: Any, *, default: float | None = None) -> float | 
     if isinstance(value, bool) or not isinstance(value, Real) or not 0 < float(value) <= 1:
         raise InvalidInputError(f"{name} must be a number in (0, 1], got {value!r}", option=name)
     return float(value)
+
+
+def speedup_target(value: Any) -> float | None:
+    """A drill-down speedup target: a number greater than 1 (or None)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Real) or not float(value) > 1:
+        raise InvalidInputError(
+            f"speedup must be a number greater than 1, got {value!r}", option="speedup"
+        )
+    return float(value)
+
+
+def budget(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not _is_int(value) or value < 1:
+        raise InvalidInputError(
+            f"memory_budget must be a positive number of bytes or None, got {value!r}",
+            option="memory_budget",
+        )
+    return int(value)
+
+
+def target_spec(value: Any) -> int | tuple[int, ...] | None:
+    """``None`` (the predicted class), one class, or one class per image; the range is checked
+    against the model's classes when the plan runs."""
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if value is None or _is_int(value):
+        return value
+    if isinstance(value, Sequence) and value and all(_is_int(v) for v in value):
+        return tuple(int(v) for v in value)
+    raise InvalidInputError(
+        f"target must be an int or one int per image, got {value!r}", option="target"
+    )
+
+
+def drilldown_settings(
+    drilldown: Any, speedup: Any, stride: Size2, mode: Any = DrillDownMode.GRID
+) -> DrillDown | None:
+    """Validated drill-down settings, or None when neither option is given."""
+    chosen = choice("drilldown_mode", mode, DrillDownMode)
+    ratio = fraction("drilldown", drilldown, default=DEFAULT_RATIO)
+    goal = speedup_target(speedup)
+    if drilldown is None and speedup is None:
+        return None
+    if stride.h != stride.w:
+        raise InvalidInputError("drill-down needs a square stride (one int)", option="stride")
+    assert ratio is not None
+    return DrillDown.plan(ratio, goal or DEFAULT_TARGET, stride.h, chosen)
+
+
+def resolve_ssim(
+    ssim: Any, profile: Any, patch: Size2, tau: Any, drilldown: Any, speedup: Any, mode: Any
+) -> tuple[float | None, Any, Any, Any]:
+    """``(tau, drilldown, speedup, drilldown_mode)`` for an ``ssim`` target from a profile."""
+    wanted = fraction("ssim", ssim)
+    if tau is not None:
+        raise InvalidInputError("give either tau or ssim (which chooses τ), not both", option="tau")
+    if not isinstance(profile, Profile):
+        raise InvalidInputError(
+            "ssim= needs a tuning profile: profile = kql.tune(model, sample_images, ssim=...), "
+            "then pass profile=profile",
+            option="ssim",
+        )
+    if (profile.patch, profile.patch) != (patch.h, patch.w):
+        raise InvalidInputError(
+            f"the profile was tuned at patch {profile.patch}, this workload uses patch {patch}",
+            option="patch",
+        )
+    assert wanted is not None
+    chosen = profile.tau_for(wanted)
+    if drilldown is None and speedup is None and profile.drilldown_ratio is not None:
+        found = profile.speedup_for(wanted)
+        if found is not None:
+            drilldown, speedup, mode = profile.drilldown_ratio, found, profile.drilldown_mode
+    return chosen, drilldown, speedup, mode
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """One occlusion workload's options, validated: build it with ``Options.build`` from the
+    public keywords (``kql.compile``'s, documented there). Frozen and hashable, so a session
+    keys its compiled plans by it."""
+
+    shape: tuple[int, int, int]  # (C, H, W) of the images
+    occlusion: Occlusion
+    target: int | tuple[int, ...] | None = None
+    batch_size: int | None = None  # None: from the memory budget
+    memory_budget: int | None = None  # None: the device's default budget
+    linear_strategy: LinearStrategy = LinearStrategy.AUTO
+    backend: Backend = Backend.AUTO
+    conv: ConvChoice = ConvChoice.MEASURE
+    precision: torch.dtype | None = None  # None: the model's own dtype
+    tau: float = 1.0  # 1 is exact
+    drilldown: DrillDown | None = None  # None: one stage, every position
+
+    @classmethod
+    def build(
+        cls,
+        input_shape: Any,
+        *,
+        patch: Any,
+        stride: Any = 1,
+        color: Any = 0.0,
+        target: Any = None,
+        score: Any = "prob",
+        batch_size: Any = None,
+        memory_budget: Any = None,
+        linear_strategy: Any = "auto",
+        backend: Any = "auto",
+        conv: Any = "measure",
+        precision: Any = None,
+        tau: Any = None,
+        drilldown: Any = None,
+        speedup: Any = None,
+        ssim: Any = None,
+        profile: Any = None,
+        drilldown_mode: Any = "grid",
+    ) -> Options:
+        """Validate the public keywords (the ``ssim`` target resolved through ``profile``)."""
+        shape = image_shape(input_shape)
+        workload = occlusion(shape, patch, stride, color, score)
+        if ssim is not None:
+            tau, drilldown, speedup, drilldown_mode = resolve_ssim(
+                ssim, profile, workload.patch, tau, drilldown, speedup, drilldown_mode
+            )
+        elif profile is not None:
+            raise InvalidInputError("profile= is read by ssim=; give ssim too", option="profile")
+        threshold = fraction("tau", tau, default=1.0)
+        assert threshold is not None
+        return cls(
+            shape,
+            workload,
+            target_spec(target),
+            batch(batch_size),
+            budget(memory_budget),
+            choice("linear_strategy", linear_strategy, LinearStrategy),
+            choice("backend", backend, Backend),
+            choice("conv", conv, ConvChoice),
+            dtype(precision),
+            threshold,
+            drilldown_settings(drilldown, speedup, workload.stride, drilldown_mode),
+        )
+
+    def stage(self, stride: int) -> Options:
+        """The same workload, one stage at ``stride`` (a drill-down's coarse stage)."""
+        workload = dataclasses.replace(self.occlusion, stride=Size2(stride, stride))
+        return dataclasses.replace(self, occlusion=workload, drilldown=None)
+
+    def compile_options(self, memory_budget: int) -> CompileOptions:
+        """What the compiler reads; ``memory_budget`` is the device's, used when the options
+        give none."""
+        return CompileOptions(
+            self.occlusion.patch,
+            self.occlusion.stride,
+            self.occlusion.color,
+            self.linear_strategy,
+            self.batch_size,
+            self.memory_budget if self.memory_budget is not None else memory_budget,
+            tau=self.tau,
+        )

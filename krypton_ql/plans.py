@@ -57,8 +57,10 @@ class HeatmapPlan(abc.ABC):
         targets: Tensor | None = None,
         positions: Tensor | None = None,
         progress: ProgressArg = "auto",
+        reuse_clean: bool = False,
     ) -> OcclusionResult:
-        """Scores of every target at every position (or the ``positions`` given)."""
+        """Scores of every target at every position (or the ``positions`` given);
+        ``reuse_clean`` keeps the clean forward's views for the next call on the same images."""
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -1,5 +1,5 @@
-"""Tuning profiles: what ``kql.tune`` measured, and the approximation an ``ssim`` target
-chooses from one."""
+"""Tuning profiles: what ``kql.tune`` measured, which ``ssim`` targets choose from
+(``krypton_ql.options.resolve_ssim``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from compiler.errors import InvalidInputError
-from krypton_ql import options as check
 
 
 @dataclass
@@ -57,30 +56,3 @@ class Profile:
     @classmethod
     def load(cls, path: str | Path) -> Profile:
         return cls.from_json(Path(path).read_text())
-
-
-def resolve_ssim(
-    ssim: Any, profile: Any, patch: Any, tau: Any, drilldown: Any, speedup: Any, mode: str
-) -> tuple[float | None, Any, Any, str]:
-    """``(tau, drilldown, speedup, drilldown_mode)`` for an ``ssim`` target from a profile."""
-    target = check.fraction("ssim", ssim)
-    if tau is not None:
-        raise InvalidInputError("give either tau or ssim (which chooses τ), not both", option="tau")
-    if not isinstance(profile, Profile):
-        raise InvalidInputError(
-            "ssim= needs a tuning profile: profile = kql.tune(model, sample_images, ssim=...), "
-            "then pass profile=profile",
-            option="ssim",
-        )
-    if (profile.patch, profile.patch) != (patch.h, patch.w):
-        raise InvalidInputError(
-            f"the profile was tuned at patch {profile.patch}, this workload uses patch {patch}",
-            option="patch",
-        )
-    assert target is not None
-    chosen = profile.tau_for(target)
-    if drilldown is None and speedup is None and profile.drilldown_ratio is not None:
-        found = profile.speedup_for(target)
-        if found is not None:
-            drilldown, speedup, mode = profile.drilldown_ratio, found, profile.drilldown_mode
-    return chosen, drilldown, speedup, mode

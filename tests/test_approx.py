@@ -333,7 +333,7 @@ def test_approximation_options_are_checked() -> None:
         kql.compile(model, shape, patch=4, ssim=0.9)
     with pytest.raises(kql.KryptonError, match="speedup 5× is out of reach"):
         kql.compile(model, shape, patch=4, drilldown=0.5, speedup=5)
-    with pytest.raises(kql.KryptonError, match="drilldown_mode must be one of grid, lattice"):
+    with pytest.raises(kql.KryptonError, match="drilldown_mode must be 'grid' or 'lattice'"):
         kql.compile(model, shape, patch=4, drilldown=0.1, drilldown_mode="spiral")
     profile = kql.Profile(8, 4, "min", {"1": [1.0]})
     with pytest.raises(kql.KryptonError, match="tuned at patch 8"):
@@ -365,6 +365,18 @@ def test_query_language_approximation_options() -> None:
         "drilldown => 0.1, speedup => 4, drilldown_mode => 'lattice')"
     )
     assert "≈ adaptive drill-down (lattice)" in drilled.rows[0][0]
+    for mode in ("lattice", "grid"):  # a drill-down statement runs, and matches the API's
+        ran = session.sql(
+            "SELECT image, heatmap(prob) AS h FROM occlusion(scans, cnn, patch => 4, "
+            f"stride => 2, drilldown => 0.1, speedup => 4, drilldown_mode => '{mode}') "
+            "GROUP BY image ORDER BY image"
+        )
+        direct = kql.occlusion_heatmap(
+            model, images, patch=4, stride=2, drilldown=0.1, speedup=4, drilldown_mode=mode
+        )
+        assert [h.shape for _, h in ran.rows] == [tuple(d.shape) for d in direct]
+        for (_, h), d in zip(ran.rows, direct):
+            assert np.allclose(h, d.numpy(), atol=1e-6)
     session.tune("cnn", "scans", ssim=0.9, patch=4, stride=2)
     tuned = session.sql(
         "SELECT image, heatmap(prob) AS h FROM occlusion(scans, cnn, patch => 4, stride => 2, "

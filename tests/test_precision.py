@@ -4,6 +4,7 @@ precision's own rounding allows, on workloads where occlusion moves the scores w
 from __future__ import annotations
 
 import pytest
+import numpy as np
 import torch
 from hypothesis import given, settings
 
@@ -89,3 +90,21 @@ def test_unknown_precision_is_refused() -> None:
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2)).eval()
     with pytest.raises(kql.KryptonError, match="precision must be one of fp32, bf16, fp16"):
         kql.compile(model, (3, 2, 2), patch=1, precision="int8")
+
+
+def test_the_query_language_runs_in_the_precision_asked() -> None:
+    """``precision => 'bf16'`` is the API's ``precision="bf16"``: same rounding, same map."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 3)
+    ).eval()
+    image = torch.randn(3, 8, 8)
+    session = kql.connect()
+    session.register_model("cnn", model)
+    session.register_images("scans", image[None])
+    query = "SELECT heatmap(prob) FROM occlusion(scans, cnn, patch => 3, precision => '{}')"
+    bf16 = np.asarray(session.sql(query.format("bf16")).heatmaps[0])
+    fp32 = np.asarray(session.sql(query.format("fp32")).heatmaps[0])
+    direct = kql.occlusion_heatmap(model, image, patch=3, precision="bf16", progress=False)
+    assert np.array_equal(bf16, direct.numpy())
+    assert float(np.abs(bf16 - fp32).max()) > 1e-4  # it did round to bf16

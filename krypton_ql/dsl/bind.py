@@ -19,6 +19,9 @@ from typing import Any
 
 from sqlglot import exp
 
+from compiler.errors import InvalidInputError
+from krypton_ql import options
+
 from krypton_ql.dsl.errors import QueryError
 from krypton_ql.dsl.parse import Statement, calls, fail, position
 
@@ -26,7 +29,18 @@ COLUMNS = ("image", "row", "col", "y", "x", "class", "label", "prob", "base_prob
 POSITION_COLUMNS = frozenset({"row", "col", "y", "x"})
 APPROXIMATE = frozenset({"tau", "drilldown", "speedup", "ssim"})
 OPTIONS = frozenset(
-    {"patch", "stride", "color", "target", "score", "batch_size", "backend", "drilldown_mode"}
+    {
+        "patch",
+        "stride",
+        "color",
+        "target",
+        "score",
+        "batch_size",
+        "backend",
+        "conv",
+        "precision",
+        "drilldown_mode",
+    }
 )
 _VOLATILE = {"random", "uuid", "gen_random_uuid", "setseed", "nextval", "now", "current_time"}
 
@@ -192,20 +206,16 @@ def _option(node: exp.Expression, scan: Scan, text: str) -> None:
         _check_range(name, scan.options[name], node, text)
 
 
-# The approximation options' domains, checked while binding (before anything runs).
-RANGES = {
-    "tau": (0.0, 1.0, "in (0, 1]"),
-    "drilldown": (0.0, 1.0, "in (0, 1]"),
-    "ssim": (0.0, 1.0, "in (0, 1]"),
-    "speedup": (1.0, float("inf"), "greater than 1"),
-}
-
-
 def _check_range(name: str, value: Any, node: exp.Expression, text: str) -> None:
-    low, high, words = RANGES[name]
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not number or not (low < value <= high):
-        raise fail(f"{name} must be a number {words}, got {value!r}", node, text)
+    """An approximation option's domain, checked while binding (before anything runs) by the
+    same validators ``kql.compile`` uses."""
+    try:
+        if name == "speedup":
+            options.speedup_target(value)
+        else:
+            options.fraction(name, value)
+    except InvalidInputError as error:
+        raise fail(str(error), node, text) from None
 
 
 def conjuncts(node: exp.Expression | None) -> list[exp.Expression]:

@@ -34,6 +34,8 @@ from krypton_ql.dsl.engine import Engine, Rewrite, heatmap_error, rewrite
 from krypton_ql.dsl.errors import QueryError
 from krypton_ql.dsl.parse import Statement, fail, parse
 from krypton_ql.dsl.result import Result
+from krypton_ql.options import Options
+from krypton_ql.plans import HeatmapPlan
 
 
 @dataclass
@@ -41,7 +43,7 @@ class _Prepared:
     """A scan resolved against the catalog: its plan, what it computes, and how."""
 
     scan: Scan
-    plan: api.OcclusionPlan | None  # None when no image is asked for
+    plan: HeatmapPlan | None  # None when no image is asked for
     request: scans.Request
     images: Tensor  # the requested images, in the order of request.names
     targets: Tensor | None
@@ -71,7 +73,7 @@ class Session:
         self.last_plan: Any = None  # the plan of the last statement's last occlusion call
         self.last_cached = 0  # occlusion calls of the last statement answered from the cache
         self._last_inputs: dict[str, Tensor] = {}
-        self._plans: dict[tuple[Any, ...], api.OcclusionPlan] = {}  # compiled plans, reused
+        self._plans: dict[tuple[int, Options], HeatmapPlan] = {}  # compiled plans, reused
         self.cache = scans.Cache()
         self._generation = 0
         # Seconds the last statement spent parsing, binding and validating ("parse"), loading
@@ -299,19 +301,12 @@ class Session:
 
     def _compile(
         self, scan: Scan, statement: Statement, module: nn.Module, images: Tensor
-    ) -> api.OcclusionPlan:
-        options = dict(scan.options)
-        backend = options.get("backend", "auto")
-        if backend not in ("auto", "torch", "triton"):
-            raise fail(
-                f"backend '{backend}' is not available (available: auto, torch, triton)",
-                scan.option_nodes["backend"],
-                statement.text,
-            )
-        if "patch" not in options:
+    ) -> HeatmapPlan:
+        keywords = dict(scan.options)
+        if "patch" not in keywords:
             raise fail("occlusion() needs patch => size", scan.call, statement.text)
-        options.pop("target", None)
-        if "ssim" in options:
+        keywords.pop("target", None)  # the query's classes are chosen by its WHERE
+        if "ssim" in keywords:
             profile = self._models[scan.model].profile
             if profile is None:
                 raise fail(
@@ -321,16 +316,11 @@ class Session:
                     scan.option_nodes["ssim"],
                     statement.text,
                 )
-            options["profile"] = profile
-        key = (
-            id(module),
-            tuple(images.shape[1:]),
-            tuple(sorted((k, id(v) if k == "profile" else v) for k, v in options.items())),
-        )
-        if key in self._plans:
-            return self._plans[key]
+            keywords["profile"] = profile
         try:
-            plan = api.compile(module, tuple(images.shape[1:]), **options)
+            options = Options.build(tuple(images.shape[1:]), **keywords)
+            key = (id(module), options)
+            plan = self._plans.get(key) or api.build_plan(module, options)
         except InvalidInputError as error:
             node = scan.option_nodes.get(error.option) if error.option else None
             if node is None:
@@ -397,7 +387,7 @@ class _Clock:
         return self.times
 
 
-def _grid(plan: api.OcclusionPlan) -> dict[str, np.ndarray]:
+def _grid(plan: HeatmapPlan) -> dict[str, np.ndarray]:
     rows, cols = plan.grid
     row, col = np.divmod(np.arange(rows * cols), cols)
     return {"row": row, "col": col, "y": plan.positions.top, "x": plan.positions.left}

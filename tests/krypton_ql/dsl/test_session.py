@@ -189,7 +189,19 @@ def test_built_in_model_and_photos_need_no_setup() -> None:
         ),
         (
             "SELECT y FROM occlusion(scans, cnn, patch => 4, backend => 'cuda')",
-            "is not available",
+            "backend must be 'auto', 'torch' or 'triton', got 'cuda'",
+            1,
+            49,
+        ),
+        (
+            "SELECT y FROM occlusion(scans, cnn, patch => 4, precision => 'fp64')",
+            "precision must be one of fp32, bf16, fp16",
+            1,
+            49,
+        ),
+        (
+            "SELECT y FROM occlusion(scans, cnn, patch => 4, batch_size => 0)",
+            "batch_size must be a positive int",
             1,
             49,
         ),
