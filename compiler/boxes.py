@@ -16,7 +16,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler.ir import Combine, Concat, JoinAggregate, Node, Occlude, Pad, Pool, Upsample
+from collections.abc import Mapping
+
+from compiler.ir import (
+    Combine,
+    Concat,
+    JoinAggregate,
+    Node,
+    Occlude,
+    Pad,
+    Pool,
+    State,
+    Upsample,
+)
 from compiler.types import Size2, Window
 
 Origins = tuple[np.ndarray, np.ndarray]  # (y0, x0), int64 arrays of one entry per position
@@ -143,8 +155,45 @@ class Positions:
         return len(self.top)
 
 
+def origins_of(
+    name: str,
+    nodes: Mapping[str, Node],
+    positions: Positions,
+    memo: dict[str, Origins] | None = None,
+) -> Origins:
+    """Per-query origins of the boxed node ``name``: a pure function of the boxes of it and
+    its boxed ancestors in ``nodes`` and of the queries' ``positions`` (``memo`` caches what
+    it computed for nodes that will not change)."""
+    memo = {} if memo is None else memo
+    pending = [name]  # depth-first over boxed ancestors, without recursion (deep plans)
+    while pending:
+        current = pending[-1]
+        if current in memo:
+            pending.pop()
+            continue
+        inputs = [nodes[i] for i in nodes[current].inputs]
+        missing = [i.name for i in inputs if _boxed(i) and i.name not in memo]
+        if missing:
+            pending.extend(missing)
+            continue
+        pending.pop()
+        known = {i.name: memo[i.name] for i in inputs if _boxed(i)}
+        memo[current] = node_origins(nodes[current], inputs, known, positions)
+    return memo[name]
+
+
+def plan_origins(nodes: Mapping[str, Node], positions: Positions) -> dict[str, Origins]:
+    """Per-query origins of every boxed node of a rewritten plan."""
+    memo: dict[str, Origins] = {}
+    return {n: origins_of(n, nodes, positions, memo) for n, node in nodes.items() if _boxed(node)}
+
+
+def _boxed(node: Node) -> bool:
+    return node.update is not None and node.update.state is State.BOX
+
+
 def node_origins(
-    node: Node, inputs: list[Node], origins: dict[str, Origins], positions: Positions
+    node: Node, inputs: list[Node], origins: Mapping[str, Origins], positions: Positions
 ) -> Origins:
     """Per-query origins of a boxed node, from its inputs' origins and its own update form."""
     update = node.update

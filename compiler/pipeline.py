@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 
 import networkx as nx
 
 from compiler import boxes
 from compiler.boxes import Origins, Positions
 from compiler.errors import KryptonError
-from compiler.ir import Node, State
+from compiler.ir import Node
 from compiler.options import CompileOptions
 from compiler.plan import Plan, verify_node
 from compiler.rules.approx.threshold_projective_field import threshold_projective_field
@@ -113,38 +114,34 @@ class Optimized:
 def optimize(logical: Plan, options: CompileOptions, positions: Positions) -> Optimized:
     """Apply every stage to ``logical`` for the queries at ``positions``."""
     plan, trace = logical, []
-    origins: dict[str, Origins] = {}
     for stage in stages(options):
         if stage.plan_rule is not None:
-            ctx = RuleContext(options, positions, {n.name: n for n in plan}, origins)
+            ctx = RuleContext(options, positions, MappingProxyType({n.name: n for n in plan}))
             plan = stage.plan_rule(plan, ctx)
             fired: tuple[tuple[str, int], ...] = ((stage.plan_rule.__name__, 1),)
         else:
-            plan, fired, origins = _run_stage(stage, plan, options, positions)
+            plan, fired = _run_stage(stage, plan, options, positions)
         plan.verify()
         trace.append(TraceEntry(stage.name, fired, plan))
     inexact = frozenset(r.name for stage in stages(options) for r in stage.rules if not r.exact)
-    fired = {name for entry in trace for name, _ in entry.fired}
-    return Optimized(plan, tuple(trace), origins, inexact & fired)
+    fired_names = {name for entry in trace for name, _ in entry.fired}
+    origins = boxes.plan_origins({n.name: n for n in plan}, positions)
+    return Optimized(plan, tuple(trace), origins, inexact & fired_names)
 
 
 def _run_stage(
     stage: Stage, plan: Plan, options: CompileOptions, positions: Positions
-) -> tuple[Plan, tuple[tuple[str, int], ...], dict[str, Origins]]:
-    consumers = {node.name: plan.consumers(node.name) for node in plan}
-    ctx = RuleContext(options, positions, consumers=consumers)
+) -> tuple[Plan, tuple[tuple[str, int], ...]]:
+    """One topological walk: every node offered to the stage's rules, the first answer kept."""
+    consumers = MappingProxyType({node.name: plan.consumers(node.name) for node in plan})
+    rewritten: dict[str, Node] = {}
+    ctx = RuleContext(options, positions, MappingProxyType(rewritten), consumers)
     fired: dict[str, int] = {}
     for node in plan:
         for result_node in _rewrite(node, stage, ctx, fired):
-            ctx.nodes[result_node.name] = result_node
-            if result_node.update is not None and result_node.update.state is State.BOX:
-                inputs = ctx.inputs(result_node)
-                ctx.origins[result_node.name] = boxes.node_origins(
-                    result_node, inputs, ctx.origins, positions
-                )
-    rewritten = _live(Plan(ctx.nodes.values(), plan.output))
+            rewritten[result_node.name] = result_node
     counts = tuple((rule.name, fired[rule.name]) for rule in stage.rules if rule.name in fired)
-    return rewritten, counts, {k: v for k, v in ctx.origins.items() if k in rewritten}
+    return _live(Plan(rewritten.values(), plan.output)), counts
 
 
 def _rewrite(node: Node, stage: Stage, ctx: RuleContext, fired: dict[str, int]) -> tuple[Node, ...]:

@@ -8,9 +8,11 @@ may return several nodes: the last replaces the matched node, the others are ins
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
+from compiler import boxes
 from compiler.boxes import Origins, Positions
 from compiler.ir import Node, Project, State, Strategy, Update
 from compiler.options import CompileOptions
@@ -18,18 +20,24 @@ from compiler.options import CompileOptions
 RuleResult = Node | tuple[Node, ...] | None
 
 
-@dataclass
+@dataclass(frozen=True)
 class RuleContext:
-    """Read access to the plan being rewritten (inputs come before consumers) and the queries."""
+    """Read-only access to the plan being rewritten (a node's inputs are rewritten before it
+    is offered) and to the queries. ``nodes`` is a read-only view of the driver's walk; a
+    node in it no longer changes within the stage, so its origins are cached."""
 
     options: CompileOptions
     positions: Positions
-    nodes: dict[str, Node] = field(default_factory=dict)  # already rewritten, by name
-    origins: dict[str, Origins] = field(default_factory=dict)  # per-query box origins
-    consumers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # in the input plan
+    nodes: Mapping[str, Node] = field(default_factory=lambda: MappingProxyType({}))
+    consumers: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    _origins: dict[str, Origins] = field(default_factory=dict, repr=False, compare=False)
 
     def inputs(self, node: Node) -> list[Node]:
         return [self.nodes[name] for name in node.inputs]
+
+    def origins(self, name: str) -> Origins:
+        """Per-query origins of a boxed node already rewritten (``boxes.origins_of``)."""
+        return boxes.origins_of(name, self.nodes, self.positions, self._origins)
 
 
 RuleFn = Callable[[Node, RuleContext], RuleResult]

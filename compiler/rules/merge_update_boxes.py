@@ -29,8 +29,8 @@ def merge_update_boxes(node: Node, ctx: RuleContext) -> RuleResult:
     if not node.schema.is_spatial or any(_broadcasts(s, node) for s in boxed):
         return full_update_with_projections(node, ctx)  # an updated operand is broadcast
     size = node.schema.size
-    ys = [ctx.origins[s.name][0] for s in boxed]
-    xs = [ctx.origins[s.name][1] for s in boxed]
+    ys = [ctx.origins(s.name)[0] for s in boxed]
+    xs = [ctx.origins(s.name)[1] for s in boxed]
     heights = [s.update.box.h for s in boxed if s.update and s.update.box]
     widths = [s.update.box.w for s in boxed if s.update and s.update.box]
     box = Size2(boxes.bounding_size(ys, heights, size.h), boxes.bounding_size(xs, widths, size.w))
