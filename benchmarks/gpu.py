@@ -144,7 +144,7 @@ def run_model(name: str, args: argparse.Namespace, precision: str) -> list[dict]
             plan = plans[method.split("(")[1].rstrip(")")]
             row["batch_size"] = plan.physical.batching.batch_size
             row["theoretical_speedup"] = plan.theoretical_speedup
-            row["conv_choices"] = dict(plan.runner.choices)
+            row["conv_choices"] = {k: v.value for k, v in plan.runner.choices.items()}
         rows.append(row)
         print(_line(row), flush=True)
     return rows

@@ -27,9 +27,10 @@ from krypton_ql.approx import DrillDownPlan
 from krypton_ql.options import Options
 from krypton_ql.plans import HeatmapPlan, OcclusionResult, ProgressArg
 from krypton_ql.progress import progress_callback
-from runtime.backends import resolve, runner_for
+from runtime.backends import runner_for
 from runtime.executor import Executor, materialize, select_scores
 from runtime.memory import default_budget
+from runtime.resolve import resolve
 from runtime.weights import Weights
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class OcclusionPlan(HeatmapPlan):
             verbose=verbose,
             sql=sql,
             backend=self.runner.describe(),
-            choices=self.runner.choices,
+            choices={name: choice.value for name, choice in self.runner.choices.items()},
         )
 
     def evaluate(

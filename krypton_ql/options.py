@@ -21,7 +21,8 @@ from compiler.errors import InvalidInputError
 from compiler.options import CompileOptions, LinearStrategy
 from compiler.types import Score, Size2
 from krypton_ql.profile import Profile
-from runtime.backends import Backend, ConvChoice
+from runtime.measure import ConvChoice
+from runtime.resolve import Backend
 
 DEFAULT_RATIO = 0.25  # the paper's default drill-down fraction (ImageNet)
 DEFAULT_TARGET = 3.0  # the paper's default drill-down speedup

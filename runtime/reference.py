@@ -30,7 +30,7 @@ from compiler.physical import KernelId
 from compiler.types import Agg, Size2
 from runtime import aten
 from runtime import full as full_ops
-from runtime.values import Env, Patch, Value, gather, gather_view, read_origin
+from runtime.values import Env, Patch, Value, gather, gather_view, operands, read_origin
 
 Kernel = Callable[[Node, list[Value], Env], Value]
 
@@ -221,28 +221,24 @@ def shift(node: Node, inputs: list[Value], env: Env) -> Value:
     return _patch(node, patch.values, env)
 
 
-def _operands(node: Node, inputs: list[Value], env: Env) -> list[Tensor]:
+def _gathered(node: Node, inputs: list[Value], env: Env) -> list[Tensor]:
     """Every operand over the node's bounding box, from ``view ⊕ patch`` (or the view)."""
     y0, x0 = env.batch.origins[node.name]
-    box, map_size, batch = _box(node), _map_size(node), env.batch
-    operands = []
-    for name, value in zip(node.inputs, inputs):
-        source = env.views[name]
-        if value is None and source.shape[1:] != node.schema.shape:
-            source = source.expand(-1, *node.schema.shape)  # a broadcast clean operand
-        patch = value if isinstance(value, Patch) else None
-        operands.append(gather(source, patch, batch.image, y0, x0, box, map_size))
-    return operands
+    box, map_size, image = _box(node), _map_size(node), env.batch.image
+    return [
+        gather(source, patch, image, y0, x0, box, map_size)
+        for source, patch in operands(node, inputs, env)
+    ]
 
 
 def gather_combine(node: Node, inputs: list[Value], env: Env) -> Value:
     assert isinstance(node.op, Combine)
-    a, b = _operands(node, inputs, env)
+    a, b = _gathered(node, inputs, env)
     return _patch(node, full_ops.ARITH[node.op.arith](a, b), env)
 
 
 def gather_concat(node: Node, inputs: list[Value], env: Env) -> Value:
-    return _patch(node, torch.cat(_operands(node, inputs, env), dim=1), env)
+    return _patch(node, torch.cat(_gathered(node, inputs, env), dim=1), env)
 
 
 def project(node: Node, inputs: list[Value], env: Env) -> Value:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from compiler import boxes
 from compiler.ir import JoinAggregate, Node, Pool
 from compiler.types import Size2
 from runtime.weights import Weights
@@ -117,7 +118,32 @@ def gather_view(view: Tensor, image: Tensor, y0: Tensor, x0: Tensor, size: Size2
 
 
 def read_origin(node: Node, origin: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    """Read-in window start ``x_R = x_O·S − P`` of a window operator."""
-    assert isinstance(node.op, (JoinAggregate, Pool))
-    w = node.op.window
-    return origin[0] * w.stride.h - w.padding.top, origin[1] * w.stride.w - w.padding.left
+    """Read-in window start ``x_R = x_O·S − P`` of a window operator (``boxes.read_window``)."""
+    assert isinstance(node.op, (JoinAggregate, Pool)) and node.update and node.update.box
+    w, box = node.op.window, node.update.box
+    read_y, _ = boxes.read_window(origin[0], box.h, w.extent.h, w.stride.h, w.padding.top)
+    read_x, _ = boxes.read_window(origin[1], box.w, w.extent.w, w.stride.w, w.padding.left)
+    return read_y, read_x
+
+
+def window_operands(
+    node: Node, inputs: list[Value], env: Env
+) -> tuple[Patch, tuple[Tensor, Tensor], tuple[Tensor, Tensor], Size2]:
+    """A boxed window operator's input patch, per-query output origins, read-in origins and
+    output box."""
+    (patch,) = inputs
+    assert isinstance(patch, Patch) and node.update is not None and node.update.box is not None
+    origin = env.batch.origins[node.name]
+    return patch, origin, read_origin(node, origin), node.update.box
+
+
+def operands(node: Node, inputs: list[Value], env: Env) -> list[tuple[Tensor, Patch | None]]:
+    """Each input of an element-wise combination or a concat: its view (a broadcast clean
+    operand expanded to the node's shape) and its patch (None: the input is clean)."""
+    found = []
+    for name, value in zip(node.inputs, inputs):
+        source = env.views[name]
+        if value is None and source.shape[1:] != node.schema.shape:
+            source = source.expand(-1, *node.schema.shape)
+        found.append((source, value if isinstance(value, Patch) else None))
+    return found

@@ -1,4 +1,5 @@
-"""The read every gather kernel shares: values of ``view ⊕ patch`` at a tile of cells.
+"""What every gather kernel shares: which query and output cell each tile row is
+(``query_rows``), and the read of ``view ⊕ patch`` at a tile of cells (``load_cells``).
 
 ``(view[img, c, y, x] ⊕ patch[b, c, y − top, x − left])``: the query's patch inside its box
 ``[top, top + PH) × [left, left + PW)``, the shared view of its image elsewhere, 0 where ``ok``
@@ -25,3 +26,17 @@ def load_cells(view, patch, img, b, channel, y, x, top, left, PH, PW, ok,
         patch + b * sp_b + channel * sp_c + py * sp_h + px * sp_w, mask=ok & inside, other=0.0
     )
     return tl.where(inside, from_patch, from_view)
+
+
+@triton.jit
+def query_rows(rows, ok, image, origin_y, origin_x, OH, OW, SY, SX):
+    """Tile rows as output cells of all queries, row-major over each query's ``OH×OW`` box:
+    the query ``b``, the cell ``(i, j)``, the query's image and the input cell its window
+    starts at, ``(origin_y[b] + i·SY, origin_x[b] + j·SX)``."""
+    b = rows // (OH * OW)
+    i = (rows % (OH * OW)) // OW
+    j = rows % OW
+    img = tl.load(image + b, mask=ok, other=0)
+    y = tl.load(origin_y + b, mask=ok, other=0) + i * SY
+    x = tl.load(origin_x + b, mask=ok, other=0) + j * SX
+    return b, i, j, img, y, x

@@ -9,7 +9,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from runtime.kernels.epilogue import Epilogue, apply
+from compiler.ir import Node
+from compiler.physical import KernelId
+from runtime import reference
+from runtime.kernels.epilogue import IDENTITY, Epilogue, apply
+from runtime.values import Env, Patch, Value
 
 
 def get_autotune_configs() -> list[triton.Config]:
@@ -74,3 +78,20 @@ def elementwise(x: Tensor, epilogue: Epilogue) -> Tensor:
     else:
         _autotuned[grid](*args, **epilogue.flags())
     return out
+
+
+def launch(node: Node, inputs: list[Value], env: Env, epilogue: Epilogue = IDENTITY) -> Value:
+    """An element-wise step (``KernelId.ELEMENTWISE``): its own node is the first node of the
+    folded ``epilogue`` (``IDENTITY`` when it does not fold: the backend applies it after)."""
+    return apply_segment(epilogue, inputs[0], env)
+
+
+def apply_segment(segment: Epilogue | Node, value: Value, env: Env) -> Value:
+    """One epilogue segment on a boxed value: a folded ``Epilogue`` in this kernel, or an
+    element-wise node no kernel folds by the reference."""
+    if segment is IDENTITY:
+        return value
+    assert isinstance(value, Patch)
+    if isinstance(segment, Epilogue):
+        return Patch(elementwise(value.values, segment), value.y0, value.x0)
+    return reference.KERNELS[KernelId.ELEMENTWISE](segment, [value], env)

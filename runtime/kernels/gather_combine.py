@@ -16,9 +16,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from compiler.ir import Arith
-from runtime.kernels.cells import load_cells
+from compiler.ir import Arith, Combine, Concat, Node
+from runtime.kernels.cells import load_cells, query_rows
 from runtime.kernels.epilogue import IDENTITY, Epilogue, apply
+from runtime.values import Env, Patch, Value, operands
 
 # ``ARITH`` codes of the kernel; 0 copies the first operand.
 ARITH_CODES = {
@@ -126,12 +127,7 @@ def gather_combine_kernel(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     channel = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     row_ok, col_ok = rows < M, channel < C
-    b = rows // (BH * BW)
-    i = (rows % (BH * BW)) // BW
-    j = rows % BW
-    img = tl.load(image + b, mask=row_ok, other=0)
-    y = tl.load(box_y + b, mask=row_ok, other=0) + i
-    x = tl.load(box_x + b, mask=row_ok, other=0) + j
+    b, i, j, img, y, x = query_rows(rows, row_ok, image, box_y, box_x, BH, BW, 1, 1)
     ok = (row_ok & (y >= 0) & (y < H) & (x >= 0) & (x < W))[:, None] & col_ok[None, :]
     value = _operand(a_view, a_patch, a_top, a_left, img, b, row_ok, y, x, A_PH, A_PW, channel,
                      ok, A_PATCH, sa_n, sa_c, sa_h, sa_w, sap_b, sap_c, sap_h, sap_w)  # fmt: skip
@@ -244,3 +240,63 @@ def _patch_size(operand: Operand) -> tuple[int, int]:
 def _patch_strides(operand: Operand) -> tuple[int, ...]:
     patch = operand[1]
     return (0, 0, 0, 0) if patch is None else tuple(patch.stride())
+
+
+def _box(node: Node, env: Env) -> tuple[Tensor, Tensor, tuple[int, int]]:
+    """A boxed combination's per-query origins and box size."""
+    assert node.update is not None and node.update.box is not None
+    y0, x0 = env.batch.origins[node.name]
+    return y0, x0, (node.update.box.h, node.update.box.w)
+
+
+def _operands(node: Node, inputs: list[Value], env: Env) -> list[Operand]:
+    return [
+        (view, None, None, None) if patch is None else (view, patch.values, patch.y0, patch.x0)
+        for view, patch in operands(node, inputs, env)
+    ]
+
+
+def launch_combine(
+    node: Node, inputs: list[Value], env: Env, epilogue: Epilogue = IDENTITY
+) -> Patch:
+    """A boxed element-wise combination (``KernelId.GATHER_COMBINE``), epilogue folded in."""
+    assert isinstance(node.op, Combine)
+    y0, x0, box = _box(node, env)
+    values = gather_combine(
+        _operands(node, inputs, env), env.batch.image, y0, x0, box, node.op.arith,
+        epilogue=epilogue,
+    )  # fmt: skip
+    return Patch(values, y0, x0)
+
+
+def launch_concat(
+    node: Node, inputs: list[Value], env: Env, epilogue: Epilogue = IDENTITY
+) -> Patch:
+    """A boxed channel concat (``KernelId.GATHER_CONCAT``): one gather per operand into its
+    channel slice, each with its slice of the epilogue."""
+    assert isinstance(node.op, Concat)
+    y0, x0, box = _box(node, env)
+    dtype = env.views[node.inputs[0]].dtype
+    out = torch.empty(len(y0), node.schema.shape[0], *box, device=y0.device, dtype=dtype)
+    start = 0
+    for operand in _operands(node, inputs, env):
+        stop = start + operand[0].shape[1]
+        gather_combine(
+            [operand], env.batch.image, y0, x0, box,
+            epilogue=epilogue.slice(start, stop), out=out[:, start:stop],
+        )  # fmt: skip
+        start = stop
+    return Patch(out, y0, x0)
+
+
+def launch_project(
+    node: Node, inputs: list[Value], env: Env, epilogue: Epilogue = IDENTITY
+) -> Tensor:
+    """``view ⊕ patch`` as a full map per query (``KernelId.PROJECT``; no epilogue folds)."""
+    assert epilogue is IDENTITY
+    (patch,) = inputs
+    assert isinstance(patch, Patch)
+    view = env.views[node.inputs[0]]
+    zeros = torch.zeros_like(patch.y0)
+    operand = (view, patch.values, patch.y0, patch.x0)
+    return gather_combine([operand], env.batch.image, zeros, zeros, tuple(view.shape[2:]))

@@ -26,8 +26,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from runtime.kernels.cells import load_cells
+from compiler.ir import JoinAggregate, Node
+from runtime.kernels.cells import load_cells, query_rows
 from runtime.kernels.epilogue import IDENTITY, Epilogue, apply
+from runtime.values import Env, Patch, Value, window_operands
 
 
 def get_autotune_configs() -> list[triton.Config]:
@@ -115,12 +117,7 @@ def gather_conv2d_kernel(
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixels of all queries
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels within the group
     row_ok, col_ok = rows < M, cols < COG
-    b = rows // (OH * OW)
-    i = (rows % (OH * OW)) // OW
-    j = rows % OW
-    img = tl.load(image + b, mask=row_ok, other=0)
-    base_y = tl.load(read_y + b, mask=row_ok, other=0) + i * SY
-    base_x = tl.load(read_x + b, mask=row_ok, other=0) + j * SX
+    b, i, j, img, base_y, base_x = query_rows(rows, row_ok, image, read_y, read_x, OH, OW, SY, SX)
     top = tl.load(patch_y + b, mask=row_ok, other=0)
     left = tl.load(patch_x + b, mask=row_ok, other=0)
     K = CG * KH * KW
@@ -241,3 +238,28 @@ def gather_conv2d(
     else:
         _autotuned[grid](*args, **flags)
     return out
+
+
+def launch(node: Node, inputs: list[Value], env: Env, epilogue: Epilogue = IDENTITY) -> Patch:
+    """A boxed convolution step (``KernelId.GATHER_CONV2D``) with its folded epilogue."""
+    op = node.op
+    assert isinstance(op, JoinAggregate)
+    patch, (y0, x0), (read_y, read_x), box = window_operands(node, inputs, env)
+    window = op.window
+    values = gather_conv2d(
+        env.views[node.inputs[0]],
+        patch.values,
+        env.batch.image,
+        read_y,
+        read_x,
+        patch.y0,
+        patch.x0,
+        env.weights[op.weight],
+        env.weights.get(op.bias),
+        (window.stride.h, window.stride.w),
+        (window.dilation.h, window.dilation.w),
+        op.groups,
+        (box.h, box.w),
+        epilogue,
+    )
+    return Patch(values, y0, x0)

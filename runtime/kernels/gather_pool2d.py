@@ -15,8 +15,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from runtime.kernels.cells import load_cells
+from compiler.ir import Node, Pool
+from compiler.types import Agg
+from runtime import reference
+from runtime.kernels.cells import load_cells, query_rows
 from runtime.kernels.epilogue import IDENTITY, Epilogue, apply
+from runtime.values import Env, Patch, Value, window_operands
 
 
 def get_autotune_configs() -> list[triton.Config]:
@@ -86,12 +90,7 @@ def gather_pool2d_kernel(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     channel = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     row_ok, col_ok = rows < M, channel < C
-    b = rows // (OH * OW)
-    i = (rows % (OH * OW)) // OW
-    j = rows % OW
-    img = tl.load(image + b, mask=row_ok, other=0)
-    base_y = tl.load(read_y + b, mask=row_ok, other=0) + i * SY
-    base_x = tl.load(read_x + b, mask=row_ok, other=0) + j * SX
+    b, i, j, img, base_y, base_x = query_rows(rows, row_ok, image, read_y, read_x, OH, OW, SY, SX)
     top = tl.load(patch_y + b, mask=row_ok, other=0)
     left = tl.load(patch_x + b, mask=row_ok, other=0)
     if IS_MAX:
@@ -201,3 +200,34 @@ def gather_pool2d(
     else:
         _autotuned[grid](*args, **flags)
     return out
+
+
+def launch(node: Node, inputs: list[Value], env: Env, epilogue: Epilogue = IDENTITY) -> Patch:
+    """A boxed pooling step (``KernelId.GATHER_POOL2D``) with its folded epilogue; an average
+    whose divisor varies (padding not counted) reads the reference's divisor map."""
+    op = node.op
+    assert isinstance(op, Pool)
+    patch, (y0, x0), (read_y, read_x), box = window_operands(node, inputs, env)
+    window = op.window
+    divisor: float | tuple[Tensor, Tensor, Tensor] = float(window.kernel.area)
+    if op.divisor_override is not None:
+        divisor = float(op.divisor_override)
+    elif op.agg is Agg.AVG and not reference.constant_divisor(op):
+        divisor = (reference.divisor_map(node, env)[0, 0], y0, x0)
+    values = gather_pool2d(
+        env.views[node.inputs[0]],
+        patch.values,
+        env.batch.image,
+        read_y,
+        read_x,
+        patch.y0,
+        patch.x0,
+        (window.kernel.h, window.kernel.w),
+        (window.stride.h, window.stride.w),
+        (window.dilation.h, window.dilation.w),
+        (box.h, box.w),
+        is_max=op.agg is Agg.MAX,
+        divisor=divisor,
+        epilogue=epilogue,
+    )
+    return Patch(values, y0, x0)

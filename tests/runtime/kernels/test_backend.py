@@ -10,6 +10,7 @@ from hypothesis import example, given, settings
 from torch import nn
 
 import krypton_ql as kql
+from runtime.measure import ConvChoice
 from tests.helpers import KERNEL_DEVICE, assert_matches_oracle
 from tests.profiles import examples
 from tests.strategies import Case, cnn_cases, pinned_cases
@@ -61,10 +62,10 @@ def test_each_convolution_implementation(conv: str) -> None:
         exact = plan.run(image, progress=False)
     assert_matches_oracle(exact.cpu(), model.cpu(), image.cpu(), patch=3, stride=4)
     if conv == "measure" and KERNEL_DEVICE != "cpu":
-        assert set(plan.runner.choices.values()) <= {"triton", "cudnn"}
+        assert set(plan.runner.choices.values()) <= {ConvChoice.TRITON, ConvChoice.CUDNN}
         return
     ran = "triton" if conv == "measure" else conv  # the interpreter never measures
-    assert plan.runner.choices == {"0": ran, "3": ran}
+    assert plan.runner.choices == {"0": ConvChoice(ran), "3": ConvChoice(ran)}
     assert f"ran={ran}" in plan.explain()
 
 
