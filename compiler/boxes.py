@@ -12,11 +12,10 @@ dimension, for an input box starting at ``x`` of width ``W`` through a window of
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-
-from collections.abc import Mapping
 
 from compiler.ir import (
     Combine,

@@ -3,8 +3,8 @@ precision's own rounding allows, on workloads where occlusion moves the scores w
 
 from __future__ import annotations
 
-import pytest
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 

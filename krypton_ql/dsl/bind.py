@@ -21,7 +21,6 @@ from sqlglot import exp
 
 from compiler.errors import InvalidInputError
 from krypton_ql import options
-
 from krypton_ql.dsl.errors import QueryError
 from krypton_ql.dsl.parse import Statement, calls, fail, position
 
