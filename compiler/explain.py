@@ -236,6 +236,11 @@ def _trace(optimized: Optimized) -> list[str]:
     for entry in optimized.trace:
         fired = ", ".join(f"{name}×{count}" for name, count in entry.fired) or "no rule fired"
         lines.append(f"== after stage {entry.stage} ({fired}) ==")
+        number = {node.name: index for index, node in enumerate(entry.plan, start=1)}
+        by_rule: dict[str, list[str]] = {}
+        for rule, name in entry.applied:  # the node keeps its name; a dropped one is named
+            by_rule.setdefault(rule, []).append(f"#{number[name]}" if name in number else name)
+        lines += [f"{rule}: {' '.join(nodes)}" for rule, nodes in by_rule.items()]
         current = render_plan(entry.plan, rewritten=entry.stage != "normalize")
         lines += ["SAME AS ABOVE"] if current == previous else current
         lines.append("")

@@ -2,8 +2,10 @@
 
 Each stage is one topological walk; every node is offered to the stage's rules in order and the
 first answer wins; what a rule returns is checked by ``verify_node`` against its inputs at
-once (a violation names the rule). After every stage the driver drops nodes the output no
-longer reads, runs ``verify()`` on the whole plan and records it for ``explain(verbose=True)``.
+once (a violation names the rule), and each application (rule, node) is traced. After every
+stage the driver drops nodes the output no longer reads, runs ``verify()`` on the whole plan and
+records it for ``explain(verbose=True)``. Rules read a frozen ``RuleContext``; per-query box
+origins are a pure function of the rewritten boxes (``boxes.plan_origins``).
 The exact pipeline never contains an approximate rule.
 """
 
@@ -90,11 +92,13 @@ def stages(options: CompileOptions) -> tuple[Stage, ...]:
 
 @dataclass(frozen=True)
 class TraceEntry:
-    """One step of the pipeline: the rules that fired (with counts) and the plan after it."""
+    """One step of the pipeline: the rules that fired (with counts), each application (rule,
+    the node it rewrote) in walk order, and the plan after it."""
 
     stage: str
     fired: tuple[tuple[str, int], ...]
     plan: Plan
+    applied: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -118,37 +122,48 @@ def optimize(logical: Plan, options: CompileOptions, positions: Positions) -> Op
         if stage.plan_rule is not None:
             ctx = RuleContext(options, positions, MappingProxyType({n.name: n for n in plan}))
             plan = stage.plan_rule(plan, ctx)
-            fired: tuple[tuple[str, int], ...] = ((stage.plan_rule.__name__, 1),)
+            applied: tuple[tuple[str, str], ...] = ((stage.plan_rule.__name__, "(the whole plan)"),)
         else:
-            plan, fired = _run_stage(stage, plan, options, positions)
+            plan, applied = _run_stage(stage, plan, options, positions)
         plan.verify()
-        trace.append(TraceEntry(stage.name, fired, plan))
+        names = [rule for rule, _ in applied]
+        fired = tuple((name, names.count(name)) for name in dict.fromkeys(names))
+        trace.append(TraceEntry(stage.name, _in_stage_order(stage, fired), plan, applied))
     inexact = frozenset(r.name for stage in stages(options) for r in stage.rules if not r.exact)
     fired_names = {name for entry in trace for name, _ in entry.fired}
     origins = boxes.plan_origins({n.name: n for n in plan}, positions)
     return Optimized(plan, tuple(trace), origins, inexact & fired_names)
 
 
+def _in_stage_order(
+    stage: Stage, fired: tuple[tuple[str, int], ...]
+) -> tuple[tuple[str, int], ...]:
+    order = {rule.name: index for index, rule in enumerate(stage.rules)}
+    return tuple(sorted(fired, key=lambda pair: order.get(pair[0], 0)))
+
+
 def _run_stage(
     stage: Stage, plan: Plan, options: CompileOptions, positions: Positions
-) -> tuple[Plan, tuple[tuple[str, int], ...]]:
-    """One topological walk: every node offered to the stage's rules, the first answer kept."""
+) -> tuple[Plan, tuple[tuple[str, str], ...]]:
+    """One topological walk: every node offered to the stage's rules, the first answer kept;
+    returns the plan and each application (rule, node)."""
     consumers = MappingProxyType({node.name: plan.consumers(node.name) for node in plan})
     rewritten: dict[str, Node] = {}
     ctx = RuleContext(options, positions, MappingProxyType(rewritten), consumers)
-    fired: dict[str, int] = {}
+    applied: list[tuple[str, str]] = []
     for node in plan:
-        for result_node in _rewrite(node, stage, ctx, fired):
+        for result_node in _rewrite(node, stage, ctx, applied):
             rewritten[result_node.name] = result_node
-    counts = tuple((rule.name, fired[rule.name]) for rule in stage.rules if rule.name in fired)
-    return _live(Plan(rewritten.values(), plan.output)), counts
+    return _live(Plan(rewritten.values(), plan.output)), tuple(applied)
 
 
-def _rewrite(node: Node, stage: Stage, ctx: RuleContext, fired: dict[str, int]) -> tuple[Node, ...]:
+def _rewrite(
+    node: Node, stage: Stage, ctx: RuleContext, applied: list[tuple[str, str]]
+) -> tuple[Node, ...]:
     for rule in stage.rules:
         result = rule.fn(node, ctx)
         if result is not None:
-            fired[rule.name] = fired.get(rule.name, 0) + 1
+            applied.append((rule.name, node.name))
             nodes = result if isinstance(result, tuple) else (result,)
             _verify_rewrite(rule, nodes, ctx)
             return nodes
