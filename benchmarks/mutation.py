@@ -114,8 +114,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "read-origin-left-pad",
         "runtime/values.py",
-        "return origin[0] * w.stride.h - w.padding.top, origin[1] * w.stride.w - w.padding.left",
-        "return origin[0] * w.stride.h - w.padding.left, origin[1] * w.stride.w - w.padding.left",
+        "read_y, _ = boxes.read_window(origin[0], box.h, w.extent.h, w.stride.h, w.padding.top)",
+        "read_y, _ = boxes.read_window(origin[0], box.h, w.extent.h, w.stride.h, w.padding.left)",
         "the read-in window's row start uses the left padding",
     ),
     Mutation(

@@ -28,3 +28,13 @@ def test_gpu_harness_runs_on_the_cpu(tmp_path) -> None:
             assert row["speedup"] > 0
     saved = json.loads(out.read_text())
     assert saved["meta"]["device"] == "cpu" and len(saved["results"]) == 6
+
+
+def test_every_planted_mutation_still_finds_its_text() -> None:
+    """A refactor that moves a mutated line must move the mutation too (else `make mutation`
+    stops at it)."""
+    from benchmarks.mutation import MUTATIONS, ROOT
+
+    for mutation in MUTATIONS:
+        count = (ROOT / mutation.path).read_text().count(mutation.old)
+        assert count == 1, f"{mutation.name}: found {count} times in {mutation.path}"
