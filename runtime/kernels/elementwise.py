@@ -13,6 +13,7 @@ from compiler.ir import Node
 from compiler.physical import KernelId
 from runtime import reference
 from runtime.kernels.epilogue import IDENTITY, Epilogue, apply
+from runtime.kernels.launch import run_kernel
 from runtime.values import Env, Patch, Value
 
 
@@ -73,10 +74,9 @@ def elementwise(x: Tensor, epilogue: Epilogue) -> Tensor:
     def grid(meta: dict) -> tuple[int]:
         return (triton.cdiv(count, meta["BLOCK"]),)
 
-    if x.device.type == "cpu":  # Triton's interpreter
-        elementwise_kernel[grid](*args, **epilogue.flags(), **INTERPRETER_CONFIG)
-    else:
-        _autotuned[grid](*args, **epilogue.flags())
+    run_kernel(
+        elementwise_kernel, _autotuned, grid, args, epilogue.flags(), INTERPRETER_CONFIG, x.device
+    )
     return out
 
 

@@ -19,6 +19,7 @@ from torch import Tensor
 from compiler.ir import Arith, Combine, Concat, Node
 from runtime.kernels.cells import load_cells, query_rows
 from runtime.kernels.epilogue import IDENTITY, Epilogue, apply
+from runtime.kernels.launch import run_kernel
 from runtime.values import Env, Patch, Value, operands
 
 # ``ARITH`` codes of the kernel; 0 copies the first operand.
@@ -217,10 +218,9 @@ def gather_combine(
     def grid(meta: dict) -> tuple[int, int]:
         return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(channels, meta["BLOCK_C"]))
 
-    if box_y.device.type == "cpu":  # Triton's interpreter
-        gather_combine_kernel[grid](*args, **flags, **INTERPRETER_CONFIG)
-    else:
-        _autotuned[grid](*args, **flags)
+    run_kernel(
+        gather_combine_kernel, _autotuned, grid, args, flags, INTERPRETER_CONFIG, box_y.device
+    )
     return out
 
 

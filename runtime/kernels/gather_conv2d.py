@@ -29,6 +29,7 @@ from torch import Tensor
 from compiler.ir import JoinAggregate, Node
 from runtime.kernels.cells import load_cells, query_rows
 from runtime.kernels.epilogue import IDENTITY, Epilogue, apply
+from runtime.kernels.launch import run_kernel
 from runtime.values import Env, Patch, Value, window_operands
 
 
@@ -233,10 +234,9 @@ def gather_conv2d(
     on_cpu = patch.device.type == "cpu"
     tf32 = patch.dtype != torch.float32 or torch.backends.cudnn.allow_tf32
     flags = {"HAS_BIAS": bias is not None, "IEEE": on_cpu or not tf32, **epilogue.flags()}
-    if on_cpu:  # Triton's interpreter
-        gather_conv2d_kernel[grid](*args, **flags, **INTERPRETER_CONFIG)
-    else:
-        _autotuned[grid](*args, **flags)
+    run_kernel(
+        gather_conv2d_kernel, _autotuned, grid, args, flags, INTERPRETER_CONFIG, patch.device
+    )
     return out
 
 

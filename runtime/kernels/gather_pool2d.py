@@ -20,6 +20,7 @@ from compiler.types import Agg
 from runtime import reference
 from runtime.kernels.cells import load_cells, query_rows
 from runtime.kernels.epilogue import IDENTITY, Epilogue, apply
+from runtime.kernels.launch import run_kernel
 from runtime.values import Env, Patch, Value, window_operands
 
 
@@ -195,10 +196,9 @@ def gather_pool2d(
     def grid(meta: dict) -> tuple[int, int]:
         return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(channels, meta["BLOCK_C"]))
 
-    if patch.device.type == "cpu":  # Triton's interpreter
-        gather_pool2d_kernel[grid](*args, **flags, **INTERPRETER_CONFIG)
-    else:
-        _autotuned[grid](*args, **flags)
+    run_kernel(
+        gather_pool2d_kernel, _autotuned, grid, args, flags, INTERPRETER_CONFIG, patch.device
+    )
     return out
 
 
