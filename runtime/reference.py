@@ -312,7 +312,7 @@ def delta_combine(node: Node, inputs: list[Value], env: Env) -> Value:
             change = gather(
                 None, _difference(name, value, env), env.batch.image, y0, x0, box, _map_size(node)
             )
-            negative = index == 0 and node.op.arith is Arith.SUB
+            negative = index == 1 and node.op.arith is Arith.SUB
             result = result - change if negative else result + change
     return _patch(node, result, env)
 
