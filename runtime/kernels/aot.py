@@ -36,11 +36,11 @@ class Target:
     name: str
     capability: int
     shared_limit: int  # bytes of shared memory one block may use (opt-in maximum)
-    tensor_core_op: str  # the PTX instruction tl.dot becomes on tensor cores
+    tensor_core_ops: tuple[str, ...]  # PTX instructions tl.dot becomes on tensor cores
 
 
-SM90 = Target("sm_90", 90, 232_448, "wgmma")  # H100 / H200: 227 KiB per block
-SM80 = Target("sm_80", 80, 166_912, "mma.sync")  # A100: 163 KiB per block
+SM90 = Target("sm_90", 90, 232_448, ("wgmma.mma_async", "mma.sync"))  # H100/H200: 227 KiB
+SM80 = Target("sm_80", 80, 166_912, ("mma.sync",))  # A100: 163 KiB per block
 TARGETS = (SM90, SM80)
 
 
@@ -214,7 +214,7 @@ def compile_for(launch: Launch, flags: dict[str, Any], config: Any, target: Targ
     report.spill_stores = sum(int(s) for s, _ in spills)
     report.spill_loads = sum(int(s) for _, s in spills)
     report.shared = int(compiled.metadata.shared)
-    report.tensor_cores = target.tensor_core_op in compiled.asm["ptx"]
+    report.tensor_cores = any(op in compiled.asm["ptx"] for op in target.tensor_core_ops)
     return report
 
 

@@ -44,39 +44,52 @@ def elementwise_kernel(
     sx_c,
     sx_h,
     sx_w,
+    so_b,
+    so_c,
+    so_h,
+    so_w,
     HAS_SCALE: tl.constexpr,
     HAS_SHIFT: tl.constexpr,
     ACT: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    index = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # contiguous [B, C, H, W] order
+    index = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # the tensors' memory order
     ok = index < N
-    j = index % W
-    i = (index // W) % H
-    channel = (index // (W * H)) % C
-    b = index // (W * H * C)
-    value = tl.load(x + b * sx_b + channel * sx_c + i * sx_h + j * sx_w, mask=ok, other=0.0)
+    if CHANNELS_LAST:  # [B, H, W, C] order
+        channel = index % C
+        j = (index // C) % W
+        i = (index // (C * W)) % H
+    else:  # [B, C, H, W] order
+        j = index % W
+        i = (index // W) % H
+        channel = (index // (W * H)) % C
+    b = (index // (C * H * W)).to(tl.int64)
+    offset = b * sx_b + channel * sx_c + i * sx_h + j * sx_w
+    value = tl.load(x + offset, mask=ok, other=0.0)
     value = apply(
         value.to(tl.float32), channel, ok, scale, shift, alpha, beta, HAS_SCALE, HAS_SHIFT, ACT
     )
-    tl.store(out + index, value.to(out.dtype.element_ty), mask=ok)
+    offset = b * so_b + channel * so_c + i * so_h + j * so_w
+    tl.store(out + offset, value.to(out.dtype.element_ty), mask=ok)
 
 
 _autotuned = triton.autotune(configs=get_autotune_configs(), key=["N", "C"])(elementwise_kernel)
 
 
 def elementwise(x: Tensor, epilogue: Epilogue) -> Tensor:
-    """``epilogue(x)`` for ``x`` ``[B, C, H, W]``."""
-    out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    """``epilogue(x)`` for ``x`` ``[B, C, H, W]``, in ``x``'s memory format."""
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=layout)
     count = x.numel()
-    args = (x, out, *epilogue.pointers(x), count, *x.shape[1:], *x.stride())
+    args = (x, out, *epilogue.pointers(x), count, *x.shape[1:], *x.stride(), *out.stride())
 
     def grid(meta: dict) -> tuple[int]:
         return (triton.cdiv(count, meta["BLOCK"]),)
 
-    run_kernel(
-        elementwise_kernel, _autotuned, grid, args, epilogue.flags(), INTERPRETER_CONFIG, x.device
-    )
+    flags = {**epilogue.flags(), "CHANNELS_LAST": channels_last}
+    run_kernel(elementwise_kernel, _autotuned, grid, args, flags, INTERPRETER_CONFIG, x.device)
     return out
 
 

@@ -17,7 +17,7 @@ import triton.language as tl
 from torch import Tensor
 
 from compiler.ir import Arith, Combine, Concat, Node
-from runtime.kernels.cells import load_cells, query_rows
+from runtime.kernels.cells import channels_last, in_box, load_cells, query_rows
 from runtime.kernels.epilogue import IDENTITY, Epilogue, apply
 from runtime.kernels.launch import run_kernel
 from runtime.values import Env, Patch, Value, operands
@@ -48,23 +48,18 @@ INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_C": 8}
 @triton.jit
 def _operand(view, patch, patch_y, patch_x, img, b, row_ok, y, x, PH, PW, channel, ok,
              HAS_PATCH: tl.constexpr, sv_n, sv_c, sv_h, sv_w, sp_b, sp_c, sp_h, sp_w):  # fmt: skip
-    """One operand's values at cells ``(y, x)``: its patch inside its box, else its view."""
+    """One operand's values at cells ``(y, x)`` (one per row): its patch inside its box, else
+    its view."""
+    view_offset = (img * sv_n + y * sv_h + x * sv_w)[:, None] + (channel * sv_c)[None, :]
     if HAS_PATCH:
-        top = tl.load(patch_y + b, mask=row_ok, other=0)
-        left = tl.load(patch_x + b, mask=row_ok, other=0)
-        value = load_cells(view, patch, img[:, None], b[:, None], channel[None, :], y[:, None],
-                           x[:, None], top[:, None], left[:, None], PH, PW, ok, sv_n, sv_c,
-                           sv_h, sv_w, sp_b, sp_c, sp_h, sp_w)  # fmt: skip
+        top = tl.load(patch_y + b, mask=row_ok, other=0).to(tl.int32)
+        left = tl.load(patch_x + b, mask=row_ok, other=0).to(tl.int32)
+        patch_row = b * sp_b + (y - top) * sp_h + (x - left) * sp_w
+        inside = in_box(y, x, top, left, PH, PW)[:, None]
+        patch_offset = patch_row[:, None] + (channel * sp_c)[None, :]
+        value = load_cells(view, patch, view_offset, patch_offset, inside, ok)
     else:
-        value = tl.load(
-            view
-            + img[:, None] * sv_n
-            + channel[None, :] * sv_c
-            + y[:, None] * sv_h
-            + x[:, None] * sv_w,
-            mask=ok,
-            other=0.0,
-        )
+        value = tl.load(view + view_offset, mask=ok, other=0.0)
     return value.to(tl.float32)
 
 
@@ -152,9 +147,7 @@ def gather_combine_kernel(
         value, channel[None, :], col_ok[None, :], scale, shift, alpha, beta, HAS_SCALE, HAS_SHIFT,
         ACT,
     )  # fmt: skip
-    pointers = (
-        out + b[:, None] * so_b + channel[None, :] * so_c + i[:, None] * so_h + j[:, None] * so_w
-    )
+    pointers = out + (b * so_b + i * so_h + j * so_w)[:, None] + (channel * so_c)[None, :]
     tl.store(pointers, value.to(out.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
@@ -185,7 +178,7 @@ def gather_combine(
     channels, height, width = first[0].shape[1:]
     queries = len(box_y)
     if out is None:
-        out = torch.empty(queries, channels, *box, device=box_y.device, dtype=first[0].dtype)
+        out = channels_last(queries, channels, *box, device=box_y.device, dtype=first[0].dtype)
     m = queries * box[0] * box[1]
     args = [
         *_pointers(first),
@@ -277,7 +270,7 @@ def launch_concat(
     assert isinstance(node.op, Concat)
     y0, x0, box = _box(node, env)
     dtype = env.views[node.inputs[0]].dtype
-    out = torch.empty(len(y0), node.schema.shape[0], *box, device=y0.device, dtype=dtype)
+    out = channels_last(len(y0), node.schema.shape[0], *box, device=y0.device, dtype=dtype)
     start = 0
     for operand in _operands(node, inputs, env):
         stop = start + operand[0].shape[1]

@@ -27,7 +27,7 @@ import triton.language as tl
 from torch import Tensor
 
 from compiler.ir import JoinAggregate, Node
-from runtime.kernels.cells import load_cells, query_rows
+from runtime.kernels.cells import channels_last, in_box, load_cells, query_rows
 from runtime.kernels.epilogue import IDENTITY, Epilogue, apply
 from runtime.kernels.launch import run_kernel
 from runtime.values import Env, Patch, Value, window_operands
@@ -44,7 +44,7 @@ def get_autotune_configs() -> list[triton.Config]:
         (128, 32, 16, 4),
     ]
     return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=2)
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=1)
         for m, n, k, w in shapes
     ]
 
@@ -119,49 +119,52 @@ def gather_conv2d_kernel(
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels within the group
     row_ok, col_ok = rows < M, cols < COG
     b, i, j, img, base_y, base_x = query_rows(rows, row_ok, image, read_y, read_x, OH, OW, SY, SX)
-    top = tl.load(patch_y + b, mask=row_ok, other=0)
-    left = tl.load(patch_x + b, mask=row_ok, other=0)
-    K = CG * KH * KW
+    # Per row, once: the window's start in the map and in the query's patch.
+    top = tl.load(patch_y + b, mask=row_ok, other=0).to(tl.int32)
+    left = tl.load(patch_x + b, mask=row_ok, other=0).to(tl.int32)
+    view_base = img * sv_n
+    patch_base = b * sp_b
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < K
-        c = ks // (KH * KW)
-        ky = (ks % (KH * KW)) // KW
-        kx = ks % KW
-        y = base_y[:, None] + ky[None, :] * DY
-        x = base_x[:, None] + kx[None, :] * DX
-        channel = group * CG + c[None, :]
-        valid = row_ok[:, None] & k_ok[None, :] & (y >= 0) & (y < H) & (x >= 0) & (x < W)
-        a = load_cells(view, patch, img[:, None], b[:, None], channel, y, x, top[:, None],
-                       left[:, None], PH, PW, valid, sv_n, sv_c, sv_h, sv_w, sp_b, sp_c, sp_h,
-                       sp_w)  # fmt: skip
-        w = tl.load(
-            weight
-            + (group * COG + cols[None, :]) * sw_n
-            + c[:, None] * sw_c
-            + ky[:, None] * sw_h
-            + kx[:, None] * sw_w,
-            mask=k_ok[:, None] & col_ok[None, :],
-            other=0.0,
-        )
-        if IEEE:  # exact fp32 products (the interpreter, or TF32 switched off in torch)
-            acc += tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
-        else:  # tensor cores: TF32 for fp32 inputs (torch's default for convolutions), or
-            acc += tl.dot(a, w.to(a.dtype))  # native fp16/bf16 products, fp32 accumulation
-    if HAS_BIAS:
-        acc += tl.load(bias + group * COG + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    w_col = ((group * COG + cols) * sw_n)[None, :]
+    for tap in range(0, KH * KW):
+        # Per tap: the cell each row reads, whether it is in the map and in the query's box —
+        # all per row; the tile adds only a channel offset.
+        ky, kx = tap // KW, tap % KW
+        y = base_y + ky * DY
+        x = base_x + kx * DX
+        row_in = row_ok & (y >= 0) & (y < H) & (x >= 0) & (x < W)
+        inside = in_box(y, x, top, left, PH, PW)[:, None]
+        view_row = (view_base + y * sv_h + x * sv_w)[:, None]
+        patch_row = (patch_base + (y - top) * sp_h + (x - left) * sp_w)[:, None]
+        for c0 in range(0, CG, BLOCK_K):
+            c = c0 + tl.arange(0, BLOCK_K)
+            c_ok = c < CG
+            channel = (group * CG + c)[None, :]
+            a = load_cells(
+                view,
+                patch,
+                view_row + channel * sv_c,
+                patch_row + channel * sp_c,
+                inside,
+                row_in[:, None] & c_ok[None, :],
+            )
+            w = tl.load(
+                weight + (c * sw_c + ky * sw_h + kx * sw_w)[:, None] + w_col,
+                mask=c_ok[:, None] & col_ok[None, :],
+                other=0.0,
+            )
+            if IEEE:  # exact fp32 products (the interpreter, or TF32 switched off in torch)
+                acc += tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+            else:  # tensor cores: TF32 for fp32 inputs (torch's default for convolutions),
+                acc += tl.dot(a, w.to(a.dtype))  # or native fp16/bf16, fp32 accumulation
     channel = group * COG + cols
+    if HAS_BIAS:
+        acc += tl.load(bias + channel, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     acc = apply(
         acc, channel[None, :], col_ok[None, :], scale, shift, alpha, beta, HAS_SCALE, HAS_SHIFT, ACT
     )
-    pointers = (
-        out
-        + b[:, None] * so_b
-        + (group * COG + cols[None, :]) * so_c
-        + i[:, None] * so_h
-        + j[:, None] * so_w
-    )
+    out_row = b * so_b + i * so_h + j * so_w
+    pointers = out + out_row[:, None] + (channel * so_c)[None, :]
     tl.store(pointers, acc.to(out.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
@@ -196,7 +199,8 @@ def gather_conv2d(
     queries, oh, ow = patch.shape[0], out_size[0], out_size[1]
     c_out, cg, kh, kw = weight.shape
     assert cg * groups == view.shape[1] and c_out % groups == 0
-    out = torch.empty(queries, c_out, oh, ow, device=patch.device, dtype=patch.dtype)
+    out = channels_last(queries, c_out, oh, ow, device=patch.device, dtype=patch.dtype)
+    weight = _taps_major(weight)
     m, cog = queries * oh * ow, c_out // groups
     metadata = [t.to(torch.int64).contiguous() for t in (image, read_y, read_x, patch_y, patch_x)]
     args = (
@@ -240,6 +244,21 @@ def gather_conv2d(
     return out
 
 
+def _taps_major(weight: Tensor) -> Tensor:
+    """The weight ``[C_out, Cg, KH, KW]`` viewed through a ``[KH, KW, Cg, C_out]``-contiguous
+    copy (same indices, strides changed): a tile's output channels are contiguous."""
+    if weight.stride(0) == 1:
+        return weight
+    return weight.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
+
+
+def _cached_taps_major(env: Env, name: str, weight: Tensor) -> Tensor:
+    key = f"{name}:taps-major"
+    if key not in env.cache:
+        env.cache[key] = _taps_major(weight)
+    return env.cache[key]
+
+
 def launch(node: Node, inputs: list[Value], env: Env, epilogue: Epilogue = IDENTITY) -> Patch:
     """A boxed convolution step (``KernelId.GATHER_CONV2D``) with its folded epilogue."""
     op = node.op
@@ -254,7 +273,7 @@ def launch(node: Node, inputs: list[Value], env: Env, epilogue: Epilogue = IDENT
         read_x,
         patch.y0,
         patch.x0,
-        env.weights[op.weight],
+        _cached_taps_major(env, op.weight.path, env.weights[op.weight]),
         env.weights.get(op.bias),
         (window.stride.h, window.stride.w),
         (window.dilation.h, window.dilation.w),

@@ -18,7 +18,7 @@ from torch import Tensor
 from compiler.ir import Node, Pool
 from compiler.types import Agg
 from runtime import reference
-from runtime.kernels.cells import load_cells, query_rows
+from runtime.kernels.cells import channels_last, in_box, load_cells, query_rows
 from runtime.kernels.epilogue import IDENTITY, Epilogue, apply
 from runtime.kernels.launch import run_kernel
 from runtime.values import Env, Patch, Value, window_operands
@@ -92,20 +92,24 @@ def gather_pool2d_kernel(
     channel = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     row_ok, col_ok = rows < M, channel < C
     b, i, j, img, base_y, base_x = query_rows(rows, row_ok, image, read_y, read_x, OH, OW, SY, SX)
-    top = tl.load(patch_y + b, mask=row_ok, other=0)
-    left = tl.load(patch_x + b, mask=row_ok, other=0)
+    top = tl.load(patch_y + b, mask=row_ok, other=0).to(tl.int32)
+    left = tl.load(patch_x + b, mask=row_ok, other=0).to(tl.int32)
+    view_col, patch_col = (channel * sv_c)[None, :], (channel * sp_c)[None, :]
     if IS_MAX:
         acc = tl.full((BLOCK_M, BLOCK_C), float("-inf"), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
-    for tap in range(0, KH * KW):
+    for tap in range(0, KH * KW):  # the tap's cell depends on the row only
         y = base_y + (tap // KW) * DY
         x = base_x + (tap % KW) * DX
         valid = row_ok & (y >= 0) & (y < H) & (x >= 0) & (x < W)
         both = valid[:, None] & col_ok[None, :]
-        value = load_cells(view, patch, img[:, None], b[:, None], channel[None, :], y[:, None],
-                           x[:, None], top[:, None], left[:, None], PH, PW, both, sv_n, sv_c,
-                           sv_h, sv_w, sp_b, sp_c, sp_h, sp_w).to(tl.float32)  # fmt: skip
+        view_row = img * sv_n + y * sv_h + x * sv_w
+        patch_row = b * sp_b + (y - top) * sp_h + (x - left) * sp_w
+        inside = in_box(y, x, top, left, PH, PW)[:, None]
+        value = load_cells(
+            view, patch, view_row[:, None] + view_col, patch_row[:, None] + patch_col, inside, both
+        ).to(tl.float32)
         if IS_MAX:
             acc = tl.where(both, tl.maximum(acc, value), acc)
         else:
@@ -121,9 +125,7 @@ def gather_pool2d_kernel(
     acc = apply(
         acc, channel[None, :], col_ok[None, :], scale, shift, alpha, beta, HAS_SCALE, HAS_SHIFT, ACT
     )
-    pointers = (
-        out + b[:, None] * so_b + channel[None, :] * so_c + i[:, None] * so_h + j[:, None] * so_w
-    )
+    pointers = out + (b * so_b + i * so_h + j * so_w)[:, None] + (channel * so_c)[None, :]
     tl.store(pointers, acc.to(out.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
@@ -156,7 +158,7 @@ def gather_pool2d(
     """
     queries, channels = patch.shape[:2]
     oh, ow = out_size
-    out = torch.empty(queries, channels, oh, ow, device=patch.device, dtype=patch.dtype)
+    out = channels_last(queries, channels, oh, ow, device=patch.device, dtype=patch.dtype)
     m = queries * oh * ow
     metadata = [t.to(torch.int64).contiguous() for t in (image, read_y, read_x, patch_y, patch_x)]
     if isinstance(divisor, tuple):
