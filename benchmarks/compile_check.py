@@ -28,6 +28,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = (
     "vgg16",
@@ -37,7 +39,7 @@ MODELS = (
     "mobilenet_v2",
     "grouped_dilated",
 )
-SIZES = {"inception_v3": 299}
+SIZES = {"inception_v3": 299, "tiny": 32}
 DTYPES = ("fp32", "bf16", "fp16")
 
 
@@ -50,6 +52,8 @@ def build(name: str) -> Any:
 
     if name == "efficientnet_lite0":
         return models.efficientnet_lite0()
+    if name == "tiny":  # every kernel kind at real channel counts, for the test in make test
+        return _Tiny().eval()
     if name == "grouped_dilated":  # grouped, dilated and depthwise convolutions, average pools
         nn = torch.nn
         return nn.Sequential(
@@ -69,6 +73,23 @@ def build(name: str) -> Any:
     if name == "inception_v3":
         return torchvision.models.inception_v3(weights=None, aux_logits=False).eval()
     return getattr(torchvision.models, name)(weights=None).eval()
+
+
+class _Tiny(torch.nn.Module):
+    """Convolutions with a batch-norm epilogue, max and average pools, a residual add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.pool = nn.MaxPool2d(2)
+        self.conv = nn.Conv2d(32, 32, 3, padding=1)
+        self.avg = nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.stem(x))
+        return self.head(self.avg(torch.relu(x + self.conv(x))))
 
 
 def launches_of(name: str, precision: str, batch: int = 8) -> list[Any]:
