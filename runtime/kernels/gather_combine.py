@@ -36,7 +36,7 @@ ARITH_CODES = {
 
 def get_autotune_configs() -> list[triton.Config]:
     """Tile shapes (BLOCK_M cells × BLOCK_C channels)."""
-    shapes = [(32, 32, 4), (64, 64, 4), (16, 128, 4), (128, 16, 4)]
+    shapes = [(32, 32, 4), (16, 128, 4), (128, 16, 4)]  # 64×64 spills 4 KiB (compile check)
     return [
         triton.Config({"BLOCK_M": m, "BLOCK_C": c}, num_warps=w, num_stages=1) for m, c, w in shapes
     ]

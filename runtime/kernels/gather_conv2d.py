@@ -35,7 +35,7 @@ from runtime.values import Env, Patch, Value, window_operands
 
 def get_autotune_configs() -> list[triton.Config]:
     """Tile shapes (BLOCK_M output pixels × BLOCK_N channels × BLOCK_K reduction)."""
-    shapes = [  # the first is spill-free on every specialization the compile check has seen
+    shapes = [  # the first spills on 2 of 78 specializations the compile check saw (≤ 8 B, sm_80)
         (128, 32, 16, 4),
         (64, 64, 32, 4),
         (128, 64, 32, 4),
