@@ -18,6 +18,7 @@ kernels are not compilable functions.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import re
 from collections.abc import Iterable
@@ -146,7 +147,9 @@ def _config_name(config: Any) -> str:
     return f"{blocks} w{config.num_warps} s{config.num_stages}"
 
 
+@functools.cache
 def _backend(target: Target) -> tuple[Any, Any]:
+    """The target's GPUTarget and Triton backend (made once per target)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
 
@@ -183,7 +186,7 @@ def compile_for(launch: Launch, flags: dict[str, Any], config: Any, target: Targ
     report = Report(
         launch.name,
         dtype,
-        {k: v for k, v in flags.items()},
+        dict(flags),
         _config_name(config),
         target.name,
         ok=False,
