@@ -187,6 +187,8 @@ def render_physical(
 ) -> list[str]:
     batching = physical.batching
     budget = f", budget {_bytes(batching.budget)}" if batching.budget is not None else ""
+    if batching.capped:
+        budget += " (batch capped: no batch buffer above 2³⁰ values)"
     lines = [
         f"queries {batching.queries} ({positions[0]}×{positions[1]} positions per image), "
         f"batch size {batching.batch_size} → {batching.batches} batches, "

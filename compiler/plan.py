@@ -62,12 +62,15 @@ SAME_SHAPE = (Occlude, Map, Scalar, BatchNorm, Project, Softmax)
 
 @dataclass(frozen=True, slots=True)
 class Batching:
-    """How the queries of a plan are grouped into batches."""
+    """How the queries of a plan are grouped into batches; ``capped``: the batch is smaller
+    than the budget allows so that no batch buffer outgrows 32-bit offsets
+    (``compiler.limits``)."""
 
     queries: int
     batch_size: int
     bytes_per_query: int
     budget: int | None
+    capped: bool = False
 
     @property
     def batches(self) -> int:

@@ -30,7 +30,7 @@ from krypton_ql.progress import progress_callback
 from runtime.backends import runner_for
 from runtime.executor import Executor, materialize, select_scores
 from runtime.memory import default_budget
-from runtime.resolve import resolve
+from runtime.resolve import Backend, resolve
 from runtime.weights import Weights
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,10 @@ class OcclusionPlan(HeatmapPlan):
         self.positions = Positions.grid(image, self.occlusion.patch, self.occlusion.stride)
         self.optimized = optimize(self.logical, compile_options, self.positions)
         self.physical = lower(self.optimized.plan)
+        if self.backend is Backend.TRITON:  # what the kernels address and a GPU launches
+            from runtime.kernels import limits
+
+            limits.check(self.physical, cuda=device.type == "cuda")
         centre = Positions.centre(image, self.occlusion.patch)
         self.centre_cost: PlanCost = plan_cost(
             self.logical, optimize(self.logical, compile_options, centre).plan

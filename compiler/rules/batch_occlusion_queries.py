@@ -4,13 +4,18 @@ Identity: every query runs the same rewritten plan, differing only in its box or
 table indexed by query), so a batch of queries runs each operator once, on buffers with a
 leading batch axis. This rule is plan-scoped: it sizes the batch from the memory the plan's
 per-query buffers need at their peak (buffers are freed after their last consumer) and the
-budget in ``CompileOptions`` (or takes the batch size the caller fixed).
+budget in ``CompileOptions`` (or takes the batch size the caller fixed), and caps it so that
+no batch buffer holds more than ``compiler.limits.MAX_ELEMENTS`` values (the kernels' 32-bit
+offsets).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from compiler.cost import WORD
 from compiler.ir import Node, State, Strategy
+from compiler.limits import MAX_ELEMENTS
 from compiler.plan import Batching, Plan
 from compiler.rules.base import RuleContext
 
@@ -25,7 +30,15 @@ def batch_occlusion_queries(plan: Plan, ctx: RuleContext) -> Plan:
         size = max(1, budget // max(per_query, 1))
     else:
         size = queries
-    return plan.with_batching(Batching(queries, max(1, min(size, queries)), per_query, budget))
+    size = max(1, min(size, queries))
+    cap = max(1, MAX_ELEMENTS // max(largest_buffer_per_query(plan), 1))
+    batching = Batching(queries, min(size, cap), per_query, budget, capped=cap < size)
+    return plan.with_batching(batching)
+
+
+def largest_buffer_per_query(plan: Plan) -> int:
+    """Values one query puts in the plan's largest batch buffer (an output or a gather)."""
+    return max(max(buffer_values(node), scratch_values(node, plan)) for node in plan)
 
 
 def peak_bytes_per_query(plan: Plan) -> int:
@@ -54,7 +67,7 @@ def buffer_values(node: Node) -> int:
     return node.schema.channels * update.box.area
 
 
-def scratch_values(node: Node, plan: Plan) -> int:
+def scratch_values(node: Node, plan: Plan | Mapping[str, Node]) -> int:
     """Values of the transient gather buffers ``node`` needs while it runs."""
     update = node.update
     if update is None or update.strategy not in (

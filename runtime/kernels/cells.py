@@ -6,8 +6,9 @@ where it crosses images or queries) plus a per-column part (channel and kernel t
 inside one image's map or one query's box), added once per tile — so the 2-D tiles the loops
 keep live are 32-bit coordinates and one pointer tile, not 64-bit products.
 
-32-bit parts are safe because the planner guarantees every per-image view and every batch
-buffer holds fewer than 2³¹ elements (``runtime.kernels.limits``).
+32-bit parts are safe because every per-image view and every batch buffer holds at most 2³⁰
+values: the batching rule caps the batch, and the Triton backend checks the plan before it runs
+(``compiler.limits``, ``runtime.kernels.limits``).
 """
 
 from __future__ import annotations

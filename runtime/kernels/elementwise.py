@@ -13,7 +13,7 @@ from compiler.ir import Node
 from compiler.physical import KernelId
 from runtime import reference
 from runtime.kernels.epilogue import IDENTITY, Epilogue, apply
-from runtime.kernels.launch import run_kernel
+from runtime.kernels.launch import Grid, run_kernel
 from runtime.values import Env, Patch, Value
 
 
@@ -24,6 +24,8 @@ def get_autotune_configs() -> list[triton.Config]:
         for block, w in ((256, 2), (1024, 4), (4096, 8))
     ]
 
+
+CONFIGS = tuple(get_autotune_configs())
 
 INTERPRETER_CONFIG = {"BLOCK": 64}
 
@@ -74,7 +76,7 @@ def elementwise_kernel(
     tl.store(out + offset, value.to(out.dtype.element_ty), mask=ok)
 
 
-_autotuned = triton.autotune(configs=get_autotune_configs(), key=["N", "C"])(elementwise_kernel)
+_autotuned = triton.autotune(configs=list(CONFIGS), key=["N", "C"])(elementwise_kernel)
 
 
 def elementwise(x: Tensor, epilogue: Epilogue) -> Tensor:
@@ -85,12 +87,15 @@ def elementwise(x: Tensor, epilogue: Epilogue) -> Tensor:
     count = x.numel()
     args = (x, out, *epilogue.pointers(x), count, *x.shape[1:], *x.stride(), *out.stride())
 
-    def grid(meta: dict) -> tuple[int]:
-        return (triton.cdiv(count, meta["BLOCK"]),)
-
     flags = {**epilogue.flags(), "CHANNELS_LAST": channels_last}
+    grid = programs(count)
     run_kernel(elementwise_kernel, _autotuned, grid, args, flags, INTERPRETER_CONFIG, x.device)
     return out
+
+
+def programs(count: int) -> Grid:
+    """The grid over ``count`` values."""
+    return lambda meta: (triton.cdiv(count, meta["BLOCK"]),)
 
 
 def launch(node: Node, inputs: list[Value], env: Env, epilogue: Epilogue = IDENTITY) -> Value:

@@ -19,7 +19,7 @@ from torch import Tensor
 from compiler.ir import Arith, Combine, Concat, Node
 from runtime.kernels.cells import channels_last, in_box, load_cells, query_rows
 from runtime.kernels.epilogue import IDENTITY, Epilogue, apply
-from runtime.kernels.launch import run_kernel
+from runtime.kernels.launch import Grid, run_kernel
 from runtime.values import Env, Patch, Value, operands
 
 # ``ARITH`` codes of the kernel; 0 copies the first operand.
@@ -41,6 +41,8 @@ def get_autotune_configs() -> list[triton.Config]:
         triton.Config({"BLOCK_M": m, "BLOCK_C": c}, num_warps=w, num_stages=1) for m, c, w in shapes
     ]
 
+
+CONFIGS = tuple(get_autotune_configs())
 
 INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_C": 8}
 
@@ -151,9 +153,7 @@ def gather_combine_kernel(
     tl.store(pointers, value.to(out.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
-_autotuned = triton.autotune(configs=get_autotune_configs(), key=["M", "C", "ARITH"])(
-    gather_combine_kernel
-)
+_autotuned = triton.autotune(configs=list(CONFIGS), key=["M", "C", "ARITH"])(gather_combine_kernel)
 
 Operand = tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]  # view, patch, top, left
 
@@ -208,9 +208,7 @@ def gather_combine(
         **epilogue.flags(),
     }
 
-    def grid(meta: dict) -> tuple[int, int]:
-        return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(channels, meta["BLOCK_C"]))
-
+    grid = programs(m, channels)
     run_kernel(
         gather_combine_kernel, _autotuned, grid, args, flags, INTERPRETER_CONFIG, box_y.device
     )
@@ -247,6 +245,11 @@ def _operands(node: Node, inputs: list[Value], env: Env) -> list[Operand]:
         (view, None, None, None) if patch is None else (view, patch.values, patch.y0, patch.x0)
         for view, patch in operands(node, inputs, env)
     ]
+
+
+def programs(rows: int, channels: int) -> Grid:
+    """The grid over ``rows`` output cells × ``channels``."""
+    return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(channels, meta["BLOCK_C"]))
 
 
 def launch_combine(

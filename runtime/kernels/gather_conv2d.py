@@ -27,9 +27,10 @@ import triton.language as tl
 from torch import Tensor
 
 from compiler.ir import JoinAggregate, Node
+from runtime.kernels import gather_pool2d
 from runtime.kernels.cells import channels_last, in_box, load_cells, query_rows
 from runtime.kernels.epilogue import IDENTITY, Epilogue, apply
-from runtime.kernels.launch import run_kernel
+from runtime.kernels.launch import Grid, run_kernel
 from runtime.values import Env, Patch, Value, window_operands
 
 
@@ -48,6 +49,8 @@ def get_autotune_configs() -> list[triton.Config]:
         for m, n, k, w in shapes
     ]
 
+
+CONFIGS = tuple(get_autotune_configs())
 
 # The interpreter (CPU tensors) runs one small tile; autotuning there would only cost time.
 INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
@@ -168,7 +171,7 @@ def gather_conv2d_kernel(
     tl.store(pointers, acc.to(out.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
-_autotuned = triton.autotune(configs=get_autotune_configs(), key=["M", "COG", "CG", "KH", "KW"])(
+_autotuned = triton.autotune(configs=list(CONFIGS), key=["M", "COG", "CG", "KH", "KW"])(
     gather_conv2d_kernel
 )
 
@@ -199,6 +202,11 @@ def gather_conv2d(
     queries, oh, ow = patch.shape[0], out_size[0], out_size[1]
     c_out, cg, kh, kw = weight.shape
     assert cg * groups == view.shape[1] and c_out % groups == 0
+    if cg == 1:  # depthwise: a weighted sum pool, not a GEMM with a one-column tile
+        return gather_pool2d.weighted_sum(
+            view, patch, image, read_y, read_x, patch_y, patch_x, _taps_major(weight), bias,
+            stride, dilation, out_size, epilogue,
+        )  # fmt: skip
     out = channels_last(queries, c_out, oh, ow, device=patch.device, dtype=patch.dtype)
     weight = _taps_major(weight)
     m, cog = queries * oh * ow, c_out // groups
@@ -232,16 +240,23 @@ def gather_conv2d(
         *out.stride(),
     )
 
-    def grid(meta: dict) -> tuple[int, int, int]:
-        return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(cog, meta["BLOCK_N"]), groups)
-
     on_cpu = patch.device.type == "cpu"
     tf32 = patch.dtype != torch.float32 or torch.backends.cudnn.allow_tf32
     flags = {"HAS_BIAS": bias is not None, "IEEE": on_cpu or not tf32, **epilogue.flags()}
+    grid = programs(m, cog, groups)
     run_kernel(
         gather_conv2d_kernel, _autotuned, grid, args, flags, INTERPRETER_CONFIG, patch.device
     )
     return out
+
+
+def programs(rows: int, columns: int, groups: int) -> Grid:
+    """The grid over ``rows`` output pixels × ``columns`` output channels per group × groups."""
+    return lambda meta: (
+        triton.cdiv(rows, meta["BLOCK_M"]),
+        triton.cdiv(columns, meta["BLOCK_N"]),
+        groups,
+    )
 
 
 def _taps_major(weight: Tensor) -> Tensor:

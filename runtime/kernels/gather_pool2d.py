@@ -1,14 +1,25 @@
 """Fused gather + pooling over per-query windows of ``view ⊕ patch``, with an element-wise
-epilogue.
+epilogue — and the depthwise convolution, which is a weighted sum pool.
 
 Rows of a tile are output pixels of all queries (``M = B·OH·OW``), columns are channels; each
 tap of the ``KH×KW`` window reads the patch inside the query's box and the shared view outside
 it. Taps outside the map are padding: skipped by a max, zero in a sum. An average divides by a
 constant or by a per-output divisor map (PyTorch's border rule), read at the output's position
 in the map. Twin: ``runtime.reference.gather_pool2d``.
+
+A convolution with one input channel per group (depthwise, with channel multiplier ``R``)::
+
+    out[b, n, i, j] = bias[n] + Σ_{ky, kx} W[n, 0, ky, kx] · A[b, n // R, ry[b] + i·Sy + ky·Dy,
+                                                                   rx[b] + j·Sx + kx·Dx]
+
+is the same loop with a per-channel, per-tap weight (``weighted_sum``): no GEMM — as one, its
+reduction would be ``KH·KW`` long and its tensor-core tiles one column wide. Twin:
+``runtime.values.gather`` followed by ``F.conv2d`` with ``groups = C``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import triton
@@ -20,7 +31,7 @@ from compiler.types import Agg
 from runtime import reference
 from runtime.kernels.cells import channels_last, in_box, load_cells, query_rows
 from runtime.kernels.epilogue import IDENTITY, Epilogue, apply
-from runtime.kernels.launch import run_kernel
+from runtime.kernels.launch import Grid, run_kernel
 from runtime.values import Env, Patch, Value, window_operands
 
 
@@ -31,6 +42,8 @@ def get_autotune_configs() -> list[triton.Config]:
         triton.Config({"BLOCK_M": m, "BLOCK_C": c}, num_warps=w, num_stages=1) for m, c, w in shapes
     ]
 
+
+CONFIGS = tuple(get_autotune_configs())
 
 INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_C": 8}
 
@@ -47,6 +60,8 @@ def gather_pool2d_kernel(
     out_y,
     out_x,
     divisor,
+    weight,
+    bias,
     out,
     scale,
     shift,
@@ -76,12 +91,18 @@ def gather_pool2d_kernel(
     sp_c,
     sp_h,
     sp_w,
+    sw_n,
+    sw_h,
+    sw_w,
     so_b,
     so_c,
     so_h,
     so_w,
     IS_MAX: tl.constexpr,
     DIVISOR_MAP: tl.constexpr,
+    WEIGHTED: tl.constexpr,
+    MULTIPLIER: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     HAS_SHIFT: tl.constexpr,
     ACT: tl.constexpr,
@@ -94,14 +115,16 @@ def gather_pool2d_kernel(
     b, i, j, img, base_y, base_x = query_rows(rows, row_ok, image, read_y, read_x, OH, OW, SY, SX)
     top = tl.load(patch_y + b, mask=row_ok, other=0).to(tl.int32)
     left = tl.load(patch_x + b, mask=row_ok, other=0).to(tl.int32)
-    view_col, patch_col = (channel * sv_c)[None, :], (channel * sp_c)[None, :]
+    source = channel // MULTIPLIER  # the input channel an output channel reads
+    view_col, patch_col = (source * sv_c)[None, :], (source * sp_c)[None, :]
     if IS_MAX:
         acc = tl.full((BLOCK_M, BLOCK_C), float("-inf"), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
     for tap in range(0, KH * KW):  # the tap's cell depends on the row only
-        y = base_y + (tap // KW) * DY
-        x = base_x + (tap % KW) * DX
+        ky, kx = tap // KW, tap % KW
+        y = base_y + ky * DY
+        x = base_x + kx * DX
         valid = row_ok & (y >= 0) & (y < H) & (x >= 0) & (x < W)
         both = valid[:, None] & col_ok[None, :]
         view_row = img * sv_n + y * sv_h + x * sv_w
@@ -112,9 +135,15 @@ def gather_pool2d_kernel(
         ).to(tl.float32)
         if IS_MAX:
             acc = tl.where(both, tl.maximum(acc, value), acc)
+        elif WEIGHTED:  # padding reads 0, so it adds nothing
+            w = tl.load(weight + channel * sw_n + ky * sw_h + kx * sw_w, mask=col_ok, other=0.0)
+            acc += value * w.to(tl.float32)[None, :]
         else:
             acc += tl.where(both, value, 0.0)
-    if not IS_MAX:
+    if WEIGHTED:
+        if HAS_BIAS:
+            acc += tl.load(bias + channel, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    elif not IS_MAX:
         if DIVISOR_MAP:
             oy = tl.load(out_y + b, mask=row_ok, other=0) + i
             ox = tl.load(out_x + b, mask=row_ok, other=0) + j
@@ -129,7 +158,7 @@ def gather_pool2d_kernel(
     tl.store(pointers, acc.to(out.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
-_autotuned = triton.autotune(configs=get_autotune_configs(), key=["M", "C", "KH", "KW"])(
+_autotuned = triton.autotune(configs=list(CONFIGS), key=["M", "C", "KH", "KW"])(
     gather_pool2d_kernel
 )
 
@@ -156,24 +185,79 @@ def gather_pool2d(
     ``divisor`` of an average: a constant, or ``(map, out_y, out_x)`` — the per-output divisor
     map ``[OH_map, OW_map]`` and each query's output origin in it.
     """
-    queries, channels = patch.shape[:2]
-    oh, ow = out_size
-    out = channels_last(queries, channels, oh, ow, device=patch.device, dtype=patch.dtype)
-    m = queries * oh * ow
     metadata = [t.to(torch.int64).contiguous() for t in (image, read_y, read_x, patch_y, patch_x)]
     if isinstance(divisor, tuple):
         counts, out_y, out_x = divisor
+        origins = (out_y.to(torch.int64).contiguous(), out_x.to(torch.int64).contiguous())
         counts = counts.to(torch.float32).contiguous()
-        origins = [out_y.to(torch.int64).contiguous(), out_x.to(torch.int64).contiguous()]
-        width, constant = counts.shape[-1], 1.0
+        averaging = (*origins, counts, counts.shape[-1], 1.0)
     else:
-        counts, origins, width, constant = patch, metadata[1:3], 1, float(divisor)
+        averaging = (metadata[1], metadata[2], patch, 1, float(divisor))
+    flags = {"IS_MAX": is_max, "DIVISOR_MAP": isinstance(divisor, tuple)}
+    window = (kernel, stride, dilation, out_size)
+    return _run(view, patch, metadata, window, epilogue, flags, averaging)
+
+
+def weighted_sum(
+    view: Tensor,
+    patch: Tensor,
+    image: Tensor,
+    read_y: Tensor,
+    read_x: Tensor,
+    patch_y: Tensor,
+    patch_x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    out_size: tuple[int, int],
+    epilogue: Epilogue = IDENTITY,
+) -> Tensor:
+    """``epilogue(conv2d(Window(view ⊕ patch)))`` for a convolution with one input channel per
+    group (``weight`` ``[C·R, 1, KH, KW]``, ``groups = C``): ``[B, C·R, OH, OW]``."""
+    c_out, cg, kh, kw = weight.shape
+    channels = view.shape[1]
+    assert cg == 1 and c_out % channels == 0
+    metadata = [t.to(torch.int64).contiguous() for t in (image, read_y, read_x, patch_y, patch_x)]
+    sw_n, _, sw_h, sw_w = weight.stride()
+    weights = (weight, bias if bias is not None else weight, sw_n, sw_h, sw_w)
+    flags = {"WEIGHTED": True, "MULTIPLIER": c_out // channels, "HAS_BIAS": bias is not None}
+    averaging = (metadata[1], metadata[2], patch, 1, 1.0)
+    window = ((kh, kw), stride, dilation, out_size)
+    return _run(view, patch, metadata, window, epilogue, flags, averaging, weights, c_out)
+
+
+def _run(
+    view: Tensor,
+    patch: Tensor,
+    metadata: list[Tensor],
+    window: tuple[tuple[int, int], ...],
+    epilogue: Epilogue,
+    flags: dict[str, Any],
+    averaging: tuple[Any, ...],
+    weights: tuple[Any, ...] | None = None,
+    channels: int | None = None,
+) -> Tensor:
+    """Launch the kernel over ``window = (kernel, stride, dilation, out_size)``.
+
+    ``averaging`` is ``(out_y, out_x, divisor map, its width, constant divisor)``; ``weights``
+    ``(weight, bias, sw_n, sw_h, sw_w)`` of a weighted sum (``channels`` its output channels).
+    """
+    kernel, stride, dilation, (oh, ow) = window
+    queries = patch.shape[0]
+    channels = patch.shape[1] if channels is None else channels
+    out = channels_last(queries, channels, oh, ow, device=patch.device, dtype=patch.dtype)
+    m = queries * oh * ow
+    *origins, counts, width, constant = averaging
+    weight, bias, *weight_strides = weights if weights is not None else (patch, patch, 0, 0, 0)
     args = (
         view,
         patch,
         *metadata,
         *origins,
         counts,
+        weight,
+        bias,
         out,
         *epilogue.pointers(patch),
         m,
@@ -191,17 +275,29 @@ def gather_pool2d(
         constant,
         *view.stride(),
         *patch.stride(),
+        *weight_strides,
         *out.stride(),
     )
-    flags = {"IS_MAX": is_max, "DIVISOR_MAP": isinstance(divisor, tuple), **epilogue.flags()}
+    flags = {
+        "IS_MAX": False,
+        "DIVISOR_MAP": False,
+        "WEIGHTED": False,
+        "MULTIPLIER": 1,
+        "HAS_BIAS": False,
+        **flags,
+        **epilogue.flags(),
+    }
 
-    def grid(meta: dict) -> tuple[int, int]:
-        return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(channels, meta["BLOCK_C"]))
-
+    grid = programs(m, channels)
     run_kernel(
         gather_pool2d_kernel, _autotuned, grid, args, flags, INTERPRETER_CONFIG, patch.device
     )
     return out
+
+
+def programs(rows: int, channels: int) -> Grid:
+    """The grid over ``rows`` output cells × ``channels``."""
+    return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(channels, meta["BLOCK_C"]))
 
 
 def launch(node: Node, inputs: list[Value], env: Env, epilogue: Epilogue = IDENTITY) -> Patch:

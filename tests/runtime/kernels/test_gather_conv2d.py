@@ -19,7 +19,9 @@ from tests.profiles import examples
 @settings(max_examples=examples(16))
 @given(
     channels=st.sampled_from([1, 2, 3, 4, 18]),
+    # one input channel per group (or channels=1) runs as a weighted sum pool, not a GEMM
     depthwise=st.booleans(),
+    multiplier=st.integers(1, 2),
     # above the interpreter's 16-wide tile, the output channels span several program ids
     c_out=st.sampled_from([1, 2, 3, 5, 17, 18]),
     kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
@@ -33,11 +35,12 @@ from tests.profiles import examples
     data=st.data(),
 )
 def test_matches_gather_then_conv(
-    channels, depthwise, c_out, kernel, stride, dilation, height, width, out, bias, seed, data
-) -> None:
+    channels, depthwise, multiplier, c_out, kernel, stride, dilation, height, width, out, bias,
+    seed, data,
+) -> None:  # fmt: skip
     torch.manual_seed(seed)
     groups = channels if depthwise else 1
-    c_out = channels if depthwise else c_out
+    c_out = channels * multiplier if depthwise else c_out
     queries = data.draw(st.integers(1, 3))
     view = torch.randn(2, channels, height, width).contiguous(memory_format=torch.channels_last)
     ph, pw = min(3, height), min(2, width)
