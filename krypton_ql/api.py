@@ -41,6 +41,7 @@ class OcclusionPlan(HeatmapPlan):
 
     def __init__(self, model: nn.Module, options: Options):
         """``options`` of one stage (no drill-down)."""
+        check.model(model)
         if options.drilldown is not None:
             raise InvalidInputError("an OcclusionPlan runs one stage; kql.compile plans both")
         self.options = options
@@ -128,11 +129,13 @@ class OcclusionPlan(HeatmapPlan):
         images = check.images(image, self.shape)
         if self.dtype is not None:
             images = images.to(self.dtype)
-        _check_device(self.model, images)
+        check.same_place(self.model, images)
+        positions = check.positions(positions, len(self.positions), images.device)
         weights = Weights(self.exported.tensors)
         with torch.no_grad():
             views = self._views(images, weights, reuse_clean)
             logits = views[self.physical.output]
+            check.finite_scores(logits)
             if targets is None:
                 targets = check.targets(
                     self.target, len(images), logits.shape[1], logits.argmax(dim=1)
@@ -207,18 +210,6 @@ def _device(model: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def _check_device(model: nn.Module, images: Tensor) -> None:
-    parameter = next(iter(model.parameters()), None)
-    if parameter is not None and parameter.device != images.device:
-        raise InvalidInputError(
-            f"the image is on {images.device} but the model is on {parameter.device}"
-        )
-    if parameter is not None and parameter.dtype != images.dtype:
-        raise InvalidInputError(
-            f"the image is {images.dtype} but the model's parameters are {parameter.dtype}"
-        )
-
-
 def compile(
     model: nn.Module,
     input_shape: Any,
@@ -289,6 +280,7 @@ def compile(
 def build_plan(model: nn.Module, options: Options) -> HeatmapPlan:
     """The plan of validated ``options``: an ``OcclusionPlan``, or a ``DrillDownPlan`` of two
     stages when ``options.drilldown`` asks for one (lattice mode runs the fine plan twice)."""
+    check.model(model)
     settings = options.drilldown
     if settings is None:
         return OcclusionPlan(model, options)

@@ -133,6 +133,7 @@ def _session(args: argparse.Namespace):
     import krypton_ql as kql
     from compiler.errors import InvalidInputError
     from krypton_ql import models
+    from krypton_ql.dsl import catalog
 
     session = kql.connect(args.database)
     if args.arch or args.weights:
@@ -159,7 +160,7 @@ def _session(args: argparse.Namespace):
     for path in args.images or []:
         path = Path(path)
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix.lower() in _SUFFIXES)
+            files += catalog.image_files(path)
         elif path.is_file():
             files.append(path)
         else:
@@ -171,7 +172,6 @@ def _session(args: argparse.Namespace):
     return session, module, display or models.unnormalize
 
 
-_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 _APPROXIMATE_OPTION = re.compile(
     r",\s*(tau|drilldown|speedup|ssim|drilldown_mode)\s*=>\s*('[^']*'|[0-9.]+)", re.IGNORECASE
 )

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from compiler.boxes import Positions
-from compiler.errors import InvalidInputError
+from compiler.errors import InvalidInputError, UnsupportedOperationError
 from compiler.types import Score, Size2
 from krypton_ql import options as check
 from krypton_ql.options import Options
@@ -45,17 +45,18 @@ def naive_heatmap(
         batch_size=batch_size,
         precision=precision,
     )
-    model = check.in_precision(model, options.precision)
+    model = check.in_precision(check.model(model), options.precision)
     images = images.to(options.precision) if options.precision is not None else images
     occlusion, (_, height, width) = options.occlusion, options.shape
     if any(m.training for m in model.modules()):
         raise InvalidInputError("the model is in training mode; call model.eval() first")
+    check.same_place(model, images)
     positions = Positions.grid(Size2(height, width), occlusion.patch, occlusion.stride)
     top = torch.as_tensor(positions.top, device=images.device)
     left = torch.as_tensor(positions.left, device=images.device)
     colour = torch.tensor(occlusion.color, dtype=images.dtype, device=images.device)
     with torch.no_grad():
-        logits = model(images)
+        logits = _class_scores(model, images)
         targets = check.targets(options.target, len(images), logits.shape[1], logits.argmax(dim=1))
         size = options.batch_size or _batch_size(model, images[:1])
         total = len(images) * len(positions)
@@ -75,6 +76,27 @@ def naive_heatmap(
                     report(int(index[-1]) + 1, total)
     heatmaps = scores.reshape(len(images), positions.rows, positions.cols)
     return heatmaps[0] if image.dim() == 3 else heatmaps
+
+
+def _class_scores(model: nn.Module, images: Tensor) -> Tensor:
+    """The clean images' class scores ``[N, K]``, checked as the engine's importer checks the
+    model (its output) and its plan checks the clean forward (finite)."""
+    try:
+        output = model(images)
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InvalidInputError(
+            f"the model does not accept inputs of shape {list(images.shape[1:])}: {reason}"
+        ) from error
+    if not isinstance(output, Tensor):
+        raise UnsupportedOperationError("the model must return one tensor of class scores")
+    if output.dim() != 2 or output.shape[0] != len(images):
+        raise UnsupportedOperationError(
+            f"the model's output has shape {list(output.shape)} for {len(images)} images; an "
+            "occlusion heatmap needs class scores of shape [N, classes]"
+        )
+    check.finite_scores(output)
+    return output
 
 
 def occlude(images: Tensor, top: Tensor, left: Tensor, patch: Size2, colour: Tensor) -> Tensor:

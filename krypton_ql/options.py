@@ -76,6 +76,11 @@ def colour(value: Any, channels: int) -> tuple[float, ...]:
         )
     if not all(math.isfinite(v) for v in values):
         raise InvalidInputError(f"color must be finite, got {value!r}", option="color")
+    largest = torch.finfo(torch.float32).max
+    if any(abs(v) > largest for v in values):
+        raise InvalidInputError(
+            f"color {value!r} overflows float32 (largest {largest:.3e})", option="color"
+        )
     return values
 
 
@@ -121,6 +126,12 @@ def occlusion(
         raise InvalidInputError(
             f"patch {patch_size} is larger than the {height}×{width} image", option="patch"
         )
+    if stride_size.h > height or stride_size.w > width:
+        raise InvalidInputError(
+            f"stride {stride_size} is larger than the {height}×{width} image (one position "
+            f"per axis needs a stride of at most the image size)",
+            option="stride",
+        )
     return Occlusion(patch_size, stride_size, colour(color, channels), score(score_))
 
 
@@ -135,6 +146,8 @@ def images(value: Any, shape: tuple[int, int, int] | None = None) -> torch.Tenso
         )
     if not value.is_floating_point():
         raise InvalidInputError(f"image must be a floating-point tensor, got {value.dtype}")
+    if value.device.type == "meta":
+        raise InvalidInputError("image is on the meta device: it has a shape but no values")
     batch = value if value.dim() == 4 else value.unsqueeze(0)
     if batch.shape[0] == 0:
         raise InvalidInputError("image batch is empty")
@@ -204,6 +217,66 @@ def dtype(value: Any) -> torch.dtype | None:
     return PRECISIONS[value]
 
 
+def model(value: Any) -> torch.nn.Module:
+    """The model: a ``torch.nn.Module`` (a function is wrapped in one's ``forward``)."""
+    if not isinstance(value, torch.nn.Module):
+        raise InvalidInputError(
+            f"model must be a torch.nn.Module, got {type(value).__name__} (put a function in "
+            "an nn.Module's forward)",
+            option="model",
+        )
+    return value
+
+
+def same_place(model: torch.nn.Module, images: torch.Tensor) -> None:
+    """The images are on the model's device and in its parameters' dtype."""
+    parameter = next(iter(model.parameters()), None)
+    if parameter is not None and parameter.device != images.device:
+        raise InvalidInputError(
+            f"the image is on {images.device} but the model is on {parameter.device}"
+        )
+    if parameter is not None and parameter.dtype != images.dtype:
+        raise InvalidInputError(
+            f"the image is {images.dtype} but the model's parameters are {parameter.dtype}"
+        )
+
+
+def finite_scores(scores: torch.Tensor) -> None:
+    """The model's outputs on the clean images are finite: a NaN there (NaN weights, an
+    overflow in half precision) would make every cell of the heatmap NaN."""
+    if not bool(torch.isfinite(scores).all()):
+        bad = int((~torch.isfinite(scores)).sum())
+        raise InvalidInputError(
+            f"the model's outputs on the clean image are not finite ({bad} of "
+            f"{scores.numel()} values are NaN or infinite): check its weights, its inputs' "
+            "range and its precision"
+        )
+
+
+def positions(value: Any, count: int, device: torch.device) -> torch.Tensor | None:
+    """Grid indices ``[P]`` in ``[0, count)``: an int tensor, a sequence of ints or a range
+    (``None``: every position). Negative indices are refused, not wrapped."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+            raise InvalidInputError(f"positions must be integers, got a {value.dtype} tensor")
+        chosen = value.reshape(-1)
+    elif isinstance(value, Sequence | range) and all(_is_int(v) for v in value):
+        chosen = torch.tensor(list(value), dtype=torch.int64)
+    else:
+        raise InvalidInputError(
+            f"positions must be an int tensor or a sequence of ints, got {type(value).__name__}"
+        )
+    if chosen.numel() == 0:
+        raise InvalidInputError("positions is empty")
+    low, high = int(chosen.min()), int(chosen.max())
+    if low < 0 or high >= count:
+        wrong = low if low < 0 else high
+        raise InvalidInputError(f"position {wrong} is outside the grid's 0…{count - 1}")
+    return chosen.to(device=device, dtype=torch.int64)
+
+
 def in_precision(model: Any, dtype: torch.dtype | None) -> Any:
     """The model, or a copy of it converted to ``dtype`` (the caller's model is left alone)."""
     import copy
@@ -271,6 +344,14 @@ def drilldown_settings(
     if stride.h != stride.w:
         raise InvalidInputError("drill-down needs a square stride (one int)", option="stride")
     assert ratio is not None
+    if goal is None and ratio * DEFAULT_TARGET >= 1:  # the default target, never asked for
+        raise InvalidInputError(
+            f"drilldown={ratio:g} re-runs {ratio:.0%} of the cells at the fine stride, so the "
+            f"default speedup target {DEFAULT_TARGET:g}× is out of reach (a drill-down is less "
+            f"than 1/{ratio:g} = {1 / ratio:.3g}× faster): use a smaller fraction (the paper's "
+            f"{DEFAULT_RATIO:g}) or give a reachable speedup=",
+            option="drilldown",
+        )
     return DrillDown.plan(ratio, goal or DEFAULT_TARGET, stride.h, chosen)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
+from compiler.errors import InvalidInputError
+
 
 def _array(heatmap: Tensor | np.ndarray) -> np.ndarray:
     if isinstance(heatmap, Tensor):
@@ -30,13 +32,18 @@ def ssim(exact: Tensor | np.ndarray, approx: Tensor | np.ndarray) -> float:
     from skimage.metrics import structural_similarity
 
     e, a = _array(exact), _array(approx)
+    if e.ndim != 2 or e.shape != a.shape:
+        raise InvalidInputError(
+            f"SSIM compares two heatmaps of one shape [rows, cols], got {list(e.shape)} and "
+            f"{list(a.shape)}"
+        )
     span = float(e.max() - e.min())
     if span == 0:
         return 1.0 if np.array_equal(e, a) else 0.0
     side = min(e.shape)
     window = min(7, side if side % 2 else side - 1)
     if window < 3:
-        raise ValueError(f"SSIM needs a heatmap of at least 3×3 cells, got {e.shape}")
+        raise InvalidInputError(f"SSIM needs a heatmap of at least 3×3 cells, got {list(e.shape)}")
     return float(structural_similarity(e, a, data_range=span, win_size=window))
 
 

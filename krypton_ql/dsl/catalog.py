@@ -8,6 +8,7 @@ needs them; a user table is registered in the session's DuckDB.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from torch import Tensor, nn
 from compiler.errors import InvalidInputError
 from krypton_ql.dsl.engine import Engine
 from krypton_ql.dsl.errors import QueryError
+
+log = logging.getLogger(__name__)
 
 Transform = Callable[[Any], Tensor]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -58,10 +61,10 @@ def image_set(images: Any) -> Images:
             raise InvalidInputError("an image tensor must have shape [N, C, H, W]")
         return Images({str(i): images[i] for i in range(len(images))})
     if isinstance(images, (str, Path)) and Path(images).is_dir():
-        files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(Path(images))
         if not files:
             raise InvalidInputError(f"no image files in {images}")
-        return Images({p.stem: _photo_loader(p) for p in files}, raw=True)
+        return Images(_by_stem(files), raw=True)
     if isinstance(images, (list, tuple)) and images and all(isinstance(i, Tensor) for i in images):
         return Images({str(i): t for i, t in enumerate(images)})
     if isinstance(images, (list, tuple, str, Path)):
@@ -69,10 +72,39 @@ def image_set(images: Any) -> Images:
         missing = [str(p) for p in paths if not p.is_file()]
         if missing or not paths:
             raise InvalidInputError(f"no such image files: {missing or paths}")
-        return Images({p.stem: _photo_loader(p) for p in paths}, raw=True)
+        return Images(_by_stem(paths), raw=True)
     raise InvalidInputError(
         "register_images takes a tensor [N,C,H,W], a list of tensors, image files or a folder"
     )
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The folder's image files, sorted; entries with an image suffix that are not regular
+    files (a directory, a FIFO, a broken or looping link) are skipped with one warning."""
+    named = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = [p for p in named if p.is_file()]
+    if len(files) < len(named):
+        skipped = [p.name for p in named if p not in files]
+        listed = ", ".join(skipped[:5]) + (" …" if len(skipped) > 5 else "")
+        log.warning(
+            "skipped %d entries of %s that are not regular files: %s", len(skipped), folder, listed
+        )
+    return files
+
+
+def _by_stem(paths: list[Path]) -> dict[str, Any]:
+    """Photo loaders named by file stem; two files with one stem are an error naming both."""
+    named: dict[str, Any] = {}
+    first: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in first:
+            raise InvalidInputError(
+                f"two image files are both named {path.stem!r}: {first[path.stem]} and {path} "
+                "(images are named by file stem; rename one)"
+            )
+        first[path.stem] = path
+        named[path.stem] = _photo_loader(path)
+    return named
 
 
 def load(images: Images, name: str, model: Model, text: str) -> Tensor:

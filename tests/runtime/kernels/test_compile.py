@@ -48,6 +48,8 @@ def test_every_kernel_kind_compiles_spill_free_for_both_targets(tmp_path) -> Non
         for target in ("sm_90", "sm_80"):
             for dtype in ("fp32", "bf16"):
                 assert (kernel, target, dtype) in seen
+    weighted = {r["target"] for r in result["reports"] if r["flags"].get("WEIGHTED")}
+    assert weighted == {"sm_90", "sm_80"}  # the depthwise convolution's weighted sum
     convs = [r for r in result["reports"] if r["kernel"] == "gather_conv2d_kernel"]
     assert all(r["tensor_cores"] for r in convs if r["tensor_cores_expected"])
     assert any(not r["tensor_cores_expected"] for r in convs)  # the exact-fp32 variant too
