@@ -8,8 +8,14 @@ unqualified when the call is that SELECT's only source), the SELECT has no outer
 conjunct has no subquery, aggregate, window or volatile function. DuckDB still applies the whole
 WHERE clause to the computed relation; a pushed predicate only decides which positions, classes
 and images are computed. Classes are the exception that makes pushdown part of the meaning:
-``class = c`` / ``class IN (…)`` (or ``label = '…'``) chooses the classes the relation holds —
-without one, each image's predicted class (or the ``target`` option).
+a WHERE clause that reads ``class`` or ``label`` chooses the classes the relation holds —
+without one, each image's predicted class (or the ``target`` option). Which classes follows
+from the whole clause by logic, so that equivalent clauses give the same relation
+(``class = 1 OR class = 2``, ``class IN (1, 2)``, ``NOT (class <> 1 AND class <> 2)``): each
+conjunct that reads only ``class``/``label`` is evaluated over every class; one that also reads
+other columns of the scan bounds the classes with those columns' conditions unknown (SQL's
+NULL: a class is kept unless the conjunct is false for it whatever the rest is); one that reads
+anything else cannot bound them, and every class is scanned.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from krypton_ql.dsl.parse import Statement, calls, fail, position
 
 COLUMNS = ("image", "row", "col", "y", "x", "class", "label", "prob", "base_prob", "drop")
 POSITION_COLUMNS = frozenset({"row", "col", "y", "x"})
+CLASS_COLUMNS = frozenset({"class", "label"})
 APPROXIMATE = frozenset({"tau", "drilldown", "speedup", "ssim"})
 OPTIONS = frozenset(
     {
@@ -57,8 +64,9 @@ class Scan:
     option_nodes: dict[str, exp.Expression] = field(default_factory=dict)
     position_filters: list[exp.Expression] = field(default_factory=list)
     image_filters: list[exp.Expression] = field(default_factory=list)
-    class_filters: list[exp.Expression] = field(default_factory=list)
-    label_filters: list[exp.Expression] = field(default_factory=list)
+    class_filters: list[exp.Expression] = field(default_factory=list)  # class/label only
+    class_bounds: list[exp.Expression] = field(default_factory=list)  # kept unless FALSE
+    reads_class: bool = False  # some conjunct reads class or label: the classes follow from it
 
 
 @dataclass
@@ -236,6 +244,8 @@ def _push_down(scan: Scan, table: exp.Table, text: str) -> None:
         return  # an outer join: a filter above it does not commute with the scan
     alone = len(_sources(select)) == 1
     for predicate in conjuncts(select.args["where"].this):
+        if _reads_class(predicate, scan.qualifier, alone):
+            scan.reads_class = True
         columns = _own_columns(predicate, scan.qualifier, alone)
         if not columns:
             continue
@@ -243,10 +253,34 @@ def _push_down(scan: Scan, table: exp.Table, text: str) -> None:
             scan.position_filters.append(predicate)
         elif columns == {"image"}:
             scan.image_filters.append(predicate)
-        elif columns == {"class"} and _is_membership(predicate):
+        elif columns <= CLASS_COLUMNS:
             scan.class_filters.append(predicate)
-        elif columns == {"label"} and _is_membership(predicate):
-            scan.label_filters.append(predicate)
+        elif columns & CLASS_COLUMNS:
+            scan.class_bounds.append(_class_bound(predicate))
+
+
+def _reads_class(predicate: exp.Expression, qualifier: str, alone: bool) -> bool:
+    """Whether the predicate reads the scan's ``class`` or ``label`` column."""
+    return any(
+        str(column.name).lower() in CLASS_COLUMNS
+        and (str(column.table) == qualifier if column.table else alone)
+        for column in predicate.find_all(exp.Column)
+    )
+
+
+def _class_bound(predicate: exp.Expression) -> exp.Expression:
+    """The predicate with each condition on other columns replaced by NULL (unknown): for a
+    class it is FALSE only if the predicate is false whatever those columns hold. Iterative, so
+    long chains of ORs do not recurse."""
+    bound = predicate.copy()
+    pending = [bound]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (exp.And, exp.Or, exp.Not, exp.Paren)):
+            pending.extend(child for child in (node.this, node.args.get("expression")) if child)
+        elif {str(c.name).lower() for c in node.find_all(exp.Column)} - CLASS_COLUMNS:
+            node.replace(exp.Null())
+    return bound
 
 
 def _own_columns(predicate: exp.Expression, qualifier: str, alone: bool) -> set[str]:
@@ -271,21 +305,6 @@ def _own_columns(predicate: exp.Expression, qualifier: str, alone: bool) -> set[
 def _function_name(node: exp.Func) -> str:
     name = node.name if isinstance(node, exp.Anonymous) else node.sql_name()
     return str(name).lower()
-
-
-def _is_membership(predicate: exp.Expression) -> bool:
-    """``column = constant`` (either side) or ``column IN (constants)``."""
-    if isinstance(predicate, exp.EQ):
-        sides = (predicate.this, predicate.expression)
-        return sum(isinstance(s, exp.Column) for s in sides) == 1 and not any(
-            s.find(exp.Column) for s in sides if not isinstance(s, exp.Column)
-        )
-    return (
-        isinstance(predicate, exp.In)
-        and isinstance(predicate.this, exp.Column)
-        and bool(predicate.expressions)
-        and not any(e.find(exp.Column) for e in predicate.expressions)
-    )
 
 
 def unqualified(predicate: exp.Expression) -> str:

@@ -31,7 +31,7 @@ _MACROS = (
     "kql_cells := list(struct_pack(kql_row := r, kql_col := c, kql_value := CAST(v AS FLOAT)) "
     "ORDER BY r, c))",
 )
-_KIND = re.compile(r"^(\w+ Error): ", re.DOTALL)
+_KIND = re.compile(r"^((?:\w+ )+Error): ", re.DOTALL)
 _NAMED = re.compile(r"with name \"?([\w.]+)\"? does not exist")
 
 
@@ -90,6 +90,8 @@ class Engine:
         for macro in _MACROS:
             self.connection.execute(macro)
         self.connection.execute("SET errors_as_json = true")
+        # SQL's arithmetic, not IEEE's: x / 0 is an error (as x % 0 already is), never ±inf
+        self.connection.execute("SET ieee_floating_point_ops = false")
 
     def register(self, name: str, table: pa.Table) -> None:
         self.connection.register(name, table)

@@ -47,24 +47,22 @@ def image_names(engine: Engine, scan: Scan, statement: Statement, names: list[st
 def classes(
     engine: Engine, scan: Scan, statement: Statement, count: int, labels: Sequence[str] | None
 ) -> tuple[int, ...] | None:
-    """The classes the relation holds: those the class and label predicates keep, else the
-    ``target`` option, else None (each image's predicted class)."""
+    """The classes the relation holds: when the WHERE clause reads ``class`` or ``label``, the
+    classes it can hold for (bind.py), else the ``target`` option, else None (each image's
+    predicted class)."""
     for predicate in scan.class_filters:
         for value in _constants(predicate, statement.text):
             _check_class(value, count, predicate, statement, integers_only=True)
     if "target" in scan.options:
         _check_class(scan.options["target"], count, scan.option_nodes["target"], statement)
-    if not scan.class_filters and not scan.label_filters:
+    if not scan.reads_class:
         return (scan.options["target"],) if "target" in scan.options else None
     names = [labels[c] if labels is not None and c < len(labels) else str(c) for c in range(count)]
-    chosen = _filter(
-        engine,
-        statement,
-        scan.class_filters + scan.label_filters,
-        'SELECT unnest(range(?)) AS "class", unnest(?) AS label, "class" AS kql_i',
-        [count, names],
-    )
-    return tuple(chosen)
+    source = 'SELECT unnest(range(?)) AS "class", unnest(?) AS label, "class" AS kql_i'
+    predicates = scan.class_filters + [_not_false(bound) for bound in scan.class_bounds]
+    if not predicates:  # read, but by conditions on other tables: every class
+        return tuple(range(count))
+    return tuple(_filter(engine, statement, predicates, source, [count, names]))
 
 
 def positions(
@@ -81,6 +79,13 @@ def positions(
     finally:
         engine.unregister("kql_grid")
     return np.asarray(chosen, dtype=np.int64)
+
+
+def _not_false(predicate: exp.Expression) -> exp.Expression:
+    """``NOT ((predicate) IS FALSE)``: true or unknown."""
+    return exp.Not(
+        this=exp.Paren(this=exp.Is(this=exp.Paren(this=predicate), expression=exp.false()))
+    )
 
 
 def _filter(
