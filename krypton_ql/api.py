@@ -27,6 +27,7 @@ from krypton_ql.approx import DrillDownPlan
 from krypton_ql.options import Options
 from krypton_ql.plans import HeatmapPlan, OcclusionResult, ProgressArg
 from krypton_ql.progress import progress_callback
+from runtime import memory
 from runtime.backends import runner_for
 from runtime.executor import Executor, materialize, select_scores
 from runtime.memory import default_budget
@@ -134,6 +135,7 @@ class OcclusionPlan(HeatmapPlan):
         weights = Weights(self.exported.tensors)
         with torch.no_grad():
             views = self._views(images, weights, reuse_clean)
+            batch = memory.batch_for(self.physical, images.element_size(), images.device)
             logits = views[self.physical.output]
             check.finite_scores(logits)
             if targets is None:
@@ -153,13 +155,7 @@ class OcclusionPlan(HeatmapPlan):
             )
             total = len(images) * (len(positions) if positions is not None else len(self.positions))
             with progress_callback(progress, total, "occlusion") as report:
-                scores = executor.run(
-                    targets,
-                    self.occlusion.score,
-                    self.physical.batching.batch_size,
-                    report,
-                    positions,
-                )
+                scores = executor.run(targets, self.occlusion.score, batch, report, positions)
         heatmaps = scores.reshape(len(images), targets.shape[1], *self.grid)
         return OcclusionResult(heatmaps, base, targets, executor.queries_run)
 
@@ -200,7 +196,13 @@ class OcclusionPlan(HeatmapPlan):
         ):
             self.clean_forwards_reused += 1
             return kept[1]
-        views = materialize(self.physical, images, weights)
+        element = images.element_size()
+        memory.check_fits(self.physical, len(images), element, images.device)
+        needed = memory.view_bytes(self.physical, len(images), element)
+        views = memory.allocating(
+            "computing the clean forward's views", needed, images.device,
+            lambda: materialize(self.physical, images, weights),
+        )  # fmt: skip
         self._clean = (images.clone(), views) if reuse else None
         return views
 

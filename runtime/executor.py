@@ -14,6 +14,7 @@ from compiler.ir import Constant, Input
 from compiler.physical import PhysicalPlan
 from compiler.types import Score
 from runtime import full as full_ops
+from runtime import memory
 from runtime.backends import Runner, TorchRunner
 from runtime.values import Batch, Env, Patch
 from runtime.weights import Weights
@@ -98,11 +99,19 @@ class Executor:
             image, position = index // len(chosen), chosen[index % len(chosen)]
             try:
                 values = self._run_batch(image, position, targets, score)
-            except torch.OutOfMemoryError:
-                if size == 1:
+            except Exception as error:  # an allocator's failure halves the batch
+                if not memory.is_allocation_failure(error):
                     raise
+                device = self._top.device
+                if size == 1:
+                    needed = self.plan.batching.bytes_per_query
+                    raise memory.OutOfMemoryError(
+                        f"out of {device.type} memory running one query (its buffers need "
+                        f"about {needed:,} bytes at fp32): use a smaller image or patch, a lower "
+                        "precision, or a device with more memory"
+                    ) from None
                 size = max(1, size // 2)
-                log.warning("out of device memory; retrying with batch size %d", size)
+                log.warning("out of %s memory; retrying with batch size %d", device.type, size)
                 continue
             scores[image * self._positions + position] = values
             start += len(index)
