@@ -21,6 +21,7 @@ import argparse
 import csv
 import logging
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.run(args)
+    except BrokenPipeError:  # the reader went away (| head): stop quietly, like other tools
+        _silence_stdout()
+        return EXIT_OK
     except KryptonError as error:
         print(f"kql: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -57,6 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kql: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's exit flush does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -126,6 +141,13 @@ def _session_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="efficientnet_lite0 (default)")
     parser.add_argument("--arch", help="a torchvision architecture, with --weights")
     parser.add_argument("--weights", help="a local state dict for --arch")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="refuse image files with more pixels (default 89,478,485, PIL's limit)",
+    )
 
 
 def _session(args: argparse.Namespace):
@@ -135,6 +157,10 @@ def _session(args: argparse.Namespace):
     from krypton_ql import models
     from krypton_ql.dsl import catalog
 
+    if args.max_pixels is not None:
+        if args.max_pixels < 1:
+            raise InvalidInputError(f"--max-pixels must be positive, got {args.max_pixels}")
+        catalog.MAX_PIXELS = args.max_pixels
     session = kql.connect(args.database)
     if args.arch or args.weights:
         if not (args.arch and args.weights):
@@ -185,21 +211,54 @@ def _query(args: argparse.Namespace) -> int:
     exact_sql = _APPROXIMATE_OPTION.sub("", args.sql)
     if args.compare_exact and exact_sql == args.sql:
         raise InvalidInputError("--compare-exact needs a query with approximation options")
-    session, module, display = _session(args)
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
-    exact = session.sql(exact_sql, progress=progress) if args.compare_exact else None
-    result = session.sql(args.sql, progress=progress)  # last: the plan of record
     out = Path(args.out)
-    written, rows = write_results(session, module, display, result, args.sql, out, exact)
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(result.columns)
-        writer.writerows(rows)
-    written.append(out / "results.csv")
-    written.append(result.to_parquet(out / "results.parquet"))
+    staging = _staging(out)  # checked before the query runs, not after
+    try:
+        session, module, display = _session(args)
+        progress = sys.stderr.isatty() if args.progress is None else args.progress
+        exact = session.sql(exact_sql, progress=progress) if args.compare_exact else None
+        result = session.sql(args.sql, progress=progress)  # last: the plan of record
+        written, rows = write_results(session, module, display, result, args.sql, staging, exact)
+        with open(staging / "results.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(result.columns)
+            writer.writerows(rows)
+        written.append(staging / "results.csv")
+        written.append(result.to_parquet(staging / "results.parquet"))
+        _publish(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     print(result)
     print(f"wrote {len(written)} files to {out}/ ({session.last_queries} occlusion queries)")
     return EXIT_OK
+
+
+def _staging(out: Path) -> Path:
+    """A fresh folder beside ``out`` that the results are written to first: a run leaves
+    complete results in ``out`` or none (an unwritable ``out`` fails before the query)."""
+    import tempfile
+
+    from compiler.errors import InvalidInputError
+
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--out {out} exists and is not a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    except OSError as error:
+        raise InvalidInputError(f"cannot write results to {out}: {error.strerror}") from None
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move the staged results into ``out`` (one rename when ``out`` is new)."""
+    import os
+
+    if not out.exists():
+        staging.rename(out)
+        return
+    for path in staging.iterdir():
+        os.replace(path, out / path.name)
 
 
 def write_results(

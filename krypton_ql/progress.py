@@ -17,7 +17,9 @@ def progress_callback(progress: Any, total: int, label: str) -> Iterator[Report 
     """Yield a ``(done, total)`` callback: ``True`` shows a tqdm bar on stderr, ``"auto"`` shows
     one when stderr is a terminal, a callable is used as is, ``False`` reports nothing."""
     if progress == "auto":
-        progress = sys.stderr.isatty()
+        progress = _stderr_open() and sys.stderr.isatty()
+    elif progress is True and not _stderr_open():
+        progress = False  # nowhere to draw a bar (stderr closed): run without one
     if callable(progress):
         yield progress
         return
@@ -33,3 +35,14 @@ def progress_callback(progress: Any, total: int, label: str) -> Iterator[Report 
         yield report
     finally:
         bar.close()
+
+
+def _stderr_open() -> bool:
+    stream = sys.stderr
+    if stream is None or getattr(stream, "closed", False):
+        return False
+    try:
+        stream.fileno()
+        return True
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -178,3 +178,57 @@ def test_shell_reads_statements_on_stdin(photos: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "cat   | tiger cat | 4" in done.stdout and "cells" in done.stdout
     assert 'column "oops" was not found' in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_unwritable_out_fails_before_the_query_runs(photos: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file, not a folder")
+    done = kql("query", "SELECT heatmap(prob) FROM occlusion(images, model, patch => 8)",
+               "--images", str(photos), "--out", str(blocker))  # fmt: skip
+    assert done.returncode == 2 and "exists and is not a folder" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_failed_write_leaves_no_partial_results(
+    photos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from krypton_ql import cli
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli, "write_results", broken)
+    out = tmp_path / "results"
+    sql = "SELECT image, heatmap(prob) AS h FROM occlusion(images, model, patch => 56, stride => 56) GROUP BY image"  # noqa: E501
+    code = cli.main(["query", sql, "--images", str(photos / "cat.png"), "--out", str(out),
+                     "--no-progress"])  # fmt: skip
+    assert code == 2
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # no staging folder left
+
+
+def test_a_closed_pipe_ends_quietly(photos: Path) -> None:
+    command = (
+        f"{sys.executable} -m krypton_ql.cli explain "
+        "'SELECT heatmap(prob) FROM occlusion(images, model, patch => 56, stride => 56)' "
+        f"--images {photos} | head -1"
+    )
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command], cwd=ROOT, capture_output=True, text=True,
+        timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.stdout.count("\n") == 1
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+def test_an_image_above_the_pixel_limit_is_refused_with_the_option_to_raise_it(
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    Image.new("1", (10_000, 10_000)).save(tmp_path / "huge.png")  # 10⁸ pixels, 12 KiB
+    sql = "SELECT heatmap(prob) FROM occlusion(images, model, patch => 56, stride => 56)"
+    done = kql("query", sql, "--images", str(tmp_path / "huge.png"), "--out", str(tmp_path / "o"))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "100,000,000 pixels, above the limit of 89,478,485" in done.stderr
+    assert "--max-pixels" in done.stderr and "Traceback" not in done.stderr
+    assert "DecompressionBomb" not in done.stderr

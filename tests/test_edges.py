@@ -202,3 +202,44 @@ def test_a_folder_skips_what_is_not_a_regular_image_file(tmp_path, caplog) -> No
     assert [f.name for f in files] == ["good.png"]
     warnings = [r for r in caplog.records if "not regular files" in r.getMessage()]
     assert len(warnings) == 1 and "folder.png, loop.png, pipe.png" in warnings[0].getMessage()
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this ran while loading",))
+
+
+def test_weights_files_that_do_not_fit_say_why(tmp_path) -> None:
+    import torchvision
+
+    from krypton_ql import models
+
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    shaped = {k: v for k, v in state.items() if k != "fc.bias"}
+    shaped["fc.weight"] = torch.zeros(10, 512)
+    files = {
+        "prefixed": ({f"module.{k}": v for k, v in state.items()}, "'module.' prefix"),
+        "integer_keys": ({1: torch.zeros(1)}, "entry 1 is not a parameter name and tensor"),
+        "shapes": (shaped, r"1 missing keys \(fc.bias\); 1 shape mismatches \(fc.weight is "
+                           r"\[10, 512\] in the file but \[1000, 512\] in the model\)"),
+        "pickle": ({"a": _Evil()}, "could run code when loaded"),
+    }  # fmt: skip
+    for name, (content, message) in files.items():
+        torch.save(content, tmp_path / f"{name}.pt")
+        with pytest.raises(InvalidInputError, match=message):
+            models.torchvision_model("resnet18", str(tmp_path / f"{name}.pt"))
+    (tmp_path / "empty.pt").touch()
+    with pytest.raises(InvalidInputError, match="the file is empty"):
+        models.torchvision_model("resnet18", str(tmp_path / "empty.pt"))
+
+
+def test_progress_with_stderr_closed_runs_without_a_bar(monkeypatch) -> None:
+    import sys
+
+    from krypton_ql.progress import progress_callback
+
+    monkeypatch.setattr(sys, "stderr", None)
+    with progress_callback(True, 10, "occlusion") as report:
+        assert report is None
+    got = kql.occlusion_heatmap(_model(), IMAGE, patch=2, stride=2, progress=True)
+    assert torch.allclose(got, kql.naive_heatmap(_model(), IMAGE, patch=2, stride=2), atol=1e-6)

@@ -161,11 +161,26 @@ def _is_dataframe(data: Any) -> bool:
     return type(data).__module__.split(".")[0] == "pandas" and hasattr(data, "columns")
 
 
+# Photos larger than this are refused (a decompression bomb, or a mistake): PIL's own limit,
+# about 89 million pixels. ``kql --max-pixels N`` (or setting this) raises it.
+MAX_PIXELS = 89_478_485
+
+
 def _photo_loader(path: Path) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
         from PIL import Image
 
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"))  # a writable copy
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # checked here instead
+        try:
+            with Image.open(path) as image:  # reads the header only
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise InvalidInputError(
+                        f"{path} has {width}×{height} = {width * height:,} pixels, above the "
+                        f"limit of {MAX_PIXELS:,} (kql --max-pixels N raises it)"
+                    )
+                return np.array(image.convert("RGB"))  # a writable copy
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
 
     return load

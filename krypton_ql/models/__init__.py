@@ -59,21 +59,81 @@ def torchvision_model(arch: str, weights: str) -> tuple[torch.nn.Module, int]:
         raise InvalidInputError(f"unknown torchvision architecture {arch!r}")
     options = {"aux_logits": False, "init_weights": False} if arch == "inception_v3" else {}
     model = torchvision.models.get_model(arch, weights=None, **options)
+    state = _load_state(weights)
+    state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
+    problem = _fit(model.state_dict(), state)
+    if problem:
+        raise InvalidInputError(f"{weights} does not fit {arch}: {problem}")
+    model.load_state_dict(state, strict=True)
+    return model.eval(), 299 if arch == "inception_v3" else 224
+
+
+def _load_state(weights: str) -> dict[str, Tensor]:
+    """A state dict from a local file, loaded with ``weights_only=True``: tensors only, since a
+    general pickle could run code when loaded."""
+    import pickle
+    from pathlib import Path
+
+    from compiler.errors import InvalidInputError
+
+    path = Path(weights)
+    if path.is_file() and path.stat().st_size == 0:
+        raise InvalidInputError(f"cannot load weights from {weights}: the file is empty")
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as error:  # unreadable, not a checkpoint, or unsafe pickles
-        raise InvalidInputError(f"cannot load weights from {weights}: {error}") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refused a global
+        raise InvalidInputError(
+            f"refused to load {weights}: it holds pickled Python objects besides tensors, which "
+            "could run code when loaded, and krypton-ql loads weights only as tensors; save a "
+            "plain state dict instead (torch.save(model.state_dict(), path))"
+        ) from None
+    except Exception as error:  # unreadable, or not a checkpoint
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InvalidInputError(f"cannot load weights from {weights}: {reason}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise InvalidInputError(f"{weights} does not hold a state dict")
-    state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise InvalidInputError(f"{weights} does not fit {arch}: {first}") from None
-    return model.eval(), 299 if arch == "inception_v3" else 224
+    if not isinstance(state, dict) or not state:
+        raise InvalidInputError(f"{weights} does not hold a state dict (a dict of tensors)")
+    wrong = next(
+        (k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, Tensor)), None
+    )
+    if wrong is not None:
+        raise InvalidInputError(
+            f"{weights} is not a state dict: entry {wrong!r} is not a parameter name and tensor"
+        )
+    return state
+
+
+def _fit(expected: dict[str, Tensor], state: dict[str, Tensor]) -> str:
+    """Why ``state`` does not fit a model whose state dict is ``expected`` ('' if it fits):
+    the first missing and unexpected keys and shape mismatches, and the fix for a ``module.``
+    prefix (a state dict saved from ``nn.DataParallel``)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} is {list(state[k].shape)} in the file but {list(v.shape)} in the model"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    parts = [
+        f"{len(found)} {what} ({separator.join(found[:3])}{(separator + '…') * (len(found) > 3)})"
+        for what, found, separator in (
+            ("missing keys", missing, ", "),
+            ("unexpected keys", unexpected, ", "),
+            ("shape mismatches", shapes, "; "),
+        )
+        if found
+    ]
+    if not parts:
+        return ""
+    prefixed = unexpected and all(k.startswith("module.") for k in unexpected)
+    if prefixed and {k.removeprefix("module.") for k in unexpected} >= set(missing):
+        parts.append(
+            "every key has a 'module.' prefix (saved from nn.DataParallel): save "
+            "model.module.state_dict(), or strip it with "
+            "{k.removeprefix('module.'): v for k, v in state.items()}"
+        )
+    return "; ".join(parts)
 
 
 def imagenet_transform(size: int = CROP):
