@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from compiler.errors import KryptonError
 from krypton_ql import models
 from krypton_ql.captum import Occlusion
 from tests.profiles import examples
@@ -136,3 +137,87 @@ def test_a_model_with_upsampling_is_accelerated_and_equals_captum() -> None:
         image, sliding_window_shapes=(3, 2, 2), strides=(3, 2, 2), target=1
     )
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def _small() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, 3)).eval()  # fmt: skip
+
+
+X = torch.rand(2, 3, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        (dict(sliding_window_shapes=(3, 2, 2), strides=(3, 4, 4), target=0), AssertionError),
+        (dict(sliding_window_shapes=[3, 2, 2], target=0), AssertionError),
+        (dict(sliding_window_shapes=(2, 2), target=0), AssertionError),
+        (dict(sliding_window_shapes=(3, 9, 9), target=0), AssertionError),
+        (dict(sliding_window_shapes=(3, 2, 2), target=torch.tensor([[0], [1]])), AssertionError),
+        (dict(sliding_window_shapes=(3, 2, 2), target=[0, 1, 2]), AssertionError),
+        (dict(sliding_window_shapes=(3, 2, 2), target=5), IndexError),
+    ],
+)
+def test_what_captum_rejects_is_rejected_with_an_error_of_captums_kind(arguments, error) -> None:
+    with pytest.raises(error):
+        captum.Occlusion(_small()).attribute(X, **arguments)
+    with pytest.raises(error) as ours:
+        Occlusion(_small()).attribute(X, **arguments)
+    assert isinstance(ours.value, KryptonError)
+
+
+def test_attribute_future_is_not_implemented_as_in_captum() -> None:
+    for occlusion in (captum.Occlusion(_small()), Occlusion(_small())):
+        with pytest.raises(NotImplementedError):
+            occlusion.attribute_future()
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        dict(inputs=(X,), sliding_window_shapes=((3, 2, 2),), strides=((3, 2, 2),)),
+        dict(inputs=X, sliding_window_shapes=(3, 2, 2), baselines=torch.rand(2, 3, 1, 1)),
+        dict(
+            inputs=X,
+            sliding_window_shapes=(3, 2, 2),
+            baselines=torch.tensor([0.5, 0.5])[:, None, None, None].expand(2, 3, 1, 1),
+        ),  # noqa: E501
+        dict(inputs=X.double(), sliding_window_shapes=(3, 3, 3), strides=2),
+    ],
+)
+def test_calls_captum_takes_are_accelerated_and_equal_captum(arguments) -> None:
+    inputs = arguments["inputs"]
+    model = _small().to(inputs.dtype if isinstance(inputs, torch.Tensor) else torch.float32)
+    ours = Occlusion(model)
+    got = ours.attribute(target=1, **arguments)
+    expected = captum.Occlusion(model).attribute(target=1, **arguments)
+    assert ours.delegated is None
+    if isinstance(expected, tuple):
+        assert isinstance(got, tuple) and len(got) == 1
+        got, expected = got[0], expected[0]
+    assert got.dtype == expected.dtype
+    _assert_close(got, expected, model, inputs[0] if isinstance(inputs, tuple) else inputs)
+
+
+def test_a_baseline_is_broadcast_as_captum_broadcasts_it(caplog) -> None:
+    """A 1-D baseline of length C is broadcast along the width (W = C here): it varies inside
+    each channel, so the call goes to Captum and returns Captum's numbers."""
+    model, images = _small(), torch.rand(1, 3, 3, 3)
+    ours = Occlusion(model)
+    arguments = dict(sliding_window_shapes=(3, 2, 2), baselines=torch.tensor([0.0, 10.0, 20.0]),
+                     target=0)  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="krypton_ql.captum"):
+        got = ours.attribute(images, **arguments)
+    assert ours.delegated == "the baseline varies inside a channel"
+    assert torch.equal(got, captum.Occlusion(model).attribute(images, **arguments))
+
+
+def test_a_model_in_training_mode_is_delegated() -> None:
+    model = _small().train()
+    ours = Occlusion(model)
+    got = ours.attribute(X, sliding_window_shapes=(3, 2, 2), target=0)
+    assert ours.delegated == "the model is in training mode"
+    expected = captum.Occlusion(model).attribute(X, sliding_window_shapes=(3, 2, 2), target=0)
+    assert torch.equal(got, expected)
