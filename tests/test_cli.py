@@ -232,3 +232,27 @@ def test_an_image_above_the_pixel_limit_is_refused_with_the_option_to_raise_it(
     assert "100,000,000 pixels, above the limit of 89,478,485" in done.stderr
     assert "--max-pixels" in done.stderr and "Traceback" not in done.stderr
     assert "DecompressionBomb" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["query", "SELECT 1/0 AS x FROM occlusion(images, model, patch => 56, stride => 56)"],
+         "Division by zero"),
+        (["query", "SELECT * FROM occlusion(images, model, patch => 0)"], "patch must be at least"),
+        (["query", "SELECT * FROM occlusion(images, model, patch => 8)", "--images", "nope.png"],
+         "no such image file or folder"),
+        (["explain", "SELECT * FROM occlusion(images, model, patch => 8)", "--model", "nope"],
+         "unknown model 'nope'"),
+        (["explain", "SELECT * FROM occlusion(images, resnet18, patch => 8)", "--arch",
+          "resnet18", "--weights", "missing.pt"], "cannot load weights from missing.pt"),
+        (["explain", "SELECT * FROM occlusion(images, model, patch => 8)", "--max-pixels", "0"],
+         "--max-pixels must be positive"),
+    ],
+)  # fmt: skip
+def test_bad_input_exits_2_with_a_message_and_no_traceback(args, message, capsys) -> None:
+    from krypton_ql.cli import main
+
+    code = main(args)  # an escaping exception would fail this test
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.startswith("kql: error:"), err

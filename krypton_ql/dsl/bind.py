@@ -226,13 +226,18 @@ def _check_range(name: str, value: Any, node: exp.Expression, text: str) -> None
 
 
 def conjuncts(node: exp.Expression | None) -> list[exp.Expression]:
-    if node is None:
-        return []
-    if isinstance(node, exp.Paren):
-        return conjuncts(node.this)
-    if isinstance(node, exp.And):
-        return conjuncts(node.this) + conjuncts(node.expression)
-    return [node]
+    """The AND-ed parts of a predicate, in order (iterative: a long chain does not recurse)."""
+    found: list[exp.Expression] = []
+    pending = [node] if node is not None else []
+    while pending:
+        current = pending.pop()
+        if isinstance(current, exp.Paren):
+            pending.append(current.this)
+        elif isinstance(current, exp.And):
+            pending.extend((current.expression, current.this))
+        else:
+            found.append(current)
+    return found
 
 
 def _push_down(scan: Scan, table: exp.Table, text: str) -> None:

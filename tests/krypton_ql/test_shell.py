@@ -7,6 +7,7 @@ import io
 import os
 import pty
 import select
+import signal
 import sys
 import time
 from pathlib import Path
@@ -137,11 +138,26 @@ def test_on_a_terminal_ctrl_c_clears_the_line_and_history_is_kept(tmp_path) -> N
     read_until(b"kql> ", count=2)  # the shell's fresh prompt (the terminal echoes ^C at once)
     os.write(controller, b"SELECT 41 + 1 AS answer;\n")
     read_until(b"(1 rows)")
+    read_until(b"kql> ", count=3)
+    time.sleep(1.0)  # as for Ctrl-C: let readline reach its wait before the keystroke
     os.write(controller, b"\x04")
     read_until(b"never-appears", 10)  # until the shell exits and the terminal closes
-    _, status = os.waitpid(pid, 0)
+    status = _wait(pid, 60)
     os.close(controller)
     text = output.decode(errors="replace")
     assert os.waitstatus_to_exitcode(status) == 0, text
     assert "answer" in text and "42" in text and "never\r\n-" not in text
     assert "SELECT 41 + 1 AS answer;" in history.read_text()
+
+
+def _wait(pid: int, seconds: float) -> int:
+    """The child's wait status; a child still running after ``seconds`` is killed (the test
+    then fails on its status instead of hanging)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    return os.waitpid(pid, 0)[1]
