@@ -209,7 +209,7 @@ def dtype(value: Any) -> torch.dtype | None:
     """``None`` (the model's own precision) or one of ``fp32``, ``bf16``, ``fp16``."""
     if value is None:
         return None
-    if value not in PRECISIONS:
+    if not isinstance(value, str) or value not in PRECISIONS:
         raise InvalidInputError(
             f"precision must be one of {', '.join(PRECISIONS)} (or None), got {value!r}",
             option="precision",

@@ -237,9 +237,9 @@ def test_an_image_above_the_pixel_limit_is_refused_with_the_option_to_raise_it(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["query", "SELECT 1/0 AS x FROM occlusion(images, model, patch => 56, stride => 56)"],
+        (["query", "SELECT 1/0 AS x FROM occlusion(photos, model, patch => 56, stride => 56)"],
          "Division by zero"),
-        (["query", "SELECT * FROM occlusion(images, model, patch => 0)"], "patch must be at least"),
+        (["query", "SELECT * FROM occlusion(photos, model, patch => 0)"], "patch must be at least"),
         (["query", "SELECT * FROM occlusion(images, model, patch => 8)", "--images", "nope.png"],
          "no such image file or folder"),
         (["explain", "SELECT * FROM occlusion(images, model, patch => 8)", "--model", "nope"],
