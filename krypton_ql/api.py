@@ -23,6 +23,7 @@ from compiler.lower import lower
 from compiler.pipeline import optimize
 from compiler.types import Size2
 from krypton_ql import options as check
+from krypton_ql import segmentation
 from krypton_ql.approx import DrillDownPlan
 from krypton_ql.options import Options
 from krypton_ql.plans import HeatmapPlan, OcclusionResult, ProgressArg
@@ -311,13 +312,36 @@ def occlusion_heatmap(
     ssim: float | None = None,
     profile: Any = None,
     drilldown_mode: str = "grid",
+    region: Any = None,
+    output: Any = None,
 ) -> Tensor:
     """Occlusion heatmap, computed incrementally: ``[rows, cols]`` for ``[C,H,W]``,
     ``[N, rows, cols]`` for ``[N,C,H,W]``. Cell ``(i, j)`` is the target's score (softmax
     probability, or the raw output with ``score="logit"``) with the patch at ``(i·Sy, j·Sx)``.
     Exact unless ``tau``, ``drilldown``, ``speedup`` or ``ssim`` asks for an approximation
-    (see ``compile``)."""
+    (see ``compile``).
+
+    A model whose output is a score map ``[N, K, H', W']`` (or a dict / tuple holding one:
+    ``output=`` names the entry, default ``"out"`` or the only map) is explained by region
+    scores (``krypton_ql.segmentation``): the cell is the mean over ``region`` — a boolean
+    mask ``[H, W]`` or a box ``(y0, x0, y1, x1)``, default the pixels the clean image predicts
+    as ``target`` — of the class's per-pixel probability (or logit), the map resized to the
+    input size as torchvision's heads do (bilinear)."""
     images = check.images(image)
+    if (
+        region is not None
+        or output is not None
+        or segmentation.returns_map(check.model(model), images, output)
+    ):
+        rest = dict(patch=patch, stride=stride, color=color, batch_size=batch_size,
+                    progress=progress, backend=backend, precision=precision, tau=tau,
+                    drilldown=drilldown, speedup=speedup, ssim=ssim, profile=profile,
+                    drilldown_mode=drilldown_mode)  # fmt: skip
+        maps = segmentation.heatmaps(
+            occlusion_heatmap, model, images, region=region, output=output, target=target,
+            score=score, **rest,
+        )  # fmt: skip
+        return maps[0] if image.dim() == 3 else maps
     options = Options.build(
         tuple(images.shape[1:]),
         patch=patch,

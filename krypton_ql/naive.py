@@ -15,6 +15,7 @@ from compiler.boxes import Positions
 from compiler.errors import InvalidInputError, UnsupportedOperationError
 from compiler.types import Score, Size2
 from krypton_ql import options as check
+from krypton_ql import segmentation
 from krypton_ql.options import Options
 from krypton_ql.progress import progress_callback
 from runtime.memory import default_budget
@@ -32,9 +33,23 @@ def naive_heatmap(
     batch_size: int | None = None,
     progress: bool | Any = "auto",
     precision: str | None = None,
+    region: Any = None,
+    output: Any = None,
 ) -> Tensor:
     """Same signature and semantics as ``occlusion_heatmap``, by full re-inference."""
     images = check.images(image)
+    if (
+        region is not None
+        or output is not None
+        or segmentation.returns_map(check.model(model), images, output)
+    ):
+        rest = dict(patch=patch, stride=stride, color=color, batch_size=batch_size,
+                    progress=progress, precision=precision)  # fmt: skip
+        maps = segmentation.heatmaps(
+            naive_heatmap, model, images, region=region, output=output, target=target,
+            score=score, **rest,
+        )  # fmt: skip
+        return maps[0] if image.dim() == 3 else maps
     options = Options.build(
         tuple(images.shape[1:]),
         patch=patch,

@@ -1,0 +1,242 @@
+"""Occlusion for models whose output is a score map (segmentation): which part of the image made
+the model label a region as a class.
+
+A model's map output ``[N, K, H', W']`` (or the entry of a dict / tuple that holds one —
+torchvision's segmentation models return ``{"out": …, "aux": …}``) becomes class scores
+``[N, K]`` by ``RegionScores``: the map is resized to the input size as torchvision's heads do
+(bilinear, ``align_corners=False``; a no-op for models that already return input-size maps),
+then each class's score is the mean over its region of the per-pixel softmax probability
+(``score="prob"``) or of the logit (``score="logit"``)::
+
+    score[k] = (1 / |R_k|) Σ_{(y, x) ∈ R_k} p[k, y, x]
+             = mean_{y, x}(p ⊙ w)[k],   w[k, y, x] = [(y, x) ∈ R_k] · H·W / |R_k|
+
+— a per-position softmax (element-wise in space), a product with a constant map (element-wise)
+and a global average pool, each of which the engine maintains incrementally: an occluded patch
+changes the map only in a bounded box, and the region sum by its delta over that box,
+``Σ_R f(V ⊕ Δ) = Σ_R f(V) + Σ_{box ∩ R} (f(new) − f(old))`` (``push_delta_through_global_pool``
+on the masked map). A region is a boolean mask ``[H, W]`` or a box ``(y0, x0, y1, x1)`` in input
+pixels (one for every class), or by default each class's own pixels in the clean image's
+prediction, so that every class of the image is explained in one pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from compiler.errors import InvalidInputError, UnsupportedOperationError
+
+
+class RegionScores(nn.Module):
+    """Class scores ``[N, K]`` of a map-output model: each class's mean score over its region.
+
+    ``weights`` ``[K, H, W]`` is ``[pixel in R_k] · H·W / |R_k|`` (0 for an empty region)."""
+
+    def __init__(
+        self, model: nn.Module, weights: Tensor, output: Any, score: str, size: tuple[int, int]
+    ):
+        super().__init__()
+        self.model, self.output, self.score, self.size = model, output, score, size
+        self.register_buffer("weights", weights[None].float())
+
+    def forward(self, x: Tensor) -> Tensor:
+        scores = select_map(self.model(x), self.output)
+        if tuple(scores.shape[-2:]) != self.size:
+            scores = F.interpolate(scores, size=self.size, mode="bilinear", align_corners=False)
+        if self.score == "prob":
+            scores = scores.softmax(1)
+        return (scores * self.weights).mean((2, 3))
+
+
+def select_map(output: Any, choice: Any = None) -> Tensor:
+    """The score map among a model's outputs: ``choice`` names a dict entry or a tuple index;
+    by default ``"out"`` or the only tensor."""
+    if isinstance(output, Tensor):
+        found = output
+    elif isinstance(output, Mapping):
+        key = choice if choice is not None else ("out" if "out" in output else None)
+        if key is None:
+            tensors = [k for k, v in output.items() if isinstance(v, Tensor)]
+            if len(tensors) != 1:
+                raise InvalidInputError(
+                    f"the model returns a dict with entries {list(output)}: choose one with "
+                    "output=", option="output",
+                )  # fmt: skip
+            key = tensors[0]
+        if key not in output:
+            raise InvalidInputError(
+                f"output={key!r} is not among the model's outputs {list(output)}", option="output"
+            )
+        found = output[key]
+    elif isinstance(output, Sequence):
+        tensors = [i for i, v in enumerate(output) if isinstance(v, Tensor)]
+        index = choice if choice is not None else (tensors[0] if len(tensors) == 1 else None)
+        if not isinstance(index, int) or not 0 <= index < len(output):
+            raise InvalidInputError(
+                f"the model returns {len(output)} values: choose one with output=<index>",
+                option="output",
+            )
+        found = output[index]
+    else:
+        raise UnsupportedOperationError(f"the model returns {type(output).__name__}")
+    if not isinstance(found, Tensor) or found.dim() != 4:
+        shape = list(found.shape) if isinstance(found, Tensor) else type(found).__name__
+        raise UnsupportedOperationError(
+            f"a region score needs a score map [N, classes, H, W] from the model, got {shape}"
+        )
+    return found
+
+
+def returns_map(model: nn.Module, images: Tensor, output: Any = None) -> bool:
+    """Whether the model's output (the chosen entry) is a score map rather than ``[N, K]``
+    (False when the model cannot run on the images, or is training: the classification path
+    then says why, and a training model's batch norms are left untouched)."""
+    if any(module.training for module in model.modules()):
+        return False
+    parameter = next(iter(model.parameters()), None)
+    if parameter is not None and (parameter.device, parameter.dtype) != (
+        images.device,
+        images.dtype,
+    ):
+        return False
+    try:
+        with torch.no_grad():
+            result = model(images[:1])
+    except Exception:  # the classification path reports the model's error cleanly
+        return False
+    if isinstance(result, Tensor):
+        return result.dim() == 4
+    if isinstance(result, Mapping | Sequence) and not isinstance(result, str):
+        values = list(result.values()) if isinstance(result, Mapping) else list(result)
+        return any(isinstance(v, Tensor) and v.dim() == 4 for v in values)
+    return False
+
+
+def heatmaps(
+    compute: Any,
+    model: nn.Module,
+    images: Tensor,
+    *,
+    region: Any,
+    output: Any,
+    target: Any,
+    score: Any,
+    **options: Any,
+) -> Tensor:
+    """``[N, rows, cols]`` region-score heatmaps of a map-output model by ``compute``
+    (``occlusion_heatmap`` or ``naive_heatmap``, called on ``RegionScores``): one plan for all
+    images with a given region, one per image with the default (predicted) regions."""
+    if score not in ("prob", "logit"):
+        raise InvalidInputError(f"score must be 'prob' or 'logit', got {score!r}", option="score")
+    size = (images.shape[-2], images.shape[-1])
+    count = len(images)
+    targets = _per_image(target, count)
+    if region is not None:
+        weights = region_weights(model, images[0], region, output, size)
+        check_target_region(weights, [t for t in targets if t is not None])
+        wrapper = RegionScores(model, weights, output, score, size).eval()
+        if all(t is None for t in targets):
+            return compute(wrapper, images, score="logit", **options)
+        chosen = [t if t is not None else default_target(weights) for t in targets]
+        return compute(wrapper, images, target=chosen, score="logit", **options)
+    maps = []
+    for index in range(count):
+        weights = region_weights(model, images[index], None, output, size)
+        chosen = targets[index] if targets[index] is not None else default_target(weights)
+        check_target_region(weights, [chosen])
+        wrapper = RegionScores(model, weights, output, score, size).eval()
+        maps.append(compute(wrapper, images[index], target=chosen, score="logit", **options))
+    return torch.stack(maps)
+
+
+def _per_image(target: Any, count: int) -> list[int | None]:
+    if isinstance(target, Tensor):
+        target = target.tolist()
+    if target is None or (isinstance(target, int) and not isinstance(target, bool)):
+        return [target] * count
+    if (
+        isinstance(target, Sequence)
+        and len(target) == count
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in target)
+    ):
+        return list(target)
+    raise InvalidInputError(
+        f"target must be a class or one class per image, got {target!r}", option="target"
+    )
+
+
+def region_weights(
+    model: nn.Module, image: Tensor, region: Any, output: Any, size: tuple[int, int]
+) -> Tensor:
+    """``[K, H, W]``: each class's region as mean weights — the ``region`` given (a mask or a
+    box, the same for every class), else the class's pixels in the clean prediction."""
+    with torch.no_grad():
+        scores = select_map(model(image[None]), output)
+    if tuple(scores.shape[-2:]) != size:
+        scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+    classes = scores.shape[1]
+    if region is None:
+        predicted = scores[0].argmax(0)
+        masks = predicted[None] == torch.arange(classes, device=predicted.device)[:, None, None]
+    else:
+        masks = region_mask(region, size).to(scores.device)[None].expand(classes, -1, -1)
+    counts = masks.flatten(1).sum(1).clamp(min=1)
+    return masks.float() * (size[0] * size[1] / counts)[:, None, None].float()
+
+
+def region_mask(region: Any, size: tuple[int, int]) -> Tensor:
+    """A boolean ``[H, W]`` mask from a mask or a box ``(y0, x0, y1, x1)`` (half-open)."""
+    height, width = size
+    if isinstance(region, Tensor) and region.dtype == torch.bool:
+        if tuple(region.shape) != size:
+            raise InvalidInputError(
+                f"region mask has shape {list(region.shape)}, the image is {height}×{width}",
+                option="region",
+            )
+        mask = region.cpu()
+    elif (
+        isinstance(region, Sequence)
+        and len(region) == 4
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in region)
+    ):
+        y0, x0, y1, x1 = region
+        if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
+            raise InvalidInputError(
+                f"region box {tuple(region)} is not inside the {height}×{width} image "
+                "(y0, x0, y1, x1 with y0 < y1, x0 < x1)",
+                option="region",
+            )
+        mask = torch.zeros(size, dtype=torch.bool)
+        mask[y0:y1, x0:x1] = True
+    else:
+        raise InvalidInputError(
+            "region must be a boolean mask [H, W] or a box (y0, x0, y1, x1)", option="region"
+        )
+    if not bool(mask.any()):
+        raise InvalidInputError("region is empty", option="region")
+    return mask
+
+
+def check_target_region(weights: Tensor, targets: Sequence[int]) -> None:
+    """Every target class has pixels in its region."""
+    for target in targets:
+        if not 0 <= target < len(weights):
+            raise InvalidInputError(
+                f"target {target} is outside the model's {len(weights)} classes", option="target"
+            )
+        if not bool(weights[target].any()):
+            raise InvalidInputError(
+                f"the clean image has no pixels predicted as class {target}: give region= "
+                "to explain it over a region of your choosing",
+                option="region",
+            )
+
+
+def default_target(weights: Tensor) -> int:
+    """The class with the largest region (the most predicted pixels)."""
+    return int((weights > 0).flatten(1).sum(1).argmax())

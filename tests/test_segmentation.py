@@ -1,0 +1,161 @@
+"""Region scores of map-output models (segmentation), exact: each heatmap equals a loop written
+here that occludes the image, runs the model, resizes its map, and averages the class's
+probability over the region — and the incremental plan is what the engine runs for it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import krypton_ql as kql
+from compiler.errors import InvalidInputError, UnsupportedOperationError
+from krypton_ql import segmentation
+
+
+class UNet(nn.Module):
+    """An encoder–decoder with a skip connection (concatenation), nearest upsampling and a map
+    at half the input size (resized by the region score). (A ``ConvTranspose2d`` decoder is
+    exact too, through the full-recompute fallback from that layer on.)"""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+        self.pool = nn.MaxPool2d(2)
+        self.mid = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.ReLU())
+        self.up = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(8, 6, 3, padding=1))
+        self.head = nn.Conv2d(12, classes, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        skip = self.down(x)
+        x = self.up(self.mid(self.pool(skip)))
+        return {"out": self.head(torch.cat([x, skip], 1)), "aux": x}
+
+
+def _unet() -> nn.Module:
+    torch.manual_seed(0)
+    model = UNet()
+    model.down[1].running_mean.uniform_(-0.5, 0.5)
+    model.down[1].running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def _loop(model, image, patch, stride, target, mask, score="prob", output="out") -> torch.Tensor:
+    """The region score with the patch at every position, by full re-inference."""
+    height, width = image.shape[1:]
+    rows = -(-(height - patch) // stride) + 1
+    cols = -(-(width - patch) // stride) + 1
+    heatmap = torch.empty(rows, cols)
+    with torch.no_grad():
+        for i in range(rows):
+            for j in range(cols):
+                occluded = image.clone()
+                occluded[:, i * stride : i * stride + patch, j * stride : j * stride + patch] = 0
+                scores = model(occluded[None])[output]
+                scores = F.interpolate(scores, size=(height, width), mode="bilinear",
+                                       align_corners=False)  # fmt: skip
+                if score == "prob":
+                    scores = scores.softmax(1)
+                heatmap[i, j] = scores[0, target][mask].mean()
+    return heatmap
+
+
+IMAGE = torch.rand(3, 16, 16)
+
+
+def test_a_mask_region_equals_the_loop() -> None:
+    model = _unet()
+    mask = torch.zeros(16, 16, dtype=torch.bool)
+    mask[3:9, 5:13] = True
+    got = kql.occlusion_heatmap(model, IMAGE, patch=4, stride=2, target=1, region=mask,
+                                progress=False)  # fmt: skip
+    assert torch.allclose(got, _loop(model, IMAGE, 4, 2, 1, mask), atol=1e-5)
+
+
+def test_a_box_region_with_logits_equals_the_loop() -> None:
+    model = _unet()
+    mask = torch.zeros(16, 16, dtype=torch.bool)
+    mask[0:4, 8:16] = True
+    got = kql.occlusion_heatmap(model, IMAGE, patch=3, stride=3, target=2, region=(0, 8, 4, 16),
+                                score="logit", progress=False)  # fmt: skip
+    assert torch.allclose(got, _loop(model, IMAGE, 3, 3, 2, mask, "logit"), atol=1e-5)
+
+
+def test_the_default_region_is_the_clean_prediction_of_the_target() -> None:
+    model = _unet()
+    with torch.no_grad():
+        clean = F.interpolate(model(IMAGE[None])["out"], size=(16, 16), mode="bilinear",
+                              align_corners=False)[0].argmax(0)  # fmt: skip
+    target = int(clean.flatten().mode().values)
+    got = kql.occlusion_heatmap(model, IMAGE, patch=4, stride=4, target=target, progress=False)
+    assert torch.allclose(got, _loop(model, IMAGE, 4, 4, target, clean == target), atol=1e-5)
+    default = kql.occlusion_heatmap(model, IMAGE, patch=4, stride=4, progress=False)
+    assert torch.equal(default, got)  # no target: the class with the most pixels
+
+
+def test_the_region_score_is_maintained_incrementally() -> None:
+    model = _unet()
+    weights = segmentation.region_weights(model, IMAGE, (2, 2, 10, 10), None, (16, 16))
+    wrapper = segmentation.RegionScores(model, weights, None, "prob", (16, 16)).eval()
+    plan = kql.compile(wrapper, (3, 16, 16), patch=4, stride=2, score="logit")
+    text = plan.explain()
+    assert "GlobalAvgPool" in text and "{delta}" in text  # the region sum by its delta
+    assert plan.theoretical_speedup > 1.5
+
+
+def test_the_oracle_takes_regions_too() -> None:
+    model = _unet()
+    kwargs = dict(patch=4, stride=4, target=0, region=(4, 4, 12, 12), progress=False)
+    assert torch.allclose(kql.occlusion_heatmap(model, IMAGE, **kwargs),
+                          kql.naive_heatmap(model, IMAGE, **kwargs), atol=1e-5)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (dict(region=(4, 4, 2, 2)), InvalidInputError, "region box"),
+        (dict(region=torch.zeros(16, 16, dtype=torch.bool)), InvalidInputError, "region is empty"),
+        (dict(region=torch.ones(8, 8, dtype=torch.bool)), InvalidInputError, "region mask has"),
+        (dict(region="all"), InvalidInputError, "boolean mask"),
+        (dict(output="logits"), InvalidInputError, "not among the model's outputs"),
+        (dict(target=7, region=(0, 0, 4, 4)), InvalidInputError, "outside the model's 3"),
+    ],
+)
+def test_region_errors_are_clear(kwargs, error, message) -> None:
+    with pytest.raises(error, match=message):
+        kql.occlusion_heatmap(_unet(), IMAGE, patch=4, progress=False, **kwargs)
+
+
+def test_a_region_needs_a_map_output() -> None:
+    classifier = nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    with pytest.raises(UnsupportedOperationError, match="needs a score map"):
+        kql.occlusion_heatmap(classifier, IMAGE, patch=4, region=(0, 0, 4, 4), progress=False)
+
+
+def _calibrated(model: nn.Module, size: int) -> nn.Module:
+    """Random weights with batch-norm statistics from a few random batches (not 0/1)."""
+    torch.manual_seed(0)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(2, 3, size, size))
+    return model.eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "fcn_resnet50"]
+)
+def test_torchvision_segmentation_models_equal_naive(name) -> None:
+    size = 64
+    builder = getattr(torchvision.models.segmentation, name)
+    options = {} if name.startswith("lraspp") else {"aux_loss": False}
+    model = _calibrated(builder(weights=None, weights_backbone=None, num_classes=4, **options),
+                        size)  # fmt: skip
+    image = torch.rand(3, size, size)
+    kwargs = dict(patch=16, stride=16, target=1, region=(8, 8, 40, 56), progress=False)
+    got = kql.occlusion_heatmap(model, image, **kwargs)
+    expected = kql.naive_heatmap(model, image, **kwargs)
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
