@@ -109,12 +109,16 @@ def returns_map(model: nn.Module, images: Tensor, output: Any = None) -> bool:
             result = model(images[:1])
     except Exception:  # the classification path reports the model's error cleanly
         return False
-    if isinstance(result, Tensor):
-        return result.dim() == 4
-    if isinstance(result, Mapping | Sequence) and not isinstance(result, str):
+    values = [result]
+    if isinstance(result, Mapping | Sequence) and not isinstance(result, str | Tensor):
         values = list(result.values()) if isinstance(result, Mapping) else list(result)
-        return any(isinstance(v, Tensor) and v.dim() == 4 for v in values)
-    return False
+    return any(_is_map(value) for value in values)
+
+
+def _is_map(value: Any) -> bool:
+    """A score map ``[N, K, H', W']`` with more than one cell (``[N, K, 1, 1]`` are class
+    scores with two trailing axes, not a map)."""
+    return isinstance(value, Tensor) and value.dim() == 4 and value.shape[2] * value.shape[3] > 1
 
 
 def heatmaps(
