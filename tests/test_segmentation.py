@@ -8,11 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import krypton_ql as kql
 from compiler.errors import InvalidInputError, UnsupportedOperationError
 from krypton_ql import segmentation
+from tests.profiles import examples
 
 
 class UNet(nn.Module):
@@ -45,8 +48,10 @@ def _unet() -> nn.Module:
 def _loop(model, image, patch, stride, target, mask, score="prob", output="out") -> torch.Tensor:
     """The region score with the patch at every position, by full re-inference."""
     height, width = image.shape[1:]
-    rows = -(-(height - patch) // stride) + 1
-    cols = -(-(width - patch) // stride) + 1
+    # Captum's windows at i·stride, i = 0 … ceil((H − patch) / stride), the last one clipped;
+    # one that would start past the border (a stride above the patch) is dropped
+    rows = len([i for i in range(-(-(height - patch) // stride) + 1) if i * stride < height])
+    cols = len([j for j in range(-(-(width - patch) // stride) + 1) if j * stride < width])
     heatmap = torch.empty(rows, cols)
     with torch.no_grad():
         for i in range(rows):
@@ -158,4 +163,71 @@ def test_torchvision_segmentation_models_equal_naive(name) -> None:
     kwargs = dict(patch=16, stride=16, target=1, region=(8, 8, 40, 56), progress=False)
     got = kql.occlusion_heatmap(model, image, **kwargs)
     expected = kql.naive_heatmap(model, image, **kwargs)
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+
+
+class _EncoderDecoder(nn.Module):
+    """Random encoder (strided convolutions or pools) and decoder (nearest or bilinear
+    upsampling, convolutions), with an optional skip connection (add or concatenation)."""
+
+    def __init__(self, depth: int, width: int, pool: bool, mode: str, skip: str, classes: int):
+        super().__init__()
+        self.encoder = nn.ModuleList()
+        channels = 3
+        for _ in range(depth):
+            down = nn.MaxPool2d(2) if pool else nn.Identity()
+            stride = 1 if pool else 2
+            self.encoder.append(nn.Sequential(
+                nn.Conv2d(channels, width, 3, stride=stride, padding=1), nn.ReLU(), down,
+            ))  # fmt: skip
+            channels = width
+        self.decoder = nn.ModuleList(
+            nn.Sequential(
+                nn.Upsample(scale_factor=2, mode=mode),
+                nn.Conv2d(width, width, 3, padding=1),
+                nn.ReLU(),
+            )  # fmt: skip
+            for _ in range(depth)
+        )
+        self.skip = skip
+        self.head = nn.Conv2d(2 * width if skip == "cat" else width, classes, 1)
+        self.stem = nn.Conv2d(3, width, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        first = self.stem(x)
+        for layer in self.encoder:
+            x = layer(x)
+        for layer in self.decoder:
+            x = layer(x)
+        if self.skip == "add":
+            x = x + first
+        elif self.skip == "cat":
+            x = torch.cat([x, first], 1)
+        return {"out": self.head(x)}
+
+
+@settings(max_examples=examples(12), deadline=None)
+@given(
+    depth=st.integers(1, 2),
+    width=st.sampled_from([2, 5]),
+    pool=st.booleans(),
+    mode=st.sampled_from(["nearest", "bilinear"]),
+    skip=st.sampled_from(["none", "add", "cat"]),
+    patch=st.integers(2, 5),
+    stride=st.integers(2, 4),
+    box=st.tuples(st.integers(0, 7), st.integers(0, 7), st.integers(9, 16), st.integers(9, 16)),
+    score=st.sampled_from(["prob", "logit"]),
+    seed=st.integers(0, 999),
+)
+def test_random_encoder_decoders_equal_the_loop(
+    depth, width, pool, mode, skip, patch, stride, box, score, seed
+) -> None:
+    torch.manual_seed(seed)
+    model = _EncoderDecoder(depth, width, pool, mode, skip, classes=3).eval()
+    image = torch.rand(3, 16, 16)
+    mask = torch.zeros(16, 16, dtype=torch.bool)
+    mask[box[0] : box[2], box[1] : box[3]] = True
+    got = kql.occlusion_heatmap(model, image, patch=patch, stride=stride, target=1, region=box,
+                                score=score, progress=False)  # fmt: skip
+    expected = _loop(model, image, patch, stride, 1, mask, score)
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
