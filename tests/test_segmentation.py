@@ -231,3 +231,38 @@ def test_random_encoder_decoders_equal_the_loop(
                                 score=score, progress=False)  # fmt: skip
     expected = _loop(model, image, patch, stride, 1, mask, score)
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+
+
+def test_the_query_language_explains_regions_of_a_map_output_model() -> None:
+    session = kql.connect()
+    session.register_model("seg", _unet(), classes=["sky", "road", "car"])
+    session.register_images("street", IMAGE[None])
+    box = (2, 2, 10, 12)
+    result = session.sql(
+        "SELECT class, label, heatmap(prob) AS h FROM occlusion(street, seg, patch => 4, "
+        f"stride => 2, region => {box}) WHERE label IN ('road', 'car') GROUP BY class, label "
+        "ORDER BY class",
+        progress=False,
+    )
+    assert [row[:2] for row in result.rows] == [(1, "road"), (2, "car")]
+    for row, target in zip(result.rows, (1, 2)):
+        expected = kql.occlusion_heatmap(_unet(), IMAGE, patch=4, stride=2, target=target,
+                                         region=box, progress=False)  # fmt: skip
+        assert torch.allclose(row[2], expected, atol=1e-6)
+    weights = segmentation.region_weights(_unet(), IMAGE, None, None, (16, 16))
+    present = segmentation.default_target(weights)  # the class with the most pixels
+    default = session.sql(
+        "SELECT heatmap(prob) AS h FROM occlusion(street, seg, patch => 4, stride => 4) "
+        f"WHERE class = {present}", progress=False,
+    )  # fmt: skip
+    expected = kql.occlusion_heatmap(_unet(), IMAGE, patch=4, stride=4, target=present,
+                                     progress=False)  # fmt: skip
+    assert torch.allclose(default.rows[0][0], expected, atol=1e-6)
+    absent = [k for k in range(3) if not bool(weights[k].any())]
+    assert absent  # this image predicts no pixel of some class: it has no default region
+    with pytest.raises(kql.QueryError, match="no pixels predicted as class"):
+        session.sql("SELECT * FROM occlusion(street, seg, patch => 4, stride => 4) "
+                    f"WHERE class = {absent[0]}", progress=False)  # fmt: skip
+    with pytest.raises(kql.QueryError, match="region box"):
+        session.sql("SELECT * FROM occlusion(street, seg, patch => 4, region => (9, 9, 2, 2))",
+                    progress=False)  # fmt: skip

@@ -46,6 +46,8 @@ OPTIONS = frozenset(
         "conv",
         "precision",
         "drilldown_mode",
+        "region",
+        "output",
     }
 )
 _VOLATILE = {"random", "uuid", "gen_random_uuid", "setseed", "nextval", "now", "current_time"}

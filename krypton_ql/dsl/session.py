@@ -74,6 +74,7 @@ class Session:
         self.last_cached = 0  # occlusion calls of the last statement answered from the cache
         self._last_inputs: dict[str, Tensor] = {}
         self._plans: dict[tuple[int, Options], HeatmapPlan] = {}  # compiled plans, reused
+        self._wrappers: dict[tuple, Any] = {}  # map-output models: probes, region scores
         self.cache = scans.Cache()
         self._generation = 0
         # Seconds the last statement spent parsing, binding and validating ("parse"), loading
@@ -133,6 +134,7 @@ class Session:
     def _forget(self) -> None:
         """A model or profile changed: compiled plans and computed relations are stale."""
         self._plans.clear()
+        self._wrappers.clear()
         self.cache.clear()
 
     def models(self) -> list[str]:
@@ -252,6 +254,7 @@ class Session:
         images = torch.stack(tensors)
         plan = self._compile(scan, statement, model.get(), images)
         classes = pushdown.classes(self.engine, scan, statement, plan.classes, model.classes)
+        self._check_regions(plan, classes, scan, statement)
         positions = pushdown.positions(self.engine, scan, statement, _grid(plan))
         targets = None
         if classes is not None:
@@ -306,6 +309,7 @@ class Session:
         if "patch" not in keywords:
             raise fail("occlusion() needs patch => size", scan.call, statement.text)
         keywords.pop("target", None)  # the query's classes are chosen by its WHERE
+        module = self._region_scores(scan, statement, module, images, keywords)
         if "ssim" in keywords:
             profile = self._models[scan.model].profile
             if profile is None:
@@ -328,6 +332,62 @@ class Session:
             raise fail(str(error), node, statement.text) from None
         self._plans[key] = plan
         return plan
+
+    def _check_regions(
+        self, plan: HeatmapPlan, classes: Any, scan: Scan, statement: Statement
+    ) -> None:
+        """A map-output model's classes each have pixels in their region."""
+        from krypton_ql import segmentation
+
+        wrapper = getattr(plan, "model", None)
+        if isinstance(wrapper, segmentation.RegionScores) and classes is not None:
+            try:
+                segmentation.check_target_region(wrapper.weights[0], list(classes))
+            except InvalidInputError as error:
+                raise fail(str(error), scan.call, statement.text) from None
+
+    def _region_scores(
+        self,
+        scan: Scan,
+        statement: Statement,
+        module: nn.Module,
+        images: Tensor,
+        keywords: dict[str, Any],
+    ) -> nn.Module:
+        """The model itself, or for a map-output model its region scores
+        (``krypton_ql.segmentation``): ``region => (y0, x0, y1, x1)`` for every image, or by
+        default each class's predicted pixels (one image only); ``output => 'name'`` picks the
+        map. The scores are the wrapper's (prob or logit), so the plan reads them as they are."""
+        from krypton_ql import segmentation
+
+        region, output = keywords.pop("region", None), keywords.pop("output", None)
+        probe = ("returns a map", id(module), tuple(images.shape[1:]))
+        if probe not in self._wrappers:  # one forward per model and shape, not per statement
+            self._wrappers[probe] = segmentation.returns_map(module, images)
+        if region is None and output is None and not self._wrappers[probe]:
+            return module
+        if region is None and len(images) > 1:
+            raise fail(
+                "the default region is each image's own prediction: give region => (y0, x0, "
+                "y1, x1) to explain several images of a map-output model in one scan",
+                scan.call,
+                statement.text,
+            )
+        score = keywords.get("score", "prob")
+        key = ("region", id(module), region, output, score, tuple(images.shape),
+               None if region is not None else hash(images.cpu().numpy().tobytes()))  # fmt: skip
+        wrapper = self._wrappers.get(key)
+        if wrapper is None:
+            try:
+                size = (images.shape[-2], images.shape[-1])
+                weights = segmentation.region_weights(module, images[0], region, output, size)
+                wrapper = segmentation.RegionScores(module, weights, output, score, size).eval()
+            except InvalidInputError as error:
+                node = scan.option_nodes.get(error.option or "", scan.call)
+                raise fail(str(error), node, statement.text) from None
+            self._wrappers[key] = wrapper
+        keywords["score"] = "logit"  # the wrapper's scores already are the region scores
+        return wrapper
 
     def _describe(
         self, item: _Prepared, statement: Statement, index: int, count: int, sql: bool
