@@ -38,18 +38,18 @@ def naive_heatmap(
 ) -> Tensor:
     """Same signature and semantics as ``occlusion_heatmap``, by full re-inference."""
     images = check.images(image)
-    if (
-        region is not None
-        or output is not None
-        or segmentation.returns_map(check.model(model), images, output)
-    ):
-        rest = dict(patch=patch, stride=stride, color=color, batch_size=batch_size,
-                    progress=progress, precision=precision)  # fmt: skip
+    rest = dict(patch=patch, stride=stride, color=color, batch_size=batch_size,
+                progress=progress, precision=precision)  # fmt: skip
+
+    def by_region() -> Tensor:  # a map-output model: region scores (krypton_ql.segmentation)
         maps = segmentation.heatmaps(
             naive_heatmap, model, images, region=region, output=output, target=target,
             score=score, **rest,
         )  # fmt: skip
         return maps[0] if image.dim() == 3 else maps
+
+    if region is not None or output is not None:
+        return by_region()
     options = Options.build(
         tuple(images.shape[1:]),
         patch=patch,
@@ -71,7 +71,10 @@ def naive_heatmap(
     left = torch.as_tensor(positions.left, device=images.device)
     colour = torch.tensor(occlusion.color, dtype=images.dtype, device=images.device)
     with torch.no_grad():
-        logits = _class_scores(model, images)
+        clean = _forward(model, images)  # the one clean forward, also telling a map output
+        if segmentation.holds_map(clean):
+            return by_region()
+        logits = _class_scores(clean, len(images))
         targets = check.targets(options.target, len(images), logits.shape[1], logits.argmax(dim=1))
         size = options.batch_size or _batch_size(model, images[:1])
         total = len(images) * len(positions)
@@ -93,21 +96,25 @@ def naive_heatmap(
     return heatmaps[0] if image.dim() == 3 else heatmaps
 
 
-def _class_scores(model: nn.Module, images: Tensor) -> Tensor:
-    """The clean images' class scores ``[N, K]``, checked as the engine's importer checks the
-    model (its output) and its plan checks the clean forward (finite)."""
+def _forward(model: nn.Module, images: Tensor) -> Any:
+    """The model on the clean images; its failure is the input's fault."""
     try:
-        output = model(images)
+        return model(images)
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InvalidInputError(
             f"the model does not accept inputs of shape {list(images.shape[1:])}: {reason}"
         ) from error
+
+
+def _class_scores(output: Any, count: int) -> Tensor:
+    """The clean images' class scores ``[N, K]``, checked as the engine's importer checks the
+    model (its output) and its plan checks the clean forward (finite)."""
     if not isinstance(output, Tensor):
         raise UnsupportedOperationError("the model must return one tensor of class scores")
-    if output.dim() != 2 or output.shape[0] != len(images):
+    if output.dim() != 2 or output.shape[0] != count:
         raise UnsupportedOperationError(
-            f"the model's output has shape {list(output.shape)} for {len(images)} images; an "
+            f"the model's output has shape {list(output.shape)} for {count} images; an "
             "occlusion heatmap needs class scores of shape [N, classes]"
         )
     check.finite_scores(output)

@@ -109,6 +109,11 @@ def returns_map(model: nn.Module, images: Tensor, output: Any = None) -> bool:
             result = model(images[:1])
     except Exception:  # the classification path reports the model's error cleanly
         return False
+    return holds_map(result)
+
+
+def holds_map(result: Any) -> bool:
+    """Whether a model's result is, or holds, a score map."""
     values = [result]
     if isinstance(result, Mapping | Sequence) and not isinstance(result, str | Tensor):
         values = list(result.values()) if isinstance(result, Mapping) else list(result)

@@ -101,10 +101,15 @@ def test_untraceable_model_is_a_krypton_error() -> None:
         kql.occlusion_heatmap(Branchy().eval(), IMAGE, patch=4)
 
 
-def test_segmentation_outputs_are_refused() -> None:
+def test_score_map_outputs_are_region_scores_and_vectors_are_refused() -> None:
+    """A map output is explained by region scores (tests/test_segmentation.py), alike in the
+    engine and the oracle; a per-image vector that is not [N, classes] is still refused."""
     model = nn.Sequential(nn.Conv2d(3, 2, 3)).eval()
+    got = kql.occlusion_heatmap(model, IMAGE, patch=4, stride=4, progress=False)
+    assert torch.allclose(got, kql.naive_heatmap(model, IMAGE, patch=4, stride=4), atol=1e-6)
+    vector = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(0)).eval()
     with pytest.raises(kql.UnsupportedOperationError, match=r"\[N, classes\]"):
-        kql.occlusion_heatmap(model, IMAGE, patch=4)
+        kql.occlusion_heatmap(vector, IMAGE, patch=4)
 
 
 def test_reflect_padding_runs_as_the_exact_fallback() -> None:
