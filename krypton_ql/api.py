@@ -328,37 +328,28 @@ def occlusion_heatmap(
     as ``target`` — of the class's per-pixel probability (or logit), the map resized to the
     input size as torchvision's heads do (bilinear)."""
     images = check.images(image)
+    keywords = dict(patch=patch, stride=stride, color=color, batch_size=batch_size,
+                    progress=progress, backend=backend, precision=precision, tau=tau,
+                    drilldown=drilldown, speedup=speedup, ssim=ssim, profile=profile,
+                    drilldown_mode=drilldown_mode)  # fmt: skip
     if (
         region is not None
         or output is not None
         or segmentation.returns_map(check.model(model), images, output)
     ):
-        rest = dict(patch=patch, stride=stride, color=color, batch_size=batch_size,
-                    progress=progress, backend=backend, precision=precision, tau=tau,
-                    drilldown=drilldown, speedup=speedup, ssim=ssim, profile=profile,
-                    drilldown_mode=drilldown_mode)  # fmt: skip
         maps = segmentation.heatmaps(
-            occlusion_heatmap, model, images, region=region, output=output, target=target,
-            score=score, **rest,
+            _class_heatmap, model, images, region=region, output=output, target=target,
+            score=score, **keywords,
         )  # fmt: skip
         return maps[0] if image.dim() == 3 else maps
-    options = Options.build(
-        tuple(images.shape[1:]),
-        patch=patch,
-        stride=stride,
-        color=color,
-        target=target,
-        score=score,
-        batch_size=batch_size,
-        backend=backend,
-        precision=precision,
-        tau=tau,
-        drilldown=drilldown,
-        speedup=speedup,
-        ssim=ssim,
-        profile=profile,
-        drilldown_mode=drilldown_mode,
-    )
+    return _class_heatmap(model, image, target=target, score=score, **keywords)
+
+
+def _class_heatmap(model: nn.Module, image: Tensor, *, progress: ProgressArg, **keywords: Any):
+    """``occlusion_heatmap`` of a model with class scores (region scores call it with their
+    wrapper, which needs no second look at its output)."""
+    images = check.images(image)
+    options = Options.build(tuple(images.shape[1:]), **keywords)
     return build_plan(model, options).run(image, progress=progress)
 
 

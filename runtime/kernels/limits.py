@@ -24,22 +24,13 @@ from compiler.physical import KernelId, PhysicalPlan, Step
 from compiler.rules.batch_occlusion_queries import buffer_values, scratch_values
 from runtime.kernels.launch import Grid
 
-# Kernels the Triton backend launches (runtime.backends.triton_launchers), by step kind.
-TRITON_STEPS = frozenset(
-    {
-        KernelId.GATHER_CONV2D,
-        KernelId.GATHER_POOL2D,
-        KernelId.GATHER_COMBINE,
-        KernelId.GATHER_CONCAT,
-        KernelId.PROJECT,
-        KernelId.ELEMENTWISE,
-    }
-)
-
 
 def problems(physical: PhysicalPlan, *, cuda: bool) -> list[str]:
     """Every reason the Triton backend cannot run ``physical`` (``cuda``: also CUDA's grid and
     block limits, which the interpreter does not have)."""
+    from runtime.backends import triton_launchers
+
+    launched = triton_launchers()  # the steps the Triton backend runs with its kernels
     found = []
     for node in physical.nodes:
         if node.name in physical.views and node.schema.numel > MAX_ELEMENTS:
@@ -50,7 +41,7 @@ def problems(physical: PhysicalPlan, *, cuda: bool) -> list[str]:
     batch = physical.batching.batch_size
     plan_nodes = {node.name: node for node in physical.nodes}
     for step in physical.steps:
-        if step.kernel not in TRITON_STEPS or step.launch is None:
+        if step.kernel not in launched or step.launch is None:
             continue
         values = max(buffer_values(step.output), scratch_values(step.node, plan_nodes))
         if batch * values > MAX_ELEMENTS:
