@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compiler.ir import Aten, GlobalAvgPool, JoinAggregate, Linear, Node, Pointwise, Strategy
+from compiler.ir import (
+    Aten,
+    GlobalAvgPool,
+    JoinAggregate,
+    Linear,
+    Node,
+    Pointwise,
+    RegionSum,
+    Strategy,
+)
 from compiler.plan import Plan
 
 WORD = 4  # bytes per value in the accounting (fp32)
@@ -61,7 +70,7 @@ def incremental_cost(node: Node, inputs: list[Node]) -> Cost:
     """Cost of ``node`` in its update form (``node.update``) for one query."""
     update = node.update
     assert update is not None
-    strategy, channels = update.strategy, node.schema.shape[0]
+    strategy, channels = update.strategy, node.schema.channels
     box_cells = update.box.area if update.box is not None else 0
     if strategy is Strategy.VIEW:
         return Cost()
@@ -71,6 +80,9 @@ def incremental_cost(node: Node, inputs: list[Node]) -> Cost:
         return Cost(0, (node.schema.numel + _boxed_values(inputs[0])) * WORD)
     if strategy is Strategy.DELTA and isinstance(node.op, GlobalAvgPool):
         return Cost(0, (2 * _boxed_values(inputs[0]) + channels) * WORD)
+    if strategy is Strategy.DELTA and isinstance(node.op, RegionSum):  # Δ, and W over the box
+        read = 3 if node.op.weights is not None else 2
+        return Cost(0, (read * _boxed_values(inputs[0]) + channels) * WORD)
     written = channels * box_cells
     if strategy in (Strategy.OCCLUDE, Strategy.ELEMENTWISE):
         moved = written + sum(_boxed_values(i) for i in inputs)

@@ -23,6 +23,7 @@ from compiler.ir import (
     Pad,
     Pointwise,
     Pool,
+    RegionSum,
     Scalar,
     Softmax,
     State,
@@ -66,6 +67,10 @@ def describe(op: Operator) -> str:
         return f"a {op.arith.value} b"
     if isinstance(op, AdaptivePool):
         return f"{op.agg.value} → {op.output}"
+    if isinstance(op, RegionSum):
+        weights = f" ⊙ {op.weights}" if op.weights is not None else ""
+        scale = f" × {op.scale:.4g}" if op.scale != 1.0 else ""
+        return f"region aggregate Σ_yx v{weights}{scale}"
     if isinstance(op, Linear):
         return f"{op.weight.shape[1]}→{op.weight.shape[0]}"
     if isinstance(op, Softmax):

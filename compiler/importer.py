@@ -34,6 +34,7 @@ from compiler.ir import (
     Aten,
     Call,
     Constant,
+    Flatten,
     Input,
     Node,
     Occlude,
@@ -257,6 +258,11 @@ class ImportContext:
                 "heatmap needs class scores of shape [N, classes]"
             )
         assert value.name is not None
+        if value.shape == ():  # one score per image (Captum's usual wrapper): one class
+            name = self._unique(f"{value.name}_scores")
+            schema = Schema((1,), spatial=False)
+            self.nodes.append(Node(name, Flatten(), (value.name,), schema, "[N] as [N, 1]"))
+            return name
         return value.name
 
     def _call(self, node: fx.Node) -> None:

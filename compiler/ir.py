@@ -241,6 +241,20 @@ class GlobalAvgPool:
 
 
 @dataclass(frozen=True, slots=True)
+class RegionSum:
+    """A region aggregate: the weighted sum over H and W ``O(c) = scale · Σ_{y,x} A(c, y, x) ·
+    W(c, y, x)`` — a segmentation model's region score (``W`` a region mask, with
+    ``scale = 1/HW`` for the wrapper's mean) or a plain spatial sum (``weights`` None: every
+    ``W`` is 1). ``weights`` is ``[1 or C, H, W]``, the map's own size; shape ``[C]`` or, with
+    ``keepdim``, ``[C, 1, 1]``."""
+
+    weights: WeightRef | None
+    scale: float = 1.0
+    keepdim: bool = False
+    GLOBAL: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
 class AdaptivePool:
     """Adaptive pooling to an output grid whose windows are not uniform."""
 
@@ -323,6 +337,7 @@ Operator = (
     | Combine
     | Concat
     | GlobalAvgPool
+    | RegionSum
     | AdaptivePool
     | Flatten
     | Linear

@@ -17,6 +17,7 @@ from compiler.ir import (
     Pad,
     Pointwise,
     Pool,
+    RegionSum,
     State,
     Strategy,
     Upsample,
@@ -119,6 +120,7 @@ def _delta_kernel(node: Node) -> KernelId:
         (ELEMENTWISE, KernelId.DELTA_ELEMENTWISE),
         (Combine, KernelId.DELTA_COMBINE),
         (GlobalAvgPool, KernelId.DELTA_GLOBAL_POOL),
+        (RegionSum, KernelId.DELTA_REGION_SUM),
     )
     for kinds, kernel in kernels:
         if isinstance(op, kinds):

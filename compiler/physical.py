@@ -29,6 +29,7 @@ class KernelId(enum.Enum):
     DELTA_ELEMENTWISE = "delta_elementwise"  # view_out + scale·Δ (batch norm)
     DELTA_COMBINE = "delta_combine"  # view_out + Δa ± Δb over the bounding box
     DELTA_GLOBAL_POOL = "delta_global_pool"  # pooled view + (ΣΔ)/HW
+    DELTA_REGION_SUM = "delta_region_sum"  # region aggregate of the view + s·Σ_box Δ⊙W
     PROJECT = "project"  # view ⊕ patch as a full per-query tensor
     FULL = "full"  # the operator on full per-query tensors
 
@@ -39,6 +40,7 @@ BOXED = frozenset(KernelId) - {
     KernelId.PROJECT,
     KernelId.FULL,
     KernelId.DELTA_GLOBAL_POOL,
+    KernelId.DELTA_REGION_SUM,
 }
 
 

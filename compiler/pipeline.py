@@ -27,6 +27,7 @@ from compiler.rules.approx.threshold_projective_field import threshold_projectiv
 from compiler.rules.base import Rule, RuleContext
 from compiler.rules.batch_occlusion_queries import batch_occlusion_queries
 from compiler.rules.choose_linear_delta import choose_linear_delta
+from compiler.rules.fold_mask_into_region_sum import fold_mask_into_region_sum
 from compiler.rules.fold_pad_into_conv import fold_pad_into_conv
 from compiler.rules.keep_clean_views import keep_clean_views
 from compiler.rules.merge_update_boxes import merge_update_boxes
@@ -35,6 +36,7 @@ from compiler.rules.push_delta_through_global_pool import push_delta_through_glo
 from compiler.rules.push_delta_through_join import push_delta_through_join
 from compiler.rules.push_delta_through_map import push_delta_through_map
 from compiler.rules.push_delta_through_occlude import push_delta_through_occlude
+from compiler.rules.push_delta_through_region_sum import push_delta_through_region_sum
 from compiler.rules.push_delta_through_upsample import push_delta_through_upsample
 
 PlanRule = Callable[[Plan, RuleContext], Plan]
@@ -53,8 +55,9 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    # Folding padding first lets the boxes see the convolution's true (asymmetric) padding.
-    Stage("normalize", (Rule(fold_pad_into_conv),)),
+    # Folding padding first lets the boxes see the convolution's true (asymmetric) padding;
+    # folding a constant mask into its spatial aggregate leaves one region sum to maintain.
+    Stage("normalize", (Rule(fold_pad_into_conv), Rule(fold_mask_into_region_sum))),
     Stage(
         "maintain",
         (
@@ -67,6 +70,7 @@ STAGES: tuple[Stage, ...] = (
             Rule(merge_update_boxes),
             # The incremental global pool must win over projecting before a global operator.
             Rule(push_delta_through_global_pool),
+            Rule(push_delta_through_region_sum),
             Rule(project_before_global),
         ),
         maintains=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from compiler.ir import (
     Pointwise,
     Pool,
     Project,
+    RegionSum,
     Scalar,
     Softmax,
     State,
@@ -47,6 +49,7 @@ ARITY: dict[type, int | None] = {
     Upsample: 1,
     Project: 1,
     GlobalAvgPool: 1,
+    RegionSum: 1,
     AdaptivePool: 1,
     Flatten: 1,
     Linear: 1,
@@ -172,6 +175,13 @@ def _verify_schema(node: Node, inputs: list[Node]) -> None:
             _fail(node, f"upsamples {first} to {out}")
     if isinstance(op, (GlobalAvgPool, AdaptivePool)) and first.channels != out.channels:
         _fail(node, "a global pool changes the channel count")
+    if isinstance(op, RegionSum):
+        if not first.is_spatial or first.channels != out.channels:
+            _fail(node, f"aggregates {first} into {out}; a region sum keeps the channels")
+        if op.weights is not None and (
+            math.prod(op.weights.shape) not in (first.size.area, first.numel)
+        ):
+            _fail(node, f"weights {op.weights.shape} do not cover the {first} map")
     if isinstance(op, Flatten) and first.numel != out.numel:
         _fail(node, f"flattens {first.numel} values into {out.numel}")
     if isinstance(op, Linear) and (

@@ -11,7 +11,8 @@ Relations (node ``k`` is the k-th node of the rewritten plan; every value column
 - weights: ``k<k>(n, c, ky, kx, v)`` (``c`` the absolute input channel, so grouped and depthwise
   convolutions join on ``c``) and ``b<k>(n, v)`` for a convolution or a linear layer
   (``l<k>(n, c, v)``); ``s<k>(c, scale, shift)`` for batch norm; ``d<k>(y, x, v)`` for an
-  average pool whose windows have different divisors; ``c<k>(c, v)`` the occlusion colour;
+  average pool whose windows have different divisors; ``w<k>(c, y, x, v)`` a region
+  aggregate's weights; ``c<k>(c, v)`` the occlusion colour;
 - ``u<k>(q, c, y, x, v)`` — what the plan computes: node k's per-query value, on the cells
   of its box (state BOX) or of the whole map (state FULL). A clean node has none.
 
@@ -24,7 +25,7 @@ absent: zero in a sum (padding), ignored by MAX. The update forms:
   map for FULL) — ``SUM(K·A)`` grouped by output cell for a convolution, MAX or SUM/divisor for
   a pool;
 - DELTA: ``view + SUM(K·(u − v))`` over the input box (linear operators), and for the global
-  pool ``avg(view) + SUM(u − v)/(H·W)``;
+  pool ``avg(view) + SUM(u − v)/(H·W)`` (a region aggregate: ``view + s·SUM((u − v)·w)``);
 - ELEMENTWISE / BOUNDING_BOX: the map (activation, scalar, batch norm, pad, upsampling) or
   the combination (add, multiply with broadcasting, channel concatenation) of inputs, each read
   as ``view ⊕ patch`` over the output box — for BOUNDING_BOX the box that bounds the inputs'
@@ -57,6 +58,7 @@ from compiler.ir import (
     Pad,
     Pool,
     Project,
+    RegionSum,
     Scalar,
     Softmax,
     State,
@@ -141,6 +143,8 @@ class _Renderer:
             isinstance(op, AdaptivePool) and op.agg is Agg.AVG and op.output.area == 1
         ):
             return self._global_pool(strategy is Strategy.DELTA)
+        if isinstance(op, RegionSum):
+            return self._region_sum(strategy is Strategy.DELTA)
         if isinstance(op, Flatten):
             return self._flatten()
         if isinstance(op, Linear):
@@ -413,6 +417,27 @@ class _Renderer:
         return (
             f"SELECT r.q, r.c, 0 AS y, 0 AS x, AVG(r.v) AS v FROM ({self._read_all(source)}) r "
             "GROUP BY r.q, r.c"
+        )
+
+    def _region_sum(self, delta: bool) -> str:
+        op = self.node.op
+        assert isinstance(op, RegionSum)
+        (source,) = self.node.inputs
+        i, alias = self.index[source], "au" if delta else "r"
+        weight, join = "", ""
+        if op.weights is not None:
+            weight = " * w.v"
+            join = f" JOIN w{self.k} w ON w.c = {alias}.c AND w.y = {alias}.y AND w.x = {alias}.x"
+        if delta:
+            return (
+                "SELECT au.q, au.c, 0 AS y, 0 AS x, "
+                f"MAX(vv.v) + SUM((au.v - av.v){weight}) * {op.scale!r} AS v FROM u{i} au "
+                f"JOIN v{i} av ON av.c = au.c AND av.y = au.y AND av.x = au.x{join} "
+                f"JOIN v{self.k} vv ON vv.c = au.c GROUP BY au.q, au.c"
+            )
+        return (
+            f"SELECT r.q, r.c, 0 AS y, 0 AS x, SUM(r.v{weight}) * {op.scale!r} AS v "
+            f"FROM ({self._read_all(source)}) r{join} GROUP BY r.q, r.c"
         )
 
     def _flatten(self) -> str:

@@ -148,7 +148,7 @@ class Schema:
 
     @property
     def channels(self) -> int:
-        return self.shape[0]
+        return self.shape[0] if self.shape else 1  # one value per image: one channel
 
     @property
     def size(self) -> Size2:
@@ -159,7 +159,7 @@ class Schema:
         return math.prod(self.shape)
 
     def __str__(self) -> str:
-        return "×".join(str(d) for d in self.shape)
+        return "×".join(str(d) for d in self.shape) or "scalar"
 
 
 class Agg(enum.Enum):

@@ -16,7 +16,10 @@ Accelerated: a 4-D image batch (or a tuple of one, with the window, strides and 
 tuples of one, as Captum takes them), an ``nn.Module`` in eval mode that ``torch.export`` can
 capture, a window that spans all channels, a baseline that — broadcast to the input as Captum
 broadcasts it — is constant inside each channel (a number, ``[C, 1, 1]``, per example
-``[N, C, 1, 1]``: one plan per distinct colour), and a target per example. Anything else —
+``[N, C, 1, 1]``: one plan per distinct colour), and a target per example — or none, for a
+forward function that returns one score per example, such as the usual segmentation wrapper
+``model(x)["out"][:, c].mul(mask).sum((1, 2))`` (its masked sum is a region aggregate the
+engine maintains by its delta over each window's box). Anything else —
 several inputs, a model in training mode or one the engine cannot import, a baseline that
 varies inside a channel — is handed to Captum itself with a logged warning when captum is
 installed, and raises ``UnsupportedOperationError`` (saying why) when it is not. Arguments
@@ -104,7 +107,7 @@ class Occlusion:
         assert colours is not None
         window = (int(window_shape[1]), int(window_shape[2]))
         stride = _stride_pair(stride_shape)
-        targets = _targets(target, len(images), images.device)
+        targets = _targets(0 if target is None else target, len(images), images.device)
         attributions = torch.empty(images.shape, dtype=_result_dtype(images.dtype))
         attributions = attributions.to(images.device)
         for colour, chosen in colours:  # one plan per distinct baseline colour
@@ -118,6 +121,11 @@ class Occlusion:
                 raise
             except KryptonError as error:  # a model the engine cannot take: Captum can
                 return self._delegate(str(error), arguments)
+            if target is None and plan.classes != 1:
+                return self._delegate(
+                    f"no target, and the model has {plan.classes} outputs per example "
+                    "(the engine explains one)", arguments,
+                )  # fmt: skip
             if int(targets.max()) >= plan.classes or int(targets.min()) < 0:
                 raise CaptumIndexError(
                     f"target {targets.flatten().tolist()} is outside the model's "
@@ -197,8 +205,6 @@ def _unsupported(forward: Any, inputs: Any, target: Any) -> str | None:
         return "the input is not one [N, C, H, W] tensor"
     if any(module.training for module in forward.modules()):
         return "the model is in training mode"
-    if target is None:
-        return "no target (the engine explains one output class)"
     if isinstance(target, Sequence) and any(isinstance(t, Sequence) for t in target):
         return "tuple targets"
     return None

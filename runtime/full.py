@@ -30,6 +30,7 @@ from compiler.ir import (
     Pointwise,
     Pool,
     Project,
+    RegionSum,
     Scalar,
     Softmax,
     Upsample,
@@ -85,15 +86,32 @@ def full(node: Node, inputs: list[Tensor], weights: Weights) -> Tensor:
     return _global(node, inputs, weights)
 
 
+def region_sum(x: Tensor, op: RegionSum, weights: Weights) -> Tensor:
+    """``scale · Σ_{y,x} A ⊙ W`` of ``[N, C, H, W]`` maps: ``[N, C]`` (``[N, C, 1, 1]`` with
+    keepdim)."""
+    height, width = x.shape[-2:]
+    if op.weights is not None:
+        x = x * region_weights(op, weights, height, width).to(x.dtype)
+    return x.sum(dim=(-2, -1), keepdim=op.keepdim) * op.scale
+
+
+def region_weights(op: RegionSum, weights: Weights, height: int, width: int) -> Tensor:
+    """A region aggregate's weights as ``[1 or C, H, W]``."""
+    assert op.weights is not None
+    return weights[op.weights].reshape(-1, height, width)
+
+
 def _global(node: Node, inputs: list[Tensor], weights: Weights) -> Tensor:
     op, x = node.op, inputs[0]
     if isinstance(op, GlobalAvgPool):
         return x.mean(dim=(2, 3), keepdim=op.keepdim)
+    if isinstance(op, RegionSum):
+        return region_sum(x, op, weights).reshape(len(x), *node.schema.shape)
     if isinstance(op, AdaptivePool):
         pool = F.adaptive_avg_pool2d if op.agg is Agg.AVG else F.adaptive_max_pool2d
         return pool(x, (op.output.h, op.output.w))
     if isinstance(op, Flatten):
-        return x.flatten(1)
+        return x.reshape(len(x), -1)  # also one value per image → [N, 1]
     if isinstance(op, Linear):
         return F.linear(x, weights[op.weight], weights.get(op.bias))
     if isinstance(op, Softmax):

@@ -24,6 +24,7 @@ from compiler.ir import (
     Occlude,
     Pointwise,
     Pool,
+    RegionSum,
     Upsample,
 )
 from compiler.physical import KernelId
@@ -329,6 +330,25 @@ def delta_global_pool(node: Node, inputs: list[Value], env: Env) -> Value:
     return pooled + change.reshape(pooled.shape)
 
 
+def delta_region_sum(node: Node, inputs: list[Value], env: Env) -> Value:
+    """``O(V ⊕ Δ) = O(V) + s · Σ_box Δ ⊙ W|box`` (the weights over each query's box)."""
+    op = node.op
+    assert isinstance(op, RegionSum)
+    (patch,) = inputs
+    assert isinstance(patch, Patch)
+    (source,) = node.inputs
+    height, width = env.views[source].shape[2:]
+    change = _difference(source, patch, env)
+    values = change.values
+    if op.weights is not None:
+        region = full_ops.region_weights(op, env.weights, height, width).to(values.dtype)
+        at = torch.zeros_like(change.y0)
+        size = Size2(*values.shape[2:])
+        values = values * gather_view(region[None], at, change.y0, change.x0, size)
+    pooled = env.views[node.name][env.batch.image]
+    return pooled + (values.sum(dim=(2, 3)) * op.scale).reshape(pooled.shape)
+
+
 KERNELS: dict[KernelId, Kernel] = {
     KernelId.VIEW: view,
     KernelId.OCCLUDE: occlude_patch,
@@ -346,6 +366,7 @@ KERNELS: dict[KernelId, Kernel] = {
     KernelId.DELTA_ELEMENTWISE: delta_elementwise,
     KernelId.DELTA_COMBINE: delta_combine,
     KernelId.DELTA_GLOBAL_POOL: delta_global_pool,
+    KernelId.DELTA_REGION_SUM: delta_region_sum,
     KernelId.PROJECT: project,
     KernelId.FULL: full,
 }

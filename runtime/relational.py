@@ -26,6 +26,7 @@ from compiler.ir import (
     Node,
     Occlude,
     Pool,
+    RegionSum,
 )
 from compiler.plan import Plan
 from compiler.relational import render
@@ -153,6 +154,11 @@ def _weights(k: int, node: Node, weights: Weights, views: dict[str, Tensor]) -> 
                 "shift": (beta - mean * scale).numpy(),
             }
         )
+    if isinstance(op, RegionSum) and op.weights is not None:
+        source = views[node.inputs[0]]
+        channels, height, width = source.shape[1:]
+        region = full_ops.region_weights(op, weights, height, width).double()
+        tables[f"w{k}"] = _cells(region.expand(channels, -1, -1))
     if isinstance(op, Occlude):
         channels = node.schema.shape[0]
         color = np.broadcast_to(np.asarray(op.color, dtype=np.float64), (channels,))

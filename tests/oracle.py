@@ -127,7 +127,7 @@ def run(
             copies, rows, cols = occluded_copies(picture, patch, stride, color)
             outputs = torch.cat([model(chunk) for chunk in copies.split(CHUNK)])
             occluded.append(outputs.double().reshape(rows, cols, -1))
-            clean.append(model(picture[None])[0].double())
+            clean.append(model(picture[None])[0].double().reshape(-1))  # [N]: one class
     return Outputs(torch.stack(clean), torch.stack(occluded))
 
 
@@ -157,5 +157,5 @@ def clean_score(
     """The target's score on the clean ``[C, H, W]`` image (float64)."""
     model, image = _in(model, image, dtype)
     with torch.no_grad():
-        outputs = model(image[None])[0]
+        outputs = model(image[None])[0].reshape(-1)
     return float(_scores(outputs, int(outputs.argmax()) if target is None else target, score))

@@ -111,6 +111,8 @@ def reshape(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translat
     if not source.is_spatial:
         if shape == source.shape:
             return source
+        if len(shape) == 1 and source.name is not None and len(source.shape) < 1:
+            return ctx.emit(node, Flatten(), [source], None)  # a score per image → [N, 1]
         raise NotLocal("a reshape of a tensor that is not a feature map")
     assert source.layout is not None
     if node.meta["val"].shape[0] != 1:
@@ -227,7 +229,14 @@ def softmax(log: bool) -> Translator:
 
 
 def reduce_channels(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
-    """``sum``/``mean``/``amax`` over channel axes only (selective-kernel branch sums)."""
+    """``sum``/``mean``/``amax`` over channel axes only (selective-kernel branch sums); a sum
+    over exactly the spatial axes is a region aggregate (``local.spatial_sum``)."""
+    if "sum" in str(node.target):
+        from compiler.translators.local import spatial_sum
+
+        aggregate = spatial_sum(node, args, ctx)
+        if aggregate is not None:
+            return aggregate
     source = spatial(args["self"], "a reduction of a tensor that is not a feature map")
     assert source.layout is not None
     dims = args.get("dim")

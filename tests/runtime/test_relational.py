@@ -83,3 +83,26 @@ def test_an_operator_without_a_relational_form_is_named() -> None:
     with pytest.raises(UnsupportedOperationError, match="has no relational form"):
         plan.sql_heatmap(torch.randn(3, 8, 8))
     assert "(no relational form:" in plan.explain(sql=True)
+
+
+def test_a_region_aggregate_runs_as_sql() -> None:
+    """A map's masked mean (a segmentation region score's form): its delta over each box,
+    joined with the weights relation, equals torch and naive re-inference."""
+
+    class Masked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.register_buffer("mask", (torch.rand(3, 9, 8) > 0.4).float())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (self.conv(x).relu() * self.mask).mean((2, 3))
+
+    torch.manual_seed(5)
+    model, image = Masked().eval(), torch.randn(3, 9, 8)
+    plan = kql.compile(model, (3, 9, 8), patch=3, stride=2, score="logit")
+    forms = {s.node: s.form for s in relational.render(plan.optimized.plan)}
+    assert forms[plan.optimized.plan.output] == "delta"
+    got = plan.sql_heatmap(image)
+    assert torch.allclose(got, plan.run(image, progress=False), rtol=1e-4, atol=1e-6)
+    assert_matches_oracle(got, model, image, patch=3, stride=2, score="logit")
