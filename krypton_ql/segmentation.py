@@ -11,11 +11,13 @@ then each class's score is the mean over its region of the per-pixel softmax pro
     score[k] = (1 / |R_k|) Σ_{(y, x) ∈ R_k} p[k, y, x]
              = mean_{y, x}(p ⊙ w)[k],   w[k, y, x] = [(y, x) ∈ R_k] · H·W / |R_k|
 
-— a per-position softmax (element-wise in space), a product with a constant map (element-wise)
-and a global average pool, each of which the engine maintains incrementally: an occluded patch
-changes the map only in a bounded box, and the region sum by its delta over that box,
-``Σ_R f(V ⊕ Δ) = Σ_R f(V) + Σ_{box ∩ R} (f(new) − f(old))`` (``push_delta_through_global_pool``
-on the masked map). A region is a boolean mask ``[H, W]`` or a box ``(y0, x0, y1, x1)`` in input
+— a per-position softmax (element-wise in space) and a region aggregate (the product with the
+constant weights and the mean fold into one ``RegionSum``: ``fold_mask_into_region_sum``), each
+of which the engine maintains incrementally: an occluded patch changes the map only in a bounded
+box, and the region sum by its delta over that box,
+``Σ_R f(V ⊕ Δ) = Σ_R f(V) + Σ_{box ∩ R} (f(new) − f(old))`` (``push_delta_through_region_sum``).
+Captum's usual wrapper ``model(x)["out"][:, c].mul(mask).sum((1, 2))`` imports as the same
+aggregate. A region is a boolean mask ``[H, W]`` or a box ``(y0, x0, y1, x1)`` in input
 pixels (one for every class), or by default each class's own pixels in the clean image's
 prediction, so that every class of the image is explained in one pass.
 """

@@ -105,9 +105,43 @@ def test_the_region_score_is_maintained_incrementally() -> None:
     weights = segmentation.region_weights(model, IMAGE, (2, 2, 10, 10), None, (16, 16))
     wrapper = segmentation.RegionScores(model, weights, None, "prob", (16, 16)).eval()
     plan = kql.compile(wrapper, (3, 16, 16), patch=4, stride=2, score="logit")
-    text = plan.explain()
-    assert "GlobalAvgPool" in text and "{delta}" in text  # the region sum by its delta
+    region = next(line for line in plan.explain().splitlines() if "RegionSum(" in line)
+    assert "region aggregate" in region and "{delta}" in region  # the region sum by its delta
+    assert dict(plan.optimized.rules_fired)["push_delta_through_region_sum"] == 1
     assert plan.theoretical_speedup > 1.5
+
+
+class CaptumWrapper(nn.Module):
+    """The wrapper Captum's users write for segmentation: one score per image."""
+
+    def __init__(self, model: nn.Module, target: int, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.model, self.target = model, target
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["out"][:, self.target].mul(self.mask).sum((1, 2))
+
+
+def test_the_captum_drop_in_accelerates_the_usual_segmentation_wrapper() -> None:
+    import captum.attr
+
+    from krypton_ql.captum import Occlusion
+
+    mask = torch.zeros(8, 8)
+    mask[1:5, 2:7] = 1.0
+    wrapper = CaptumWrapper(_unet(), 2, mask).eval()
+    images = torch.rand(2, 3, 16, 16)
+    arguments = dict(sliding_window_shapes=(3, 4, 4), strides=(3, 2, 2), baselines=0.0)
+    expected = captum.attr.Occlusion(wrapper).attribute(images, **arguments)
+    occlusion = Occlusion(wrapper)
+    got = occlusion.attribute(images, **arguments)
+    assert occlusion.delegated is None  # the engine ran it, incrementally:
+    assert (
+        "RegionSum" in occlusion.last_plan.explain()
+        and occlusion.last_plan.theoretical_speedup > 1.5
+    )
+    assert expected.abs().max() > 0.01 and torch.allclose(got, expected, atol=1e-5)
 
 
 def test_the_oracle_takes_regions_too() -> None:
