@@ -61,6 +61,7 @@ class OcclusionPlan(HeatmapPlan):
         self.logical = import_model(
             self.exported, self.shape, self.occlusion.patch, self.occlusion.color
         )
+        check.scored_classes(self.classes, self.occlusion.score)
         image = Size2(self.shape[1], self.shape[2])
         self.positions = Positions.grid(image, self.occlusion.patch, self.occlusion.stride)
         self.optimized = optimize(self.logical, compile_options, self.positions)
@@ -326,7 +327,8 @@ def occlusion_heatmap(
     scores (``krypton_ql.segmentation``): the cell is the mean over ``region`` — a boolean
     mask ``[H, W]`` or a box ``(y0, x0, y1, x1)``, default the pixels the clean image predicts
     as ``target`` — of the class's per-pixel probability (or logit), the map resized to the
-    input size as torchvision's heads do (bilinear)."""
+    input size as torchvision's heads do (bilinear). For one image, ``target`` may list several
+    classes (each with its own default region): ``[T, rows, cols]``, all in one pass."""
     images = check.images(image)
     keywords = dict(patch=patch, stride=stride, color=color, batch_size=batch_size,
                     progress=progress, backend=backend, precision=precision, tau=tau,
@@ -339,7 +341,7 @@ def occlusion_heatmap(
     ):
         maps = segmentation.heatmaps(
             _class_heatmap, model, images, region=region, output=output, target=target,
-            score=score, **keywords,
+            score=score, several=_class_heatmaps, **keywords,
         )  # fmt: skip
         return maps[0] if image.dim() == 3 else maps
     return _class_heatmap(model, image, target=target, score=score, **keywords)
@@ -351,6 +353,16 @@ def _class_heatmap(model: nn.Module, image: Tensor, *, progress: ProgressArg, **
     images = check.images(image)
     options = Options.build(tuple(images.shape[1:]), **keywords)
     return build_plan(model, options).run(image, progress=progress)
+
+
+def _class_heatmaps(
+    model: nn.Module, image: Tensor, classes: list[int], *, progress: ProgressArg, **keywords: Any
+) -> Tensor:
+    """``[T, rows, cols]``: several classes' heatmaps of one image in one pass."""
+    images = check.images(image)
+    plan = build_plan(model, Options.build(tuple(images.shape[1:]), **keywords))
+    table = torch.tensor([classes], device=images.device)
+    return plan.evaluate(images, targets=table, progress=progress).heatmaps[0]
 
 
 def explain(model: nn.Module, input_shape: Any, **options: Any) -> str:

@@ -9,7 +9,10 @@ In a query, ``--images`` are the image set ``images`` (each named by its file st
 ``--images`` the built-in ``photos`` set is there), and the model is ``--model NAME`` (the
 built-in pretrained ``efficientnet_lite0``, the default) or ``--arch NAME --weights FILE``
 (a torchvision architecture with a local state dict, loaded with ``weights_only=True``; its
-name in queries is the architecture's). Both are also reachable as ``model``.
+name in queries is the architecture's; a segmentation architecture — ``lraspp_mobilenet_v3_large``,
+``fcn_resnet50``, … — is explained by region scores). Both are also reachable as ``model``.
+``--region NAME=MASK_FILE`` or ``--region NAME=Y0,X0,Y1,X1`` registers a region for
+``region => 'NAME'``; the pictures outline it.
 
 Exit status: 0 success; 2 a bad command line, query or input (the message, with a caret under
 the offending part of the query, goes to stderr); 1 an unexpected internal error.
@@ -142,6 +145,14 @@ def _session_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", help="a torchvision architecture, with --weights")
     parser.add_argument("--weights", help="a local state dict for --arch")
     parser.add_argument(
+        "--region",
+        action="append",
+        default=[],
+        metavar="NAME=MASK|Y0,X0,Y1,X1",
+        help="a region for map-output (segmentation) models, used as region => 'NAME': a mask "
+        "image in the model's input pixels (non-zero = inside) or a box; repeatable",
+    )
+    parser.add_argument(
         "--max-pixels",
         type=int,
         default=None,
@@ -168,6 +179,7 @@ def _session(args: argparse.Namespace):
         if args.model:
             raise InvalidInputError("give --model or --arch/--weights, not both")
         module, size = models.torchvision_model(args.arch, args.weights)
+        classes = models.architecture_classes(args.arch, module)
         name, transform = args.arch, models.imagenet_transform(size)
         display = models.imagenet_unnormalize
     else:
@@ -178,10 +190,9 @@ def _session(args: argparse.Namespace):
                 "torchvision architecture give --arch NAME --weights FILE"
             )
         module, transform, display = models.efficientnet_lite0(), models.preprocess, None
+        classes = models.imagenet_classes()
     for alias in dict.fromkeys((name, "model")):
-        session.register_model(
-            alias, module, transform=transform, classes=models.imagenet_classes()
-        )
+        session.register_model(alias, module, transform=transform, classes=classes)
     files: list[Path] = []
     for path in args.images or []:
         path = Path(path)
@@ -195,7 +206,28 @@ def _session(args: argparse.Namespace):
         raise InvalidInputError("no image files among --images")
     if files:
         session.register_images("images", [str(f) for f in files])
+    for text in args.region:
+        name, region = _region(text)
+        session.register_region(name, region)
     return session, module, display or models.unnormalize
+
+
+def _region(text: str) -> tuple[str, Any]:
+    """``NAME=Y0,X0,Y1,X1`` (a box) or ``NAME=FILE`` (a mask image)."""
+    from compiler.errors import InvalidInputError
+
+    name, equals, spec = text.partition("=")
+    if not equals or not name.strip() or not spec.strip():
+        raise InvalidInputError(
+            f"--region {text!r}: write NAME=MASK_FILE or NAME=Y0,X0,Y1,X1 (then region => "
+            "'NAME' in the query)"
+        )
+    parts = spec.split(",")
+    if len(parts) == 4 and all(p.strip().lstrip("-").isdigit() for p in parts):
+        return name.strip(), tuple(int(p) for p in parts)
+    if len(parts) > 1:
+        raise InvalidInputError(f"--region {text!r}: a box is four integers Y0,X0,Y1,X1")
+    return name.strip(), spec
 
 
 _APPROXIMATE_OPTION = re.compile(
@@ -277,9 +309,12 @@ def write_results(
     import torch
     from torch import Tensor
 
-    from krypton_ql import render
+    from krypton_ql import render, segmentation
 
     plan = session.last_plan
+    wrapper = getattr(plan, "model", None)  # a map-output model's region scores
+    if not isinstance(wrapper, segmentation.RegionScores):
+        wrapper = None
     occlusion = plan.occlusion if plan is not None else None
     geometry = (
         ((occlusion.patch.h, occlusion.patch.w), (occlusion.stride.h, occlusion.stride.w))
@@ -298,7 +333,8 @@ def write_results(
             if not isinstance(value, Tensor):
                 continue
             image = str(row[image_column]) if image_column is not None else str(index)
-            stem = f"{image}_{result.columns[column]}"
+            stem = _stem(image, row[class_column] if class_column is not None else None,
+                         result.columns[column], len(result.rows))  # fmt: skip
             np.save(out / f"{stem}.npy", value.numpy())
             cells[column] = f"{stem}.npy"
             written.append(out / f"{stem}.npy")
@@ -307,12 +343,27 @@ def write_results(
                 continue
             if image not in clean:
                 with torch.no_grad():
-                    clean[image] = torch.softmax(module(picture[None]).float(), 1)[0]
+                    if wrapper is not None:  # region scores: probabilities already (or logits)
+                        clean[image] = wrapper(picture[None]).float()[0]
+                    else:
+                        clean[image] = torch.softmax(module(picture[None]).float(), 1)[0]
             base = _clean_score(sql, clean[image], row, class_column)
+            region = None
+            if wrapper is not None:
+                chosen = row[class_column] if class_column is not None else clean[image].argmax()
+                region = wrapper.weights[0, int(chosen)] > 0
             title = f"{image}: {result.columns[column]}"
+            if class_column is not None:
+                title = f"{image}, class {row[class_column]}: {result.columns[column]}"
             written.append(
                 render.overlay_png(
-                    out / f"{stem}.png", display(picture), value, base, title, *geometry
+                    out / f"{stem}.png",
+                    display(picture),
+                    value,
+                    base,
+                    title,
+                    *geometry,
+                    region=region,
                 )  # fmt: skip
             )
             if exact is not None:
@@ -325,10 +376,18 @@ def write_results(
                         base,
                         ("exact", "approximate"),
                         *geometry,
+                        region=region,
                     )  # fmt: skip
                 )
         rows.append(cells)
     return written, rows
+
+
+def _stem(image: str, klass: Any, column: str, rows: int) -> str:
+    """A heatmap's file name: image, class (when the row has one and several rows could
+    share the image) and column, in characters any file system takes."""
+    parts = [image] + ([f"class{klass}"] if klass is not None and rows > 1 else []) + [column]
+    return "_".join(re.sub(r"[^\w.-]+", "-", p).strip("-") for p in parts)
 
 
 def _clean_score(sql: str, probabilities: Any, row: tuple, class_column: int | None):

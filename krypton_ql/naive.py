@@ -75,6 +75,7 @@ def naive_heatmap(
         if segmentation.holds_map(clean):
             return by_region()
         logits = _class_scores(clean, len(images))
+        check.scored_classes(logits.shape[1], occlusion.score)
         targets = check.targets(options.target, len(images), logits.shape[1], logits.argmax(dim=1))
         size = options.batch_size or _batch_size(model, images[:1])
         total = len(images) * len(positions)
@@ -87,7 +88,8 @@ def naive_heatmap(
                     images[image_index], top[position], left[position], occlusion.patch, colour
                 )
                 output = model(batch)
-                output = output.float()  # scores in fp32 whatever the model's precision
+                # scores in fp32 whatever the model's precision; one score per image: one class
+                output = output.float().reshape(len(batch), -1)
                 values = torch.softmax(output, 1) if occlusion.score is Score.PROB else output
                 scores[index] = values.gather(1, targets[image_index]).squeeze(1)
                 if report is not None:
@@ -112,6 +114,8 @@ def _class_scores(output: Any, count: int) -> Tensor:
     model (its output) and its plan checks the clean forward (finite)."""
     if not isinstance(output, Tensor):
         raise UnsupportedOperationError("the model must return one tensor of class scores")
+    if output.dim() == 1 and output.shape[0] == count:
+        output = output[:, None]  # one score per image: one class
     if output.dim() != 2 or output.shape[0] != count:
         raise UnsupportedOperationError(
             f"the model's output has shape {list(output.shape)} for {count} images; an "

@@ -241,6 +241,16 @@ def same_place(model: torch.nn.Module, images: torch.Tensor) -> None:
         )
 
 
+def scored_classes(classes: int, score_: Score) -> None:
+    """A probability needs several classes: a softmax over one score is always 1."""
+    if classes == 1 and score_ is Score.PROB:
+        raise InvalidInputError(
+            "the model gives one score per image, whose softmax is always 1: explain it with "
+            "score='logit' (its raw output)",
+            option="score",
+        )
+
+
 def finite_scores(scores: torch.Tensor) -> None:
     """The model's outputs on the clean images are finite: a NaN there (NaN weights, an
     overflow in half precision) would make every cell of the heatmap NaN."""

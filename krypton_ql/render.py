@@ -29,8 +29,9 @@ def limits(base: float | None, heatmap: Tensor) -> tuple[float, float]:
     return float(heatmap.min()), float(heatmap.max())
 
 
-def _draw(axis, photo: Tensor, heatmap: Tensor, span, patch, stride):
-    """The photo with the heatmap over it; cell ``(i, j)`` at its patch centre."""
+def _draw(axis, photo: Tensor, heatmap: Tensor, span, patch, stride, region=None):
+    """The photo with the heatmap over it; cell ``(i, j)`` at its patch centre; a region
+    (boolean ``[H, W]``) outlined in white."""
     rows, cols = heatmap.shape
     extent = (
         patch[1] / 2 - stride[1] / 2,
@@ -48,10 +49,23 @@ def _draw(axis, photo: Tensor, heatmap: Tensor, span, patch, stride):
         extent=extent,
         interpolation="bilinear",
     )
+    _outline(axis, region)
     axis.set_xlim(-0.5, photo.shape[2] - 0.5)
     axis.set_ylim(photo.shape[1] - 0.5, -0.5)
     axis.axis("off")
     return shown
+
+
+def _outline(axis, region: Tensor | None) -> None:
+    """The region's border (a segmentation region score's pixels), white over black."""
+    if region is None or not bool(region.any()):
+        return
+    mask = torch.nn.functional.pad(region.float().cpu(), (1, 1, 1, 1)).numpy()
+    for colour, width in (("black", 2.6), ("white", 1.3)):
+        axis.contour(
+            range(-1, mask.shape[1] - 1), range(-1, mask.shape[0] - 1), mask, levels=[0.5],
+            colors=colour, linewidths=width,
+        )  # fmt: skip
 
 
 def overlay_png(
@@ -62,8 +76,10 @@ def overlay_png(
     title: str,
     patch: tuple[int, int],
     stride: tuple[int, int],
+    region: Tensor | None = None,
 ) -> Path:
-    """Write ``photo`` ([3,H,W] in [0,1]) beside the heatmap overlay, with a colour bar.
+    """Write ``photo`` ([3,H,W] in [0,1]) beside the heatmap overlay, with a colour bar;
+    ``region`` (boolean ``[H, W]``, a region score's pixels) is outlined on both.
 
     ``base`` is the clean probability of a probability heatmap (the paper's colour limits,
     red = the prediction dropped); None colours any other heatmap by its own range.
@@ -73,9 +89,10 @@ def overlay_png(
     path.parent.mkdir(parents=True, exist_ok=True)
     figure, axes = plt.subplots(1, 2, figsize=(9, 4.4), constrained_layout=True)
     axes[0].imshow(photo.permute(1, 2, 0).cpu().numpy())
+    _outline(axes[0], region)
     axes[0].set_title(title, fontsize=10)
     axes[0].axis("off")
-    shown = _draw(axes[1], photo, heatmap, limits(base, heatmap), patch, stride)
+    shown = _draw(axes[1], photo, heatmap, limits(base, heatmap), patch, stride, region)
     caption = "probability with the patch here (red: dropped)" if base is not None else "value"
     axes[1].set_title(caption, fontsize=10)
     figure.colorbar(shown, ax=axes[1], fraction=0.046)
@@ -93,6 +110,7 @@ def comparison_png(
     labels: tuple[str, str],
     patch: tuple[int, int],
     stride: tuple[int, int],
+    region: Tensor | None = None,
 ) -> Path:
     """Exact and approximate heatmaps side by side on the same colour scale (the paper's
     limits around ``base``, or the exact heatmap's range when it is None), with SSIM,
@@ -104,7 +122,7 @@ def comparison_png(
     figure, axes = plt.subplots(1, 2, figsize=(9, 4.4), constrained_layout=True)
     span = limits(base, exact)
     for axis, heatmap, label in zip(axes, (exact, approx), labels):
-        shown = _draw(axis, photo, heatmap, span, patch, stride)
+        shown = _draw(axis, photo, heatmap, span, patch, stride, region)
         axis.set_title(label, fontsize=10)
     scores = quality.compare(exact, approx)
     figure.suptitle(

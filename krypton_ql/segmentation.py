@@ -25,6 +25,7 @@ prediction, so that every class of the image is explained in one pass.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -137,15 +138,27 @@ def heatmaps(
     output: Any,
     target: Any,
     score: Any,
+    several: Any = None,
     **options: Any,
 ) -> Tensor:
     """``[N, rows, cols]`` region-score heatmaps of a map-output model by ``compute``
     (``occlusion_heatmap`` or ``naive_heatmap``, called on ``RegionScores``): one plan for all
-    images with a given region, one per image with the default (predicted) regions."""
+    images with a given region, one per image with the default (predicted) regions. For one
+    image and a list of classes (``several``), ``[1, T, rows, cols]``: by
+    ``several(wrapper, image, classes, **options)`` in one pass, else class by class."""
     if score not in ("prob", "logit"):
         raise InvalidInputError(f"score must be 'prob' or 'logit', got {score!r}", option="score")
     size = (images.shape[-2], images.shape[-1])
     count = len(images)
+    classes = _classes(target) if count == 1 else None
+    if classes is not None:  # one image, several classes: every class's own region at once
+        weights = region_weights(model, images[0], region, output, size)
+        check_target_region(weights, classes)
+        wrapper = RegionScores(model, weights, output, score, size).eval()
+        if several is not None:
+            return several(wrapper, images[0], classes, score="logit", **options)[None]
+        maps = [compute(wrapper, images[0], target=c, score="logit", **options) for c in classes]
+        return torch.stack(maps)[None]
     targets = _per_image(target, count)
     if region is not None:
         weights = region_weights(model, images[0], region, output, size)
@@ -163,6 +176,20 @@ def heatmaps(
         wrapper = RegionScores(model, weights, output, score, size).eval()
         maps.append(compute(wrapper, images[index], target=chosen, score="logit", **options))
     return torch.stack(maps)
+
+
+def _classes(target: Any) -> list[int] | None:
+    """Several classes for one image (a list of ints, more than one), else None."""
+    if isinstance(target, Tensor):
+        target = target.tolist()
+    if (
+        isinstance(target, Sequence)
+        and not isinstance(target, str)
+        and len(target) > 1
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in target)
+    ):
+        return list(target)
+    return None
 
 
 def _per_image(target: Any, count: int) -> list[int | None]:
@@ -200,9 +227,61 @@ def region_weights(
     return masks.float() * (size[0] * size[1] / counts)[:, None, None].float()
 
 
+def as_region(region: Any) -> Any:
+    """A region as the engine takes it: a box ``(y0, x0, y1, x1)`` as a tuple of ints, or a
+    boolean mask tensor — from a tensor or NumPy array (non-zero = in the region) or a mask
+    image file (its non-zero pixels)."""
+    import numpy as np
+
+    if isinstance(region, str | Path):
+        region = _mask_file(Path(region))
+    if isinstance(region, np.ndarray):
+        region = torch.from_numpy(np.ascontiguousarray(region))
+    if isinstance(region, Tensor):
+        if region.dim() != 2 or region.dtype != torch.bool:
+            raise InvalidInputError(
+                f"a region mask is a boolean [H, W], got {str(region.dtype).split('.')[-1]} "
+                f"{list(region.shape)} (a soft mask: threshold it, e.g. mask > 0.5)",
+                option="region",
+            )
+        return region.detach().cpu()
+    if (
+        isinstance(region, Sequence)
+        and len(region) == 4
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in region)
+    ):
+        return tuple(region)
+    raise InvalidInputError(
+        "region must be a boolean mask [H, W], a mask image file or a box (y0, x0, y1, x1), "
+        f"got {type(region).__name__}",
+        option="region",
+    )
+
+
+def _mask_file(path: Path) -> Tensor:
+    """A mask image's non-zero pixels (any channel)."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as picture:
+            pixels = np.asarray(picture.convert("L") if picture.mode == "P" else picture)
+    except FileNotFoundError:
+        raise InvalidInputError(f"no such mask file: {path}", option="region") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise InvalidInputError(
+            f"cannot read the mask {path}: {error}", option="region"
+        ) from None  # fmt: skip
+    if pixels.ndim == 3:
+        pixels = (pixels != 0).any(axis=2)
+    return torch.from_numpy(np.ascontiguousarray(pixels != 0))
+
+
 def region_mask(region: Any, size: tuple[int, int]) -> Tensor:
     """A boolean ``[H, W]`` mask from a mask or a box ``(y0, x0, y1, x1)`` (half-open)."""
     height, width = size
+    if region is not None and not isinstance(region, tuple | list):
+        region = as_region(region)
     if isinstance(region, Tensor) and region.dtype == torch.bool:
         if tuple(region.shape) != size:
             raise InvalidInputError(

@@ -256,3 +256,46 @@ def test_bad_input_exits_2_with_a_message_and_no_traceback(args, message, capsys
     code = main(args)  # an escaping exception would fail this test
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.startswith("kql: error:"), err
+
+
+def test_a_segmentation_architecture_with_a_region_file(tmp_path: Path, capsys) -> None:
+    """``--arch`` takes torchvision's segmentation models; ``--region NAME=FILE`` registers a
+    mask the query names; each class gets its own files, the picture outlines the region, and
+    the heatmaps are the Python API's."""
+    from PIL import Image
+
+    import krypton_ql as kql
+    from krypton_ql import cli, models
+
+    torch.manual_seed(0)
+    model = torchvision.models.segmentation.lraspp_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=21
+    ).eval()
+    torch.save(model.state_dict(), tmp_path / "lraspp.pt")
+    mask = np.zeros((224, 224), np.uint8)
+    mask[40:150, 60:200] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    io.imsave(tmp_path / "cup.png", data.coffee())
+    out = tmp_path / "out"
+    sql = ("SELECT image, class, label, heatmap(prob) AS h FROM occlusion(images, model, "
+           "patch => 112, stride => 112, region => 'cup') WHERE class IN (0, 15) "
+           "GROUP BY image, class, label ORDER BY class")  # fmt: skip
+    weights, region = str(tmp_path / "lraspp.pt"), f"cup={tmp_path / 'mask.png'}"
+    arguments = ["--arch", "lraspp_mobilenet_v3_large", "--weights", weights,
+                 "--images", str(tmp_path / "cup.png"), "--region", region]  # fmt: skip
+    assert cli.main(["query", sql, "--out", str(out), *arguments]) == 0
+    with open(out / "results.csv") as file:
+        rows = list(csv.reader(file))
+    assert [r[1:4] for r in rows[1:]] == [["0", "__background__", "cup_class0_h.npy"],
+                                          ["15", "person", "cup_class15_h.npy"]]  # fmt: skip
+    assert (out / "cup_class15_h.png").stat().st_size > 10_000
+    image = models.imagenet_transform(224)(np.array(Image.open(tmp_path / "cup.png")))
+    for klass in (0, 15):
+        expected = kql.occlusion_heatmap(
+            model, image, patch=112, stride=112, target=klass, region=torch.from_numpy(mask > 0),
+            progress=False,
+        )  # fmt: skip
+        assert np.allclose(np.load(out / f"cup_class{klass}_h.npy"), expected.numpy(), atol=1e-5)
+    for bad, message in (("cup", "write NAME=MASK_FILE"), ("cup=1,2,3", "four integers")):
+        assert cli.main(["query", sql, *arguments[:4], "--region", bad]) == 2
+        assert message in capsys.readouterr().err

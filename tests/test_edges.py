@@ -158,7 +158,7 @@ class _Output(nn.Module):
         (torch.rand(4, 8, 8), _model(), InvalidInputError, "does not accept inputs of shape"),
         (IMAGE, _Output("tuple"), UnsupportedOperationError, "one tensor of class scores"),
         (IMAGE, _Output("NK11"), UnsupportedOperationError, r"shape \[N, classes\]"),
-        (IMAGE, _Output("N"), UnsupportedOperationError, r"shape \[N, classes\]"),
+        (IMAGE, _Output("N"), InvalidInputError, r"one score per image.*score='logit'"),
     ],
 )
 def test_the_oracle_validates_as_the_engine_does(image, model, error, message) -> None:

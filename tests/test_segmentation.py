@@ -157,7 +157,9 @@ def test_the_oracle_takes_regions_too() -> None:
         (dict(region=(4, 4, 2, 2)), InvalidInputError, "region box"),
         (dict(region=torch.zeros(16, 16, dtype=torch.bool)), InvalidInputError, "region is empty"),
         (dict(region=torch.ones(8, 8, dtype=torch.bool)), InvalidInputError, "region mask has"),
-        (dict(region="all"), InvalidInputError, "boolean mask"),
+        (dict(region="all"), InvalidInputError, "no such mask file"),
+        (dict(region=torch.ones(16, 16)), InvalidInputError, "boolean .* threshold it"),
+        (dict(region=[[True]]), InvalidInputError, "boolean mask"),
         (dict(output="logits"), InvalidInputError, "not among the model's outputs"),
         (dict(target=7, region=(0, 0, 4, 4)), InvalidInputError, "outside the model's 3"),
     ],
@@ -300,3 +302,45 @@ def test_the_query_language_explains_regions_of_a_map_output_model() -> None:
     with pytest.raises(kql.QueryError, match="region box"):
         session.sql("SELECT * FROM occlusion(street, seg, patch => 4, region => (9, 9, 2, 2))",
                     progress=False)  # fmt: skip
+
+
+def test_registered_regions_are_named_in_queries(tmp_path) -> None:
+    from PIL import Image
+
+    mask = torch.zeros(16, 16, dtype=torch.bool)
+    mask[2:9, 4:15] = True
+    Image.fromarray(mask.numpy().astype("uint8") * 255).save(tmp_path / "mask.png")
+    session = kql.connect()
+    session.register_model("seg", _unet())
+    session.register_images("street", IMAGE[None])
+    session.register_region("drawn", tmp_path / "mask.png")  # a mask image file
+    session.register_region("box", (0, 0, 8, 8))
+    assert session.regions() == ["drawn", "box"]
+    query = ("SELECT heatmap(prob) AS h FROM occlusion(street, seg, patch => 4, stride => 2, "
+             "region => '{}') WHERE class = 1")  # fmt: skip
+    for name, region in (("drawn", mask), ("box", (0, 0, 8, 8))):
+        got = session.sql(query.format(name), progress=False).rows[0][0]
+        expected = _loop(_unet(), IMAGE, 4, 2, 1, segmentation.region_mask(region, (16, 16)))
+        assert torch.allclose(got, expected, atol=1e-5)
+    with pytest.raises(kql.QueryError, match=r"unknown region 'lake' \(regions: drawn, box\)"):
+        session.sql(query.format("lake"), progress=False)
+    session.register_region("small", torch.ones(4, 4, dtype=torch.bool))
+    with pytest.raises(kql.QueryError, match="region mask has shape \\[4, 4\\], the image is 16"):
+        session.sql(query.format("small"), progress=False)
+
+
+def test_several_classes_of_one_image_in_one_pass() -> None:
+    model = _unet()
+    with torch.no_grad():  # centre the classes' logits: each predicts part of the image
+        model.head.bias -= model(IMAGE[None])["out"].mean((0, 2, 3))
+    weights = segmentation.region_weights(model, IMAGE, None, None, (16, 16))
+    assert all(bool(weights[k].any()) for k in range(3))
+    for region in ((2, 2, 12, 12), None):
+        classes = [2, 0, 1]
+        kwargs = dict(patch=4, stride=3, target=classes, region=region, progress=False)
+        got = kql.occlusion_heatmap(model, IMAGE, **kwargs)
+        assert got.shape == (len(classes), 5, 5)
+        for index, klass in enumerate(classes):
+            mask = segmentation.region_mask(region, (16, 16)) if region else weights[klass] > 0
+            assert torch.allclose(got[index], _loop(model, IMAGE, 4, 3, klass, mask), atol=1e-5)
+        assert torch.allclose(kql.naive_heatmap(model, IMAGE, **kwargs), got, atol=1e-5)

@@ -75,6 +75,7 @@ class Session:
         self._last_inputs: dict[str, Tensor] = {}
         self._plans: dict[tuple[int, Options], HeatmapPlan] = {}  # compiled plans, reused
         self._wrappers: dict[tuple, Any] = {}  # map-output models: probes, region scores
+        self._regions: dict[str, Any] = {}  # region => 'name': boolean masks and boxes
         self.cache = scans.Cache()
         self._generation = 0
         # Seconds the last statement spent parsing, binding and validating ("parse"), loading
@@ -125,6 +126,21 @@ class Session:
         entry.generation = self._generation
         self._images[name] = entry
         return list(entry.items)
+
+    def register_region(self, name: str, region: Any) -> None:
+        """Make ``region`` available to queries of map-output models as ``region => 'name'``:
+        a boolean mask ``[H, W]`` in the model's input pixels (a tensor, a NumPy array, or a
+        mask image file whose non-zero pixels are the region) or a box ``(y0, x0, y1, x1)``."""
+        from krypton_ql import segmentation
+
+        if not isinstance(name, str) or not name:
+            raise InvalidInputError(f"a region's name must be a non-empty string, got {name!r}")
+        self._regions[name] = segmentation.as_region(region)
+        self._wrappers.clear()
+
+    def regions(self) -> list[str]:
+        """The registered regions' names."""
+        return list(self._regions)
 
     def register_table(self, name: str, data: Any) -> None:
         """Make ``data`` a table that statements can join with: a pandas or polars DataFrame,
@@ -361,6 +377,15 @@ class Session:
         from krypton_ql import segmentation
 
         region, output = keywords.pop("region", None), keywords.pop("output", None)
+        if isinstance(region, str):
+            if region not in self._regions:
+                known = ", ".join(self._regions) or "none; Session.register_region adds one"
+                raise fail(
+                    f"unknown region {region!r} (regions: {known})",
+                    scan.option_nodes["region"],
+                    statement.text,
+                )
+            region = self._regions[region]
         probe = ("returns a map", id(module), tuple(images.shape[1:]))
         if probe not in self._wrappers:  # one forward per model and shape, not per statement
             self._wrappers[probe] = segmentation.returns_map(module, images)
@@ -374,7 +399,7 @@ class Session:
                 statement.text,
             )
         score = keywords.get("score", "prob")
-        key = ("region", id(module), region, output, score, tuple(images.shape),
+        key = ("region", id(module), _region_key(region), output, score, tuple(images.shape),
                None if region is not None else hash(images.cpu().numpy().tobytes()))  # fmt: skip
         wrapper = self._wrappers.get(key)
         if wrapper is None:
@@ -476,3 +501,10 @@ def connect(database: str | Path | None = None) -> Session:
     """A new session that knows the built-in model and sample photos; ``database``: None for
     an in-memory DuckDB, or a DuckDB file that keeps the tables statements create."""
     return Session(database)
+
+
+def _region_key(region: Any) -> Any:
+    """A hashable key of a box or a mask (masks by their bytes)."""
+    if isinstance(region, Tensor):
+        return ("mask", tuple(region.shape), region.cpu().numpy().tobytes())
+    return region

@@ -55,6 +55,8 @@ def torchvision_model(arch: str, weights: str) -> tuple[torch.nn.Module, int]:
     from compiler.errors import InvalidInputError
 
     names = set(torchvision.models.list_models(module=torchvision.models))
+    if arch in SEGMENTATION:
+        return _segmentation_model(arch, weights)
     if arch not in names:
         raise InvalidInputError(f"unknown torchvision architecture {arch!r}")
     options = {"aux_logits": False, "init_weights": False} if arch == "inception_v3" else {}
@@ -66,6 +68,54 @@ def torchvision_model(arch: str, weights: str) -> tuple[torch.nn.Module, int]:
         raise InvalidInputError(f"{weights} does not fit {arch}: {problem}")
     model.load_state_dict(state, strict=True)
     return model.eval(), 299 if arch == "inception_v3" else 224
+
+
+SEGMENTATION = (
+    "deeplabv3_mobilenet_v3_large",
+    "deeplabv3_resnet50",
+    "deeplabv3_resnet101",
+    "fcn_resnet50",
+    "fcn_resnet101",
+    "lraspp_mobilenet_v3_large",
+)
+
+
+def architecture_classes(arch: str, model: torch.nn.Module) -> list[str]:
+    """Class names for ``--arch``: ImageNet's, or for a segmentation architecture Pascal VOC's
+    (torchvision's label list; ``class k`` when the model has another number of classes)."""
+    if arch not in SEGMENTATION:
+        return imagenet_classes()
+    import torchvision
+
+    head = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    labels = list(torchvision.models.get_model_weights(arch).DEFAULT.meta["categories"])
+    if len(labels) != head.out_channels:
+        labels = [f"class {k}" for k in range(head.out_channels)]
+    return labels
+
+
+def _segmentation_model(arch: str, weights: str) -> tuple[torch.nn.Module, int]:
+    """A torchvision segmentation model (its number of classes and auxiliary head as the
+    weights have them) and its input size (224 for the CLI's photos)."""
+    import torchvision
+
+    from compiler.errors import InvalidInputError
+
+    state = _load_state(weights)
+    heads = [k for k, v in state.items() if k.startswith("classifier.") and v.dim() == 4]
+    if not heads:
+        raise InvalidInputError(f"{weights} does not fit {arch}: it has no classifier head")
+    classes = int(state[heads[-1]].shape[0])
+    aux = any(k.startswith("aux_classifier.") for k in state)
+    options = {"aux_loss": aux} if not arch.startswith("lraspp") else {}
+    model = torchvision.models.get_model(
+        arch, weights=None, weights_backbone=None, num_classes=classes, **options
+    )
+    problem = _fit(model.state_dict(), state)
+    if problem:
+        raise InvalidInputError(f"{weights} does not fit {arch}: {problem}")
+    model.load_state_dict(state, strict=True)
+    return model.eval(), 224
 
 
 def _load_state(weights: str) -> dict[str, Tensor]:
