@@ -218,7 +218,7 @@ def node_origins(
         )
     if isinstance(op, Pad):
         return y0 + op.padding.top, x0 + op.padding.left
-    if isinstance(op, Upsample) and op.mode == "nearest":
+    if isinstance(op, Upsample) and op.mode in ("nearest", "zeros"):
         return y0 * op.scale.h, x0 * op.scale.w
     if isinstance(op, Upsample):  # bilinear: from the first output row that reads row y0 − 1
         sh, sw = op.scale.h, op.scale.w

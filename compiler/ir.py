@@ -175,10 +175,12 @@ class Upsample:
     box of ``b`` input cells at ``y0`` becomes exactly ``s·b`` cells at ``s·y0``. Bilinear
     (``align_corners=False``): output row ``y`` blends input rows ``i0 = ⌊max((y + ½)/s − ½,
     0)⌋`` and ``min(i0 + 1, H − 1)``, so a box of ``b`` rows changes at most ``s·(b + 1)``
-    output rows, from ``s·y0 − ⌊(s + 1)/2⌋``, read from ``b + 2`` input rows."""
+    output rows, from ``s·y0 − ⌊(s + 1)/2⌋``, read from ``b + 2`` input rows. Zeros (a
+    transposed convolution's zero insertion): ``O(c, y, x) = A(c, y/s_h, x/s_w)`` where both
+    divide, else 0; its boxes are nearest's."""
 
     scale: Size2
-    mode: str = "nearest"  # or "bilinear"
+    mode: str = "nearest"  # or "bilinear", "zeros"
     GLOBAL: ClassVar[bool] = False
 
 

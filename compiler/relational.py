@@ -375,8 +375,10 @@ class _Renderer:
         assert isinstance(op, Upsample)
         (source,) = self.node.inputs
         sh, sw = op.scale.h, op.scale.w
-        if op.mode == "nearest":
+        if op.mode in ("nearest", "zeros"):
             joins, value = self._read(source, "a", "b.q", "b.c", f"b.y // {sh}", f"b.x // {sw}")
+            if op.mode == "zeros":  # the block's first cell, zeros elsewhere
+                value = f"CASE WHEN b.y % {sh} = 0 AND b.x % {sw} = 0 THEN {value} ELSE 0.0 END"
             return f"SELECT b.q, b.c, b.y, b.x, {value} AS v FROM ({self._cells(True)}) b{joins}"
         if op.mode != "bilinear":
             raise UnsupportedOperationError(

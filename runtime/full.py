@@ -124,10 +124,15 @@ def _global(node: Node, inputs: list[Tensor], weights: Weights) -> Tensor:
 
 
 def upsample(x: Tensor, op: Upsample) -> Tensor:
-    """Upsampling by integer factors: nearest repeats each cell ``s_h × s_w`` times; bilinear
-    is torch's (``align_corners=False``) on the whole map."""
+    """Upsampling by integer factors: nearest repeats each cell ``s_h × s_w`` times, zeros puts
+    it at the block's first cell; bilinear is torch's (``align_corners=False``) on the whole
+    map."""
     if op.mode == "nearest":
         return x.repeat_interleave(op.scale.h, dim=2).repeat_interleave(op.scale.w, dim=3)
+    if op.mode == "zeros":
+        out = x.new_zeros(x.shape[0], x.shape[1], x.shape[2] * op.scale.h, x.shape[3] * op.scale.w)
+        out[:, :, :: op.scale.h, :: op.scale.w] = x
+        return out
     size = [x.shape[2] * op.scale.h, x.shape[3] * op.scale.w]
     return torch.ops.aten.upsample_bilinear2d.vec(x, size, False, None)
 

@@ -166,7 +166,7 @@ def pointwise(node: Node, inputs: list[Value], env: Env) -> Value:
 
 
 def upsample(node: Node, inputs: list[Value], env: Env) -> Value:
-    """Nearest upsampling of the patch: the changed blocks, at ``s·y0``."""
+    """Nearest (or zero-inserting) upsampling of the patch: the changed blocks, at ``s·y0``."""
     (patch,) = inputs
     assert isinstance(patch, Patch) and isinstance(node.op, Upsample)
     return _patch(node, full_ops.upsample(patch.values, node.op), env)

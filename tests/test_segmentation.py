@@ -20,8 +20,8 @@ from tests.profiles import examples
 
 class UNet(nn.Module):
     """An encoder–decoder with a skip connection (concatenation), nearest upsampling and a map
-    at half the input size (resized by the region score). (A ``ConvTranspose2d`` decoder is
-    exact too, through the full-recompute fallback from that layer on.)"""
+    at half the input size (resized by the region score). (``ConvTranspose2d`` decoders are in
+    the property test below.)"""
 
     def __init__(self, classes: int = 3) -> None:
         super().__init__()
@@ -204,7 +204,8 @@ def test_torchvision_segmentation_models_equal_naive(name) -> None:
 
 class _EncoderDecoder(nn.Module):
     """Random encoder (strided convolutions or pools) and decoder (nearest or bilinear
-    upsampling, convolutions), with an optional skip connection (add or concatenation)."""
+    upsampling or a transposed convolution, then convolutions), with an optional skip
+    connection (add or concatenation)."""
 
     def __init__(self, depth: int, width: int, pool: bool, mode: str, skip: str, classes: int):
         super().__init__()
@@ -219,7 +220,9 @@ class _EncoderDecoder(nn.Module):
             channels = width
         self.decoder = nn.ModuleList(
             nn.Sequential(
-                nn.Upsample(scale_factor=2, mode=mode),
+                nn.ConvTranspose2d(width, width, 2, stride=2)
+                if mode == "transposed"
+                else nn.Upsample(scale_factor=2, mode=mode),
                 nn.Conv2d(width, width, 3, padding=1),
                 nn.ReLU(),
             )  # fmt: skip
@@ -247,7 +250,7 @@ class _EncoderDecoder(nn.Module):
     depth=st.integers(1, 2),
     width=st.sampled_from([2, 5]),
     pool=st.booleans(),
-    mode=st.sampled_from(["nearest", "bilinear"]),
+    mode=st.sampled_from(["nearest", "bilinear", "transposed"]),
     skip=st.sampled_from(["none", "add", "cat"]),
     patch=st.integers(2, 5),
     stride=st.integers(2, 4),

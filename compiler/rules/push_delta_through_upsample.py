@@ -8,7 +8,8 @@ the patch alone. Bilinear upsampling (``align_corners=False``) blends input rows
 ``i0(y) + 1`` with ``i0(y) = ⌊max((y + ½)/s − ½, 0)⌋``; the rows whose ``i0`` lies in
 ``[y0 − 1, y0 + b − 1]`` run from ``s·y0 − ⌊(s + 1)/2⌋`` to ``s·(y0 + b) + ⌈(s − 1)/2⌉``:
 ``s·(b + 1)`` rows (clamped inward at the border), recomputed from ``b + 2`` input rows of
-``view ⊕ patch``.
+``view ⊕ patch``. Zero insertion (a transposed convolution's first half) writes each input
+cell at the first cell of its block and zeros elsewhere: nearest's boxes, from the patch alone.
 Precondition: the input is boxed.
 """
 
@@ -27,7 +28,7 @@ def push_delta_through_upsample(node: Node, ctx: RuleContext) -> Node | None:
         return None
     assert source.update is not None and source.update.box is not None
     box, scale = source.update.box, node.op.scale
-    if node.op.mode == "nearest":
+    if node.op.mode in ("nearest", "zeros"):
         out = Size2(box.h * scale.h, box.w * scale.w)
         return node.with_update(Update(State.BOX, Strategy.ELEMENTWISE, out))  # up(Δ)
     size, inner = node.schema.size, source.schema.size

@@ -48,6 +48,7 @@ from compiler.translators.local import (
     batch_norm,
     batch_norm_no_training,
     conv2d,
+    conv_transpose2d,
     max_pool2d,
     max_pool2d_with_indices,
     mean,
@@ -73,6 +74,7 @@ ATEN: dict[str, Translator] = {
     # windows
     "conv2d": conv2d,
     "convolution": conv2d,
+    "conv_transpose2d": conv_transpose2d,
     "max_pool2d": max_pool2d,
     "max_pool2d_with_indices": max_pool2d_with_indices,
     "avg_pool2d": avg_pool2d,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import fx
 
-from compiler.ir import Concat, Flatten, Linear, Pointwise, Softmax
+from compiler.ir import Concat, Flatten, Linear, Pointwise, RegionSum, Softmax
 from compiler.translators.common import (
     NotLocal,
     Outputs,
@@ -228,12 +228,31 @@ def softmax(log: bool) -> Translator:
     return translate
 
 
+def spatial_sum(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation | None:
+    """``aten.sum.dim_IntList`` over exactly the spatial axes: a region aggregate with every
+    weight 1 (``fold_mask_into_region_sum`` gives it a mask's weights); ``None`` for a sum
+    over other axes."""
+    source = args["self"]
+    if not isinstance(source, Value) or source.is_constant or source.layout is None:
+        return None
+    layout = source.layout
+    rank = len(layout.shape) + 1
+    dims = args.get("dim")
+    if not dims or sorted(axis(int(d), rank) - 1 for d in dims) != sorted((layout.h, layout.w)):
+        return None
+    if args.get("dtype") is not None:
+        raise NotLocal("a sum with a dtype")
+    if args["keepdim"]:
+        return ctx.emit(node, RegionSum(None, 1.0, True), [source], ctx.like(node, source))
+    if len(layout.channel_shape) > 1:
+        raise NotLocal("a sum over the spatial axes of a tensor with several channel axes")
+    return ctx.emit(node, RegionSum(None, 1.0, False), [source], None)
+
+
 def reduce_channels(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
     """``sum``/``mean``/``amax`` over channel axes only (selective-kernel branch sums); a sum
     over exactly the spatial axes is a region aggregate (``local.spatial_sum``)."""
     if "sum" in str(node.target):
-        from compiler.translators.local import spatial_sum
-
         aggregate = spatial_sum(node, args, ctx)
         if aggregate is not None:
             return aggregate

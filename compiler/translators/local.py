@@ -14,7 +14,6 @@ from compiler.ir import (
     JoinAggregate,
     Pad,
     Pool,
-    RegionSum,
     Upsample,
 )
 from compiler.translators.common import (
@@ -48,9 +47,10 @@ def _conv_window(kernel: Size2, stride: Any, padding: Any, dilation: Any) -> Win
 
 
 def conv2d(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
-    """``aten.conv2d`` (both overloads) and ``aten.convolution`` (not transposed)."""
+    """``aten.conv2d`` (both overloads) and ``aten.convolution`` (transposed: see
+    ``conv_transpose2d``)."""
     if args.get("transposed"):
-        raise NotLocal("transposed convolution")
+        return conv_transpose2d(node, args, ctx)
     source = standard(args["input"], "a convolution")
     weight = ctx.weight(args["weight"], "a convolution's weight")
     if len(weight.shape) != 4:
@@ -60,6 +60,57 @@ def conv2d(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translati
     window = _conv_window(kernel, args["stride"], args["padding"], args["dilation"])
     op = JoinAggregate(weight, bias, window, int(args["groups"]))
     return ctx.emit(node, op, [source], ctx.like(node, source))
+
+
+def conv_transpose2d(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    """``aten.conv_transpose2d``: zero insertion, then an ordinary convolution — the textbook
+    identity ``convT_{s,p,d,op}(A, K) = conv_{1, pad, d}(Z_s(A), flip(Kᵀ))`` with ``Z_s``
+    placing each cell at ``(s·y, s·x)`` of an ``s·H × s·W`` map of zeros, ``Kᵀ`` the kernel
+    with input and output channels swapped (per group), and padding ``d·(k − 1) − p`` before,
+    ``d·(k − 1) − p + op − (s − 1)`` after (the last ``s − 1`` zero rows of ``Z_s`` stand for
+    that much of the padding). Both halves are local, so the incremental rules see them: the
+    changed cells of ``Z_s`` are the patch's own, and the convolution's box follows."""
+    source = standard(args["input"], "a transposed convolution")
+    if not isinstance(args["weight"], Value) or not args["weight"].is_constant:
+        raise NotLocal("a transposed convolution without a model weight")
+    weight = args["weight"].tensor
+    if weight is None or weight.dim() != 4:
+        raise NotLocal("a transposed convolution with a kernel that is not a 2-D model weight")
+    stride, padding = Size2.of(args["stride"]), Size2.of(args["padding"])
+    dilation, extra = Size2.of(args["dilation"]), Size2.of(args.get("output_padding", 0))
+    groups = int(args["groups"])
+    kh, kw = weight.shape[2], weight.shape[3]
+    before = Size2(dilation.h * (kh - 1) - padding.h, dilation.w * (kw - 1) - padding.w)
+    after = Size2(before.h + extra.h - (stride.h - 1), before.w + extra.w - (stride.w - 1))
+    if min(before.h, before.w, after.h, after.w) < 0:
+        raise NotLocal("a transposed convolution whose equivalent padding is negative")
+    ins, outs = weight.shape[0], weight.shape[1] * groups
+    kernel = (
+        weight.reshape(groups, ins // groups, outs // groups, kh, kw)
+        .transpose(1, 2)
+        .reshape(outs, ins // groups, kh, kw)
+        .flip(-2, -1)
+        .contiguous()
+    )
+    path = args["weight"].ref.path if args["weight"].ref is not None else "weight"
+    ref = ctx.register(kernel, f"{path} as a convolution")
+    bias = ctx.weight(args["bias"], "a convolution's bias") if args["bias"] is not None else None
+    layout = source.layout
+    assert layout is not None
+    channels, height, width = source.shape
+    inserted = ctx.emit(
+        node,
+        Upsample(stride, "zeros"),
+        [source],
+        layout.with_shape((channels, height * stride.h, width * stride.w)),
+    )
+    window = Window(
+        Size2(kh, kw), Size2(1, 1), dilation,
+        Padding(before.h, after.h, before.w, after.w), False,
+    )  # fmt: skip
+    return ctx.emit(
+        node, JoinAggregate(ref, bias, window, groups), [inserted], ctx.like(node, source)
+    )
 
 
 def _pool(agg: Agg, args: dict[str, Any]) -> Pool:
@@ -197,27 +248,6 @@ def mean(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation
     from compiler.translators.channels import pointwise
 
     return pointwise(node, args, ctx, source)
-
-
-def spatial_sum(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation | None:
-    """``aten.sum.dim_IntList`` over exactly the spatial axes: a region aggregate with every
-    weight 1 (``fold_mask_into_region_sum`` gives it a mask's weights); ``None`` for a sum
-    over other axes."""
-    source = args["self"]
-    if not isinstance(source, Value) or source.is_constant or source.layout is None:
-        return None
-    layout = source.layout
-    rank = len(layout.shape) + 1
-    dims = args.get("dim")
-    if not dims or sorted(axis(int(d), rank) - 1 for d in dims) != sorted((layout.h, layout.w)):
-        return None
-    if args.get("dtype") is not None:
-        raise NotLocal("a sum with a dtype")
-    if args["keepdim"]:
-        return ctx.emit(node, RegionSum(None, 1.0, True), [source], ctx.like(node, source))
-    if len(layout.channel_shape) > 1:
-        raise NotLocal("a sum over the spatial axes of a tensor with several channel axes")
-    return ctx.emit(node, RegionSum(None, 1.0, False), [source], None)
 
 
 def _upsample(node: fx.Node, args: dict[str, Any], ctx: ImportContext, mode: str) -> Value:
