@@ -9,6 +9,7 @@ incremental queries.
 from krypton_ql import models, quality
 from krypton_ql.api import OcclusionPlan, OcclusionResult, compile, explain, occlusion_heatmap
 from krypton_ql.approx import DrillDownPlan
+from krypton_ql.datasets import explain_dataset
 from krypton_ql.dsl.errors import QueryError
 from krypton_ql.dsl.result import Result
 from krypton_ql.dsl.session import Session, connect
@@ -33,6 +34,7 @@ __all__ = [
     "compile",
     "connect",
     "explain",
+    "explain_dataset",
     "models",
     "naive_heatmap",
     "occlusion_heatmap",
