@@ -2,6 +2,7 @@
 
     kql query "<sql>" --images a.jpg b.png --out results/    run a query, write its heatmaps
     kql explain "<sql>" [--images …]                         print the plan
+    kql explain-dataset IMAGES --patch P [--engine ray …]    every image's heatmap, to Parquet
     kql demo [--out DIR …]                                   what ``make demo`` runs
     kql bench {cpu,gpu,approx} [options…]                    the benchmark harnesses
 
@@ -107,6 +108,31 @@ def _parser() -> argparse.ArgumentParser:
         "--sql", dest="as_sql", action="store_true", help="also the incremental plan as SQL"
     )
     explain.set_defaults(run=_explain)
+
+    job = commands.add_parser(
+        "explain-dataset",
+        help="explain every image of a folder, glob or listing; rows to Parquet",
+    )
+    job.add_argument("images", help="a folder, a glob, or a CSV/Parquet listing (path[, target])")
+    job.add_argument(
+        "--out", default="kql-dataset", help="the Parquet folder (default kql-dataset)"
+    )
+    job.add_argument("--model", default=None, help="efficientnet_lite0 (default)")
+    job.add_argument("--arch", help="a torchvision architecture, with --weights")
+    job.add_argument("--weights", help="a local state dict for --arch")
+    job.add_argument("--patch", type=int, required=True, help="the patch size in pixels")
+    job.add_argument("--stride", type=int, default=None, help="default: the patch size")
+    job.add_argument("--score", choices=["prob", "logit"], default="prob")
+    job.add_argument("--target", type=int, default=None, help="one class for every image")
+    job.add_argument("--engine", choices=["local", "ray"], default="local")
+    job.add_argument("--workers", type=int, default=None, help="Ray actors (default: CPUs)")
+    job.add_argument("--gpus-per-worker", type=float, default=0)
+    job.add_argument("--address", default=None, help="a Ray cluster (default: RAY_ADDRESS)")
+    job.add_argument("--overwrite", action="store_true", help="start afresh, not resume")
+    bar = job.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None)
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    job.set_defaults(run=_explain_dataset)
 
     shell = commands.add_parser(
         "shell", help="an interactive SQL prompt (statements end with ';', .help for help)"
@@ -401,6 +427,33 @@ def _clean_score(sql: str, probabilities: Any, row: tuple, class_column: int | N
     if _NAMES_CLASSES.search(sql):
         return None
     return float(probabilities.max())
+
+
+def _explain_dataset(args: argparse.Namespace) -> int:
+    """``kql explain-dataset``: the dataset job, then a summary of what it wrote."""
+    import pyarrow.parquet as pq
+
+    from compiler.errors import InvalidInputError
+    from krypton_ql import datasets
+
+    if args.arch or args.weights:
+        if not (args.arch and args.weights):
+            raise InvalidInputError("--arch and --weights go together (no weights are downloaded)")
+        if args.model:
+            raise InvalidInputError("give --model or --arch/--weights, not both")
+        model: Any = (args.arch, args.weights)
+    else:
+        model = args.model or "efficientnet_lite0"
+    out = datasets.explain_dataset(
+        args.images, model, patch=args.patch, stride=args.stride or args.patch, out=args.out,
+        score=args.score, target=args.target, engine=args.engine, workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker, address=args.address, overwrite=args.overwrite,
+        progress="auto" if args.progress is None else args.progress,
+    )  # fmt: skip
+    table = pq.read_table(out, columns=["error"])
+    failed = table.num_rows - table.column("error").null_count
+    print(f"{table.num_rows} images in {out}/ ({failed} with errors; the error column says why)")
+    return EXIT_OK
 
 
 def _explain(args: argparse.Namespace) -> int:

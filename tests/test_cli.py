@@ -299,3 +299,25 @@ def test_a_segmentation_architecture_with_a_region_file(tmp_path: Path, capsys) 
     for bad, message in (("cup", "write NAME=MASK_FILE"), ("cup=1,2,3", "four integers")):
         assert cli.main(["query", sql, *arguments[:4], "--region", bad]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_explain_dataset_writes_parquet_that_duckdb_reads(photos: Path, tmp_path: Path, capsys):
+    import duckdb
+
+    from krypton_ql import cli
+
+    out = tmp_path / "rows"
+    arguments = ["explain-dataset", str(photos), "--patch", "112", "--out", str(out),
+                 "--no-progress"]  # fmt: skip
+    assert cli.main(arguments) == 0
+    assert "2 images in" in capsys.readouterr().out
+    rows = duckdb.sql(
+        f"SELECT image_id, label, len(heatmap), heatmap_shape, error FROM '{out}/*.parquet' "
+        "ORDER BY image_id"
+    ).fetchall()  # fmt: skip
+    assert [(Path(r[0]).name, r[2], r[3], r[4]) for r in rows] == [
+        ("cat.png", 4, [2, 2], None), ("cup.jpg", 4, [2, 2], None)
+    ]  # fmt: skip
+    assert rows[0][1] and rows[1][1]  # ImageNet labels of the predictions
+    assert cli.main(arguments) == 0  # resumed: nothing left to do
+    assert len(list(out.glob("*.parquet"))) == 1
