@@ -122,6 +122,7 @@ class Explainer:
 
     spec: ModelSpec
     options: dict[str, Any]
+    threads: int | None = None  # torch's threads on a Ray actor: the CPUs it was given
     _model: Any = field(default=None, init=False, repr=False)
     _plans: dict[tuple[int, ...], Any] = field(default_factory=dict, init=False, repr=False)
 
@@ -185,6 +186,8 @@ class Explainer:
 
     def _built(self) -> tuple[nn.Module, Callable, Sequence[str] | None]:
         if self._model is None:
+            if self.threads is not None:
+                torch.set_num_threads(self.threads)
             self._model = self.spec.build()
         return self._model
 
@@ -293,7 +296,8 @@ def explain_dataset(
     """Explain every image of ``images`` with ``model`` and write the rows to ``out`` (see the
     module docstring); returns ``out``. ``options`` are ``kql.compile``'s (``color``,
     ``score``, ``target``, ``tau``, ``precision``, …). ``engine="ray"`` runs on the cluster at
-    ``address`` (or ``RAY_ADDRESS``, else a local Ray) with ``workers`` actors of
+    ``address`` (or ``RAY_ADDRESS``, else a local Ray) with ``workers`` actors (default: one
+    per CPU; each gets its share of the CPUs as torch threads) of
     ``gpus_per_worker`` GPUs each; ``batch_size`` images go to an actor at a time."""
     if engine not in ("local", "ray"):
         raise InvalidInputError(f"engine must be 'local' or 'ray', got {engine!r}")
@@ -410,15 +414,18 @@ def _run_ray(
         dataset = images
         if finished:
             dataset = dataset.filter(lambda row: row["image_id"] not in finished)
-    size = workers or max(1, int(ray.available_resources().get("CPU", 1)))
+    cpus = int(ray.available_resources().get("CPU", 1))
+    size = workers or max(1, cpus)
+    largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
+    threads = max(1, min(cpus // size, int(largest)))  # an actor's share, on one node
     results = dataset.map_batches(
         Explainer,
-        fn_constructor_args=(spec, settings),
+        fn_constructor_args=(spec, settings, threads),
         compute=ray.data.ActorPoolStrategy(size=size),
         batch_size=batch_size or 1,
         batch_format="pandas",
         num_gpus=gpus,
-        num_cpus=1,
+        num_cpus=threads,
         max_restarts=-1,
         max_task_retries=-1,
     )
