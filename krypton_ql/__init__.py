@@ -3,7 +3,7 @@ incremental queries.
 
 >>> import krypton_ql as kql
 >>> sorted(n for n in kql.__all__ if not n[0].isupper())[:4]
-['compile', 'connect', 'explain', 'models']
+['compile', 'connect', 'explain', 'explain_dataset']
 """
 
 from krypton_ql import models, quality
