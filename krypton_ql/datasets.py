@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import glob
 import logging
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -162,10 +161,8 @@ class Explainer:
                 heatmap_shape=list(heatmap.shape),
                 queries=int(result.queries),
             )
-        except (KryptonError, OSError, ValueError) as error:
-            row["error"] = f"{type(error).__name__}: {error}" if not isinstance(
-                error, KryptonError
-            ) else str(error)  # fmt: skip
+        except KryptonError as error:  # decoding errors arrive as InvalidInputError
+            row["error"] = str(error)
         row["seconds"] = time.perf_counter() - started
         return row
 
@@ -183,6 +180,8 @@ class Explainer:
             return self._built()[1](photo)
         except KryptonError as error:
             return error
+        except (ValueError, RuntimeError, TypeError) as error:  # e.g. channels it cannot take
+            return InvalidInputError(f"{path} does not fit the model's transform: {error}")
 
     def _built(self) -> tuple[nn.Module, Callable, Sequence[str] | None]:
         if self._model is None:
@@ -306,9 +305,10 @@ def explain_dataset(
     settings = {"patch": patch, "stride": stride, **options}
     _check_options(settings)
     rows = None if _is_ray_dataset(images) else listing(images)
-    if overwrite and out.exists():
-        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    if overwrite:  # this job's parts only: anything else in the folder stays
+        for part in [*out.glob("*.parquet"), *out.glob(".part-*.tmp")]:
+            part.unlink()
     finished = done(out)
     if rows is not None:
         rows = [r for r in rows if r["image_id"] not in finished]
@@ -398,7 +398,8 @@ def _run_ray(
     finished: set[str],
 ) -> None:
     """Ray Data: the listing (or the user's dataset) → ``map_batches(Explainer)`` on an actor
-    pool that Ray restarts when an actor dies (its batches are redone) → ``write_parquet``."""
+    pool that Ray restarts when an actor dies (its batches are redone) → part files written
+    by the driver, as the local engine writes them."""
     try:
         import ray
         import ray.data

@@ -56,7 +56,7 @@ def photos(tmp_path_factory) -> Path:
 
 
 def _rows(out: Path) -> dict[str, dict]:
-    rows = pq.read_table(out).to_pylist()
+    rows = [r for part in sorted(out.glob("*.parquet")) for r in pq.read_table(part).to_pylist()]
     ids = [row["image_id"] for row in rows]
     assert len(ids) == len(set(ids)), "an image has two rows"
     return {Path(row["image_id"]).stem: row for row in rows}
@@ -103,8 +103,10 @@ def test_a_listing_gives_targets_and_a_rerun_resumes(photos, tmp_path) -> None:
                           _expected(photos / "rocket.png", 1)[1], atol=1e-6)  # fmt: skip
     kql.explain_dataset(listing, small_model, out=out, **OPTIONS)  # nothing left: no new part
     assert len(set(out.glob("*.parquet"))) == 2
+    (out / "notes.txt").write_text("mine")
     kql.explain_dataset(listing, small_model, out=out, overwrite=True, **OPTIONS)
     assert not parts & set(out.glob("*.parquet")) and len(_rows(out)) == 3
+    assert (out / "notes.txt").read_text() == "mine"  # overwrite replaces the job's parts only
     assert _rows(out)["cat"]["target"] == 3  # the listing's target, not the prediction
 
 
