@@ -278,35 +278,26 @@ def _mask_file(path: Path) -> Tensor:
 
 
 def region_mask(region: Any, size: tuple[int, int]) -> Tensor:
-    """A boolean ``[H, W]`` mask from a mask or a box ``(y0, x0, y1, x1)`` (half-open)."""
+    """A boolean ``[H, W]`` mask from a region ``as_region`` takes (a box is half-open)."""
     height, width = size
-    if region is not None and not isinstance(region, tuple | list):
-        region = as_region(region)
-    if isinstance(region, Tensor) and region.dtype == torch.bool:
+    region = as_region(region)
+    if isinstance(region, Tensor):
         if tuple(region.shape) != size:
             raise InvalidInputError(
                 f"region mask has shape {list(region.shape)}, the image is {height}×{width}",
                 option="region",
             )
-        mask = region.cpu()
-    elif (
-        isinstance(region, Sequence)
-        and len(region) == 4
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in region)
-    ):
+        mask = region
+    else:
         y0, x0, y1, x1 = region
         if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
             raise InvalidInputError(
-                f"region box {tuple(region)} is not inside the {height}×{width} image "
+                f"region box {region} is not inside the {height}×{width} image "
                 "(y0, x0, y1, x1 with y0 < y1, x0 < x1)",
                 option="region",
             )
         mask = torch.zeros(size, dtype=torch.bool)
         mask[y0:y1, x0:x1] = True
-    else:
-        raise InvalidInputError(
-            "region must be a boolean mask [H, W] or a box (y0, x0, y1, x1)", option="region"
-        )
     if not bool(mask.any()):
         raise InvalidInputError("region is empty", option="region")
     return mask
