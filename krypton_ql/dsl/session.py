@@ -135,8 +135,7 @@ class Session:
 
         if not isinstance(name, str) or not name:
             raise InvalidInputError(f"a region's name must be a non-empty string, got {name!r}")
-        self._regions[name] = segmentation.as_region(region)
-        self._wrappers.clear()
+        self._regions[name] = segmentation.as_region(region)  # wrappers are keyed by content
 
     def regions(self) -> list[str]:
         """The registered regions' names."""
