@@ -1,7 +1,8 @@
 """Images per minute of a dataset job (``kql.explain_dataset``): the local engine vs Ray Data
 with 1 and 2 workers, on this machine, EfficientNet-Lite0 (the built-in model), exact, fp32.
 
-The photos are scikit-image's, plus flipped and cropped variants up to ``--images`` files,
+The photos are scikit-image's, plus flipped and cropped variants up to ``--images`` files
+(every file a different picture up to 7 × 16 of them),
 written to a temporary folder; every engine explains the same files into its own output
 folder. The Ray runs start a local Ray with every CPU (``ray.init(num_cpus=os.cpu_count())``:
 one worker gets all the threads, two split them); its start-up is reported
@@ -40,9 +41,10 @@ def photos(folder: Path, count: int) -> list[Path]:
         kind = k // len(base)
         if kind % 2 == 1:
             photo = photo[:, ::-1]
-        if kind >= 2:
+        if kind >= 2:  # centre crops, a sixteenth more of each side per pair of variants
             h, w = photo.shape[:2]
-            photo = photo[h // 8 : h - h // 8, w // 8 : w - w // 8]
+            dy, dx = h * (kind // 2) // 16, w * (kind // 2) // 16
+            photo = photo[dy : h - dy, dx : w - dx]
         path = folder / f"photo{k:03d}.png"
         io.imsave(path, np.ascontiguousarray(photo[..., :3]), check_contrast=False)
         variants.append(path)

@@ -96,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         help="also run the query without its approximation options and write exact-vs-"
         "approximate pictures with their SSIM",
     )
+    _job_arguments(query)
     progress = query.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None)
     progress.add_argument("--no-progress", dest="progress", action="store_false")
@@ -129,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("--gpus-per-worker", type=float, default=0)
     job.add_argument("--address", default=None, help="a Ray cluster (default: RAY_ADDRESS)")
     job.add_argument("--overwrite", action="store_true", help="start afresh, not resume")
+    job.add_argument(
+        "--overlays", action="store_true", help="also OUT/overlays/<name>.png per image"
+    )
     bar = job.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None)
     bar.add_argument("--no-progress", dest="progress", action="store_false")
@@ -138,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
         "shell", help="an interactive SQL prompt (statements end with ';', .help for help)"
     )
     _session_arguments(shell)
+    _job_arguments(shell)
     shell.set_defaults(run=_shell)
 
     demo = commands.add_parser(
@@ -153,6 +158,38 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("harness", choices=["cpu", "gpu", "approx"])
     bench.set_defaults(run=_bench, rest=[])
     return parser
+
+
+def _job_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the query's occlusion scans run: here (the default), or as dataset jobs."""
+    group = parser.add_argument_group(
+        "dataset jobs",
+        "run each occlusion(…) scan as a dataset job whose rows DuckDB reads from Parquet",
+    )
+    group.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default=None,
+        help="local: a job on this process; ray: on Ray actors (default: neither, in memory)",
+    )
+    group.add_argument("--workers", type=int, default=None, help="Ray actors (default: CPUs)")
+    group.add_argument("--gpus-per-worker", type=float, default=0)
+    group.add_argument("--address", default=None, help="a Ray cluster (default: RAY_ADDRESS)")
+    group.add_argument(
+        "--jobs",
+        default=None,
+        metavar="DIR",
+        help="where the jobs keep their Parquet (reused by later runs; default: a temporary one)",
+    )
+
+
+def _job_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``Session.sql``'s dataset-job keywords from the command line."""
+    options = {"workers": args.workers, "out": args.jobs, "address": args.address,
+               "gpus_per_worker": args.gpus_per_worker}  # fmt: skip
+    if args.engine is None and not any(options.values()):
+        return {}
+    return {"engine": args.engine, **options}  # Session.sql says which needs --engine
 
 
 def _query_arguments(parser: argparse.ArgumentParser) -> None:
@@ -274,8 +311,9 @@ def _query(args: argparse.Namespace) -> int:
     try:
         session, module, display = _session(args)
         progress = sys.stderr.isatty() if args.progress is None else args.progress
-        exact = session.sql(exact_sql, progress=progress) if args.compare_exact else None
-        result = session.sql(args.sql, progress=progress)  # last: the plan of record
+        jobs = _job_options(args)
+        exact = session.sql(exact_sql, progress=progress, **jobs) if args.compare_exact else None
+        result = session.sql(args.sql, progress=progress, **jobs)  # last: the plan of record
         written, rows = write_results(session, module, display, result, args.sql, staging, exact)
         with open(staging / "results.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
@@ -448,6 +486,7 @@ def _explain_dataset(args: argparse.Namespace) -> int:
         args.images, model, patch=args.patch, stride=args.stride or args.patch, out=args.out,
         score=args.score, target=args.target, engine=args.engine, workers=args.workers,
         gpus_per_worker=args.gpus_per_worker, address=args.address, overwrite=args.overwrite,
+        overlays=args.overlays,
         progress="auto" if args.progress is None else args.progress,
     )  # fmt: skip
     table = pq.read_table(out, columns=["error"])
@@ -477,7 +516,7 @@ def _shell(args: argparse.Namespace) -> int:
     import os
 
     history = Path(os.environ.get("KQL_HISTORY", Path.home() / ".kql_history"))
-    return Shell(session, save, history=history).run()
+    return Shell(session, save, history=history, options=_job_options(args)).run()
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ import glob
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +95,22 @@ class ModelSpec:
             )
         return module.eval(), self.transform or models.imagenet_transform(224), self.classes
 
+    def display(self) -> Callable[[Tensor], Tensor]:
+        """Model input → ``[3, H, W]`` RGB in [0, 1], for overlays: the inverse of the
+        built-in transforms; a transform of the user's is undone by stretching each image."""
+        from krypton_ql import models
+
+        if self.name is not None:
+            return models.unnormalize
+        if self.arch is not None or self.transform is None:
+            return models.imagenet_unnormalize
+        return _stretch
+
+
+def _stretch(image: Tensor) -> Tensor:
+    low, high = image.min(), image.max()
+    return ((image - low) / (high - low).clamp_min(1e-12))[:3].clamp(0, 1)
+
 
 def model_spec(model: Any, transform: Any = None, classes: Any = None) -> ModelSpec:
     """``model`` as a ``ModelSpec``: ``"efficientnet_lite0"``, ``(arch, weights_file)``, a
@@ -113,28 +129,96 @@ def model_spec(model: Any, transform: Any = None, classes: Any = None) -> ModelS
     )
 
 
+class Worker:
+    """What a dataset job runs on each item of its listing, on this process or on a Ray actor:
+    ``setup`` once per worker (build the model, compile), ``load`` an item's input (on the
+    local engine's decoding thread; an exception is returned, not raised), ``process`` it into
+    rows of ``schema``. ``key`` is the column naming the item in those rows."""
+
+    schema: pa.Schema
+    key: str
+    threads: int | None = None  # torch's threads on a Ray actor: the CPUs it was given
+
+    def setup(self) -> None:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+
+    def name(self, item: dict[str, Any]) -> str:
+        """The item's name, as its rows' ``key`` column holds it."""
+        return str(item[self.key])
+
+    def load(self, item: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def process(self, item: dict[str, Any], loaded: Any) -> pa.Table:
+        raise NotImplementedError
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Ray Data's entry: a batch of listed items → their rows."""
+        self.setup()
+        tables = [self.process(item, self.load(item)) for item in batch.to_pylist()]
+        return pa.concat_tables(tables) if tables else self.schema.empty_table()
+
+
 @dataclass
-class Explainer:
-    """One worker: builds the model on first use, compiles one plan per image shape, and turns
-    a batch of listed images (``image_id``, ``path``, ``target`` columns) into output rows. Ray
-    Data runs it as a callable class on each actor; the local engine calls it in-process."""
+class Explainer(Worker):
+    """``explain_dataset``'s worker: builds the model on first use, compiles one plan per image
+    shape, and turns each listed image (``image_id``, ``path``, ``target``) into its row."""
 
     spec: ModelSpec
     options: dict[str, Any]
-    threads: int | None = None  # torch's threads on a Ray actor: the CPUs it was given
+    threads: int | None = None
+    overlays: bool = False  # also a PNG overlay per image, in an ``overlay`` column
+    schema = SCHEMA
+    key = "image_id"
     _model: Any = field(default=None, init=False, repr=False)
     _plans: dict[tuple[int, ...], Any] = field(default_factory=dict, init=False, repr=False)
 
-    def __call__(self, batch: Any) -> pa.Table:
-        """Ray Data's entry: a pandas batch of listed images → their output rows."""
-        rows = [
-            self.explain(str(i), str(p), None if _missing(t) else int(t))
-            for i, p, t in zip(batch["image_id"], batch["path"], batch["target"])
-        ]
-        return pa.Table.from_pylist(rows, schema=SCHEMA)
+    def setup(self) -> None:
+        self._built()
+
+    def name(self, item: dict[str, Any]) -> str:
+        return _name(item)
+
+    def load(self, item: dict[str, Any]) -> Tensor | Exception:
+        """An item's input: its ``image`` (encoded bytes, or an ``[H, W, C]`` array as
+        ``ray.data.read_images`` gives) when it has one, else its ``path``'s file."""
+        image = item.get("image")
+        if image is None:
+            return self.decode(str(item["path"]))
+        return self.decode(_name(item), image)
+
+    def process(self, item: dict[str, Any], loaded: Any) -> pa.Table:
+        target = item.get("target")
+        target = None if _missing(target) else int(target)
+        path = item.get("path")
+        row = self.explain(_name(item), None if path is None else str(path), target, loaded)
+        table = pa.Table.from_pylist([row], schema=SCHEMA)
+        if not self.overlays:
+            return table
+        picture = self._overlay(row, loaded) if row["error"] is None else None
+        return table.append_column("overlay", pa.array([picture], pa.binary()))
+
+    def _overlay(self, row: dict[str, Any], image: Tensor) -> bytes:
+        """The row's heatmap over its image, as PNG bytes (``kql.render``'s picture)."""
+        import tempfile
+
+        from krypton_ql import render
+
+        plan = self._plan(tuple(image.shape))
+        heatmap = torch.tensor(row["heatmap"]).reshape(row["heatmap_shape"])
+        base = row["score"] if self.options.get("score", "prob") == "prob" else None
+        title = f"{Path(row['image_id']).name}: {row['label'] or row['target']}"
+        patch, stride = plan.occlusion.patch, plan.occlusion.stride
+        geometry = ((patch.h, patch.w), (stride.h, stride.w))
+        with tempfile.TemporaryDirectory(prefix="kql-overlay-") as folder:
+            photo = self.spec.display()(image)
+            path = Path(folder) / "overlay.png"
+            render.overlay_png(path, photo, heatmap, base, title, *geometry)
+            return path.read_bytes()
 
     def explain(
-        self, image_id: str, path: str, target: int | None, image: Any = None
+        self, image_id: str, path: str | None, target: int | None, image: Any = None
     ) -> dict[str, Any]:
         """One image's output row (its ``error`` set instead of raising for a bad image);
         ``image`` is its input when already decoded (or the error decoding it gave)."""
@@ -142,7 +226,7 @@ class Explainer:
         row: dict[str, Any] = {name: None for name in SCHEMA.names}
         row.update(image_id=image_id, path=path, target=target)
         try:
-            image = self.load(path) if image is None else image
+            image = self.decode(path or image_id) if image is None else image
             if isinstance(image, Exception):
                 raise image
             plan = self._plan(tuple(image.shape))
@@ -166,12 +250,13 @@ class Explainer:
         row["seconds"] = time.perf_counter() - started
         return row
 
-    def load(self, path: str) -> Tensor | Exception:
-        """The model's input for an image file (an exception, returned, when it cannot be)."""
+    def decode(self, path: str, image: Any = None) -> Tensor | Exception:
+        """The model's input for an image file, or for ``image`` (bytes or an array) named
+        ``path`` (an exception, returned, when it cannot be)."""
         from krypton_ql.dsl import catalog
 
         try:
-            photo = catalog._photo_loader(Path(path))()
+            photo = catalog.PhotoFile(Path(path))() if image is None else _photo(image)
         except KryptonError as error:
             return error
         except (OSError, ValueError) as error:  # missing, unreadable or not an image
@@ -185,8 +270,7 @@ class Explainer:
 
     def _built(self) -> tuple[nn.Module, Callable, Sequence[str] | None]:
         if self._model is None:
-            if self.threads is not None:
-                torch.set_num_threads(self.threads)
+            Worker.setup(self)
             self._model = self.spec.build()
         return self._model
 
@@ -199,6 +283,43 @@ class Explainer:
             plan = kql.compile(self._built()[0], shape, **options)
             self._plans[shape] = plan
         return plan
+
+
+def _name(item: dict[str, Any]) -> str:
+    """An item's image id: its ``image_id``, else its ``path``."""
+    name = item.get("image_id", item.get("path"))
+    if name is None:
+        raise InvalidInputError(
+            "a dataset row needs an image_id or a path column to name its image (e.g. "
+            "ray.data.read_images(…, include_paths=True))"
+        )
+    return str(name)
+
+
+def _photo(image: Any) -> np.ndarray:
+    """An ``[H, W, 3]`` uint8 photo from encoded bytes or an ``[H, W]``/``[H, W, C]`` array."""
+    import io
+
+    from PIL import Image
+
+    from krypton_ql.dsl import catalog
+
+    if isinstance(image, bytes | bytearray | memoryview):
+        with Image.open(io.BytesIO(bytes(image))) as decoded:
+            width, height = decoded.size
+            if width * height > catalog.MAX_PIXELS:
+                raise InvalidInputError(f"{width}×{height} pixels, above the limit")
+            return np.array(decoded.convert("RGB"))
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise ValueError(f"an image array must be [H, W] or [H, W, 3], got {list(array.shape)}")
+    if array.dtype != np.uint8:
+        raise ValueError(f"an image array must be uint8 (as read_images gives), got {array.dtype}")
+    return np.ascontiguousarray(array[..., :3])
 
 
 def _missing(value: Any) -> bool:
@@ -290,6 +411,7 @@ def explain_dataset(
     address: str | None = None,
     transform: Any = None,
     classes: Any = None,
+    overlays: bool = False,
     **options: Any,
 ) -> Path:
     """Explain every image of ``images`` with ``model`` and write the rows to ``out`` (see the
@@ -297,7 +419,8 @@ def explain_dataset(
     ``score``, ``target``, ``tau``, ``precision``, …). ``engine="ray"`` runs on the cluster at
     ``address`` (or ``RAY_ADDRESS``, else a local Ray) with ``workers`` actors (default: one
     per CPU; each gets its share of the CPUs as torch threads) of
-    ``gpus_per_worker`` GPUs each; ``batch_size`` images go to an actor at a time."""
+    ``gpus_per_worker`` GPUs each; ``batch_size`` images go to an actor at a time.
+    ``overlays``: also write each heatmap over its image as ``out/overlays/<name>.png``."""
     if engine not in ("local", "ray"):
         raise InvalidInputError(f"engine must be 'local' or 'ray', got {engine!r}")
     out = Path(out)
@@ -307,7 +430,7 @@ def explain_dataset(
     rows = None if _is_ray_dataset(images) else listing(images)
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:  # this job's parts only: anything else in the folder stays
-        for part in [*out.glob("*.parquet"), *out.glob(".part-*.tmp")]:
+        for part in [*out.glob("*.parquet"), *out.glob(".part-*.tmp"), *out.glob("overlays/*.png")]:
             part.unlink()
     finished = done(out)
     if rows is not None:
@@ -316,12 +439,18 @@ def explain_dataset(
             log.info("%d images already explained in %s; %d to go", len(finished), out, len(rows))
         if not rows:
             return out
-    if engine == "local":
-        assert rows is not None
-        _run_local(Explainer(spec, settings), rows, out, progress)
-    else:
-        _run_ray(spec, settings, images if rows is None else rows, out, workers,
-                 gpus_per_worker, batch_size, address, finished)  # fmt: skip
+    run_job(
+        Explainer(spec, settings, overlays=overlays),
+        images if rows is None else rows,
+        lambda table: _write(out, table),
+        engine=engine,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        batch_size=batch_size,
+        address=address,
+        progress=progress,
+        skip=finished,
+    )
     return out
 
 
@@ -341,41 +470,87 @@ def _check_options(settings: dict[str, Any]) -> None:
     Options.build((3, 1 << 14, 1 << 14), **{k: v for k, v in settings.items() if k != "target"})
 
 
-def _run_local(explainer: Explainer, rows: list[dict[str, Any]], out: Path, progress: Any) -> None:
-    """Decode on a thread, scan on this one, write a part file every ``PART_ROWS`` images."""
+def run_job(
+    worker: Worker,
+    items: list[dict[str, Any]] | Any,
+    sink: Callable[[pa.Table], None],
+    *,
+    engine: str = "local",
+    workers: int | None = None,
+    gpus_per_worker: float = 0,
+    batch_size: int | None = None,
+    address: str | None = None,
+    progress: Any = "auto",
+    skip: set[str] | None = None,
+) -> None:
+    """Run ``worker`` over ``items`` (dicts; with Ray also a ``ray.data.Dataset``, whose rows
+    named in ``skip`` by the worker's key are left out) and hand its rows to ``sink`` in
+    tables of whole items, about ``PART_ROWS`` items each."""
+    if engine == "local":
+        _run_local(worker, items, sink, progress)
+    elif engine == "ray":
+        _run_ray(worker, items, sink, workers, gpus_per_worker, batch_size, address, progress,
+                 skip or set())  # fmt: skip
+    else:
+        raise InvalidInputError(f"engine must be 'local' or 'ray', got {engine!r}")
+
+
+def _run_local(
+    worker: Worker, items: list[dict[str, Any]], sink: Callable[[pa.Table], None], progress: Any
+) -> None:
+    """Decode on a thread, process on this one, hand over every ``PART_ROWS`` items."""
     from krypton_ql.progress import progress_callback
 
-    with progress_callback(progress, len(rows), "images") as report:
-        written: list[dict[str, Any]] = []
+    with progress_callback(progress, len(items), "images") as report:
+        pending: list[pa.Table] = []
         with ThreadPoolExecutor(1, thread_name_prefix="kql-decode") as decoder:
-            decoded = _prefetch(decoder, explainer, rows)
-            for count, (row, image) in enumerate(decoded, start=1):
-                written.append(explainer.explain(row["image_id"], row["path"], row["target"],
-                                                 image))  # fmt: skip
-                if len(written) >= PART_ROWS:
-                    _write_part(out, written)
-                    written = []
+            for count, (item, loaded) in enumerate(_prefetch(decoder, worker, items), start=1):
+                pending.append(worker.process(item, loaded))
+                if len(pending) >= PART_ROWS:
+                    sink(pa.concat_tables(pending))
+                    pending = []
                 if report is not None:
-                    report(count, len(rows))
-        if written:
-            _write_part(out, written)
+                    report(count, len(items))
+        if pending:
+            sink(pa.concat_tables(pending))
 
 
 def _prefetch(
-    decoder: ThreadPoolExecutor, explainer: Explainer, rows: list[dict[str, Any]]
+    decoder: ThreadPoolExecutor, worker: Worker, items: list[dict[str, Any]]
 ) -> Iterator[tuple[dict[str, Any], Any]]:
-    """Each row with its decoded input, the next image decoding while this one is scanned."""
-    explainer._built()  # build the model here, not on the decoding thread
-    pending = [decoder.submit(explainer.load, rows[0]["path"])] if rows else []
-    for index, row in enumerate(rows):
-        if index + 1 < len(rows):
-            pending.append(decoder.submit(explainer.load, rows[index + 1]["path"]))
-        yield row, pending.pop(0).result()
+    """Each item with its loaded input, the next one loading while this one is processed."""
+    worker.setup()  # build the model here, not on the decoding thread
+    pending = [decoder.submit(worker.load, items[0])] if items else []
+    for index, item in enumerate(items):
+        if index + 1 < len(items):
+            pending.append(decoder.submit(worker.load, items[index + 1]))
+        yield item, pending.pop(0).result()
 
 
-def _write_part(out: Path, rows: Iterable[dict[str, Any]]) -> None:
+def _write(out: Path, table: pa.Table) -> None:
+    """An ``explain_dataset`` part, and the overlays its rows carry."""
+    if "overlay" in table.column_names:
+        (out / "overlays").mkdir(exist_ok=True)
+        ids = table.column("image_id").to_pylist()
+        for image_id, picture in zip(ids, table.column("overlay").to_pylist()):
+            if picture is not None:
+                (out / "overlays" / overlay_name(image_id)).write_bytes(picture)
+        table = table.drop_columns(["overlay"])
+    write_part(out, table)
+
+
+def overlay_name(image_id: str) -> str:
+    """The overlay file of an image: its file stem and a digest of its id (two files of one
+    stem in different folders get two overlays)."""
+    import hashlib
+    import re
+
+    stem = re.sub(r"[^\w.-]+", "_", Path(image_id).stem)[:80] or "image"
+    return f"{stem}-{hashlib.sha1(image_id.encode()).hexdigest()[:8]}.png"
+
+
+def write_part(out: Path, table: pa.Table) -> None:
     """One Parquet file, written under a temporary name and renamed (a crash leaves no half)."""
-    table = pa.Table.from_pylist(list(rows), schema=SCHEMA)
     name = f"part-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
     staging = out / f".{name}.tmp"
     pq.write_table(table, staging)
@@ -386,20 +561,32 @@ def _is_ray_dataset(images: Any) -> bool:
     return type(images).__module__.startswith("ray.data")
 
 
+class _Actor:
+    """Ray Data's callable class: one worker, rebuilt from its pickle on each actor."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.worker(batch)
+
+
 def _run_ray(
-    spec: ModelSpec,
-    settings: dict[str, Any],
-    images: Any,
-    out: Path,
+    worker: Worker,
+    items: Any,
+    sink: Callable[[pa.Table], None],
     workers: int | None,
     gpus: float,
     batch_size: int | None,
     address: str | None,
-    finished: set[str],
+    progress: Any,
+    skip: set[str],
 ) -> None:
-    """Ray Data: the listing (or the user's dataset) → ``map_batches(Explainer)`` on an actor
-    pool that Ray restarts when an actor dies (its batches are redone) → part files written
-    by the driver, as the local engine writes them."""
+    """Ray Data: the items (or the user's dataset) → ``map_batches`` on an actor pool that Ray
+    restarts when an actor dies (its batches are redone) → the driver hands whole output
+    blocks to ``sink`` (so ``out`` is the driver's folder)."""
+    from krypton_ql.progress import progress_callback
+
     try:
         import ray
         import ray.data
@@ -409,26 +596,40 @@ def _run_ray(
         ) from None  # fmt: skip
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    if isinstance(images, list):
-        dataset = ray.data.from_items(images)
+    if isinstance(items, list):
+        dataset, total = ray.data.from_items(items), len(items)
     else:
-        dataset = images
-        if finished:
-            dataset = dataset.filter(lambda row: row["image_id"] not in finished)
+        dataset = items
+        if skip:
+            dataset = dataset.filter(lambda row: worker.name(row) not in skip)
+        total = dataset.count()
     cpus = int(ray.available_resources().get("CPU", 1))
-    size = workers or max(1, cpus)
+    # A user's dataset is read by Ray tasks of one CPU each while the actors run: the actors
+    # leave one CPU to them (all of them taken, the read would wait forever).
+    free = cpus if isinstance(items, list) else max(1, cpus - 1)
+    size = workers or free
     largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
-    threads = max(1, min(cpus // size, int(largest)))  # an actor's share, on one node
+    share = min(free / size, largest)  # an actor's share, on one node (a fraction: shared)
+    worker.threads = max(1, int(share))
     results = dataset.map_batches(
-        Explainer,
-        fn_constructor_args=(spec, settings, threads),
+        _Actor,
+        fn_constructor_args=(worker,),
         compute=ray.data.ActorPoolStrategy(size=size),
         batch_size=batch_size or 1,
-        batch_format="pandas",
+        batch_format="pyarrow",
         num_gpus=gpus,
-        num_cpus=threads,
-        max_restarts=-1,
-        max_task_retries=-1,
-    )
-    for batch in results.iter_batches(batch_format="pyarrow", batch_size=PART_ROWS):
-        _write_part(out, batch.to_pylist())  # on the driver: ``out`` is its folder
+        num_cpus=share,
+    )  # Ray Data's actor pools restart dead actors and retry their batches by default
+    with progress_callback(progress, total, "images") as report:
+        pending: list[pa.Table] = []
+        count = 0
+        for block in results.iter_batches(batch_format="pyarrow", batch_size=None):
+            pending.append(block)
+            count += len(set(block.column(worker.key).to_pylist()))
+            if sum(len(set(t.column(worker.key).to_pylist())) for t in pending) >= PART_ROWS:
+                sink(pa.concat_tables(pending))
+                pending = []
+            if report is not None:
+                report(min(count, total), total)
+        if pending:
+            sink(pa.concat_tables(pending))

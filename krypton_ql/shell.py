@@ -41,8 +41,10 @@ class Shell:
         stdout: IO[str] = sys.stdout,
         stderr: IO[str] = sys.stderr,
         history: Path | None = None,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.session, self.save = session, save
+        self.options = options or {}  # Session.sql's keywords: the dataset-job settings
         self.history = history  # the history file of a terminal session (None: none kept)
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
         self.interactive = stdin.isatty() and stdout.isatty()
@@ -81,7 +83,7 @@ class Shell:
             return
         for statement in statements:
             try:
-                result = self.session.sql(statement, progress=self.interactive)
+                result = self.session.sql(statement, progress=self.interactive, **self.options)
             except KeyboardInterrupt:
                 self._print("cancelled", error=True)
                 return

@@ -321,3 +321,23 @@ def test_explain_dataset_writes_parquet_that_duckdb_reads(photos: Path, tmp_path
     assert rows[0][1] and rows[1][1]  # ImageNet labels of the predictions
     assert cli.main(arguments) == 0  # resumed: nothing left to do
     assert len(list(out.glob("*.parquet"))) == 1
+
+
+def test_query_with_the_local_engine_runs_the_scan_as_a_job(photos: Path, tmp_path: Path, capsys):
+    from krypton_ql import cli
+
+    sql = ("SELECT image, label, round(avg(drop), 4) AS d FROM occlusion(images, model, "
+           "patch => 112, stride => 112) GROUP BY image, label ORDER BY image")  # fmt: skip
+    common = ["query", sql, "--images", str(photos), "--no-progress"]
+    assert cli.main([*common, "--out", str(tmp_path / "memory")]) == 0
+    jobs = tmp_path / "jobs"
+    arguments = [*common, "--out", str(tmp_path / "job"), "--engine", "local", "--jobs", str(jobs)]
+    assert cli.main(arguments) == 0
+    assert "(8 occlusion queries)" in capsys.readouterr().out
+    memory, job = ((tmp_path / o / "results.csv").read_text() for o in ("memory", "job"))
+    assert job == memory and len(job.splitlines()) == 3
+    assert len(list(jobs.glob("scan-*/part-*.parquet"))) == 1  # the job's rows, kept
+    assert cli.main(arguments) == 0  # read back, nothing computed
+    assert "(0 occlusion queries)" in capsys.readouterr().out
+    assert cli.main([*common, "--workers", "2"]) == 2  # workers without an engine
+    assert "workers= needs engine='local' or engine='ray'" in capsys.readouterr().err

@@ -171,3 +171,112 @@ def test_a_killed_worker_is_replaced_and_its_image_redone(photos, tmp_path, loca
     rows = _rows(out)  # and still every image has exactly one row
     assert sorted(rows) == ["astronaut", "broken", "cat", "cup", "rocket"]
     assert all(rows[n]["error"] is None for n in ("astronaut", "cat", "cup", "rocket"))
+
+
+# -- SQL over dataset jobs: Session.sql(engine=…) -------------------------------------------
+
+SCAN = "occlusion(photos, m, patch => 8, stride => 8)"
+ROWS = f"SELECT image, class, row, col, prob, base_prob, drop FROM {SCAN} {{}} ORDER BY ALL"
+GOOD = "WHERE image <> 'broken'"
+
+
+def _session(photos: Path) -> kql.Session:
+    session = kql.connect()
+    session.register_model("m", small_model(), transform=TRANSFORM, classes=list("abcde"))
+    session.register_images("photos", photos)
+    return session
+
+
+def test_sql_over_a_job_equals_the_scan_in_memory(photos, tmp_path, local_ray) -> None:
+    session = _session(photos)
+    memory = session.sql(ROWS.format(GOOD), progress=False).rows
+    assert len(memory) == 4 * 16 and session.last_queries == 4 * 16
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a Ray actor of one CPU: one torch thread
+    try:
+        local = session.sql(ROWS.format(GOOD), progress=False, engine="local",
+                            out=tmp_path / "local").rows  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert session.last_queries == 4 * 16
+    remote = session.sql(ROWS.format(GOOD), progress=False, engine="ray", workers=2,
+                         out=tmp_path / "ray").rows  # fmt: skip
+    assert remote == local  # both engines, bit for bit
+    assert [r[:4] for r in local] == [r[:4] for r in memory]  # batched in memory: rounding
+    np.testing.assert_allclose([r[4:] for r in local], [r[4:] for r in memory], atol=2e-6)
+    grouped = (f"SELECT label, count(*) AS n, avg(drop) AS d FROM {SCAN} {GOOD} "
+               "GROUP BY label ORDER BY label")  # fmt: skip
+    by_label = session.sql(grouped, progress=False, engine="ray", out=tmp_path / "ray").rows
+    assert session.last_queries == 0 and session.last_cached == 1  # read from the Parquet
+    expected = session.sql(grouped, progress=False).rows
+    assert [r[:2] for r in by_label] == [r[:2] for r in expected]
+    np.testing.assert_allclose([r[2] for r in by_label], [r[2] for r in expected], atol=2e-6)
+
+
+def test_a_job_resumes_across_statements_and_sessions(photos, tmp_path) -> None:
+    out = tmp_path / "jobs"
+    session = _session(photos)
+    session.sql(ROWS.format("WHERE image IN ('cat', 'cup')"), progress=False, engine="local",
+                out=out)  # fmt: skip
+    assert session.last_queries == 2 * 16
+    rows = session.sql(ROWS.format(GOOD), progress=False, engine="local", out=out).rows
+    assert session.last_queries == 2 * 16 and len(rows) == 4 * 16  # only the two new images
+    again = _session(photos).sql(ROWS.format(GOOD), progress=False, engine="local", out=out)
+    assert again.rows == rows
+    other = _session(photos)
+    other.register_model("m", nn.Sequential(small_model(), nn.Tanh()), transform=TRANSFORM)
+    other.sql(ROWS.format(GOOD), progress=False, engine="local", out=out)
+    assert other.last_queries == 4 * 16  # another model's weights: another job
+    assert len(list(out.iterdir())) == 2
+
+
+def test_an_image_that_fails_in_a_job_fails_the_statement_naming_it(photos, tmp_path) -> None:
+    from krypton_ql.dsl.errors import QueryError
+
+    session = _session(photos)
+    statement = ROWS.format("WHERE image IN ('astronaut', 'broken', 'rocket')")  # in this order
+    with pytest.raises(QueryError, match=r"1 of 3 images .* \(broken: .*could not be loaded"):
+        session.sql(statement, progress=False, engine="local", out=tmp_path)
+    session.sql(ROWS.format("WHERE image IN ('astronaut', 'rocket')"), progress=False,
+                engine="local", out=tmp_path)  # fmt: skip
+    assert session.last_queries == 0  # the others' rows were kept
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (dict(engine="spark"), "engine must be None, 'local' or 'ray'"),
+        (dict(workers=2), "workers= needs engine='local' or engine='ray'"),
+        (dict(engine="ray", workers=0), "workers must be a positive integer"),
+    ],
+)
+def test_bad_job_settings_are_clear_errors(photos, arguments, message) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        _session(photos).sql(ROWS.format(GOOD), progress=False, **arguments)
+
+
+def test_overlays_are_written_beside_the_rows(photos, tmp_path) -> None:
+    from PIL import Image
+
+    out = kql.explain_dataset(photos, small_model, out=tmp_path / "out", overlays=True, **OPTIONS)
+    pictures = sorted((out / "overlays").glob("*.png"))
+    assert [p.name.rsplit("-", 1)[0] for p in pictures] == ["astronaut", "cat", "cup", "rocket"]
+    with Image.open(pictures[1]) as picture:  # kql.render's two panels with a colour bar
+        assert picture.size == (900, 440)
+    assert "overlay" not in pq.read_table(next(out.glob("*.parquet"))).column_names
+
+
+def test_a_ray_dataset_with_an_image_column(photos, tmp_path, local_ray) -> None:
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name in ("cat", "cup"):
+        (folder / f"{name}.png").write_bytes((photos / f"{name}.png").read_bytes())
+    dataset = local_ray.data.read_images(str(folder), include_paths=True)
+    rows = _rows(kql.explain_dataset(dataset, small_model, out=tmp_path / "out", engine="ray",
+                                     workers=1, **OPTIONS))  # fmt: skip
+    assert sorted(rows) == ["cat", "cup"]
+    for name, row in rows.items():
+        target, heatmap = _expected(folder / f"{name}.png")
+        assert row["error"] is None and row["target"] == target
+        got = torch.tensor(row["heatmap"]).reshape(row["heatmap_shape"])
+        assert torch.allclose(got, heatmap, atol=1e-6)

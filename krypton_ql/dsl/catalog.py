@@ -103,7 +103,7 @@ def _by_stem(paths: list[Path]) -> dict[str, Any]:
                 "(images are named by file stem; rename one)"
             )
         first[path.stem] = path
-        named[path.stem] = _photo_loader(path)
+        named[path.stem] = PhotoFile(path)
     return named
 
 
@@ -166,21 +166,25 @@ def _is_dataframe(data: Any) -> bool:
 MAX_PIXELS = 89_478_485
 
 
-def _photo_loader(path: Path) -> Callable[[], np.ndarray]:
-    def load() -> np.ndarray:
+@dataclass(frozen=True)
+class PhotoFile:
+    """An image file, decoded (RGB, ``uint8 [H, W, 3]``) when called; files above
+    ``MAX_PIXELS`` are refused from their header, before decoding."""
+
+    path: Path
+
+    def __call__(self) -> np.ndarray:
         from PIL import Image
 
         previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # checked here instead
         try:
-            with Image.open(path) as image:  # reads the header only
+            with Image.open(self.path) as image:  # reads the header only
                 width, height = image.size
                 if width * height > MAX_PIXELS:
                     raise InvalidInputError(
-                        f"{path} has {width}×{height} = {width * height:,} pixels, above the "
-                        f"limit of {MAX_PIXELS:,} (kql --max-pixels N raises it)"
+                        f"{self.path} has {width}×{height} = {width * height:,} pixels, above "
+                        f"the limit of {MAX_PIXELS:,} (kql --max-pixels N raises it)"
                     )
                 return np.array(image.convert("RGB"))  # a writable copy
         finally:
             Image.MAX_IMAGE_PIXELS = previous
-
-    return load

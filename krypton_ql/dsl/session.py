@@ -14,6 +14,7 @@ call replaced by that relation's name.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 
 import krypton_ql.api as api
 from compiler.errors import InvalidInputError
-from krypton_ql.dsl import catalog, pushdown, scans
+from krypton_ql.dsl import catalog, jobs, pushdown, scans
 from krypton_ql.dsl.bind import Bound, Scan, bind
 from krypton_ql.dsl.engine import Engine, Rewrite, heatmap_error, rewrite
 from krypton_ql.dsl.errors import QueryError
@@ -49,6 +50,9 @@ class _Prepared:
     targets: Tensor | None
     registered: int  # images in the image set
     table: pa.Table | None = None  # from the cache, or once computed
+    module: nn.Module | None = None  # what the plan compiled, with its options
+    options: Options | None = None
+    job: jobs.Job | None = None  # a dataset job's Parquet, which DuckDB reads
 
 
 class Session:
@@ -73,6 +77,8 @@ class Session:
         self.last_plan: Any = None  # the plan of the last statement's last occlusion call
         self.last_cached = 0  # occlusion calls of the last statement answered from the cache
         self._last_inputs: dict[str, Tensor] = {}
+        self._last_source: tuple[catalog.Images, catalog.Model, tuple[str, ...]] | None = None
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None  # jobs' default out
         self._plans: dict[tuple[int, Options], HeatmapPlan] = {}  # compiled plans, reused
         self._wrappers: dict[tuple, Any] = {}  # map-output models: probes, region scores
         self._regions: dict[str, Any] = {}  # region => 'name': boolean masks and boxes
@@ -168,11 +174,31 @@ class Session:
 
     # -- queries ------------------------------------------------------------------------------
 
-    def sql(self, query: str, *, progress: Any = "auto", _sql_plan: bool = False) -> Result:
+    def sql(
+        self,
+        query: str,
+        *,
+        progress: Any = "auto",
+        engine: str | None = None,
+        workers: int | None = None,
+        out: str | Path | None = None,
+        address: str | None = None,
+        gpus_per_worker: float = 0,
+        _sql_plan: bool = False,
+    ) -> Result:
         """Run one statement (or ``EXPLAIN [VERBOSE]`` one) and return its result. ``progress``:
         a bar on stderr (``True``; ``"auto"``: when it is a terminal), a ``callback(done,
-        total)``, or ``False``."""
+        total)``, or ``False``.
+
+        ``engine``: None computes each ``occlusion(…)`` call in this process (relations kept
+        in the session's memory cache); ``"local"`` or ``"ray"`` runs it as a dataset job
+        (``krypton_ql.datasets``; with Ray, ``workers`` actors of ``gpus_per_worker`` GPUs on
+        the cluster at ``address``) that writes its rows as Parquet under ``out`` (default: a
+        folder of the session's, removed with it), and DuckDB reads them there. A job's rows
+        are reused by later statements, and by later sessions given the same ``out``
+        (``krypton_ql.dsl.jobs``)."""
         clock = _Clock()
+        job = self._job_settings(engine, workers, out, address, gpus_per_worker)
         statement = parse(query)
         self.last_queries, self.last_cached = 0, 0
         if statement.tree is None:  # plain DuckDB SQL
@@ -189,7 +215,7 @@ class Session:
             self._catalog(scan, statement)
         self._validate(statement, bound, names)
         clock.split("parse")
-        prepared = [self._prepare(scan, statement) for scan in bound.scans]
+        prepared = [self._prepare(scan, statement, lazy=job is not None) for scan in bound.scans]
         grids = [p.plan.grid if p.plan is not None else None for p in prepared]
         count = len(prepared)
         explanation = "\n".join(
@@ -203,23 +229,100 @@ class Session:
             self.last_timings = clock.times
             return Result(pa.table({"plan": [explanation]}), explanation)
         for item in prepared:
-            self._compute(item, progress)
+            if job is None or item.table is not None:
+                self._compute(item, progress)
+            else:
+                self._run_job(item, statement, job, progress)
         clock.split("scan")
         edited = rewrite(statement, bound, names, grids)
         try:
             for name, item in zip(names, prepared):
-                self.engine.register(name, item.table)
+                self._register(name, item)
             table = self.engine.run(edited)
         finally:
             for name in names:
                 self.engine.unregister(name)
+                self.engine.unregister(f"{name}_images")
+                self.engine.connection.execute(f"DROP VIEW IF EXISTS {name}")
         result = Result(table, explanation, heatmap_error(statement, bound))
         self.last_timings = clock.split("duckdb")
         return result
 
     def input_image(self, name: str) -> Tensor | None:
         """The model input the last statement computed for image ``name`` (None if none)."""
+        if name not in self._last_inputs and self._last_source is not None:
+            images, model, names = self._last_source  # a dataset job's: loaded when asked
+            if name in names:
+                return catalog.load(images, name, model, "")
         return self._last_inputs.get(name)
+
+    def _job_settings(
+        self,
+        engine: str | None,
+        workers: int | None,
+        out: str | Path | None,
+        address: str | None,
+        gpus: float,
+    ) -> dict[str, Any] | None:
+        """The dataset-job settings of ``sql``'s keywords (None: scans run in this process)."""
+        if engine is None:
+            settings = {"workers": workers, "out": out, "address": address,
+                        "gpus_per_worker": gpus or None}  # fmt: skip
+            given = [k for k, v in settings.items() if v is not None]
+            if given:
+                raise InvalidInputError(f"{given[0]}= needs engine='local' or engine='ray'")
+            return None
+        if engine not in jobs.ENGINES:
+            raise InvalidInputError(f"engine must be None, 'local' or 'ray', got {engine!r}")
+        if workers is not None and (not isinstance(workers, int) or workers < 1):
+            raise InvalidInputError(f"workers must be a positive integer, got {workers!r}")
+        if out is None:
+            if self._scratch is None:
+                self._scratch = tempfile.TemporaryDirectory(prefix="kql-jobs-")
+            out = self._scratch.name
+        return {"engine": engine, "workers": workers, "root": Path(out), "address": address,
+                "gpus_per_worker": gpus}  # fmt: skip
+
+    def _run_job(
+        self, item: _Prepared, statement: Statement, job: dict[str, Any], progress: Any
+    ) -> None:
+        """Compute a scan as a dataset job; its relation is DuckDB's read of the job's Parquet."""
+        if item.plan is None:
+            item.table = scans.empty()
+            return
+        assert item.module is not None and item.options is not None
+        request, scan = item.request, item.scan
+        model, image_set = self._model(scan, statement), self._catalog(scan, statement)
+        root = jobs.folder(job["root"], item.module, image_set, item.options, request.classes,
+                           request.positions)  # fmt: skip
+        where = jobs.Job(root, request.names)
+        worker = jobs.ScanWorker(item.module, model, image_set, item.options, request.classes,
+                                 request.positions, _grid(item.plan))  # fmt: skip
+        queries, errors = jobs.run(
+            worker, where, engine=job["engine"], workers=job["workers"],
+            gpus_per_worker=job["gpus_per_worker"], address=job["address"], progress=progress,
+        )  # fmt: skip
+        self.last_queries += queries
+        self.last_cached += not queries and not errors
+        if errors:
+            first, message = next(iter(errors.items()))
+            raise fail(
+                f"{len(errors)} of {len(request.names)} images of '{scan.images}' could not be "
+                f"scanned ({first}: {message}); the other images' rows are kept in {root}",
+                scan.call,
+                statement.text,
+            )
+        item.job = where
+
+    def _register(self, name: str, item: _Prepared) -> None:
+        """A scan's relation in DuckDB: its Arrow table, or a dataset job's Parquet view."""
+        images = f"{name}_images"
+        source = item.job.source(images) if item.job is not None else None
+        if source is None:
+            self.engine.register(name, item.table if item.table is not None else scans.empty())
+            return
+        self.engine.register(images, pa.table({"image": list(item.request.names)}))
+        self.engine.connection.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {source}")
 
     def explain(self, query: str, *, sql: bool = False) -> str:
         """The plan of a query, pushdowns first; ``sql``: with the incremental plan as SQL."""
@@ -249,12 +352,14 @@ class Session:
     def _catalog(self, scan: Scan, statement: Statement) -> catalog.Images:
         return _lookup(self._images, scan.images, "images", "image sets", scan.call, 0, statement)
 
-    def _prepare(self, scan: Scan, statement: Statement) -> _Prepared:
+    def _prepare(self, scan: Scan, statement: Statement, lazy: bool = False) -> _Prepared:
         """Resolve a scan: images (with the image pushdown), plan, classes, positions, and the
-        cache's answer if it has one."""
+        cache's answer if it has one. ``lazy``: load only the first image (a dataset job's
+        workers load the others)."""
         model, image_set = self._model(scan, statement), self._catalog(scan, statement)
         names = pushdown.image_names(self.engine, scan, statement, list(image_set.items))
-        tensors = [catalog.load(image_set, name, model, statement.text) for name in names]
+        loaded = names[:1] if lazy else names
+        tensors = [catalog.load(image_set, name, model, statement.text) for name in loaded]
         shapes = {tuple(t.shape) for t in tensors}
         if len(shapes) > 1:
             raise fail(
@@ -267,14 +372,14 @@ class Session:
             return _Prepared(scan, None, request, torch.empty(0), None, len(image_set.items),
                              scans.empty())  # fmt: skip
         images = torch.stack(tensors)
-        plan = self._compile(scan, statement, model.get(), images)
+        plan, module, options = self._compile(scan, statement, model.get(), images)
         classes = pushdown.classes(self.engine, scan, statement, plan.classes, model.classes)
         self._check_regions(plan, classes, scan, statement)
         positions = pushdown.positions(self.engine, scan, statement, _grid(plan))
         targets = None
         if classes is not None:
-            targets = torch.tensor([list(classes)] * len(names), dtype=torch.int64)
-            targets = targets.reshape(len(names), len(classes))
+            targets = torch.tensor([list(classes)] * len(loaded), dtype=torch.int64)
+            targets = targets.reshape(len(loaded), len(classes))
         key = (
             scan.model,
             id(model.get()),
@@ -283,9 +388,11 @@ class Session:
             tuple(sorted((k, repr(v)) for k, v in scan.options.items())),
         )
         request = scans.Request(key, tuple(names), classes, positions)
-        self._last_inputs = dict(zip(names, tensors))
-        prepared = _Prepared(scan, plan, request, images, targets, len(image_set.items))
-        prepared.table = self.cache.find(request)
+        self._last_inputs = dict(zip(loaded, tensors))
+        self._last_source = (image_set, model, tuple(names)) if lazy else None
+        prepared = _Prepared(scan, plan, request, images, targets, len(image_set.items),
+                             module=module, options=options)  # fmt: skip
+        prepared.table = None if lazy else self.cache.find(request)
         return prepared
 
     def _compute(self, item: _Prepared, progress: Any) -> None:
@@ -319,7 +426,7 @@ class Session:
 
     def _compile(
         self, scan: Scan, statement: Statement, module: nn.Module, images: Tensor
-    ) -> HeatmapPlan:
+    ) -> tuple[HeatmapPlan, nn.Module, Options]:
         keywords = dict(scan.options)
         if "patch" not in keywords:
             raise fail("occlusion() needs patch => size", scan.call, statement.text)
@@ -346,7 +453,7 @@ class Session:
                 raise QueryError(str(error), statement.text, scan.span[0], scan.span[1]) from None
             raise fail(str(error), node, statement.text) from None
         self._plans[key] = plan
-        return plan
+        return plan, module, options
 
     def _check_regions(
         self, plan: HeatmapPlan, classes: Any, scan: Scan, statement: Statement
