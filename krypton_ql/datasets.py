@@ -596,6 +596,9 @@ def _run_ray(
         ) from None  # fmt: skip
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    # The job reports its own progress (``progress``); Ray Data's bars, or its log lines every
+    # ten seconds when stdout is not a terminal, would repeat it.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     if isinstance(items, list):
         dataset, total = ray.data.from_items(items), len(items)
     else:
