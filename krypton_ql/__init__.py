@@ -17,7 +17,7 @@ from krypton_ql.errors import InvalidInputError, KryptonError, UnsupportedOperat
 from krypton_ql.naive import naive_heatmap
 from krypton_ql.plans import HeatmapPlan
 from krypton_ql.profile import Profile
-from krypton_ql.tuning import tune
+from krypton_ql.tuning import tune, tuning_images
 
 __all__ = [
     "InvalidInputError",
@@ -40,4 +40,5 @@ __all__ = [
     "occlusion_heatmap",
     "quality",
     "tune",
+    "tuning_images",
 ]

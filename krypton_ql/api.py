@@ -235,6 +235,7 @@ def compile(
     ssim: float | None = None,
     profile: Any = None,
     drilldown_mode: str = "grid",
+    guard: bool = True,
 ) -> HeatmapPlan:
     """Compile an incremental occlusion plan for images of ``input_shape`` (C, H, W): exact
     unless an approximation is asked for.
@@ -257,6 +258,9 @@ def compile(
     ``drilldown_mode``: ``"grid"`` (the paper's coarse stride, bilinear interpolation) or
     ``"lattice"`` (the same query budget on a lattice of fine cells, thin-plate-spline
     reconstruction: much closer to exact; see ``compiler/drilldown.py``).
+    ``guard`` (with ``ssim``; default on): check every heatmap against exact scores at a few
+    random positions and run the images estimated below the target again at a larger τ,
+    ending at exact (``krypton_ql.guard``; results carry ``ssim_estimate``).
     """
     options = Options.build(
         input_shape,
@@ -277,6 +281,7 @@ def compile(
         ssim=ssim,
         profile=profile,
         drilldown_mode=drilldown_mode,
+        guard=guard,
     )
     return build_plan(model, options)
 
@@ -285,6 +290,10 @@ def build_plan(model: nn.Module, options: Options) -> HeatmapPlan:
     """The plan of validated ``options``: an ``OcclusionPlan``, or a ``DrillDownPlan`` of two
     stages when ``options.drilldown`` asks for one (lattice mode runs the fine plan twice)."""
     check.model(model)
+    if options.guard is not None:
+        from krypton_ql.guard import GuardedPlan
+
+        return GuardedPlan(model, options, build_plan)
     settings = options.drilldown
     if settings is None:
         return OcclusionPlan(model, options)
@@ -313,6 +322,7 @@ def occlusion_heatmap(
     ssim: float | None = None,
     profile: Any = None,
     drilldown_mode: str = "grid",
+    guard: bool = True,
     region: Any = None,
     output: Any = None,
 ) -> Tensor:
@@ -333,7 +343,7 @@ def occlusion_heatmap(
     keywords = dict(patch=patch, stride=stride, color=color, batch_size=batch_size,
                     progress=progress, backend=backend, precision=precision, tau=tau,
                     drilldown=drilldown, speedup=speedup, ssim=ssim, profile=profile,
-                    drilldown_mode=drilldown_mode)  # fmt: skip
+                    drilldown_mode=drilldown_mode, guard=guard)  # fmt: skip
     if (
         region is not None
         or output is not None

@@ -393,6 +393,17 @@ def resolve_ssim(
 
 
 @dataclass(frozen=True, slots=True)
+class Guard:
+    """The per-image quality guard of an ``ssim`` target (``krypton_ql.guard``): exact
+    scores at a ``sample`` fraction of the positions estimate each heatmap's SSIM; an image
+    below ``target`` runs again at the next τ of ``ladder`` (ascending, ending at 1: exact)."""
+
+    target: float
+    ladder: tuple[float, ...]
+    sample: float = 0.04
+
+
+@dataclass(frozen=True, slots=True)
 class Options:
     """One occlusion workload's options, validated: build it with ``Options.build`` from the
     public keywords (``kql.compile``'s, documented there). Frozen and hashable, so a session
@@ -409,6 +420,7 @@ class Options:
     precision: torch.dtype | None = None  # None: the model's own dtype
     tau: float = 1.0  # 1 is exact
     drilldown: DrillDown | None = None  # None: one stage, every position
+    guard: Guard | None = None  # an ssim target's per-image quality guard
 
     @classmethod
     def build(
@@ -432,14 +444,25 @@ class Options:
         ssim: Any = None,
         profile: Any = None,
         drilldown_mode: Any = "grid",
+        guard: Any = True,
     ) -> Options:
-        """Validate the public keywords (the ``ssim`` target resolved through ``profile``)."""
+        """Validate the public keywords (the ``ssim`` target resolved through ``profile``;
+        ``guard``: check each image's estimated SSIM and re-run those below it)."""
         shape = image_shape(input_shape)
         workload = occlusion(shape, patch, stride, color, score)
+        checked = None
+        if not isinstance(guard, bool):
+            raise InvalidInputError(f"guard must be True or False, got {guard!r}", option="guard")
         if ssim is not None:
             tau, drilldown, speedup, drilldown_mode = resolve_ssim(
                 ssim, profile, workload.patch, tau, drilldown, speedup, drilldown_mode
             )
+            approximate = (tau or 1.0) < 1.0 or drilldown is not None or speedup is not None
+            if guard and approximate:
+                above = {float(t) for t in profile.taus if float(t) > (tau or 1.0)}
+                if drilldown is not None or speedup is not None:
+                    above = set()  # a drill-down is guarded by the exact plan alone
+                checked = Guard(float(ssim), tuple(sorted(above | {1.0})))
         elif profile is not None:
             raise InvalidInputError("profile= is read by ssim=; give ssim too", option="profile")
         threshold = fraction("tau", tau, default=1.0)
@@ -456,6 +479,7 @@ class Options:
             dtype(precision),
             threshold,
             drilldown_settings(drilldown, speedup, workload.stride, drilldown_mode),
+            checked,
         )
 
     def stage(self, stride: int) -> Options:

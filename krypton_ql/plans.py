@@ -27,6 +27,12 @@ class OcclusionResult:
     base: Tensor  # [N, T]: scores on the clean images
     targets: Tensor  # [N, T]: the class of each score
     queries: int  # occlusion queries executed
+    # An ssim target's quality guard (``krypton_ql.guard``; None without one): per heatmap
+    # [N, T], the estimated SSIM against exact and the sampled largest |approx − exact| over
+    # the clean score; how many images ran again.
+    ssim_estimate: Tensor | None = None
+    relative_error: Tensor | None = None
+    reruns: int = 0
 
 
 class HeatmapPlan(abc.ABC):

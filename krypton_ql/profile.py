@@ -34,6 +34,18 @@ class Profile:
         meeting = [float(t) for t, v in self.taus.items() if self.score(v) >= target]
         return min(meeting, default=1.0)
 
+    def report(self, target: float) -> str:
+        """Every τ measured: its score (the criterion over the samples), the worst sample,
+        and the margin to ``target``; the chosen τ marked."""
+        chosen = self.tau_for(target)
+        lines = [f"τ      {self.criterion:>6}  worst   margin to SSIM {target:g}"]
+        for key, values in sorted(self.taus.items(), key=lambda kv: -float(kv[0])):
+            score = self.score(values)
+            mark = "  ← chosen" if float(key) == chosen else ""
+            lines.append(f"{float(key):<5g}  {score:6.3f}  {min(values):6.3f}  "
+                         f"{score - target:+.3f}{mark}")  # fmt: skip
+        return "\n".join(lines)
+
     def speedup_for(self, target: float) -> float | None:
         """The largest drill-down speedup target measured to meet ``target`` (None: none)."""
         meeting = [float(s) for s, v in self.drilldown.items() if self.score(v) >= target]

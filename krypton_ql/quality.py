@@ -47,6 +47,55 @@ def ssim(exact: Tensor | np.ndarray, approx: Tensor | np.ndarray) -> float:
     return float(structural_similarity(e, a, data_range=span, win_size=window))
 
 
+def ssim_estimate(
+    approx: Tensor | np.ndarray,
+    sampled: np.ndarray,
+    exact_values: np.ndarray,
+    cells: np.ndarray | None = None,
+    draws: int = 16,
+) -> float:
+    """The SSIM an approximate heatmap would have against the exact one, estimated from the
+    exact values at a few ``sampled`` cells (row-major indices) — what the quality guard reads.
+
+    Two pseudo-exact heatmaps stand for the unknown one, each ``approx`` minus an error field
+    made of the sampled errors ``e = approx − exact`` (the sampled cells set to their exact
+    values): **nearest**, every computed cell (``cells``; default all) taking the error of its
+    nearest sampled cell (right when the error is smooth: an approximation that misses a
+    region's drop), and **scattered**, errors drawn from ``e`` with replacement at every cell
+    (right when the error is rough), averaged over ``draws``. The estimate is the lower of the
+    two SSIMs of ``approx`` against them: a cautious guard. Zero sampled error gives 1.
+    ``benchmarks/approx_guard.py`` measures how well it predicts the true SSIM.
+
+    >>> a = np.arange(64.0).reshape(8, 8)
+    >>> ssim_estimate(a, np.array([3, 40]), a.reshape(-1)[[3, 40]])
+    1.0
+    """
+    from scipy.spatial import cKDTree
+
+    a = _array(approx)
+    flat = a.reshape(-1)
+    sampled = np.asarray(sampled, dtype=np.int64)
+    exact_values = np.asarray(exact_values, dtype=np.float64)
+    errors = flat[sampled] - exact_values
+    if not np.any(errors):
+        return 1.0
+    cells = np.arange(flat.size) if cells is None else np.asarray(cells, dtype=np.int64)
+    filled = np.full_like(flat, flat[cells].mean())  # cells not computed: equal on both sides
+    filled[cells] = flat[cells]
+
+    def against(field: np.ndarray) -> float:
+        pseudo = filled.copy()
+        pseudo[cells] -= field
+        pseudo[sampled] = exact_values
+        return ssim(pseudo.reshape(a.shape), filled.reshape(a.shape))
+
+    where = np.stack(np.unravel_index(cells, a.shape), -1)
+    _, nearest = cKDTree(np.stack(np.unravel_index(sampled, a.shape), -1)).query(where)
+    rng = np.random.default_rng(0)
+    scattered = [against(rng.choice(errors, len(cells), replace=True)) for _ in range(draws)]
+    return float(min(against(errors[nearest]), np.mean(scattered)))
+
+
 def spearman(exact: Tensor | np.ndarray, approx: Tensor | np.ndarray) -> float:
     """Spearman rank correlation of the cells (1: the same order of importance)."""
     from scipy.stats import spearmanr

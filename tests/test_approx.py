@@ -315,7 +315,7 @@ def test_tau_tuned_on_some_photos_holds_on_others() -> None:
     sample = torch.stack([photos["chelsea"], photos["coffee"]])
     profile = kql.tune(model, sample, ssim=0.9, patch=32, stride=16)
     assert profile.tau_for(0.9) < 1.0  # it found an approximation
-    assert len(profile.taus) <= 4  # bisection, not the whole grid of seven
+    assert len(profile.taus) == len(kql.tuning.TAUS)  # every candidate measured
     restored = kql.Profile.from_json(profile.to_json())
     for name in ("astronaut", "rocket"):
         exact = kql.occlusion_heatmap(model, photos[name], patch=32, stride=16)
@@ -323,6 +323,44 @@ def test_tau_tuned_on_some_photos_holds_on_others() -> None:
             model, photos[name], patch=32, stride=16, ssim=0.9, profile=restored
         )
         assert quality.ssim(exact, approx) >= 0.9, name
+
+
+def test_the_profile_chooses_by_measurement_not_by_monotonicity() -> None:
+    """SSIM need not fall with τ (a 7×7 map's caps move by whole cells): the choice is the
+    smallest τ measured to meet the target, whatever the larger ones measured."""
+    profile = kql.Profile(16, 8, "min")
+    profile.taus = {"1": [1.0, 1.0], "0.9": [0.73, 0.95], "0.8": [0.91, 0.97], "0.7": [0.62, 0.99]}
+    assert profile.tau_for(0.9) == 0.8 and profile.tau_for(0.95) == 1.0
+    report = profile.report(0.9).splitlines()
+    assert report[1].startswith("1 ")
+    assert report[3].split() == ["0.8", "0.910", "0.910", "+0.010", "←", "chosen"]
+    assert report[2].split()[-1] == "-0.170"  # 0.9 misses by 0.17
+    profile.criterion = "mean"
+    assert profile.tau_for(0.8) == 0.7  # mean 0.805
+
+
+def test_tune_measures_every_candidate_against_independent_heatmaps() -> None:
+    torch.manual_seed(3)
+    model, images = small_cnn(), torch.rand(3, 3, 16, 16)
+    profile = kql.tune(model, images, ssim=0.9, patch=4, stride=2, taus=(0.9, 0.7, 0.5))
+    assert sorted(profile.taus) == ["0.5", "0.7", "0.9", "1"]
+    exact = kql.occlusion_heatmap(model, images, patch=4, stride=2, progress=False)
+    for tau in (0.9, 0.7, 0.5):
+        approx = kql.occlusion_heatmap(model, images, patch=4, stride=2, tau=tau, progress=False)
+        measured = [quality.ssim(e, a) for e, a in zip(exact, approx)]
+        assert profile.taus[f"{tau:g}"] == pytest.approx(measured, abs=1e-6)
+    meeting = [t for t in (1.0, 0.9, 0.7, 0.5) if min(profile.taus[f"{t:g}"]) >= 0.9]
+    assert profile.tau_for(0.9) == min(meeting)
+
+
+def test_the_default_tuning_set() -> None:
+    """At least 20 distinct real images, none of the held-out photos the checks use."""
+    images = kql.tuning_images()
+    assert images.shape[0] >= 20 and images.shape[1:] == (3, 224, 224)
+    flat = images.reshape(len(images), -1)
+    assert torch.cdist(flat, flat).add(torch.eye(len(images)) * 1e9).min() > 1.0  # distinct
+    held_out = {"camera", "clock", "retina", "hubble_deep_field", "stereo_motorcycle"}
+    assert not held_out & set(kql.tuning.TUNING_PHOTOS)
 
 
 def test_approximation_options_are_checked() -> None:
@@ -384,3 +422,84 @@ def test_query_language_approximation_options() -> None:
     )
     for (_, e), (_, a) in zip(exact.rows, tuned.rows):
         assert quality.ssim(e, a) >= 0.9
+
+
+def _lying_profile(tau: float) -> kql.Profile:
+    """A profile that claims ``tau`` keeps SSIM 0.99 (it was tuned on other images)."""
+    profile = kql.Profile(4, 2, "min")
+    profile.taus = {"1": [1.0], f"{tau:g}": [0.99]}
+    return profile
+
+
+def test_the_guard_reruns_images_the_profile_was_wrong_about() -> None:
+    torch.manual_seed(5)
+    model, images = small_cnn(), torch.rand(4, 3, 16, 16)
+    grid = dict(patch=4, stride=2, progress=False)
+    exact = kql.occlusion_heatmap(model, images, **grid)
+    unguarded = kql.occlusion_heatmap(model, images, ssim=0.95, profile=_lying_profile(0.3),
+                                      guard=False, **grid)  # fmt: skip
+    assert torch.equal(unguarded, kql.occlusion_heatmap(model, images, tau=0.3, **grid))
+    missed = [quality.ssim(e, a) < 0.95 for e, a in zip(exact, unguarded)]
+    assert any(missed)  # the claim is false for some images
+    plan = kql.compile(model, (3, 16, 16), patch=4, stride=2, ssim=0.95,
+                       profile=_lying_profile(0.3))  # fmt: skip
+    result = plan.evaluate(images, progress=False)
+    assert "quality guard: SSIM ≥ 0.95" in plan.explain()
+    assert result.ssim_estimate is not None and result.ssim_estimate.shape == (4, 1)
+    assert result.reruns >= sum(missed)
+    for n, (e, g) in enumerate(zip(exact, result.heatmaps[:, 0])):
+        assert quality.ssim(e, g) >= 0.95, n  # the promise holds for every image
+        if result.ssim_estimate[n, 0] == 1.0 and missed[n]:
+            assert torch.allclose(g, e, atol=1e-6)  # re-run exactly
+    sampled = plan.sample_size(len(plan.positions))
+    assert result.queries <= 4 * len(plan.positions) * 2 + 4 * sampled
+
+
+def test_the_guard_climbs_the_profiles_ladder_and_keeps_good_images() -> None:
+    torch.manual_seed(6)
+    model, images = small_cnn(), torch.rand(2, 3, 16, 16)
+    profile = kql.Profile(4, 2, "min")
+    profile.taus = {"1": [1.0], "0.9": [1.0], "0.3": [0.99]}
+    plan = kql.compile(model, (3, 16, 16), patch=4, stride=2, ssim=0.5, profile=profile)
+    assert plan.guard.ladder == (0.9, 1.0)
+    result = plan.evaluate(images, progress=False)
+    exact = kql.occlusion_heatmap(model, images, patch=4, stride=2, progress=False)
+    for n in range(2):
+        assert quality.ssim(exact[n], result.heatmaps[n, 0]) >= 0.5
+    assert float(result.relative_error.max()) >= 0.0
+
+
+def test_ssim_estimate_tracks_the_true_ssim() -> None:
+    """On heatmaps with a known error, the estimate from 5% of the cells is within 0.1 of the
+    truth where a guard decides (SSIM ≥ 0.6), and far below any target where the truth is."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:27, 0:27]
+    exact = np.exp(-((yy - 13) ** 2 + (xx - 9) ** 2) / 40.0)
+    cells = np.arange(exact.size)
+    for noise in (0.0, 0.02, 0.05, 0.1, 0.2):
+        approx = exact + noise * rng.standard_normal(exact.shape)
+        sampled = rng.choice(cells, 37, replace=False)
+        truth = quality.ssim(exact, approx)
+        guess = quality.ssim_estimate(approx, sampled, exact.reshape(-1)[sampled])
+        assert abs(guess - truth) < 0.1 if truth >= 0.6 else guess < 0.6, (noise, guess, truth)
+
+
+def test_the_query_language_reports_the_guards_estimates() -> None:
+    torch.manual_seed(5)
+    model, images = small_cnn(), torch.rand(4, 3, 16, 16)
+    session = kql.connect()
+    session.register_model("cnn", model, profile=_lying_profile(0.3))
+    session.register_images("scans", images)
+    text = ("SELECT image, heatmap(prob) AS h, min(ssim_estimate) AS q FROM occlusion(scans, cnn, "
+            "patch => 4, stride => 2, ssim => 0.95{}) GROUP BY image ORDER BY image")  # fmt: skip
+    guarded = session.sql(text.format(""), progress=False)
+    assert session.last_reruns >= 1
+    plan = kql.compile(model, (3, 16, 16), patch=4, stride=2, ssim=0.95,
+                       profile=_lying_profile(0.3))  # fmt: skip
+    expected = plan.evaluate(images, progress=False)
+    for n, (_, heatmap, estimate) in enumerate(guarded.rows):
+        assert np.allclose(heatmap, expected.heatmaps[n, 0].numpy(), atol=1e-6)
+        assert estimate == pytest.approx(float(expected.ssim_estimate[n, 0]), abs=1e-6)
+    plain = session.sql(text.format(", guard => false"), progress=False)
+    assert session.last_reruns == 0 and all(q is None for _, _, q in plain.rows)
+    assert "quality guard" in session.explain(text.format(""))

@@ -30,7 +30,8 @@ from krypton_ql import options
 from krypton_ql.dsl.errors import QueryError
 from krypton_ql.dsl.parse import Statement, calls, fail, position
 
-COLUMNS = ("image", "row", "col", "y", "x", "class", "label", "prob", "base_prob", "drop")
+COLUMNS = ("image", "row", "col", "y", "x", "class", "label", "prob", "base_prob", "drop",
+           "ssim_estimate")  # fmt: skip
 POSITION_COLUMNS = frozenset({"row", "col", "y", "x"})
 CLASS_COLUMNS = frozenset({"class", "label"})
 APPROXIMATE = frozenset({"tau", "drilldown", "speedup", "ssim"})
@@ -48,6 +49,7 @@ OPTIONS = frozenset(
         "drilldown_mode",
         "region",
         "output",
+        "guard",
     }
 )
 _VOLATILE = {"random", "uuid", "gen_random_uuid", "setseed", "nextval", "now", "current_time"}

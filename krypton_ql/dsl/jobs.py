@@ -99,6 +99,7 @@ class ScanWorker(datasets.Worker):
             self.positions,
             self.grid,
             self.entry.classes,
+            None if result.ssim_estimate is None else result.ssim_estimate.numpy(),
         )
         table = relation.table
         queries = np.zeros(len(table), dtype=np.int64)

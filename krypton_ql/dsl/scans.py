@@ -3,7 +3,8 @@
 Rows: one per image × class × computed position, in that order. Columns and types:
 ``image`` VARCHAR, ``row``/``col``/``y``/``x``/``class`` BIGINT, ``label`` VARCHAR, ``prob``,
 ``base_prob``, ``drop`` FLOAT (float32, the dtype of ``kql.occlusion_heatmap``; ``drop`` is
-``base_prob - prob`` in float32).
+``base_prob - prob`` in float32), ``ssim_estimate`` FLOAT (with ``ssim => …``: the quality
+guard's estimate of the image's heatmap SSIM against exact, 1 where it ran exactly; else NULL).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ SCHEMA = pa.schema(
         ("prob", pa.float32()),
         ("base_prob", pa.float32()),
         ("drop", pa.float32()),
+        ("ssim_estimate", pa.float32()),
     ]
 )
 
@@ -69,8 +71,10 @@ def build(
     positions: np.ndarray,
     grid: dict[str, np.ndarray],
     labels: Sequence[str] | None,
+    estimates: np.ndarray | None = None,
 ) -> Relation:
-    """The relation of ``scores[N, T, P]`` (float32) at ``positions`` for ``targets[N, T]``."""
+    """The relation of ``scores[N, T, P]`` (float32) at ``positions`` for ``targets[N, T]``;
+    ``estimates[N, T]``: the quality guard's SSIM estimates (None: none)."""
     count, kinds, size = scores.shape
     shape = (count, kinds, size)
 
@@ -99,6 +103,11 @@ def build(
         "prob": prob,
         "base_prob": base32,
         "drop": base32 - prob,
+        "ssim_estimate": (
+            pa.nulls(count * kinds * size, pa.float32())
+            if estimates is None
+            else spread(estimates.astype(np.float32), (2,))
+        ),
     }
     table = pa.table({name: columns[name] for name in SCHEMA.names}, schema=SCHEMA)
     return Relation(table, image_index, spread(positions.astype(np.int64), (0, 1)))

@@ -76,6 +76,7 @@ class Session:
         self.last_queries = 0  # occlusion queries the last statement executed
         self.last_plan: Any = None  # the plan of the last statement's last occlusion call
         self.last_cached = 0  # occlusion calls of the last statement answered from the cache
+        self.last_reruns = 0  # images the quality guard (ssim => …) ran again, last statement
         self._last_inputs: dict[str, Tensor] = {}
         self._last_source: tuple[catalog.Images, catalog.Model, tuple[str, ...]] | None = None
         self._scratch: tempfile.TemporaryDirectory[str] | None = None  # jobs' default out
@@ -107,17 +108,23 @@ class Session:
         self._models[name] = catalog.Model(module.eval(), transform, classes, profile=profile)
         self._forget()
 
-    def tune(self, model: str, images: str, **options: Any) -> Any:
-        """``kql.tune`` the registered ``model`` on the image set ``images`` (same options:
+    def tune(self, model: str, images: str | None = None, **options: Any) -> Any:
+        """``kql.tune`` the registered ``model`` on the image set ``images`` (default: the
+        tuning set, ``kql.tuning_images``, through the model's transform; same options:
         ``ssim``, ``patch``, ``stride``, ``drilldown``, …) and keep the profile for its
         ``ssim => …`` queries. Returns the profile."""
-        from krypton_ql.tuning import tune
+        from krypton_ql.tuning import tune, tuning_photos
 
         if model not in self._models:
             raise InvalidInputError(f"unknown model {model!r} (models: {', '.join(self._models)})")
-        if images not in self._images:
+        if images is not None and images not in self._images:
             raise InvalidInputError(f"unknown images {images!r}")
-        entry, images_set = self._models[model], self._images[images]
+        entry = self._models[model]
+        if images is None:
+            photos = dict(tuning_photos())
+            images_set = catalog.Images({n: (lambda p=p: p) for n, p in photos.items()}, raw=True)
+        else:
+            images_set = self._images[images]
         text = f"tune({model!r}, {images!r})"
         sample = torch.stack([catalog.load(images_set, n, entry, text) for n in images_set.items])
         entry.profile = tune(entry.get(), sample, **options)
@@ -200,7 +207,7 @@ class Session:
         clock = _Clock()
         job = self._job_settings(engine, workers, out, address, gpus_per_worker)
         statement = parse(query)
-        self.last_queries, self.last_cached = 0, 0
+        self.last_queries, self.last_cached, self.last_reruns = 0, 0, 0
         if statement.tree is None:  # plain DuckDB SQL
             try:
                 result = Result(self.engine.run(Rewrite(statement.text)), "")
@@ -409,6 +416,7 @@ class Session:
             reuse_clean=True,
         )
         self.last_queries += result.queries
+        self.last_reruns += result.reruns
         count, kinds = len(item.request.names), result.targets.shape[1]
         index = item.request.positions
         scores = result.heatmaps.reshape(count, kinds, -1)[:, :, index].float().cpu().numpy()
@@ -420,6 +428,7 @@ class Session:
             index,
             _grid(item.plan),
             self._models[item.scan.model].classes,
+            None if result.ssim_estimate is None else result.ssim_estimate.numpy(),
         )
         self.cache.add(item.request, relation)
         item.table = relation.table
