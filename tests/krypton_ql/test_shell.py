@@ -132,8 +132,9 @@ def test_on_a_terminal_ctrl_c_clears_the_line_and_history_is_kept(tmp_path) -> N
     os.write(controller, b"SELECT 1 AS never\n")
     read_until(b"...> ")
     # Let readline reach its wait for input: a SIGINT that lands just before it is seen only
-    # with the next keystroke (CPython's readline loop), which would eat the next line.
-    time.sleep(1.0)
+    # with the next keystroke (CPython's readline loop), which would eat the next line. One
+    # second was not always enough on a busy two-core machine.
+    time.sleep(3.0)
     os.write(controller, b"\x03")
     read_until(b"kql> ", count=2)  # the shell's fresh prompt (the terminal echoes ^C at once)
     os.write(controller, b"SELECT 41 + 1 AS answer;\n")
