@@ -154,11 +154,21 @@ class Positions:
         return len(self.top)
 
 
+@dataclass(frozen=True)
+class Placed:
+    """Where a boxed node's update lies, per query: the box's ``origins`` and the ``centre`` of
+    the patch projected to this node (continuous coordinates: cell ``i`` spans ``[i, i + 1)``),
+    around which an approximate cap places the boxes it cuts."""
+
+    origins: Origins
+    centre: tuple[np.ndarray, np.ndarray]  # (y, x), float64
+
+
 def origins_of(
     name: str,
     nodes: Mapping[str, Node],
     positions: Positions,
-    memo: dict[str, Origins] | None = None,
+    memo: dict[str, Placed] | None = None,
 ) -> Origins:
     """Per-query origins of the boxed node ``name``: a pure function of the boxes of it and
     its boxed ancestors in ``nodes`` and of the queries' ``positions`` (``memo`` caches what
@@ -177,13 +187,13 @@ def origins_of(
             continue
         pending.pop()
         known = {i.name: memo[i.name] for i in inputs if _boxed(i)}
-        memo[current] = node_origins(nodes[current], inputs, known, positions)
-    return memo[name]
+        memo[current] = node_placement(nodes[current], inputs, known, positions)
+    return memo[name].origins
 
 
 def plan_origins(nodes: Mapping[str, Node], positions: Positions) -> dict[str, Origins]:
     """Per-query origins of every boxed node of a rewritten plan."""
-    memo: dict[str, Origins] = {}
+    memo: dict[str, Placed] = {}
     return {n: origins_of(n, nodes, positions, memo) for n, node in nodes.items() if _boxed(node)}
 
 
@@ -191,39 +201,89 @@ def _boxed(node: Node) -> bool:
     return node.update is not None and node.update.state is State.BOX
 
 
-def node_origins(
-    node: Node, inputs: list[Node], origins: Mapping[str, Origins], positions: Positions
-) -> Origins:
-    """Per-query origins of a boxed node, from its inputs' origins and its own update form."""
+def node_placement(
+    node: Node, inputs: list[Node], placed: Mapping[str, Placed], positions: Positions
+) -> Placed:
+    """A boxed node's placement, from its inputs' placements and its own update form."""
     update = node.update
     assert update is not None and update.box is not None
     box, size, op = update.box, node.schema.size, node.op
     if isinstance(op, Occlude):
         # A clipped last window shifts inward; the cells it adds keep their image values.
-        return np.minimum(positions.top, size.h - box.h), np.minimum(positions.left, size.w - box.w)
-    if isinstance(op, (Combine, Concat)):
-        boxed = [i.name for i in inputs if i.name in origins]
-        return (
-            bounding_start([origins[n][0] for n in boxed], box.h, size.h),
-            bounding_start([origins[n][1] for n in boxed], box.w, size.w),
+        top, left = positions.top, positions.left
+        return Placed(
+            (np.minimum(top, size.h - box.h), np.minimum(left, size.w - box.w)),
+            (
+                (top + np.minimum(top + box.h, size.h)) / 2,
+                (left + np.minimum(left + box.w, size.w)) / 2,
+            ),
         )
-    y0, x0 = origins[inputs[0].name]
+    if isinstance(op, (Combine, Concat)):
+        boxed = [placed[i.name] for i in inputs if i.name in placed]
+        return Placed(
+            (
+                bounding_start([p.origins[0] for p in boxed], box.h, size.h),
+                bounding_start([p.origins[1] for p in boxed], box.w, size.w),
+            ),
+            (np.mean([p.centre[0] for p in boxed], 0), np.mean([p.centre[1] for p in boxed], 0)),
+        )
+    (y0, x0), (cy, cx) = placed[inputs[0].name].origins, placed[inputs[0].name].centre
     if isinstance(op, (JoinAggregate, Pool)):
-        if update.crop is not None:  # an approximate centre crop of the input box
-            y0, x0 = y0 + update.crop.h, x0 + update.crop.w
-        extent, stride, pad = op.window.extent, op.window.stride, op.window.padding
-        return (
-            window_start(y0, extent.h, stride.h, pad.top, box.h, size.h),
-            window_start(x0, extent.w, stride.w, pad.left, box.w, size.w),
+        window = op.window
+        extent, stride, pad = window.extent, window.stride, window.padding
+        source = inputs[0].update
+        assert source is not None and source.box is not None
+        exact = output_box(source.box, window, size) if update.cut is not None else box
+        return Placed(
+            (
+                _cut_start(y0, cy, extent.h, stride.h, pad.top, exact.h, box.h, size.h),
+                _cut_start(x0, cx, extent.w, stride.w, pad.left, exact.w, box.w, size.w),
+            ),
+            (
+                (cy + pad.top - extent.h / 2) / stride.h + 0.5,
+                (cx + pad.left - extent.w / 2) / stride.w + 0.5,
+            ),
         )
     if isinstance(op, Pad):
-        return y0 + op.padding.top, x0 + op.padding.left
-    if isinstance(op, Upsample) and op.mode in ("nearest", "zeros"):
-        return y0 * op.scale.h, x0 * op.scale.w
-    if isinstance(op, Upsample):  # bilinear: from the first output row that reads row y0 − 1
-        sh, sw = op.scale.h, op.scale.w
-        return (
-            np.clip(y0 * sh - (sh + 1) // 2, 0, size.h - box.h),
-            np.clip(x0 * sw - (sw + 1) // 2, 0, size.w - box.w),
+        return Placed(
+            (y0 + op.padding.top, x0 + op.padding.left), (cy + op.padding.top, cx + op.padding.left)
         )
-    return y0, x0  # element-wise: the box does not move
+    if isinstance(op, Upsample):
+        sh, sw = op.scale.h, op.scale.w
+        if op.mode in ("nearest", "zeros"):
+            origins = (y0 * sh, x0 * sw)
+        else:  # bilinear: from the first output row that reads row y0 − 1
+            origins = (
+                np.clip(y0 * sh - (sh + 1) // 2, 0, size.h - box.h),
+                np.clip(x0 * sw - (sw + 1) // 2, 0, size.w - box.w),
+            )
+        return Placed(origins, (cy * sh, cx * sw))
+    return placed[inputs[0].name]  # element-wise: the box does not move
+
+
+def _cut_start(
+    start: np.ndarray,
+    centre: np.ndarray,
+    extent: int,
+    stride: int,
+    pad: int,
+    exact: int,
+    size: int,
+    out_dim: int,
+) -> np.ndarray:
+    """Per-query output start of a window operator's box of width ``size``: the exact start
+    when nothing was cut (``size == exact``); otherwise centred on the patch's projected centre
+    and slid to stay inside the exact box.
+
+    >>> start, centre = np.array([0, 40]), np.array([8.0, 56.0])  # patches at 0 and 48, side 16
+    >>> _cut_start(start, centre, 3, 2, 1, 10, 10, 32).tolist()  # uncut: the exact formula
+    [0, 20]
+    >>> _cut_start(start, centre, 3, 2, 1, 10, 6, 32).tolist()  # around 4.25; 28.25, slid in
+    [1, 24]
+    """
+    first = window_start(start, extent, stride, pad, exact, out_dim)
+    if size == exact:
+        return first
+    projected = (centre + pad - extent / 2) / stride + 0.5
+    around = np.floor(projected - size / 2 + 0.5).astype(np.int64)
+    return np.clip(around, first, first + exact - size)

@@ -385,18 +385,18 @@ class Update:
     strategy: Strategy
     box: Size2 | None = None
     read: Size2 | None = None
-    # Approximate only: the box was cut below the exact one (projective-field thresholding), and
-    # the input box's start moves by ``crop`` cells before the window formula (a centre crop).
-    crop: Size2 | None = None
+    # Approximate only: the box is ``cut`` cells per side smaller than the exact one
+    # (projective-field thresholding) and placed around the patch's centre inside it.
+    cut: Size2 | None = None
 
     def __str__(self) -> str:
-        text = ("≈" if self.crop is not None else "") + self.strategy.value
+        text = ("≈" if self.cut is not None else "") + self.strategy.value
         if self.box is not None:
             text += f" box={self.box}"
         if self.read is not None:
             text += f" read={self.read}"
-        if self.crop is not None:
-            text += f" crop=+{self.crop}"
+        if self.cut is not None:
+            text += f" cut={self.cut}"
         return text
 
 

@@ -1,15 +1,21 @@
 """threshold_projective_field (≈): cap every window operator's update box at
-``round_half_away(τ·W_O)`` per dimension, centred; cells outside keep their view values.
+``round_half_away(τ·W_O)`` per dimension, placed around the patch; cells outside keep their view
+values.
 
 Approximation (research §5.1): the effective projective field of an update grows like the
 square root of depth while the exact one grows linearly, so the fringe of a large box carries
 little of the change. For a dimension whose exact output box ``W_Ō`` exceeds the cap ``T``:
-``W_Ō ← T``; the input width that box implies is ``W_new = T·S − K + 1``; the input box's start
-moves by ``(W_I − W_new) // 2`` (a centre crop) before the usual start formula and border
-clamp. Input patch cells that still fall inside the read-in window contribute their updated
-values; those outside it are dropped. τ = 1 never fires (exact). Dimensions under the cap keep
-their exact size and start (the prototype also shifted those by a fraction; we do not).
-Preconditions: a boxed input; runs before ``push_delta_through_join`` and only when τ < 1.
+``W_Ō ← T``, and the cut box is centred on the patch's centre projected to this layer, slid to
+stay inside the exact box (``boxes.node_placement``). The paper centres the cut on the *input box*
+instead (``x_I += (W_I − W_new)/2``); that is the same wherever the input box is centred on the
+patch, but once boxes have been clamped at the map's border or cut before, it is not: on
+EfficientNet-Lite0 at τ = 0.9 the paper's rule placed every 7×7 box at rows 0–5 whatever the
+patch, so patches in the last row or column lost their whole effect, and τ = 0.9 scored lower
+SSIM than τ = 0.8 on every photo. Box sizes, and so the theoretical speedups, are the paper's.
+Input patch cells that still fall inside the read-in window contribute their updated values;
+those outside it are dropped. τ = 1 never fires (exact). Dimensions under the cap keep their
+exact size and start. Preconditions: a boxed input; runs before ``push_delta_through_join`` and
+only when τ < 1.
 """
 
 from __future__ import annotations
@@ -54,17 +60,6 @@ def threshold_projective_field(node: Node, ctx: RuleContext) -> Node | None:
     if exact.h <= limit.h and exact.w <= limit.w:
         return None  # under the threshold: the exact rule maintains it
     box = Size2(min(exact.h, limit.h), min(exact.w, limit.w))
-    extent, stride = window.extent, window.stride
-    crop = Size2(
-        _shift(box_in.h, exact.h, box.h, extent.h, stride.h),
-        _shift(box_in.w, exact.w, box.w, extent.w, stride.w),
-    )
+    cut = Size2(exact.h - box.h, exact.w - box.w)
     read = boxes.read_size(box, window)
-    return node.with_update(Update(State.BOX, Strategy.RECOMPUTE, box, read, crop))
-
-
-def _shift(box_in: int, exact: int, capped: int, extent: int, stride: int) -> int:
-    """Start shift of the input box: half of what the cut removes (0 if nothing is cut)."""
-    if capped >= exact:
-        return 0
-    return max(0, (box_in - (capped * stride - extent + 1)) // 2)
+    return node.with_update(Update(State.BOX, Strategy.RECOMPUTE, box, read, cut))
