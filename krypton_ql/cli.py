@@ -108,7 +108,29 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--sql", dest="as_sql", action="store_true", help="also the incremental plan as SQL"
     )
+    explain.add_argument(
+        "--png",
+        metavar="FILE",
+        help="also draw the plan: each layer's update box in its feature map, and its FMAs",
+    )
     explain.set_defaults(run=_explain)
+
+    serve = commands.add_parser(
+        "serve", help="an interactive occlusion explorer in the browser (a local web server)"
+    )
+    _session_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine)")
+    serve.add_argument("--port", type=int, default=8000, help="default 8000 (0: any free port)")
+    serve.add_argument(
+        "--token", default=None, help="require this token (made for you off loopback)"
+    )
+    serve.add_argument(
+        "--profile", metavar="FILE", help="a tuning profile (kql.tune(…).save) for SSIM targets"
+    )
+    serve.add_argument(
+        "--max-upload-mb", type=float, default=20, help="largest photo upload (default 20)"
+    )
+    serve.set_defaults(run=_serve)
 
     job = commands.add_parser(
         "explain-dataset",
@@ -496,11 +518,38 @@ def _explain_dataset(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    from compiler.errors import InvalidInputError
+
     session, _module, _display = _session(args)
     text = args.sql if args.sql.lstrip().upper().startswith("EXPLAIN") else f"EXPLAIN {args.sql}"
     if args.verbose_plan:
         text = text.replace("EXPLAIN", "EXPLAIN VERBOSE", 1)
     print(session.explain(text, sql=args.as_sql), end="")
+    if args.png:
+        if session.last_plan is None:
+            raise InvalidInputError("--png: the statement has no occlusion(…) call to draw")
+        path = session.last_plan.explain_png(args.png)
+        print(f"wrote {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import krypton_ql as kql
+    from compiler.errors import InvalidInputError
+    from krypton_ql.serve import serve
+    from krypton_ql.serve.explorer import Explorer
+
+    if args.max_upload_mb <= 0:
+        raise InvalidInputError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    session, _module, display = _session(args)
+    name = args.arch or args.model or "efficientnet_lite0"
+    if args.profile:
+        profile = kql.Profile.load(args.profile)
+        for alias in (name, "model"):
+            session.model(alias).profile = profile
+    images = "images" if args.images else "photos"
+    explorer = Explorer(session, images, display, [name], int(args.max_upload_mb * 2**20))
+    serve(explorer, args.host, args.port, args.token)
     return EXIT_OK
 
 

@@ -298,18 +298,10 @@ def _name(item: dict[str, Any]) -> str:
 
 def _photo(image: Any) -> np.ndarray:
     """An ``[H, W, 3]`` uint8 photo from encoded bytes or an ``[H, W]``/``[H, W, C]`` array."""
-    import io
-
-    from PIL import Image
-
     from krypton_ql.dsl import catalog
 
     if isinstance(image, bytes | bytearray | memoryview):
-        with Image.open(io.BytesIO(bytes(image))) as decoded:
-            width, height = decoded.size
-            if width * height > catalog.MAX_PIXELS:
-                raise InvalidInputError(f"{width}×{height} pixels, above the limit")
-            return np.array(decoded.convert("RGB"))
+        return catalog.decode(bytes(image), "the image")
     array = np.asarray(image)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]

@@ -68,6 +68,13 @@ class HeatmapPlan(abc.ABC):
         """Scores of every target at every position (or the ``positions`` given);
         ``reuse_clean`` keeps the clean forward's views for the next call on the same images."""
 
+    def explain_png(self, path: Any, measured: float | None = None) -> Any:
+        """The plan as a picture (``krypton_ql.render.plan_png``): each layer's update box to
+        scale inside its feature map and its multiply-adds, naive against incremental."""
+        from krypton_ql.render import plan_png
+
+        return plan_png(self, path, measured)
+
     @property
     def grid(self) -> tuple[int, int]:
         return self.positions.rows, self.positions.cols

@@ -174,17 +174,28 @@ class PhotoFile:
     path: Path
 
     def __call__(self) -> np.ndarray:
-        from PIL import Image
+        return decode(self.path, str(self.path))
 
-        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # checked here instead
-        try:
-            with Image.open(self.path) as image:  # reads the header only
-                width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise InvalidInputError(
-                        f"{self.path} has {width}×{height} = {width * height:,} pixels, above "
-                        f"the limit of {MAX_PIXELS:,} (kql --max-pixels N raises it)"
-                    )
-                return np.array(image.convert("RGB"))  # a writable copy
-        finally:
-            Image.MAX_IMAGE_PIXELS = previous
+
+def decode(source: Path | bytes, label: str) -> np.ndarray:
+    """An image file or its encoded bytes as RGB ``uint8 [H, W, 3]``; more than ``MAX_PIXELS``
+    is refused from the header, before decoding, and what is not an image says so."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # checked here instead
+    try:
+        with Image.open(stream) as image:  # reads the header only
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise InvalidInputError(
+                    f"{label} has {width}×{height} = {width * height:,} pixels, above "
+                    f"the limit of {MAX_PIXELS:,} (kql --max-pixels N raises it)"
+                )
+            return np.array(image.convert("RGB"))  # a writable copy
+    except UnidentifiedImageError as error:
+        raise InvalidInputError(f"{label} is not an image file PIL can read") from error
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous

@@ -140,6 +140,26 @@ class Session:
         self._images[name] = entry
         return list(entry.items)
 
+    def model(self, name: str) -> catalog.Model:
+        """The registered model ``name`` (its module, transform, class names and profile)."""
+        if name not in self._models:
+            raise InvalidInputError(f"unknown model {name!r} (models: {', '.join(self._models)})")
+        return self._models[name]
+
+    def load_image(self, images: str, name: str, model: str) -> Tensor:
+        """Image ``name`` of the set ``images`` as ``model``'s input, as a query computes it."""
+        if images not in self._images:
+            raise InvalidInputError(
+                f"unknown image set {images!r} (image sets: {', '.join(self._images)})"
+            )
+        entry = self._images[images]
+        if name not in entry.items:
+            raise InvalidInputError(f"unknown image {name!r} in {images!r}")
+        try:
+            return catalog.load(entry, name, self.model(model), "")
+        except QueryError as error:
+            raise InvalidInputError(error.message) from None
+
     def register_region(self, name: str, region: Any) -> None:
         """Make ``region`` available to queries of map-output models as ``region => 'name'``:
         a boolean mask ``[H, W]`` in the model's input pixels (a tensor, a NumPy array, or a

@@ -1,0 +1,75 @@
+"""``kql serve``: an interactive occlusion explorer in the browser (``explorer`` computes,
+``app`` speaks HTTP). Starlette on uvicorn; the page is plain HTML/JS/CSS in ``static/``."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+import sys
+from typing import Any
+
+from compiler.errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``.
+
+    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("0.0.0.0")
+    (True, True, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def url(host: str, port: int, token: str | None) -> str:
+    """The address to open (an IPv6 host in brackets, the token in the query)."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+
+
+def serve(explorer: Any, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+          announce: Any = None) -> None:  # fmt: skip
+    """Serve ``explorer`` until interrupted. A host other than loopback needs a token (one is
+    made when none is given) and is warned about; ``announce(url)`` is told the address."""
+    import uvicorn
+
+    from krypton_ql.serve.app import create_app
+
+    if not 0 <= port < 65536:
+        raise InvalidInputError(f"--port must be 0–65535, got {port}")
+    if not is_loopback(host):
+        token = token or secrets.token_urlsafe(24)
+        print(
+            f"kql serve: warning: listening on {host}, reachable from other machines; every "
+            "request needs the token in the URL below",
+            file=sys.stderr,
+        )
+    app = create_app(explorer, token)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    original = server.startup
+
+    async def startup(sockets: Any = None) -> None:
+        await original(sockets)
+        bound = port
+        for server_ in getattr(server, "servers", []):
+            for sock in server_.sockets:
+                bound = sock.getsockname()[1]
+        (announce or _print)(url(host, bound, token))
+
+    server.startup = startup
+    try:
+        server.run()
+    finally:
+        explorer.close()
+
+
+def _print(address: str) -> None:
+    print(f"kql serve: open {address}  (Ctrl-C stops)", flush=True)

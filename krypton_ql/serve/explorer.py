@@ -1,0 +1,494 @@
+"""What ``kql serve`` does, without HTTP: photos, predictions, runs that stream their heatmap in
+coarse-to-fine batches, the equivalent SQL statement, and SQL over the session's catalog.
+
+A run computes the heatmap of one image and class over the positions of an optional region, in
+a worker thread: level 0 of a lattice first (every 4th row and column), then every 2nd, then the
+rest, each batch with ``plan.evaluate(…, positions=…, reuse_clean=True)`` so that the clean
+forward is computed once. Events (``start``, ``cells``, ``done``, ``cancelled``, ``error``) go
+to the run's queue as plain dicts. One run computes at a time (a lock); a client's new run
+cancels that client's previous one, and other clients' runs wait their turn.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import queue
+import re
+import secrets
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from compiler.errors import InvalidInputError, KryptonError
+from krypton_ql.dsl import catalog
+
+log = logging.getLogger(__name__)
+
+MODES = ("exact", "tau", "ssim")
+UPLOADS = "uploads"  # the image set of the photos uploaded to this server
+MAX_UPLOAD_BYTES = 20 * 2**20
+MAX_CELLS = 250_000  # positions in one run (patch 1 stride 1 on 500×500)
+_NAME = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One heatmap the page asks for: an image (of the server's image set or the uploads), the
+    model, the occlusion options, the class (None: the predicted one), the mode (``exact``,
+    ``tau`` with ``value`` = τ, ``ssim`` with ``value`` = the target) and an optional region
+    ``(y0, x0, y1, x1)`` in input pixels (half-open): the positions whose patch centre is in it."""
+
+    image: str
+    images: str
+    model: str = "model"
+    patch: int = 16
+    stride: int = 4
+    color: float = 0.0
+    target: int | None = None
+    mode: str = "exact"
+    value: float | None = None
+    region: tuple[int, int, int, int] | None = None
+
+    @classmethod
+    def parse(cls, data: Any, images: str) -> RunRequest:
+        """A request from the page's JSON, checked; anything wrong is an InvalidInputError."""
+        if not isinstance(data, dict):
+            raise InvalidInputError("a run request is a JSON object")
+        unknown = set(data) - {f for f in cls.__dataclass_fields__ if f != "images"}
+        if unknown:
+            raise InvalidInputError(f"unknown run options: {', '.join(sorted(unknown))}")
+        image = data.get("image")
+        if not isinstance(image, str) or not image:
+            raise InvalidInputError("choose an image")
+        source = UPLOADS if image.startswith(f"{UPLOADS}/") else images
+        mode = data.get("mode", "exact")
+        if mode not in MODES:
+            raise InvalidInputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        value = _number(data.get("value"), "value") if mode != "exact" else None
+        if mode == "tau" and not (value is not None and 0 < value <= 1):
+            raise InvalidInputError(f"tau must be in (0, 1], got {value}")
+        if mode == "ssim" and not (value is not None and 0 < value < 1):
+            raise InvalidInputError(f"an ssim target must be in (0, 1), got {value}")
+        target = data.get("target")
+        region = data.get("region")
+        if region is not None:
+            if not (isinstance(region, list | tuple) and len(region) == 4):
+                raise InvalidInputError("a region is [y0, x0, y1, x1]")
+            region = tuple(_integer(v, "region") for v in region)
+        return cls(
+            image=image.removeprefix(f"{UPLOADS}/"),
+            images=source,
+            model=str(data.get("model", "model")),
+            patch=_integer(data.get("patch", 16), "patch"),
+            stride=_integer(data.get("stride", 4), "stride"),
+            color=_number(data.get("color", 0.0), "color"),
+            target=None if target in (None, "") else _integer(target, "class"),
+            mode=mode,
+            value=value,
+            region=region,
+        )
+
+    @property
+    def page_name(self) -> str:
+        return f"{UPLOADS}/{self.image}" if self.images == UPLOADS else self.image
+
+    def options(self) -> dict[str, Any]:
+        """``kql.compile``'s occlusion and approximation options."""
+        options: dict[str, Any] = dict(patch=self.patch, stride=self.stride, color=self.color)
+        if self.mode == "tau":
+            options["tau"] = self.value
+        elif self.mode == "ssim":
+            options["ssim"] = self.value
+        return options
+
+
+def _integer(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InvalidInputError(f"{name} must be an integer, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise InvalidInputError(f"{name} must be an integer, got {value!r}") from None
+    if not number.is_integer():
+        raise InvalidInputError(f"{name} must be an integer, got {value!r}")
+    return int(number)
+
+
+def _number(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise InvalidInputError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def statement(request: RunRequest, target: int, grid_patch: int) -> str:
+    """The query-language statement that computes the run's heatmap, to paste into ``kql
+    query`` / ``kql shell`` (with the server's ``--images`` and ``--model``)."""
+    options = [f"patch => {request.patch}", f"stride => {request.stride}"]
+    if request.color != 0.0:
+        options.append(f"color => {request.color:g}")
+    if request.mode == "tau":
+        options.append(f"tau => {request.value:g}")
+    elif request.mode == "ssim":
+        options.append(f"ssim => {request.value:g}")
+    where = [f"image = '{request.image}'", f"class = {target}"]
+    if request.region is not None:
+        y0, x0, y1, x1 = request.region
+        half = grid_patch // 2
+        where += [f"y + {half} BETWEEN {y0} AND {y1 - 1}", f"x + {half} BETWEEN {x0} AND {x1 - 1}"]
+    return (
+        "SELECT image, class, label, heatmap(prob) AS heatmap\n"
+        f"FROM occlusion({request.images}, {request.model}, {', '.join(options)})\n"
+        f"WHERE {' AND '.join(where)}\n"
+        "GROUP BY image, class, label"
+    )
+
+
+def region_positions(plan: Any, region: tuple[int, int, int, int] | None) -> np.ndarray:
+    """Grid indices whose patch centre ``(y + Ph//2, x + Pw//2)`` lies in the region (all of
+    them without one); an empty selection is an error."""
+    positions = plan.positions
+    index = np.arange(len(positions))
+    if region is None:
+        return index
+    y0, x0, y1, x1 = region
+    patch = plan.occlusion.patch
+    cy, cx = positions.top + patch.h // 2, positions.left + patch.w // 2
+    keep = (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)
+    if not keep.any():
+        raise InvalidInputError(
+            f"no patch centre lies in the region {list(region)}: draw a larger one or use a "
+            "smaller stride"
+        )
+    return index[keep]
+
+
+def coarse_to_fine(index: np.ndarray, cols: int) -> list[np.ndarray]:
+    """The positions in three stages: every 4th row and column, every 2nd, the rest.
+
+    >>> [s.tolist() for s in coarse_to_fine(np.arange(16), 4)]
+    [[0], [2, 8, 10], [1, 3, 4, 5, 6, 7, 9, 11, 12, 13, 14, 15]]
+    """
+    rows, columns = index // cols, index % cols
+    coarse = (rows % 4 == 0) & (columns % 4 == 0)
+    middle = (rows % 2 == 0) & (columns % 2 == 0) & ~coarse
+    stages = [index[coarse], index[middle], index[~coarse & ~middle]]
+    return [stage for stage in stages if len(stage)]
+
+
+@dataclass
+class Run:
+    """A heatmap being computed: its events (a thread-safe queue), its cancel flag and, when
+    done, the heatmap (NaN outside the computed positions) and what the page shows."""
+
+    id: str
+    client: str
+    request: RunRequest
+    events: queue.Queue = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+    plan: Any = None
+    heatmap: Tensor | None = None
+    photo: Tensor | None = None
+    base: float | None = None
+    label: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def stream(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """The run's events until its last (``done``, ``cancelled`` or ``error``)."""
+        while True:
+            event = self.events.get(timeout=timeout)
+            yield event
+            if event["type"] in ("done", "cancelled", "error"):
+                return
+
+
+class Explorer:
+    """The server's state: the session (models, image set, uploads), compiled plans, runs."""
+
+    def __init__(
+        self,
+        session: Any,
+        images: str,
+        display: Callable[[Tensor], Tensor],
+        models: list[str],
+        max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    ) -> None:
+        self.session = session
+        self.images = images
+        self.display = display
+        self.models = models
+        self.max_upload_bytes = max_upload_bytes
+        self._uploads = tempfile.TemporaryDirectory(prefix="kql-serve-")
+        self._plans: dict[tuple, Any] = {}
+        self._runs: dict[str, Run] = {}
+        self._latest: dict[str, Run] = {}  # client → its latest run
+        self._compute = threading.Lock()  # one run computes at a time
+        self._state = threading.Lock()
+        self._session_lock = threading.Lock()  # the session is not thread-safe
+
+    # -- photos and predictions ---------------------------------------------------------------
+
+    def photos(self) -> list[str]:
+        sets = self.session.image_sets()
+        names = list(sets.get(self.images, []))
+        return names + [f"{UPLOADS}/{name}" for name in sets.get(UPLOADS, [])]
+
+    def image(self, name: str, model: str = "model") -> Tensor:
+        """The page's image ``name`` (``uploads/…`` for an upload) as ``model``'s input."""
+        images = UPLOADS if name.startswith(f"{UPLOADS}/") else self.images
+        with self._session_lock:
+            return self.session.load_image(images, name.removeprefix(f"{UPLOADS}/"), model)
+
+    def photo_png(self, name: str, model: str = "model") -> bytes:
+        """The image as the model sees it (its input, unnormalized), as PNG."""
+        from PIL import Image
+
+        shown = self.display(self.image(name, model)).clamp(0, 1)
+        array = (shown.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def predict(self, name: str, model: str = "model", top: int = 5) -> list[dict[str, Any]]:
+        """The model's top classes for the image, with names and probabilities."""
+        module = self.session.model(model)
+        image = self.image(name, model)
+        with torch.no_grad():
+            probabilities = torch.softmax(module.get()(image[None].float()), dim=1)[0]
+        values, classes = probabilities.topk(min(top, len(probabilities)))
+        names = module.classes
+        return [
+            {"class": int(c), "label": _label(names, int(c)), "prob": float(v)}
+            for v, c in zip(values, classes)
+        ]
+
+    def upload(self, filename: str, data: bytes) -> str:
+        """Decode an uploaded photo with the CLI's checks, keep it as a PNG in the server's own
+        folder and add it to the ``uploads`` image set; returns its name (``uploads/…``)."""
+        from PIL import Image
+
+        if len(data) > self.max_upload_bytes:
+            raise InvalidInputError(
+                f"the upload has {len(data):,} bytes, above the limit of "
+                f"{self.max_upload_bytes:,} (kql serve --max-upload-mb raises it)"
+            )
+        photo = catalog.decode(data, f"the upload {filename!r}")
+        stem = _NAME.sub("_", Path(filename).stem)[:40].strip("_") or "upload"
+        folder = Path(self._uploads.name)
+        name, count = stem, 1
+        while (folder / f"{name}.png").exists():
+            count += 1
+            name = f"{stem}_{count}"
+        Image.fromarray(photo).save(folder / f"{name}.png")
+        with self._session_lock:
+            self.session.register_images(UPLOADS, str(folder))
+        return f"{UPLOADS}/{name}"
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def start(self, data: Any, client: str) -> Run:
+        """Check a request, cancel the client's previous run and start this one."""
+        request = RunRequest.parse(data, self.images)
+        if request.model not in self.models:
+            raise InvalidInputError(
+                f"unknown model {request.model!r} (models: {', '.join(self.models)})"
+            )
+        if request.image not in self.session.image_sets().get(request.images, []):
+            raise InvalidInputError(f"unknown image {request.image!r}")
+        run = Run(secrets.token_hex(8), client, request)
+        with self._state:
+            previous = self._latest.get(client)
+            if previous is not None:
+                previous.cancel()
+            self._latest[client] = run
+            self._runs[run.id] = run
+            for old in list(self._runs.values())[:-16]:  # keep the last 16 runs' results
+                if old.finished.is_set():
+                    del self._runs[old.id]
+        threading.Thread(target=self._execute, args=(run,), daemon=True, name=run.id).start()
+        return run
+
+    def run(self, run_id: str) -> Run:
+        run = self._runs.get(run_id)
+        if run is None:
+            raise InvalidInputError(f"no run {run_id!r} (runs are kept while the server runs)")
+        return run
+
+    def plan(self, request: RunRequest, shape: tuple[int, ...]) -> Any:
+        """The compiled plan for a request (compiled once per model, shape and options)."""
+        import krypton_ql as kql
+
+        key = (request.model, shape, tuple(sorted(request.options().items())))
+        if key not in self._plans:
+            model = self.session.model(request.model)
+            options = request.options()
+            if request.mode == "ssim":
+                if model.profile is None:
+                    raise InvalidInputError(
+                        "ssim needs a tuning profile: start kql serve with --profile FILE "
+                        "(kql.tune(…).save(FILE)), or choose tau"
+                    )
+                options["profile"] = model.profile
+            self._plans[key] = kql.compile(model.get(), shape, **options)
+        return self._plans[key]
+
+    def _execute(self, run: Run) -> None:
+        put = run.events.put
+        try:
+            with self._compute:
+                if run.cancelled.is_set():
+                    put({"type": "cancelled", "done": 0})
+                    return
+                self._compute_run(run, put)
+        except KryptonError as error:
+            put({"type": "error", "message": str(error)})
+        except Exception as error:  # a bug: the page says so, the server keeps serving
+            log.exception("run %s failed", run.id)
+            put({"type": "error", "message": f"internal error: {type(error).__name__}: {error}"})
+        finally:
+            run.finished.set()
+
+    def _compute_run(self, run: Run, put: Callable[[dict[str, Any]], None]) -> None:
+        request = run.request
+        started = time.perf_counter()
+        image = self.image(request.page_name, request.model)
+        plan = self.plan(request, tuple(image.shape))
+        model = self.session.model(request.model)
+        module = model.get()
+        with torch.no_grad():
+            logits = module(image[None].float())[0]
+        classes = logits.shape[0]
+        target = int(logits.argmax()) if request.target is None else request.target
+        if not 0 <= target < classes:
+            raise InvalidInputError(f"class {target} is not one of the model's {classes}")
+        base = float(torch.softmax(logits, 0)[target])
+        index = region_positions(plan, request.region)
+        rows, cols = plan.grid
+        naive = _naive_seconds(module, image, plan, len(index))
+        run.plan, run.base, run.label = plan, base, _label(model.classes, target)
+        run.photo = self.display(image).clamp(0, 1)
+        put({
+            "type": "start", "run": run.id, "rows": rows, "cols": cols,
+            "positions": len(index), "class": target, "label": run.label,
+            "base": base, "patch": request.patch, "stride": request.stride,
+            "sql": statement(request, target, plan.occlusion.patch.h),
+            "naive_seconds": naive, "theoretical_speedup": plan.theoretical_speedup,
+            "mode": request.mode,
+        })  # fmt: skip
+        targets = torch.tensor([[target]])
+        heatmap = torch.full((rows * cols,), float("nan"))
+        done = queries = 0
+        if request.mode == "ssim":  # the guard needs the whole heatmap: one evaluation
+            stages = [index]
+        else:
+            stages = [
+                stage[i : i + _chunk(plan)]
+                for stage in coarse_to_fine(index, cols)
+                for i in range(0, len(stage), _chunk(plan))
+            ]
+        for level, chosen in enumerate(stages):
+            if run.cancelled.is_set():
+                run.heatmap = heatmap.reshape(rows, cols)
+                put({"type": "cancelled", "done": done, "elapsed": time.perf_counter() - started})
+                return
+
+            def report(finished: int, total: int, offset: int = done) -> None:
+                put({"type": "progress", "done": offset + finished, "total": len(index),
+                     "elapsed": time.perf_counter() - started})  # fmt: skip
+
+            result = plan.evaluate(
+                image,
+                targets=targets,
+                positions=torch.from_numpy(chosen),
+                progress=report if request.mode == "ssim" else False,
+                reuse_clean=True,
+            )
+            values = result.heatmaps[0, 0].reshape(-1)[torch.from_numpy(chosen)].float()
+            heatmap[torch.from_numpy(chosen)] = values
+            done += len(chosen)
+            queries += result.queries
+            event = {
+                "type": "cells", "index": chosen.tolist(), "values": values.tolist(),
+                "done": done, "total": len(index), "queries": queries,
+                "elapsed": time.perf_counter() - started, "stage": level,
+            }  # fmt: skip
+            if getattr(result, "ssim_estimate", None) is not None:
+                event["ssim_estimate"] = float(result.ssim_estimate[0, 0])
+                event["reruns"] = int(result.reruns)
+            put(event)
+        elapsed = time.perf_counter() - started
+        run.heatmap = heatmap.reshape(rows, cols)
+        run.summary = {"elapsed": elapsed, "queries": queries, "naive_seconds": naive,
+                       "speedup": naive / elapsed if elapsed > 0 else None}  # fmt: skip
+        put({"type": "done", **run.summary})
+
+    # -- SQL ------------------------------------------------------------------------------------
+
+    def sql(self, query: str, limit: int = 200) -> dict[str, Any]:
+        """Run a statement on the session; the first ``limit`` rows, heatmaps as lists."""
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidInputError("write a statement")
+        with self._compute, self._session_lock:
+            result = self.session.sql(query, progress=False)
+        return {
+            "columns": result.columns,
+            "rows": [[_plain(value) for value in row] for row in result.rows[:limit]],
+            "count": len(result),
+            "truncated": len(result) > limit,
+        }
+
+    def close(self) -> None:
+        for run in list(self._runs.values()):
+            run.cancel()
+        self._uploads.cleanup()
+
+
+def _chunk(plan: Any) -> int:
+    physical = getattr(plan, "physical", None)
+    size = physical.batching.batch_size if physical is not None else 64
+    return max(16, min(size, 256))
+
+
+def _naive_seconds(module: Any, image: Tensor, plan: Any, queries: int) -> float:
+    """The time full re-inference would take for ``queries`` occluded copies, from a timed
+    batched forward of a few (the estimate the page shows)."""
+    batch = min(8, max(queries, 1))
+    copies = image[None].float().repeat(batch, 1, 1, 1)
+    with torch.no_grad():
+        module(copies[:1])  # warm
+        started = time.perf_counter()
+        module(copies)
+        seconds = time.perf_counter() - started
+    return seconds / batch * queries
+
+
+def _label(names: Any, index: int) -> str:
+    return str(names[index]) if names is not None and index < len(names) else str(index)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON value: a heatmap tensor as nested lists, NaN and ±inf as null."""
+    if isinstance(value, Tensor):
+        value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
