@@ -459,10 +459,10 @@ class Options:
             )
             approximate = (tau or 1.0) < 1.0 or drilldown is not None or speedup is not None
             if guard and approximate:
-                above = {float(t) for t in profile.taus if float(t) > (tau or 1.0)}
+                ladder = profile.ladder(tau or 1.0)
                 if drilldown is not None or speedup is not None:
-                    above = set()  # a drill-down is guarded by the exact plan alone
-                checked = Guard(float(ssim), tuple(sorted(above | {1.0})))
+                    ladder = (1.0,)  # a drill-down is guarded by the exact plan alone
+                checked = Guard(float(ssim), ladder)
         elif profile is not None:
             raise InvalidInputError("profile= is read by ssim=; give ssim too", option="profile")
         threshold = fraction("tau", tau, default=1.0)

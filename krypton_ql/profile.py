@@ -34,6 +34,27 @@ class Profile:
         meeting = [float(t) for t, v in self.taus.items() if self.score(v) >= target]
         return min(meeting, default=1.0)
 
+    def ladder(self, tau: float) -> tuple[float, ...]:
+        """The τs a quality guard re-runs an image at after ``tau``, ascending and ending at 1
+        (exact): each one measured better than the rung below it on the samples (mean SSIM
+        higher by more than 0.002) — a τ no better than a smaller one would only repeat its
+        cost.
+
+        >>> taus = {"1": [1.0], "0.9": [0.95], "0.8": [0.95], "0.7": [0.9]}
+        >>> profile = Profile(16, 8, "min", taus)
+        >>> profile.ladder(0.7), profile.ladder(0.9)
+        ((0.8, 1.0), (1.0,))
+        """
+        key = f"{tau:g}"
+        last = float(np.mean(self.taus[key])) if key in self.taus else -np.inf
+        rungs = []
+        for rung in sorted(float(t) for t in self.taus if tau < float(t) < 1.0):
+            mean = float(np.mean(self.taus[f"{rung:g}"]))
+            if mean > last + 0.002:
+                rungs.append(rung)
+                last = mean
+        return (*rungs, 1.0)
+
     def report(self, target: float) -> str:
         """Every τ measured: its score (the criterion over the samples), the worst sample,
         and the margin to ``target``; the chosen τ marked."""

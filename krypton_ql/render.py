@@ -7,6 +7,7 @@ dropped when that region was hidden.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -136,14 +137,24 @@ def comparison_png(
     return path
 
 
-def plan_png(plan, path: str | Path, measured: float | None = None) -> Path:
-    """The rewritten plan as a picture: every convolution's and pool's feature map with its
-    update box drawn to scale (the query at the centre of the grid; ≈ and red: cut by τ), and
-    per layer the multiply-adds of naive re-inference against the incremental plan, with the
-    theoretical (and ``measured``, if given) speedup. A drill-down or guarded plan is drawn
-    through the plan it runs."""
-    import math
+@dataclass(frozen=True)
+class Layer:
+    """One layer of a plan picture: its name, feature map, update box (at the query in the
+    middle of the grid; None when the layer is not boxed), whether τ cut it, and its
+    multiply-adds per query, naive and incremental (0 for layers without FMAs)."""
 
+    name: str
+    size: tuple[int, int]
+    box: tuple[int, int, int, int] | None  # (y, x, h, w)
+    cut: bool
+    naive_fma: int
+    incremental_fma: int
+    window: bool  # a convolution or pool: drawn with its box
+
+
+def plan_layers(plan) -> list[Layer]:
+    """What ``plan_png`` draws, per node of the rewritten plan that is a window operator or
+    has FMAs (a drill-down or guarded plan: the plan it runs)."""
     from compiler.cost import incremental_cost, naive_cost
     from compiler.ir import JoinAggregate, Pool
 
@@ -152,41 +163,65 @@ def plan_png(plan, path: str | Path, measured: float | None = None) -> Path:
     logical, rewritten, origins = plan.logical, plan.optimized.plan, plan.optimized.origins
     rows, cols = plan.grid
     query = (rows // 2) * cols + cols // 2
-    layers = [n for n in rewritten if isinstance(n.op, JoinAggregate | Pool) and n.name in logical]
-    boxed = [n for n in layers if n.name in origins]
+    layers = []
+    for node in rewritten:
+        if node.name not in logical:
+            continue  # a node the rewrite inserted (a projection): no naive counterpart
+        source = logical[node.name]
+        naive = naive_cost(source, [logical[i] for i in source.inputs]).fma
+        incremental = incremental_cost(node, [rewritten[i] for i in node.inputs]).fma
+        window = isinstance(node.op, JoinAggregate | Pool)
+        if not (window or naive or incremental):
+            continue
+        update, box = node.update, None
+        if node.name in origins and update is not None and update.box is not None:
+            y, x = (int(o[query]) for o in origins[node.name])
+            box = (y, x, update.box.h, update.box.w)
+        spatial = node.schema.is_spatial
+        size = (node.schema.size.h, node.schema.size.w) if spatial else (1, 1)
+        cut = update is not None and update.cut is not None
+        layers.append(Layer(_short(node), size, box, cut, naive, incremental, window))
+    return layers
+
+
+def plan_png(plan, path: str | Path, measured: float | None = None) -> Path:
+    """The rewritten plan as a picture (``plan_layers``): every boxed convolution's and pool's
+    feature map with its update box drawn to scale (≈ and red: cut by τ), and per layer the
+    multiply-adds of naive re-inference against the incremental plan, with the theoretical
+    (and ``measured``, if given) speedup."""
+    import math
+
+    layers = plan_layers(plan)
+    boxed = [layer for layer in layers if layer.window and layer.box is not None]
+    counted = [layer for layer in layers if layer.naive_fma or layer.incremental_fma]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     per_row = 12
     box_rows = max(1, math.ceil(len(boxed) / per_row))
     figure = plt.figure(figsize=(13, 1.25 * box_rows + 3.6), constrained_layout=True)
     grid = figure.add_gridspec(box_rows + 1, per_row, height_ratios=[1.0] * box_rows + [2.6])
-    for i, node in enumerate(boxed):
+    for i, layer in enumerate(boxed):
         axis = figure.add_subplot(grid[i // per_row, i % per_row])
-        size, update = node.schema.size, node.update
-        y, x = (int(o[query]) for o in origins[node.name])
-        cut = update.cut is not None
-        axis.add_patch(plt.Rectangle((0, 0), size.w, size.h, color="#e8ebf0"))
-        axis.add_patch(plt.Rectangle((x, y), update.box.w, update.box.h,
-                                     color="#c0392b" if cut else "#2c6fbb"))  # fmt: skip
-        axis.set_xlim(0, size.w)
-        axis.set_ylim(size.h, 0)
+        (height, width), (y, x, h, w) = layer.size, layer.box
+        axis.add_patch(plt.Rectangle((0, 0), width, height, color="#e8ebf0"))
+        axis.add_patch(plt.Rectangle((x, y), w, h, color="#c0392b" if layer.cut else "#2c6fbb"))
+        axis.set_xlim(0, width)
+        axis.set_ylim(height, 0)
         axis.set_aspect("equal")
         axis.set_xticks([])
         axis.set_yticks([])
-        axis.set_title(f"{'≈' if cut else ''}{_short(node)}\n{size.h}² box {update.box.h}",
-                       fontsize=6)  # fmt: skip
+        title = f"{'≈' if layer.cut else ''}{layer.name}\n{height}×{width}, box {h}×{w}"
+        axis.set_title(title, fontsize=6)
     bars = figure.add_subplot(grid[box_rows, :])
-    convs = [n for n in layers if isinstance(n.op, JoinAggregate)]
-    naive = [naive_cost(logical[n.name], [logical[i] for i in logical[n.name].inputs]).fma
-             for n in convs]  # fmt: skip
-    incremental = [incremental_cost(n, [rewritten[i] for i in n.inputs]).fma for n in convs]
-    where = range(len(convs))
+    where = range(len(counted))
+    naive = [layer.naive_fma for layer in counted]
     bars.bar([w - 0.2 for w in where], naive, width=0.4, color="#9aa3b1", label="naive")
-    colours = ["#c0392b" if n.update.cut is not None else "#2c6fbb" for n in convs]
+    colours = ["#c0392b" if layer.cut else "#2c6fbb" for layer in counted]
+    incremental = [max(layer.incremental_fma, 1) for layer in counted]
     bars.bar([w + 0.2 for w in where], incremental, width=0.4, label="incremental", color=colours)
     bars.set_yscale("log")
     bars.set_ylabel("multiply-adds per query")
-    bars.set_xticks(list(where), [_short(n) for n in convs], rotation=90, fontsize=6)
+    bars.set_xticks(list(where), [layer.name for layer in counted], rotation=90, fontsize=6)
     bars.legend(loc="upper right", fontsize=8)
     title = f"theoretical speedup {plan.theoretical_speedup:.2f}× (patch at the centre)"
     if measured is not None:

@@ -127,8 +127,11 @@ def test_explain_and_torchvision_weights_in_process(tmp_path: Path, capsys) -> N
     torch.manual_seed(0)
     torch.save(torchvision.models.squeezenet1_1().state_dict(), weights)
     sql = "SELECT heatmap(prob) FROM occlusion(photos, squeezenet1_1, patch => 32, stride => 32)"
-    assert main(["explain", sql, "--arch", "squeezenet1_1", "--weights", str(weights)]) == 0
+    picture = tmp_path / "plan.png"
+    assert main(["explain", sql, "--arch", "squeezenet1_1", "--weights", str(weights),
+                 "--png", str(picture)]) == 0  # fmt: skip
     assert "== physical ==" in capsys.readouterr().out
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (
         main(["explain", sql, "--arch", "squeezenet1_1", "--weights", str(weights), "--sql"]) == 0
     )

@@ -9,7 +9,8 @@ CLI's messages, never a traceback):
   the top-5 classes; ``POST /api/upload`` (multipart, field ``file``) adds a photo;
 - ``POST /api/runs`` starts a run (``RunRequest``; header ``X-KQL-Client`` names the page, whose
   previous run it cancels), ``GET /api/runs/{id}/events`` streams its events (server-sent
-  events), ``POST /api/runs/{id}/cancel``; ``GET /api/runs/{id}/heatmap.{png,npy,csv}``,
+  events; a stream closed before the run ends cancels it), ``GET /api/runs/{id}`` its state,
+  ``POST /api/runs/{id}/cancel``; ``GET /api/runs/{id}/heatmap.{png,npy,csv}``,
   ``/plan.png`` and ``/plan.txt`` once it is done;
 - ``POST /api/sql`` runs a statement against the session (``{"query": …}``).
 
@@ -109,6 +110,7 @@ def create_app(explorer: Explorer, token: str | None = None) -> Starlette:
         run = explorer.run(request.path_params["run"])
 
         async def stream():
+            ended = False
             try:
                 while True:
                     try:
@@ -120,16 +122,22 @@ def create_app(explorer: Explorer, token: str | None = None) -> Starlette:
                         continue
                     yield f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
                     if event["type"] in ("done", "cancelled", "error"):
+                        ended = True
                         return
             finally:
-                if not run.finished.is_set() and await request.is_disconnected():
-                    run.cancel()  # nobody is listening any more
+                if not ended:  # the page went away mid-run: nobody is listening any more
+                    run.cancel()
 
         return StreamingResponse(
             stream(),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
+
+    async def status(request: Request) -> Response:
+        run = explorer.run(request.path_params["run"])
+        return JSONResponse({"run": run.id, "finished": run.finished.is_set(),
+                             "cancelled": run.cancelled.is_set(), **run.summary})  # fmt: skip
 
     async def cancel(request: Request) -> Response:
         run = explorer.run(request.path_params["run"])
@@ -186,6 +194,7 @@ def create_app(explorer: Explorer, token: str | None = None) -> Starlette:
         Route("/api/predict", predict),
         Route("/api/upload", upload, methods=["POST"]),
         Route("/api/runs", start, methods=["POST"]),
+        Route("/api/runs/{run}", status),
         Route("/api/runs/{run}/events", events),
         Route("/api/runs/{run}/cancel", cancel, methods=["POST"]),
         Route("/api/runs/{run}/heatmap.{kind}", download),

@@ -68,6 +68,7 @@ async function choosePhoto() {
       $(id).height = image.height * SCALE;
     }
     $("colorbar").height = image.height * SCALE;
+    drawColorbar();
     const context = $("photo-canvas").getContext("2d");
     context.imageSmoothingEnabled = true;
     context.drawImage(image, 0, 0, image.width * SCALE, image.height * SCALE);
@@ -296,6 +297,7 @@ function onEvent(kind, event) {
     state.wanted = new Uint8Array(event.rows * event.cols);
     state.total = event.positions;
     state.statement = event.sql;
+    state.prepareSeconds = event.prepare_seconds;
     $("statement").textContent = event.sql;
     $("copy").disabled = $("use-statement").disabled = false;
     $("n-class").textContent = `${event.label} (${event.class}), p = ${event.base.toFixed(4)}`;
@@ -324,7 +326,8 @@ function onEvent(kind, event) {
     progress(event);
   } else if (kind === "done") {
     progress(Object.assign({done: state.total}, event));
-    $("n-speedup").textContent = event.speedup ? `${event.speedup.toFixed(2)}×` : "–";
+    $("n-speedup").textContent = `${event.speedup.toFixed(2)}× (${event.compute_seconds.toFixed(2)} s ` +
+      `of occlusion work, after ${state.prepareSeconds.toFixed(2)} s preparing)`;
     finish("done", `Done: ${state.total} positions in ${event.elapsed.toFixed(2)} s.`);
   } else if (kind === "cancelled") {
     finish("cancelled", `Cancelled after ${event.done} positions.`);

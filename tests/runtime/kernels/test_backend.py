@@ -19,7 +19,7 @@ PINNED = pinned_cases()
 
 
 @pytest.mark.slow
-@settings(max_examples=examples(15))
+@settings(max_examples=examples(8))
 @given(case=cnn_cases(dag=True))
 @example(case=PINNED["wide"])
 @example(case=PINNED["pad"])
