@@ -5,7 +5,8 @@ The server is started as a user starts it (``kql serve --port 0``: EfficientNet-
 built-in photos) and driven over HTTP like the page (POST a run, read its server-sent events).
 One warm-up run compiles the plan; then, alternating, ``--repeats`` server runs and as many
 Python runs of ``plan.evaluate`` (same options, compiled beforehand, the clean forward
-included). Reported: the median time to the first ``cells`` event, to the end of the coarse
+included), 2 s apart so that one process's idle OpenMP workers, which spin for a while after
+their last job, do not slow the other's run on a 2-core machine. Reported: the median time to the first ``cells`` event, to the end of the coarse
 stage (every 4th row and column: the whole heatmap visible, coarse), to ``done``, and the
 overhead ``server / python − 1``.
 
@@ -74,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             plan.evaluate(image, progress=False)  # warm
             served, python = [], []
             for _ in range(args.repeats):
+                time.sleep(2.0)  # the other process's OpenMP workers stop spinning first
                 served.append(server_run(client, options))
+                time.sleep(2.0)
                 started = time.perf_counter()
                 plan.evaluate(image, progress=False)
                 python.append(time.perf_counter() - started)

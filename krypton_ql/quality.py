@@ -62,9 +62,13 @@ def ssim_estimate(
     values): **nearest**, every computed cell (``cells``; default all) taking the error of its
     nearest sampled cell (right when the error is smooth: an approximation that misses a
     region's drop), and **scattered**, errors drawn from ``e`` with replacement at every cell
-    (right when the error is rough), averaged over ``draws``. The estimate is the lower of the
-    two SSIMs of ``approx`` against them: a cautious guard. Zero sampled error gives 1.
-    ``benchmarks/approx_guard.py`` measures how well it predicts the true SSIM.
+    (right when the error is rough), averaged over ``draws``. The estimate is the mean of the
+    two SSIMs of ``approx`` against them. Chosen on the tuning set (EfficientNet-Lite0, 24
+    images × τ 0.8/0.7/0.6 × 5 samples of 4%): the nearest one alone is off by +0.007 on
+    average (mean absolute error 0.016) but passed 23% of the heatmaps below 0.9; the lower of
+    the two (−0.035, 0.038) re-ran 18% of those above; the mean (−0.014, 0.022) passes 5% and
+    re-runs 10%. Zero sampled error gives 1. ``benchmarks/approx_guard.py`` measures it on
+    photos outside the tuning set.
 
     >>> a = np.arange(64.0).reshape(8, 8)
     >>> ssim_estimate(a, np.array([3, 40]), a.reshape(-1)[[3, 40]])
@@ -93,7 +97,7 @@ def ssim_estimate(
     _, nearest = cKDTree(np.stack(np.unravel_index(sampled, a.shape), -1)).query(where)
     rng = np.random.default_rng(0)
     scattered = [against(rng.choice(errors, len(cells), replace=True)) for _ in range(draws)]
-    return float(min(against(errors[nearest]), np.mean(scattered)))
+    return float((against(errors[nearest]) + np.mean(scattered)) / 2)
 
 
 def spearman(exact: Tensor | np.ndarray, approx: Tensor | np.ndarray) -> float:

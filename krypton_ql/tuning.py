@@ -65,6 +65,7 @@ def tune(
     drilldown: float | None = None,
     drilldown_mode: str = "lattice",
     speedups: tuple[float, ...] = (5.0, 4.0, 3.0, 2.0),
+    margin: float = 0.02,
     **options: Any,
 ) -> Profile:
     """Measure how τ (and, with ``drilldown=r``, drill-down speedup targets) trade quality on
@@ -73,8 +74,10 @@ def tune(
 
     Every τ of ``taus`` is measured (SSIM need not fall as τ falls: a larger τ can be the
     worse one), each against the exact heatmaps computed once; the profile chooses the
-    smallest τ whose ``criterion`` over the samples (their minimum by default) meets ``ssim``,
-    and ``profile.report(ssim)`` shows every candidate with its margin. With ``drilldown``,
+    smallest τ whose ``criterion`` over the samples (their minimum by default) meets ``ssim``
+    with ``margin`` to spare (``Profile.margin``: the guard re-runs images below the target,
+    so a τ on the edge costs more than it saves), and ``profile.report(ssim)`` shows every
+    candidate with its margin. With ``drilldown``,
     speedup targets are tried from the largest down at the chosen τ until one meets ``ssim``.
     """
     images = tuning_images() if sample_images is None else check.images(sample_images)
@@ -84,7 +87,9 @@ def tune(
         raise InvalidInputError(f"criterion must be 'min' or 'mean', got {criterion!r}")
     shape = tuple(images.shape[1:])
     exact = compile_plan(model, shape, patch=patch, stride=stride, **options).run(images)
-    profile = Profile(patch, stride, criterion, drilldown_mode=drilldown_mode)
+    if not 0 <= margin < 1:
+        raise InvalidInputError(f"margin must be in [0, 1), got {margin!r}")
+    profile = Profile(patch, stride, criterion, drilldown_mode=drilldown_mode, margin=margin)
     profile.taus["1"] = [1.0] * len(images)
     for tau in sorted(taus, reverse=True):
         key = f"{tau:g}"

@@ -388,9 +388,9 @@ def test_tau_tuned_on_some_photos_holds_on_others() -> None:
 
 
 def test_the_profile_chooses_by_measurement_not_by_monotonicity() -> None:
-    """SSIM need not fall with τ (a 7×7 map's caps move by whole cells): the choice is the
+    """SSIM need not fall with τ (nothing guarantees it on every model and image): the choice is the
     smallest τ measured to meet the target, whatever the larger ones measured."""
-    profile = kql.Profile(16, 8, "min")
+    profile = kql.Profile(16, 8, "min", margin=0.0)
     profile.taus = {"1": [1.0, 1.0], "0.9": [0.73, 0.95], "0.8": [0.91, 0.97], "0.7": [0.62, 0.99]}
     assert profile.tau_for(0.9) == 0.8 and profile.tau_for(0.95) == 1.0
     report = profile.report(0.9).splitlines()
@@ -399,6 +399,9 @@ def test_the_profile_chooses_by_measurement_not_by_monotonicity() -> None:
     assert report[2].split()[-1] == "-0.170"  # 0.9 misses by 0.17
     profile.criterion = "mean"
     assert profile.tau_for(0.8) == 0.7  # mean 0.805
+    profile.criterion = "min"
+    profile.margin = 0.02  # the default: 0.8 meets 0.9 by 0.01 only, 0.7 meets 0.6 by 0.02
+    assert profile.tau_for(0.9) == 1.0 and profile.tau_for(0.6) == 0.7
 
 
 def test_tune_measures_every_candidate_against_independent_heatmaps() -> None:
@@ -411,7 +414,9 @@ def test_tune_measures_every_candidate_against_independent_heatmaps() -> None:
         approx = kql.occlusion_heatmap(model, images, patch=4, stride=2, tau=tau, progress=False)
         measured = [quality.ssim(e, a) for e, a in zip(exact, approx)]
         assert profile.taus[f"{tau:g}"] == pytest.approx(measured, abs=1e-6)
-    meeting = [t for t in (1.0, 0.9, 0.7, 0.5) if min(profile.taus[f"{t:g}"]) >= 0.9]
+    meeting = [
+        t for t in (1.0, 0.9, 0.7, 0.5) if min(profile.taus[f"{t:g}"]) >= 0.9 + profile.margin
+    ]
     assert profile.tau_for(0.9) == min(meeting)
 
 
@@ -532,18 +537,33 @@ def test_the_guard_climbs_the_profiles_ladder_and_keeps_good_images() -> None:
 
 
 def test_ssim_estimate_tracks_the_true_ssim() -> None:
-    """On heatmaps with a known error, the estimate from 5% of the cells is within 0.1 of the
-    truth where a guard decides (SSIM ≥ 0.6), and far below any target where the truth is."""
-    rng = np.random.default_rng(1)
+    """On heatmaps with a known error — rough (white noise: the scattered half is right) and
+    smooth (a missed drop: the nearest half is right) — over 10 samples of 5% of the cells
+    each, the estimate is off by less than 0.05 on average (never by 0.15) where a guard's
+    decision is close (SSIM ≥ 0.75), and below 0.8 wherever the truth is below 0.7; no error
+    gives exactly 1."""
     yy, xx = np.mgrid[0:27, 0:27]
     exact = np.exp(-((yy - 13) ** 2 + (xx - 9) ** 2) / 40.0)
+    bump = np.exp(-((yy - 20) ** 2 + (xx - 20) ** 2) / 18.0)
     cells = np.arange(exact.size)
-    for noise in (0.0, 0.02, 0.05, 0.1, 0.2):
-        approx = exact + noise * rng.standard_normal(exact.shape)
-        sampled = rng.choice(cells, 37, replace=False)
-        truth = quality.ssim(exact, approx)
-        guess = quality.ssim_estimate(approx, sampled, exact.reshape(-1)[sampled])
-        assert abs(guess - truth) < 0.1 if truth >= 0.6 else guess < 0.6, (noise, guess, truth)
+    close = []
+    for errors in ("rough", "smooth"):
+        for size in (0.02, 0.05, 0.1, 0.2, 0.4, 0.8):
+            for seed in range(10):
+                rng = np.random.default_rng(seed)
+                if errors == "rough":
+                    approx = exact + size * rng.standard_normal(exact.shape)
+                else:
+                    approx = exact - size * bump
+                sampled = rng.choice(cells, 37, replace=False)
+                truth = quality.ssim(exact, approx)
+                guess = quality.ssim_estimate(approx, sampled, exact.reshape(-1)[sampled])
+                if truth >= 0.75:
+                    close.append(abs(guess - truth))
+                elif truth < 0.7:
+                    assert guess < 0.8, (errors, size, seed, guess, truth)
+    assert len(close) >= 40 and np.mean(close) < 0.05 and max(close) < 0.15, close
+    assert quality.ssim_estimate(exact, cells[:37], exact.reshape(-1)[:37]) == 1.0
 
 
 def test_the_query_language_reports_the_guards_estimates() -> None:

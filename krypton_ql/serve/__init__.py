@@ -51,6 +51,10 @@ def serve(explorer: Any, host: str = "127.0.0.1", port: int = 8000, token: str |
             "request needs the token in the URL below",
             file=sys.stderr,
         )
+    import threading
+
+    from krypton_ql.serve.explorer import Compute
+
     app = create_app(explorer, token)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
@@ -65,10 +69,29 @@ def serve(explorer: Any, host: str = "127.0.0.1", port: int = 8000, token: str |
         (announce or _print)(url(host, bound, token))
 
     server.startup = startup
+    # HTTP in a thread, the occlusion work in this (the main) thread: torch is slower in a
+    # second thread (explorer.Compute).
+    compute = explorer.compute = Compute(own_thread=False)
+    stopped = threading.Event()
+
+    def http() -> None:
+        try:
+            server.run()
+        finally:
+            stopped.set()
+
+    thread = threading.Thread(target=http, name="kql-http", daemon=True)
+    thread.start()
     try:
-        server.run()
+        compute.run_forever(stopped)
+    except KeyboardInterrupt:
+        pass
     finally:
+        server.should_exit = True
+        thread.join(timeout=10)
         explorer.close()
+    if server.started is False and not stopped.is_set():
+        raise InvalidInputError(f"kql serve could not listen on {host}:{port}")
 
 
 def _print(address: str) -> None:

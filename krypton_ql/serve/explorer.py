@@ -2,10 +2,11 @@
 coarse-to-fine batches, the equivalent SQL statement, and SQL over the session's catalog.
 
 A run computes the heatmap of one image and class over the positions of an optional region, in
-a worker thread: level 0 of a lattice first (every 4th row and column), then every 2nd, then the
-rest, each batch with ``plan.evaluate(…, positions=…, reuse_clean=True)`` so that the clean
-forward is computed once. Events (``start``, ``cells``, ``done``, ``cancelled``, ``error``) go
-to the run's queue as plain dicts. One run computes at a time (a lock); a client's new run
+the explorer's compute thread (``Compute``; ``kql serve`` makes it the main thread, where torch
+runs as fast as in a script): level 0 of a lattice first (every 4th row and column), then every
+2nd, then the rest, each batch with ``plan.evaluate(…, positions=…, reuse_clean=True)`` so that
+the clean forward is computed once. Events (``start``, ``cells``, ``done``, ``cancelled``,
+``error``) go to the run's queue as plain dicts. One job computes at a time; a client's new run
 cancels that client's previous one, and other clients' runs wait their turn.
 """
 
@@ -21,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,6 +191,39 @@ def coarse_to_fine(index: np.ndarray, cols: int) -> list[np.ndarray]:
     return [stage for stage in stages if len(stage)]
 
 
+class Compute:
+    """Where runs and SQL statements execute: one job at a time, in order. This one uses a
+    thread of its own (tests, embedding); ``kql serve`` runs ``run_forever`` in the main
+    thread, since torch on CPU runs 10–15% slower in a second thread next to the main one's
+    OpenMP workers (measured on the 2-core machine: benchmarks/serve_latency.py)."""
+
+    def __init__(self, own_thread: bool = True) -> None:
+        self._jobs: queue.Queue = queue.Queue()
+        self.stopped = threading.Event()
+        if own_thread:
+            threading.Thread(
+                target=self.run_forever, args=(self.stopped,), daemon=True, name="kql-compute"
+            ).start()
+
+    def submit(self, job: Callable[[], Any]) -> Future:
+        future: Future = Future()
+        self._jobs.put((job, future))
+        return future
+
+    def run_forever(self, stop: threading.Event | None = None) -> None:
+        while stop is None or not stop.is_set():
+            try:
+                job, future = self._jobs.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(job())
+            except BaseException as error:  # handed to whoever waits on the future
+                future.set_exception(error)
+
+
 @dataclass
 class Run:
     """A heatmap being computed: its events (a thread-safe queue), its cancel flag and, when
@@ -229,17 +264,20 @@ class Explorer:
         display: Callable[[Tensor], Tensor],
         models: list[str],
         max_upload_bytes: int = MAX_UPLOAD_BYTES,
+        compute: Compute | None = None,
     ) -> None:
         self.session = session
         self.images = images
         self.display = display
         self.models = models
         self.max_upload_bytes = max_upload_bytes
+        self.compute = compute or Compute()
         self._uploads = tempfile.TemporaryDirectory(prefix="kql-serve-")
         self._plans: dict[tuple, Any] = {}
+        self._inputs: dict[tuple[str, str], Tensor] = {}  # (page name, model) → model input
+        self._naive: dict[tuple, float] = {}  # (model, shape) → naive seconds per query
         self._runs: dict[str, Run] = {}
         self._latest: dict[str, Run] = {}  # client → its latest run
-        self._compute = threading.Lock()  # one run computes at a time
         self._state = threading.Lock()
         self._session_lock = threading.Lock()  # the session is not thread-safe
 
@@ -251,10 +289,17 @@ class Explorer:
         return names + [f"{UPLOADS}/{name}" for name in sets.get(UPLOADS, [])]
 
     def image(self, name: str, model: str = "model") -> Tensor:
-        """The page's image ``name`` (``uploads/…`` for an upload) as ``model``'s input."""
-        images = UPLOADS if name.startswith(f"{UPLOADS}/") else self.images
-        with self._session_lock:
-            return self.session.load_image(images, name.removeprefix(f"{UPLOADS}/"), model)
+        """The page's image ``name`` (``uploads/…`` for an upload) as ``model``'s input (kept:
+        an upload's name is never reused, and the image set is fixed while serving)."""
+        key = (name, model)
+        if key not in self._inputs:
+            images = UPLOADS if name.startswith(f"{UPLOADS}/") else self.images
+            with self._session_lock:
+                image = self.session.load_image(images, name.removeprefix(f"{UPLOADS}/"), model)
+            if len(self._inputs) >= 64:
+                self._inputs.pop(next(iter(self._inputs)))
+            self._inputs[key] = image
+        return self._inputs[key]
 
     def photo_png(self, name: str, model: str = "model") -> bytes:
         """The image as the model sees it (its input, unnormalized), as PNG."""
@@ -304,7 +349,10 @@ class Explorer:
     # -- runs ---------------------------------------------------------------------------------
 
     def start(self, data: Any, client: str) -> Run:
-        """Check a request, cancel the client's previous run and start this one."""
+        """Check a request (without a model: the first the server has), cancel the client's
+        previous run and start this one."""
+        if isinstance(data, dict) and "model" not in data:
+            data = {**data, "model": self.models[0]}
         request = RunRequest.parse(data, self.images)
         if request.model not in self.models:
             raise InvalidInputError(
@@ -322,7 +370,7 @@ class Explorer:
             for old in list(self._runs.values())[:-16]:  # keep the last 16 runs' results
                 if old.finished.is_set():
                     del self._runs[old.id]
-        threading.Thread(target=self._execute, args=(run,), daemon=True, name=run.id).start()
+        self.compute.submit(lambda: self._execute(run))
         return run
 
     def run(self, run_id: str) -> Run:
@@ -352,11 +400,10 @@ class Explorer:
     def _execute(self, run: Run) -> None:
         put = run.events.put
         try:
-            with self._compute:
-                if run.cancelled.is_set():
-                    put({"type": "cancelled", "done": 0})
-                    return
-                self._compute_run(run, put)
+            if run.cancelled.is_set():  # cancelled while waiting its turn
+                put({"type": "cancelled", "done": 0})
+                return
+            self._compute_run(run, put)
         except KryptonError as error:
             put({"type": "error", "message": str(error)})
         except Exception as error:  # a bug: the page says so, the server keeps serving
@@ -381,7 +428,10 @@ class Explorer:
         base = float(torch.softmax(logits, 0)[target])
         index = region_positions(plan, request.region)
         rows, cols = plan.grid
-        naive = _naive_seconds(module, image, plan, len(index))
+        shape_key = (request.model, tuple(image.shape))
+        if shape_key not in self._naive:  # measured once per model and shape
+            self._naive[shape_key] = _naive_seconds(module, image)
+        naive = self._naive[shape_key] * len(index)
         prepared = time.perf_counter()  # the plan compiled (or reused), the naive time measured
         run.plan, run.base, run.label = plan, base, _label(model.classes, target)
         run.photo = self.display(image).clamp(0, 1)
@@ -445,10 +495,14 @@ class Explorer:
     # -- SQL ------------------------------------------------------------------------------------
 
     def sql(self, query: str, limit: int = 200) -> dict[str, Any]:
-        """Run a statement on the session; the first ``limit`` rows, heatmaps as lists."""
+        """Run a statement on the session (in the compute thread, after the runs before it);
+        the first ``limit`` rows, heatmaps as lists."""
         if not isinstance(query, str) or not query.strip():
             raise InvalidInputError("write a statement")
-        with self._compute, self._session_lock:
+        return self.compute.submit(lambda: self._sql(query, limit)).result()
+
+    def _sql(self, query: str, limit: int) -> dict[str, Any]:
+        with self._session_lock:
             result = self.session.sql(query, progress=False)
         return {
             "columns": result.columns,
@@ -460,6 +514,7 @@ class Explorer:
     def close(self) -> None:
         for run in list(self._runs.values()):
             run.cancel()
+        self.compute.stopped.set()
         self._uploads.cleanup()
 
 
@@ -469,17 +524,17 @@ def _chunk(plan: Any) -> int:
     return max(16, min(size, 256))
 
 
-def _naive_seconds(module: Any, image: Tensor, plan: Any, queries: int) -> float:
-    """The time full re-inference would take for ``queries`` occluded copies, from a timed
-    batched forward of a few (the estimate the page shows)."""
-    batch = min(8, max(queries, 1))
+def _naive_seconds(module: Any, image: Tensor) -> float:
+    """Seconds of full re-inference per occluded copy, from a timed batched forward of a few
+    (the page's naive estimate is this times the queries)."""
+    batch = 8
     copies = image[None].float().repeat(batch, 1, 1, 1)
     with torch.no_grad():
         module(copies[:1])  # warm
         started = time.perf_counter()
         module(copies)
         seconds = time.perf_counter() - started
-    return seconds / batch * queries
+    return seconds / batch
 
 
 def _label(names: Any, index: int) -> str:
