@@ -51,8 +51,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "pad-origin",
         "compiler/boxes.py",
-        "return y0 + op.padding.top, x0 + op.padding.left",
-        "return y0, x0",
+        "(y0 + op.padding.top, x0 + op.padding.left), (cy",
+        "(y0, x0), (cy",
         "a Pad node's box does not move by its top/left padding",
     ),
     Mutation(
@@ -156,8 +156,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "upsample-origin",
         "compiler/boxes.py",
-        "return y0 * op.scale.h, x0 * op.scale.w",
-        "return y0 * op.scale.h, x0",
+        "origins = (y0 * sh, x0 * sw)",
+        "origins = (y0 * sh, x0)",
         "an upsampled box does not move by the factor along x",
     ),
     Mutation(

@@ -196,6 +196,6 @@ def decode(source: Path | bytes, label: str) -> np.ndarray:
                 )
             return np.array(image.convert("RGB"))  # a writable copy
     except UnidentifiedImageError as error:
-        raise InvalidInputError(f"{label} is not an image file PIL can read") from error
+        raise InvalidInputError(f"cannot decode {label}: not an image file PIL can read") from error
     finally:
         Image.MAX_IMAGE_PIXELS = previous
