@@ -82,7 +82,8 @@ def create_app(explorer: Explorer, token: str | None = None) -> Starlette:
         return JSONResponse({"top": await asyncio.to_thread(explorer.predict, name, model)})
 
     async def upload(request: Request) -> Response:
-        length = int(request.headers.get("content-length") or 0)
+        length = request.headers.get("content-length", "0")
+        length = int(length) if length.isdigit() else 0  # the body's size is checked anyway
         if length > explorer.max_upload_bytes + 64 * 1024:
             raise InvalidInputError(
                 f"the upload has {length:,} bytes, above the limit of "
@@ -185,7 +186,7 @@ def create_app(explorer: Explorer, token: str | None = None) -> Starlette:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise InvalidInputError('send {"query": "…"}') from None
         query = data.get("query") if isinstance(data, dict) else None
-        return JSONResponse(await asyncio.to_thread(explorer.sql, query))
+        return JSONResponse(await asyncio.wrap_future(explorer.submit_sql(query)))
 
     routes = [
         Route("/", index),

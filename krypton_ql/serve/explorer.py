@@ -21,7 +21,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,9 +136,16 @@ def _number(value: Any, name: str) -> float:
     return number
 
 
-def statement(request: RunRequest, target: int, grid_patch: int) -> str:
+def statement(request: RunRequest, target: int) -> str:
     """The query-language statement that computes the run's heatmap, to paste into ``kql
-    query`` / ``kql shell`` (with the server's ``--images`` and ``--model``)."""
+    query`` / ``kql shell`` (with the server's ``--images`` and ``--model``).
+
+    >>> print(statement(RunRequest("o'neil", "photos", region=(0, 0, 64, 32)), 3))
+    SELECT image, class, label, heatmap(prob) AS heatmap
+    FROM occlusion(photos, model, patch => 16, stride => 4)
+    WHERE image = 'o''neil' AND class = 3 AND y + 8 BETWEEN 0 AND 63 AND x + 8 BETWEEN 0 AND 31
+    GROUP BY image, class, label
+    """
     options = [f"patch => {request.patch}", f"stride => {request.stride}"]
     if request.color != 0.0:
         options.append(f"color => {request.color:g}")
@@ -146,10 +153,11 @@ def statement(request: RunRequest, target: int, grid_patch: int) -> str:
         options.append(f"tau => {request.value:g}")
     elif request.mode == "ssim":
         options.append(f"ssim => {request.value:g}")
-    where = [f"image = '{request.image}'", f"class = {target}"]
+    quoted = request.image.replace("'", "''")
+    where = [f"image = '{quoted}'", f"class = {target}"]
     if request.region is not None:
         y0, x0, y1, x1 = request.region
-        half = grid_patch // 2
+        half = request.patch // 2
         where += [f"y + {half} BETWEEN {y0} AND {y1 - 1}", f"x + {half} BETWEEN {x0} AND {x1 - 1}"]
     return (
         "SELECT image, class, label, heatmap(prob) AS heatmap\n"
@@ -244,14 +252,6 @@ class Run:
 
     def cancel(self) -> None:
         self.cancelled.set()
-
-    def stream(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
-        """The run's events until its last (``done``, ``cancelled`` or ``error``)."""
-        while True:
-            event = self.events.get(timeout=timeout)
-            yield event
-            if event["type"] in ("done", "cancelled", "error"):
-                return
 
 
 class Explorer:
@@ -439,7 +439,7 @@ class Explorer:
             "type": "start", "run": run.id, "rows": rows, "cols": cols,
             "positions": len(index), "class": target, "label": run.label,
             "base": base, "patch": request.patch, "stride": request.stride,
-            "sql": statement(request, target, plan.occlusion.patch.h),
+            "sql": statement(request, target),
             "naive_seconds": naive, "theoretical_speedup": plan.theoretical_speedup,
             "mode": request.mode, "prepare_seconds": prepared - started,
         })  # fmt: skip
@@ -449,28 +449,35 @@ class Explorer:
         if request.mode == "ssim":  # the guard needs the whole heatmap: one evaluation
             stages = [index]
         else:
+            size = _chunk(plan)
             stages = [
-                stage[i : i + _chunk(plan)]
+                stage[i : i + size]
                 for stage in coarse_to_fine(index, cols)
-                for i in range(0, len(stage), _chunk(plan))
+                for i in range(0, len(stage), size)
             ]
         for level, chosen in enumerate(stages):
-            if run.cancelled.is_set():
+
+            def report(finished: int, total: int, offset: int = done) -> None:
+                if run.cancelled.is_set():  # between two batches of an evaluation
+                    raise _Cancelled
+                if request.mode == "ssim":  # the one evaluation's progress
+                    put({"type": "progress", "done": offset + finished, "total": len(index),
+                         "elapsed": time.perf_counter() - started})  # fmt: skip
+
+            try:
+                if run.cancelled.is_set():
+                    raise _Cancelled
+                result = plan.evaluate(
+                    image,
+                    targets=targets,
+                    positions=torch.from_numpy(chosen),
+                    progress=report,
+                    reuse_clean=True,
+                )
+            except _Cancelled:
                 run.heatmap = heatmap.reshape(rows, cols)
                 put({"type": "cancelled", "done": done, "elapsed": time.perf_counter() - started})
                 return
-
-            def report(finished: int, total: int, offset: int = done) -> None:
-                put({"type": "progress", "done": offset + finished, "total": len(index),
-                     "elapsed": time.perf_counter() - started})  # fmt: skip
-
-            result = plan.evaluate(
-                image,
-                targets=targets,
-                positions=torch.from_numpy(chosen),
-                progress=report if request.mode == "ssim" else False,
-                reuse_clean=True,
-            )
             values = result.heatmaps[0, 0].reshape(-1)[torch.from_numpy(chosen)].float()
             heatmap[torch.from_numpy(chosen)] = values
             done += len(chosen)
@@ -497,9 +504,13 @@ class Explorer:
     def sql(self, query: str, limit: int = 200) -> dict[str, Any]:
         """Run a statement on the session (in the compute thread, after the runs before it);
         the first ``limit`` rows, heatmaps as lists."""
+        return self.submit_sql(query, limit).result()
+
+    def submit_sql(self, query: Any, limit: int = 200) -> Future:
+        """``sql`` as a future (what the server awaits, holding no thread meanwhile)."""
         if not isinstance(query, str) or not query.strip():
             raise InvalidInputError("write a statement")
-        return self.compute.submit(lambda: self._sql(query, limit)).result()
+        return self.compute.submit(lambda: self._sql(query, limit))
 
     def _sql(self, query: str, limit: int) -> dict[str, Any]:
         with self._session_lock:
@@ -516,6 +527,10 @@ class Explorer:
             run.cancel()
         self.compute.stopped.set()
         self._uploads.cleanup()
+
+
+class _Cancelled(Exception):
+    """Raised from a run's progress callback to stop its evaluation."""
 
 
 def _chunk(plan: Any) -> int:

@@ -306,7 +306,6 @@ function onEvent(kind, event) {
     $("n-ssim").textContent = event.mode === "ssim" ? "(after the run)" : "–";
     $("progress").max = event.positions;
     $("status-text").textContent = `0 of ${event.positions} positions`;
-    state.wantedAll = true;
     state.wanted.fill(1);
     showPlan();
   } else if (kind === "cells") {
