@@ -6,9 +6,9 @@ built-in photos) and driven over HTTP like the page (POST a run, read its server
 One warm-up run compiles the plan; then, alternating, ``--repeats`` server runs and as many
 Python runs of ``plan.evaluate`` (same options, compiled beforehand, the clean forward
 included), 2 s apart so that one process's idle OpenMP workers, which spin for a while after
-their last job, do not slow the other's run on a 2-core machine. Reported: the median time to the first ``cells`` event, to the end of the coarse
-stage (every 4th row and column: the whole heatmap visible, coarse), to ``done``, and the
-overhead ``server / python − 1``.
+their last job, do not slow the other's run on a 2-core machine. Reported: the median time to
+the first ``cells`` event, to the end of the coarse stage (every 4th row and column: the whole
+heatmap visible, coarse), to ``done``, and the overhead ``server / python − 1``.
 
     python -m benchmarks.serve_latency [--photo chelsea] [--patch 16] [--stride 4] [--json FILE]
 """
