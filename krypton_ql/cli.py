@@ -130,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-upload-mb", type=float, default=20, help="largest photo upload (default 20)"
     )
+    serve.add_argument(
+        "--sql-timeout", type=float, default=120, metavar="SECONDS",
+        help="stop a SQL-box statement after this long (default 120)",
+    )  # fmt: skip
     serve.set_defaults(run=_serve)
 
     job = commands.add_parser(
@@ -541,6 +545,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.max_upload_mb <= 0:
         raise InvalidInputError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    if not args.sql_timeout > 0:
+        raise InvalidInputError(f"--sql-timeout must be positive, got {args.sql_timeout}")
     session, _module, display = _session(args)
     name = args.arch or args.model or "efficientnet_lite0"
     if args.profile:
@@ -548,7 +554,8 @@ def _serve(args: argparse.Namespace) -> int:
         for alias in (name, "model"):
             session.model(alias).profile = profile
     images = "images" if args.images else "photos"
-    explorer = Explorer(session, images, display, [name], int(args.max_upload_mb * 2**20))
+    explorer = Explorer(session, images, display, [name], int(args.max_upload_mb * 2**20),
+                        sql_seconds=args.sql_timeout)  # fmt: skip
     serve(explorer, args.host, args.port, args.token)
     return EXIT_OK
 

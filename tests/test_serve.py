@@ -42,6 +42,13 @@ def explorer(tmp_path):
     state.close()
 
 
+BASE = "http://127.0.0.1:8000"  # a loopback server's own address: its Host and Origin
+
+
+def _client(explorer: Explorer, token: str | None = None, **options) -> TestClient:
+    return TestClient(create_app(explorer, token), base_url=BASE, **options)
+
+
 def _events(client: TestClient, run: str) -> list[dict]:
     events = []
     with client.stream("GET", f"/api/runs/{run}/events") as response:
@@ -68,7 +75,7 @@ def _received(events: list[dict], rows: int, cols: int) -> np.ndarray:
 
 
 def test_a_run_streams_the_exact_heatmap_coarse_first(explorer) -> None:
-    client = TestClient(create_app(explorer))
+    client = _client(explorer)
     run, events = _run(client, image="a", patch=4, stride=2)
     kinds = [e["type"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("cells") >= 3
@@ -90,7 +97,7 @@ def test_a_run_streams_the_exact_heatmap_coarse_first(explorer) -> None:
 
 
 def test_a_region_computes_the_positions_whose_patch_centre_it_holds(explorer) -> None:
-    client = TestClient(create_app(explorer))
+    client = _client(explorer)
     region = [4, 8, 20, 30]
     run, events = _run(client, image="b", patch=4, stride=2, region=region, mode="tau", value=0.7)
     start = events[0]
@@ -113,7 +120,7 @@ def test_a_region_computes_the_positions_whose_patch_centre_it_holds(explorer) -
 
 def test_cancel_stops_the_run_and_a_new_run_cancels_the_clients_last(explorer, monkeypatch):
     monkeypatch.setattr(explorer_module, "_chunk", lambda plan: 1)  # one position per batch
-    client = TestClient(create_app(explorer))
+    client = _client(explorer)
     options = dict(image="a", patch=2, stride=1)
     run = client.post("/api/runs", json=options, headers={"X-KQL-Client": "c"}).json()["run"]
     events = []
@@ -134,7 +141,7 @@ def test_cancel_stops_the_run_and_a_new_run_cancels_the_clients_last(explorer, m
 
 
 def test_downloads_hold_the_heatmap(explorer) -> None:
-    client = TestClient(create_app(explorer))
+    client = _client(explorer)
     run, events = _run(client, image="a", patch=8, stride=8)
     received = _received(events, events[0]["rows"], events[0]["cols"])
     npy = client.get(f"/api/runs/{run}/heatmap.npy")
@@ -155,7 +162,7 @@ def test_downloads_hold_the_heatmap(explorer) -> None:
 
 
 def test_bad_requests_get_the_clis_messages_not_tracebacks(explorer) -> None:
-    client = TestClient(create_app(explorer), raise_server_exceptions=False)
+    client = _client(explorer, raise_server_exceptions=False)
     cases = [
         (dict(image="a", patch=0, stride=2), "patch"),
         (dict(image="nope", patch=4, stride=2), "unknown image 'nope'"),
@@ -181,7 +188,7 @@ def test_bad_requests_get_the_clis_messages_not_tracebacks(explorer) -> None:
 
 
 def test_sql_runs_against_the_session(explorer) -> None:
-    client = TestClient(create_app(explorer))
+    client = _client(explorer)
     query = ("SELECT image, max(drop) AS top, heatmap(prob) AS h FROM occlusion(images, model, "
              "patch => 8, stride => 8) GROUP BY image ORDER BY image")  # fmt: skip
     answer = client.post("/api/sql", json={"query": query}).json()
@@ -193,7 +200,7 @@ def test_sql_runs_against_the_session(explorer) -> None:
 
 
 def test_uploads_are_decoded_with_the_clis_checks(explorer, monkeypatch) -> None:
-    client = TestClient(create_app(explorer))
+    client = _client(explorer)
     buffer = io.BytesIO()
     noise = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     Image.fromarray(noise).save(buffer, format="PNG")  # about 3 KB
@@ -218,7 +225,7 @@ def test_uploads_are_decoded_with_the_clis_checks(explorer, monkeypatch) -> None
 
 
 def test_a_token_guards_every_route(explorer) -> None:
-    client = TestClient(create_app(explorer, token="s3cret"))
+    client = _client(explorer, "s3cret")
     assert client.get("/api/config").status_code == 403
     assert client.get("/").status_code == 403
     assert client.get("/api/config?token=wrong").status_code == 403

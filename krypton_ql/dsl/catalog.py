@@ -197,5 +197,7 @@ def decode(source: Path | bytes, label: str) -> np.ndarray:
             return np.array(image.convert("RGB"))  # a writable copy
     except UnidentifiedImageError as error:
         raise InvalidInputError(f"cannot decode {label}: not an image file PIL can read") from error
+    except (OSError, ValueError, SyntaxError, EOFError) as error:  # truncated, corrupt, missing
+        raise InvalidInputError(f"cannot decode {label}: {error}") from error
     finally:
         Image.MAX_IMAGE_PIXELS = previous

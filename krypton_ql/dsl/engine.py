@@ -5,6 +5,12 @@ replaced by the name of its registered relation, each ``heatmap(v)`` by the aggr
 builds the grid). ``Rewrite`` records the edits, so that a position DuckDB reports in the edited
 text maps back to the user's text; ``Engine.run`` turns every ``duckdb.Error`` into a
 ``QueryError`` with that position (or DuckDB's message alone where it gives none).
+
+``Engine.sandbox()`` readies a connection for statements from someone else (``kql serve``'s
+SQL box): DuckDB loses file and network access and extension loading, its configuration is
+locked, and a statement must be one query (``SELECT``/``WITH``/``VALUES``/``DESCRIBE``/
+``SHOW``/``SUMMARIZE``, or ``EXPLAIN`` of one); ``interrupt()`` stops the running statement
+from another thread.
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ _MACROS = (
     "kql_cells := list(struct_pack(kql_row := r, kql_col := c, kql_value := CAST(v AS FLOAT)) "
     "ORDER BY r, c))",
 )
+# What a sandboxed connection runs: queries (DESCRIBE, SHOW, SUMMARIZE, VALUES and FROM-first
+# statements are SELECTs to DuckDB) and EXPLAIN; EXPLAIN ANALYZE is refused, as it runs them.
+QUERY_TYPES = (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN)
+_ANALYZE = re.compile(r"\s*EXPLAIN\s+ANALY[SZ]E\b", re.IGNORECASE)
 _KIND = re.compile(r"^((?:\w+ )+Error): ", re.DOTALL)
 _NAMED = re.compile(r"with name \"?([\w.]+)\"? does not exist")
 
@@ -92,6 +102,45 @@ class Engine:
         self.connection.execute("SET errors_as_json = true")
         # SQL's arithmetic, not IEEE's: x / 0 is an error (as x % 0 already is), never ±inf
         self.connection.execute("SET ieee_floating_point_ops = false")
+        self.sandboxed = False
+
+    def sandbox(self) -> None:
+        """From now on: no file system, network or extension access (what is already open —
+        a database file, registered tables — stays readable), configuration locked, and only
+        queries run (``check``). There is no way back."""
+        for setting in (
+            "autoinstall_known_extensions = false",
+            "autoload_known_extensions = false",
+            "enable_external_access = false",
+            "lock_configuration = true",
+        ):
+            self.connection.execute(f"SET {setting}")
+        self.sandboxed = True
+
+    def check(self, text: str) -> None:
+        """A sandboxed connection refuses anything but one query, before it runs."""
+        if not self.sandboxed:
+            return
+        try:
+            statements = duckdb.extract_statements(text)
+        except duckdb.Error:
+            return  # a syntax error: running it reports it, with its position
+        if len(statements) > 1:
+            raise QueryError("this session runs one statement at a time")
+        for statement in statements:
+            if statement.type not in QUERY_TYPES or _ANALYZE.match(text):
+                kind = str(statement.type.name).replace("_", " ")
+                if _ANALYZE.match(text):
+                    kind = "EXPLAIN ANALYZE"
+                raise QueryError(
+                    f"this session only runs queries (SELECT, WITH, DESCRIBE, SHOW, EXPLAIN): "
+                    f"a {kind} statement could write, attach, install, load or set something, "
+                    "so it is refused"
+                )
+
+    def interrupt(self) -> None:
+        """Stop the statement running on the connection (from any thread; none: no effect)."""
+        self.connection.interrupt()
 
     def register(self, name: str, table: pa.Table) -> None:
         self.connection.register(name, table)
@@ -99,13 +148,22 @@ class Engine:
     def unregister(self, name: str) -> None:
         self.connection.unregister(name)
 
-    def run(self, rewrite: Rewrite, *, explain_only: bool = False) -> pa.Table | None:
+    def run(
+        self, rewrite: Rewrite, *, explain_only: bool = False, max_rows: int | None = None
+    ) -> Rows:
         """Run the edited statement; its rows as Arrow (None for a statement without rows).
-        ``explain_only`` binds and plans it without running it (errors surface all the same)."""
+        ``explain_only`` binds and plans it without running it (errors surface all the same).
+        ``max_rows``: keep only the first rows (the others are counted, never converted)."""
         prefix = "EXPLAIN " if explain_only else ""
+        self.check(prefix + rewrite.text)
         try:
             relation = self.connection.sql(prefix + rewrite.text)
-            return None if relation is None else relation.to_arrow_table()
+            if relation is None:
+                return Rows(None, 0)
+            if max_rows is None:
+                table = relation.to_arrow_table()
+                return Rows(table, table.num_rows)
+            return _first_rows(relation, max_rows)
         except duckdb.Error as error:
             raise self.error(error, rewrite, len(prefix)) from None
 
@@ -130,6 +188,27 @@ class Engine:
             return QueryError(message, rewrite.source, word.start(), word.end())
         begin = rewrite.original(max(0, start - prefix))
         return QueryError(message, rewrite.source, begin, begin + max(1, length))
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A statement's rows (None: it returns none) and how many it had in all."""
+
+    table: pa.Table | None
+    total: int
+
+
+def _first_rows(relation: duckdb.DuckDBPyRelation, limit: int) -> Rows:
+    """The first ``limit`` rows as Arrow; the rest streamed in batches and only counted."""
+    reader = relation.to_arrow_reader(min(max(limit, 1), 1 << 16))
+    kept: list[pa.RecordBatch] = []
+    held = total = 0
+    for batch in reader:
+        total += batch.num_rows
+        if held < limit:
+            kept.append(batch.slice(0, limit - held))
+            held += kept[-1].num_rows
+    return Rows(pa.Table.from_batches(kept, schema=reader.schema), total)
 
 
 def _details(error: duckdb.Error) -> dict[str, Any]:

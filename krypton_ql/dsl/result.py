@@ -23,9 +23,15 @@ class Result:
     ``[rows, cols]`` float32 arrays in ``df()``, as lists of cells in Arrow and Parquet)."""
 
     def __init__(
-        self, table: pa.Table | None, plan: str, heatmap_error: QueryError | None = None
+        self,
+        table: pa.Table | None,
+        plan: str,
+        heatmap_error: QueryError | None = None,
+        total_rows: int | None = None,
     ) -> None:
         self._table = table if table is not None else pa.table({})
+        # Rows the statement produced, of which this result holds the first len(self).
+        self.total_rows = self._table.num_rows if total_rows is None else total_rows
         self._plan = plan
         self._heatmap_error = heatmap_error
         self._heatmap_columns = [i for i, f in enumerate(self._table.schema) if _is_heatmap(f.type)]

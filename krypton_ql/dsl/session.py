@@ -179,6 +179,17 @@ class Session:
         an Arrow table, or a CSV or Parquet file (copied into the database)."""
         catalog.register_table(self.engine, name, data)
 
+    def sandbox(self) -> None:
+        """Ready the session for statements from someone else (``kql serve``'s SQL box): its
+        DuckDB reads and writes no files, reaches no network, loads no extension and keeps
+        its configuration; statements other than queries are refused, and so are dataset
+        jobs (``engine=``). Models, images and tables registered from Python still work."""
+        self.engine.sandbox()
+
+    def interrupt(self) -> None:
+        """Stop DuckDB's part of the running statement (from another thread)."""
+        self.engine.interrupt()
+
     def _forget(self) -> None:
         """A model or profile changed: compiled plans and computed relations are stale."""
         self._plans.clear()
@@ -211,6 +222,7 @@ class Session:
         out: str | Path | None = None,
         address: str | None = None,
         gpus_per_worker: float = 0,
+        max_rows: int | None = None,
         _sql_plan: bool = False,
     ) -> Result:
         """Run one statement (or ``EXPLAIN [VERBOSE]`` one) and return its result. ``progress``:
@@ -223,14 +235,18 @@ class Session:
         the cluster at ``address``) that writes its rows as Parquet under ``out`` (default: a
         folder of the session's, removed with it), and DuckDB reads them there. A job's rows
         are reused by later statements, and by later sessions given the same ``out``
-        (``krypton_ql.dsl.jobs``)."""
+        (``krypton_ql.dsl.jobs``).
+
+        ``max_rows``: the result keeps the statement's first rows only (``Result.total_rows``
+        counts them all; the others are never converted to Python or Arrow in one piece)."""
         clock = _Clock()
         job = self._job_settings(engine, workers, out, address, gpus_per_worker)
         statement = parse(query)
         self.last_queries, self.last_cached, self.last_reruns = 0, 0, 0
         if statement.tree is None:  # plain DuckDB SQL
             try:
-                result = Result(self.engine.run(Rewrite(statement.text)), "")
+                rows = self.engine.run(Rewrite(statement.text), max_rows=max_rows)
+                result = Result(rows.table, "", total_rows=rows.total)
             except QueryError as error:
                 raise _with_hint(error, self) from None
             self.last_timings = clock.split("duckdb")
@@ -265,13 +281,13 @@ class Session:
         try:
             for name, item in zip(names, prepared):
                 self._register(name, item)
-            table = self.engine.run(edited)
+            rows = self.engine.run(edited, max_rows=max_rows)
         finally:
             for name in names:
                 self.engine.unregister(name)
                 self.engine.unregister(f"{name}_images")
                 self.engine.connection.execute(f"DROP VIEW IF EXISTS {name}")
-        result = Result(table, explanation, heatmap_error(statement, bound))
+        result = Result(rows.table, explanation, heatmap_error(statement, bound), rows.total)
         self.last_timings = clock.split("duckdb")
         return result
 
@@ -299,6 +315,11 @@ class Session:
             if given:
                 raise InvalidInputError(f"{given[0]}= needs engine='local' or engine='ray'")
             return None
+        if self.engine.sandboxed:
+            raise InvalidInputError(
+                "this session is sandboxed (kql serve): it runs no dataset jobs, which write "
+                "files"
+            )
         if engine not in jobs.ENGINES:
             raise InvalidInputError(f"engine must be None, 'local' or 'ray', got {engine!r}")
         if workers is not None and (not isinstance(workers, int) or workers < 1):

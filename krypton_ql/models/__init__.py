@@ -36,8 +36,7 @@ def efficientnet_lite0(
 def preprocess(photo: np.ndarray | Tensor) -> Tensor:
     """An RGB photo (``H×W×3`` uint8 array or ``3×H×W`` tensor in [0, 1]) as the model's input:
     shorter side resized to 256, centre crop 224, normalized as ``(x − 0.5)/0.5``."""
-    image = _as_tensor(photo)
-    image = TF.resize(image, RESIZE, antialias=True)
+    image = _resize(_as_tensor(photo), RESIZE)
     image = TF.center_crop(image, [CROP, CROP])
     return (image.clamp(0.0, 1.0) - 0.5) / 0.5
 
@@ -191,8 +190,7 @@ def imagenet_transform(size: int = CROP):
     ``size·8/7``, centre crop, normalize with the ImageNet mean and standard deviation."""
 
     def transform(photo: np.ndarray | Tensor) -> Tensor:
-        image = _as_tensor(photo)
-        image = TF.resize(image, round(size * 8 / 7), antialias=True)
+        image = _resize(_as_tensor(photo), round(size * 8 / 7))
         image = TF.center_crop(image, [size, size])
         return TF.normalize(image.clamp(0.0, 1.0), IMAGENET_MEAN, IMAGENET_STD)
 
@@ -204,6 +202,26 @@ def imagenet_unnormalize(image: Tensor) -> Tensor:
     mean = torch.tensor(IMAGENET_MEAN, device=image.device)[:, None, None]
     std = torch.tensor(IMAGENET_STD, device=image.device)[:, None, None]
     return (image * std + mean).clamp(0.0, 1.0)
+
+
+def _resize(image: Tensor, size: int) -> Tensor:
+    """``image`` with its shorter side resized to ``size`` (antialiased), refused when the
+    resized image would hold more pixels than the decoder's limit: a thin strip would grow
+    its long side as much (1×3000 px → 256×768,000, 2.4 GB of floats)."""
+    from compiler.errors import InvalidInputError
+    from krypton_ql.dsl import catalog
+
+    height, width = image.shape[-2:]
+    short, long = sorted((int(height), int(width)))
+    grown = int(size * long / max(short, 1))
+    if size * grown > catalog.MAX_PIXELS:
+        shape = f"{size}×{grown:,}" if height <= width else f"{grown:,}×{size}"
+        raise InvalidInputError(
+            f"a {height}×{width} photo would be resized to {shape} = {size * grown:,} pixels "
+            f"(its shorter side to {size}), above the limit of {catalog.MAX_PIXELS:,} (kql "
+            "--max-pixels N raises it): crop it to a less elongated shape"
+        )
+    return TF.resize(image, size, antialias=True)
 
 
 def _as_tensor(photo: np.ndarray | Tensor) -> Tensor:

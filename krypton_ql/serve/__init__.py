@@ -3,29 +3,16 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import secrets
+import signal
 import sys
 from typing import Any
 
 from compiler.errors import InvalidInputError
+from krypton_ql.serve.security import is_loopback
 
 log = logging.getLogger(__name__)
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and ``localhost``.
-
-    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("0.0.0.0")
-    (True, True, False)
-    """
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def url(host: str, port: int, token: str | None) -> str:
@@ -55,7 +42,7 @@ def serve(explorer: Any, host: str = "127.0.0.1", port: int = 8000, token: str |
 
     from krypton_ql.serve.explorer import Compute
 
-    app = create_app(explorer, token)
+    app = create_app(explorer, token, host)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     original = server.startup
@@ -82,16 +69,23 @@ def serve(explorer: Any, host: str = "127.0.0.1", port: int = 8000, token: str |
 
     thread = threading.Thread(target=http, name="kql-http", daemon=True)
     thread.start()
+    # SIGTERM stops the server as Ctrl-C does, so that it removes its uploads folder.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         compute.run_forever(stopped)
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         server.should_exit = True
         thread.join(timeout=10)
         explorer.close()
     if server.started is False and not stopped.is_set():
         raise InvalidInputError(f"kql serve could not listen on {host}:{port}")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _print(address: str) -> None:

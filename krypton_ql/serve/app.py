@@ -12,17 +12,20 @@ CLI's messages, never a traceback):
   events; a stream closed before the run ends cancels it), ``GET /api/runs/{id}`` its state,
   ``POST /api/runs/{id}/cancel``; ``GET /api/runs/{id}/heatmap.{png,npy,csv}``,
   ``/plan.png`` and ``/plan.txt`` once it is done;
-- ``POST /api/sql`` runs a statement against the session (``{"query": …}``).
+- ``POST /api/sql`` runs a query against the session (``{"query": …}``; the session is
+  sandboxed: no files, no network, queries only, a time limit), ``POST /api/sql/cancel`` stops
+  the page's running statement.
 
-With a ``token``, every request needs it: ``?token=`` in the URL (the page passes it on), the
-``X-KQL-Token`` header, or the cookie the page sets.
+Every request passes ``krypton_ql.serve.security``'s checks first: this server's own host and
+origin, JSON bodies (multipart for the upload), bounded sizes, and with a ``token`` the token:
+``?token=`` in the URL (the page passes it on), the ``X-KQL-Token`` header, or the cookie the
+page sets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv
-import hmac
 import io
 import json
 import logging
@@ -45,17 +48,24 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from compiler.errors import InvalidInputError, KryptonError
+from krypton_ql.serve import security
 from krypton_ql.serve.explorer import MAX_UPLOAD_BYTES, Explorer
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 
 
-def create_app(explorer: Explorer, token: str | None = None) -> Starlette:
-    """The app; ``token`` (None: none needed) guards every route."""
+def create_app(explorer: Explorer, token: str | None = None, host: str = "127.0.0.1") -> Starlette:
+    """The app for a server listening on ``host``; ``token`` (None: none needed) guards every
+    route."""
 
     async def index(request: Request) -> Response:
-        response = FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+        headers = {
+            "Cache-Control": "no-store",
+            "X-Frame-Options": "DENY",  # no other page frames the explorer (clickjacking)
+            "Content-Security-Policy": "frame-ancestors 'none'",
+        }
+        response = FileResponse(STATIC / "index.html", headers=headers)
         if token is not None:
             response.set_cookie("kql_token", token, httponly=True, samesite="strict")
         return response
@@ -81,14 +91,7 @@ def create_app(explorer: Explorer, token: str | None = None) -> Starlette:
         name, model = _query(request, "name"), request.query_params.get("model", "model")
         return JSONResponse({"top": await asyncio.to_thread(explorer.predict, name, model)})
 
-    async def upload(request: Request) -> Response:
-        length = request.headers.get("content-length", "0")
-        length = int(length) if length.isdigit() else 0  # the body's size is checked anyway
-        if length > explorer.max_upload_bytes + 64 * 1024:
-            raise InvalidInputError(
-                f"the upload has {length:,} bytes, above the limit of "
-                f"{explorer.max_upload_bytes:,} (kql serve --max-upload-mb raises it)"
-            )
+    async def upload(request: Request) -> Response:  # its size: security.Limits
         async with request.form(max_files=1, max_fields=4) as form:
             item = form.get("file")
             if item is None or isinstance(item, str):
@@ -99,12 +102,8 @@ def create_app(explorer: Explorer, token: str | None = None) -> Starlette:
         return JSONResponse({"name": name, "photos": explorer.photos()})
 
     async def start(request: Request) -> Response:
-        try:
-            data = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InvalidInputError("a run request is a JSON object") from None
-        client = request.headers.get("x-kql-client", "default")[:64]
-        run = explorer.start(data, client)
+        data = await security.json_body(request)
+        run = explorer.start(data, _client(request))
         return JSONResponse({"run": run.id})
 
     async def events(request: Request) -> Response:
@@ -181,12 +180,13 @@ def create_app(explorer: Explorer, token: str | None = None) -> Starlette:
         return Response(png, media_type="image/png")
 
     async def sql(request: Request) -> Response:
-        try:
-            data = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InvalidInputError('send {"query": "…"}') from None
+        data = await security.json_body(request)
         query = data.get("query") if isinstance(data, dict) else None
-        return JSONResponse(await asyncio.wrap_future(explorer.submit_sql(query)))
+        future = explorer.submit_sql(query, _client(request))
+        return JSONResponse(await asyncio.wrap_future(future))
+
+    async def cancel_sql(request: Request) -> Response:
+        return JSONResponse({"cancelled": explorer.cancel_sql(_client(request))})
 
     routes = [
         Route("/", index),
@@ -201,15 +201,38 @@ def create_app(explorer: Explorer, token: str | None = None) -> Starlette:
         Route("/api/runs/{run}/heatmap.{kind}", download),
         Route("/api/runs/{run}/plan.{kind}", plan_picture),
         Route("/api/sql", sql, methods=["POST"]),
+        Route("/api/sql/cancel", cancel_sql, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={
         KryptonError: _error, InvalidInputError: _error, Exception: _internal,
-        404: _not_found,
+        404: _not_found, 405: _not_allowed,
     })  # fmt: skip
+    # Added last runs first: the token, then host and origin, then the body's size.
+    app.add_middleware(security.Limits, limit=_body_limit(explorer))
+    app.add_middleware(security.SameOrigin, host=host)
     if token is not None:
-        app.add_middleware(_TokenCheck, token=token)
+        app.add_middleware(security.TokenCheck, token=token)
     return app
+
+
+def _body_limit(explorer: Explorer) -> Any:
+    """Each route's body limit, with how to raise it where one can."""
+
+    def limit(path: str) -> tuple[int, str]:
+        if path == "/api/upload":
+            hint = f"photos up to {explorer.max_upload_bytes:,} bytes; --max-upload-mb raises it"
+            return explorer.max_upload_bytes + security.UPLOAD_SLACK, hint
+        if path == "/api/sql":
+            return security.SQL_LIMIT, "a statement"
+        return security.JSON_LIMIT, "a request"
+
+    return limit
+
+
+def _client(request: Request) -> str:
+    """The page a request comes from (its runs and statements are its own)."""
+    return request.headers.get("x-kql-client", "default")[:64]
 
 
 def _query(request: Request, name: str) -> str:
@@ -243,7 +266,8 @@ def _plan_png(plan: Any) -> bytes:
 
 
 async def _error(request: Request, error: Exception) -> Response:
-    return JSONResponse({"error": str(error)}, status_code=400)
+    status = 413 if isinstance(error, security.BodyTooLarge) else 400
+    return JSONResponse({"error": str(error)}, status_code=status)
 
 
 async def _internal(request: Request, error: Exception) -> Response:
@@ -255,31 +279,9 @@ async def _not_found(request: Request, error: Exception) -> Response:
     return JSONResponse({"error": f"no such page: {request.url.path}"}, status_code=404)
 
 
-class _TokenCheck:
-    """Every request carries the token (query, header or cookie), compared in constant time."""
-
-    def __init__(self, app: Any, token: str) -> None:
-        self.app, self.token = app, token
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request = Request(scope)
-        given = (
-            request.query_params.get("token")
-            or request.headers.get("x-kql-token")
-            or request.cookies.get("kql_token")
-            or ""
-        )
-        if not hmac.compare_digest(given.encode(), self.token.encode()):
-            response = JSONResponse(
-                {"error": "this server needs its token: open the URL kql serve printed"},
-                status_code=403,
-            )
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+async def _not_allowed(request: Request, error: Exception) -> Response:
+    message = f"{request.method} is not allowed on {request.url.path}"
+    return JSONResponse({"error": message}, status_code=405)
 
 
 __all__ = ["MAX_UPLOAD_BYTES", "create_app"]

@@ -8,13 +8,20 @@ runs as fast as in a script): level 0 of a lattice first (every 4th row and colu
 the clean forward is computed once. Events (``start``, ``cells``, ``done``, ``cancelled``,
 ``error``) go to the run's queue as plain dicts. One job computes at a time; a client's new run
 cancels that client's previous one, and other clients' runs wait their turn.
+
+The SQL box runs on the session sandboxed (``Session.sandbox``: no files, no network, queries
+only), one statement at a time in the compute thread, each with a time limit and a cancel; its
+first rows are converted for the page, the rest only counted.
 """
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import io
 import logging
 import math
+import os
 import queue
 import re
 import secrets
@@ -28,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import Tensor
 
@@ -40,6 +48,8 @@ MODES = ("exact", "tau", "ssim")
 UPLOADS = "uploads"  # the image set of the photos uploaded to this server
 MAX_UPLOAD_BYTES = 20 * 2**20
 MAX_CELLS = 250_000  # positions in one run (patch 1 stride 1 on 500×500)
+SQL_SECONDS = 120.0  # a SQL-box statement's time limit (kql serve --sql-timeout)
+SQL_ROWS = 200  # rows of a SQL-box result sent to the page (the others are counted)
 _NAME = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -265,12 +275,15 @@ class Explorer:
         models: list[str],
         max_upload_bytes: int = MAX_UPLOAD_BYTES,
         compute: Compute | None = None,
+        sql_seconds: float = SQL_SECONDS,
     ) -> None:
+        session.sandbox()  # the SQL box takes statements from the page: no files, no network
         self.session = session
         self.images = images
         self.display = display
         self.models = models
         self.max_upload_bytes = max_upload_bytes
+        self.sql_seconds = sql_seconds
         self.compute = compute or Compute()
         self._uploads = tempfile.TemporaryDirectory(prefix="kql-serve-")
         self._plans: dict[tuple, Any] = {}
@@ -278,6 +291,7 @@ class Explorer:
         self._naive: dict[tuple, float] = {}  # (model, shape) → naive seconds per query
         self._runs: dict[str, Run] = {}
         self._latest: dict[str, Run] = {}  # client → its latest run
+        self._statements: dict[str, _Statement] = {}  # client → its latest SQL statement
         self._state = threading.Lock()
         self._session_lock = threading.Lock()  # the session is not thread-safe
 
@@ -335,16 +349,30 @@ class Explorer:
                 f"{self.max_upload_bytes:,} (kql serve --max-upload-mb raises it)"
             )
         photo = catalog.decode(data, f"the upload {filename!r}")
+        self._check_fits(photo, filename)
+        encoded = io.BytesIO()
+        Image.fromarray(photo).save(encoded, format="PNG")
         stem = _NAME.sub("_", Path(filename).stem)[:40].strip("_") or "upload"
-        folder = Path(self._uploads.name)
-        name, count = stem, 1
-        while (folder / f"{name}.png").exists():
-            count += 1
-            name = f"{stem}_{count}"
-        Image.fromarray(photo).save(folder / f"{name}.png")
+        name = _create(Path(self._uploads.name), stem, encoded.getvalue())
         with self._session_lock:
-            self.session.register_images(UPLOADS, str(folder))
+            self.session.register_images(UPLOADS, self._uploads.name)
         return f"{UPLOADS}/{name}"
+
+    def _check_fits(self, photo: np.ndarray, filename: str) -> None:
+        """Every model's transform takes the photo (before it is kept, so that a photo no model
+        can read never appears in the list)."""
+        for model in self.models:
+            transform = self.session.model(model).transform
+            if transform is None:
+                continue
+            try:
+                transform(photo)
+            except KryptonError:
+                raise
+            except (ValueError, RuntimeError, TypeError) as error:
+                raise InvalidInputError(
+                    f"the upload {filename!r} does not fit model {model!r}'s transform: {error}"
+                ) from None
 
     # -- runs ---------------------------------------------------------------------------------
 
@@ -501,36 +529,119 @@ class Explorer:
 
     # -- SQL ------------------------------------------------------------------------------------
 
-    def sql(self, query: str, limit: int = 200) -> dict[str, Any]:
+    def sql(self, query: str, limit: int = SQL_ROWS) -> dict[str, Any]:
         """Run a statement on the session (in the compute thread, after the runs before it);
         the first ``limit`` rows, heatmaps as lists."""
-        return self.submit_sql(query, limit).result()
+        return self.submit_sql(query, limit=limit).result()
 
-    def submit_sql(self, query: Any, limit: int = 200) -> Future:
-        """``sql`` as a future (what the server awaits, holding no thread meanwhile)."""
+    def submit_sql(self, query: Any, client: str = "default", limit: int = SQL_ROWS) -> Future:
+        """``sql`` as a future (what the server awaits, holding no thread meanwhile); the
+        client's previous statement, if it is still waiting or running, is cancelled."""
         if not isinstance(query, str) or not query.strip():
             raise InvalidInputError("write a statement")
-        return self.compute.submit(lambda: self._sql(query, limit))
+        statement = _Statement(self.session.interrupt)
+        with self._state:
+            previous = self._statements.get(client)
+            if previous is not None:
+                previous.stop("cancelled: a newer statement from this page replaced it")
+            self._statements[client] = statement
+        return self.compute.submit(lambda: self._sql(query, limit, statement))
 
-    def _sql(self, query: str, limit: int) -> dict[str, Any]:
+    def cancel_sql(self, client: str) -> bool:
+        """Stop the client's waiting or running statement; whether there was one."""
+        with self._state:
+            statement = self._statements.get(client)
+        return statement is not None and statement.stop("cancelled")
+
+    def _sql(self, query: str, limit: int, statement: _Statement) -> dict[str, Any]:
+        def check(done: int, total: int) -> None:  # between batches of an occlusion scan
+            if statement.stopped.is_set():
+                raise _Cancelled
+
+        limit_s = self.sql_seconds
+        timer = threading.Timer(limit_s, statement.stop, (f"stopped after {limit_s:g} s, the "
+                                "SQL box's time limit (kql serve --sql-timeout raises it)",))
+        timer.daemon = True
         with self._session_lock:
-            result = self.session.sql(query, progress=False)
+            try:
+                statement.begin()
+                timer.start()
+                result = self.session.sql(query, progress=check, max_rows=limit)
+            except (_Cancelled, KryptonError):
+                if statement.stopped.is_set():  # DuckDB's interrupt, or between batches
+                    raise InvalidInputError(f"the statement was {statement.why}") from None
+                raise
+            finally:
+                timer.cancel()
+                statement.end()
         return {
             "columns": result.columns,
             "rows": [[_plain(value) for value in row] for row in result.rows[:limit]],
-            "count": len(result),
-            "truncated": len(result) > limit,
+            "count": result.total_rows,
+            "truncated": result.total_rows > limit,
         }
 
     def close(self) -> None:
         for run in list(self._runs.values()):
             run.cancel()
+        for statement in list(self._statements.values()):
+            statement.stop("cancelled: the server is stopping")
         self.compute.stopped.set()
         self._uploads.cleanup()
 
 
 class _Cancelled(Exception):
     """Raised from a run's progress callback to stop its evaluation."""
+
+
+class _Statement:
+    """A SQL-box statement's stop flag. ``stop`` (a cancel, the time limit, a newer statement)
+    sets it and, while the statement runs, interrupts DuckDB; an occlusion scan sees the flag
+    between batches."""
+
+    def __init__(self, interrupt: Callable[[], None]) -> None:
+        self.stopped = threading.Event()
+        self.why = ""
+        self._interrupt = interrupt
+        self._lock = threading.Lock()
+        self._running = self._finished = False
+
+    def begin(self) -> None:
+        with self._lock:
+            if self.stopped.is_set():
+                raise _Cancelled
+            self._running = True
+
+    def end(self) -> None:
+        with self._lock:
+            self._running, self._finished = False, True
+
+    def stop(self, why: str) -> bool:
+        """Stop the statement (once; the first reason stays); whether it was still going."""
+        with self._lock:
+            if self.stopped.is_set() or self._finished:
+                return False
+            self.why = why
+            self.stopped.set()
+            if self._running:  # only its own statement: the connection runs one at a time
+                self._interrupt()
+            return True
+
+
+def _create(folder: Path, stem: str, data: bytes) -> str:
+    """Write ``data`` as a new ``<stem>[_n].png`` in ``folder`` and return the name: the file is
+    created exclusively, so two uploads of one name never share a file."""
+    count = 1
+    while True:
+        name = stem if count == 1 else f"{stem}_{count}"
+        try:
+            descriptor = os.open(folder / f"{name}.png", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            count += 1
+            continue
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        return name
 
 
 def _chunk(plan: Any) -> int:
@@ -557,11 +668,31 @@ def _label(names: Any, index: int) -> str:
 
 
 def _plain(value: Any) -> Any:
-    """A JSON value: a heatmap tensor as nested lists, NaN and ±inf as null."""
+    r"""A JSON value: a heatmap tensor as nested lists, NaN and ±inf as null, dates and times in
+    ISO 8601, decimals as numbers (as text where a float would round them), bytes as DuckDB
+    prints them, structs, maps and intervals as objects, anything else as its text.
+
+    >>> _plain([decimal.Decimal("1.50"), datetime.date(2026, 1, 2), b"a\x00", float("nan")])
+    [1.5, '2026-01-02', 'a\\x00', None]
+    """
     if isinstance(value, Tensor):
         value = value.tolist()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, list):
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, pa.MonthDayNano):  # an interval
+        return {"months": value.months, "days": value.days, "nanoseconds": value.nanoseconds}
+    if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
-    return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        number = float(value)
+        return number if decimal.Decimal(repr(number)) == value else str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        data = bytes(value)
+        return "".join(chr(b) if 32 <= b < 127 and b != 92 else f"\\x{b:02x}" for b in data)
+    return str(value)

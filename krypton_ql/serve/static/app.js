@@ -24,6 +24,11 @@ function api(path) {
 async function request(path, options = {}) {
   const headers = Object.assign({"X-KQL-Client": client}, options.headers || {});
   if (token) headers["X-KQL-Token"] = token;
+  if (options.method === "POST" && !(options.body instanceof FormData)) {
+    // The server takes JSON bodies only (a page elsewhere cannot send them unasked).
+    headers["Content-Type"] = "application/json";
+    options = Object.assign({}, options, {body: options.body || "{}"});
+  }
   const response = await fetch(api(path), Object.assign({}, options, {headers}));
   const kind = response.headers.get("content-type") || "";
   const body = kind.includes("json") ? await response.json() : await response.text();
@@ -266,8 +271,7 @@ async function startRun() {
   if (source) source.close();
   let answer;
   try {
-    answer = await request("/api/runs", {method: "POST", body: JSON.stringify(options()),
-      headers: {"Content-Type": "application/json"}});
+    answer = await request("/api/runs", {method: "POST", body: JSON.stringify(options())});
   } catch (error) { showError(error.message); return; }
   state.run = answer.run;
   state.status = "running";
@@ -397,9 +401,10 @@ async function planText() {
 async function runSql() {
   const box = $("sql-result");
   box.textContent = "running …";
+  $("cancel-sql").disabled = false;
   try {
     const answer = await request("/api/sql", {method: "POST",
-      body: JSON.stringify({query: $("sql").value}), headers: {"Content-Type": "application/json"}});
+      body: JSON.stringify({query: $("sql").value})});
     box.innerHTML = "";
     box.appendChild(table(answer));
   } catch (error) {
@@ -408,7 +413,14 @@ async function runSql() {
     pre.className = "sql-error";
     pre.textContent = error.message;
     box.appendChild(pre);
+  } finally {
+    $("cancel-sql").disabled = true;
   }
+}
+
+async function cancelSql() {
+  try { await request("/api/sql/cancel", {method: "POST"}); }
+  catch (error) { showError(error.message); }
 }
 
 function table(answer) {
@@ -430,7 +442,8 @@ function table(answer) {
     }
   }
   const caption = element.createCaption();
-  caption.textContent = `${answer.count} rows` + (answer.truncated ? ` (first ${answer.rows.length})` : "");
+  caption.textContent = `${answer.count} rows` +
+    (answer.truncated ? ` (the first ${answer.rows.length} shown)` : "");
   return element;
 }
 
@@ -451,6 +464,7 @@ $("clear-region").addEventListener("click", () => { state.region = null; drawReg
 $("copy").addEventListener("click", () => navigator.clipboard && navigator.clipboard.writeText(state.statement));
 $("use-statement").addEventListener("click", () => { $("sql").value = state.statement; });
 $("run-sql").addEventListener("click", runSql);
+$("cancel-sql").addEventListener("click", cancelSql);
 $("plan-details").addEventListener("toggle", planText);
 for (const radio of document.querySelectorAll("input[name=mode]")) {
   radio.addEventListener("change", () => {
