@@ -317,8 +317,7 @@ class Session:
             return None
         if self.engine.sandboxed:
             raise InvalidInputError(
-                "this session is sandboxed (kql serve): it runs no dataset jobs, which write "
-                "files"
+                "this session is sandboxed (kql serve): it runs no dataset jobs, which write files"
             )
         if engine not in jobs.ENGINES:
             raise InvalidInputError(f"engine must be None, 'local' or 'ray', got {engine!r}")

@@ -558,9 +558,9 @@ class Explorer:
             if statement.stopped.is_set():
                 raise _Cancelled
 
-        limit_s = self.sql_seconds
-        timer = threading.Timer(limit_s, statement.stop, (f"stopped after {limit_s:g} s, the "
-                                "SQL box's time limit (kql serve --sql-timeout raises it)",))
+        why = (f"stopped after {self.sql_seconds:g} s, the SQL box's time limit (kql serve "
+               "--sql-timeout raises it)")  # fmt: skip
+        timer = threading.Timer(self.sql_seconds, statement.stop, (why,))
         timer.daemon = True
         with self._session_lock:
             try:
