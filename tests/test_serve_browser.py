@@ -32,6 +32,8 @@ FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # evil.example is a page elsewhere that the browser resolves to this machine (DNS rebinding)
+    "--host-resolver-rules=MAP evil.example 127.0.0.1",
 ]
 
 pytestmark = pytest.mark.slow
@@ -178,6 +180,72 @@ def test_sql_box_runs_a_statement(page) -> None:
     page.click("#run-sql")
     page.wait_for_selector("#sql-result .sql-error")
     assert "^" in page.inner_text("#sql-result")
+
+
+ATTACK = """<!doctype html><title>elsewhere</title><script>
+window.attack = async (url, query) => {
+  const body = JSON.stringify({query});
+  const outcome = {};
+  try {  // a "simple" request: no preflight, the browser sends it as it is
+    const answer = await fetch(url, {method: "POST", mode: "no-cors", body,
+                                     headers: {"Content-Type": "text/plain"}});
+    outcome.simple = answer.type;
+  } catch (error) { outcome.simple = "failed"; }
+  try {  // JSON needs the server's permission first, which it never gives
+    const answer = await fetch(url, {method: "POST", body,
+                                     headers: {"Content-Type": "application/json"}});
+    outcome.json = answer.status;
+  } catch (error) { outcome.json = "blocked"; }
+  return outcome;
+};
+</script>"""
+
+
+@pytest.fixture
+def elsewhere():
+    """The attacker's page, served from another origin (another port, and the name
+    evil.example) on this machine, where a browser lets it send requests to loopback."""
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(ATTACK.encode())
+
+        def log_message(self, *args) -> None:
+            pass
+
+    host = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=host.serve_forever, daemon=True).start()
+    yield f"http://evil.example:{host.server_address[1]}/"
+    host.shutdown()
+
+
+def test_a_page_of_another_origin_cannot_run_sql(browser, server, elsewhere, tmp_path) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(elsewhere)
+    target = tmp_path / "written.csv"
+    query = f"COPY (SELECT 'x') TO '{target}'"
+    with page.expect_response(f"{server}api/sql") as seen:
+        outcome = page.evaluate("([url, query]) => attack(url, query)", [f"{server}api/sql", query])
+    assert seen.value.status == 403  # the server refused the request it received
+    assert outcome == {"simple": "opaque", "json": "blocked"}
+    # A page that rebinds its own name to this machine reaches the server as same-origin: the
+    # server refuses the name.
+    port = server.rstrip("/").rsplit(":", 1)[1]
+    rebound = page.goto(f"http://evil.example:{port}/")
+    assert rebound is not None and rebound.status == 403
+    status = page.evaluate(
+        """(query) => fetch("/api/sql", {method: "POST", body: JSON.stringify({query}),
+              headers: {"Content-Type": "application/json"}}).then((r) => r.status)""",
+        query,
+    )
+    assert status == 403 and not target.exists()
+    context.close()
 
 
 def test_a_page_closed_mid_stream_leaves_the_server_serving(browser, server) -> None:
