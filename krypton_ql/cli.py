@@ -495,8 +495,6 @@ def _clean_score(sql: str, probabilities: Any, row: tuple, class_column: int | N
 
 def _explain_dataset(args: argparse.Namespace) -> int:
     """``kql explain-dataset``: the dataset job, then a summary of what it wrote."""
-    import pyarrow.parquet as pq
-
     from compiler.errors import InvalidInputError
     from krypton_ql import datasets
 
@@ -515,7 +513,7 @@ def _explain_dataset(args: argparse.Namespace) -> int:
         overlays=args.overlays,
         progress="auto" if args.progress is None else args.progress,
     )  # fmt: skip
-    table = pq.read_table(out, columns=["error"])
+    table = datasets.read(out, columns=["error"])  # the job's parts, not the overlays
     failed = table.num_rows - table.column("error").null_count
     print(f"{table.num_rows} images in {out}/ ({failed} with errors; the error column says why)")
     return EXIT_OK

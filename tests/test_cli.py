@@ -326,6 +326,31 @@ def test_explain_dataset_writes_parquet_that_duckdb_reads(photos: Path, tmp_path
     assert len(list(out.glob("*.parquet"))) == 1
 
 
+def test_explain_dataset_keeps_one_job_per_folder(photos: Path, tmp_path: Path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from krypton_ql import cli, datasets
+
+    out = tmp_path / "rows"
+    out.mkdir()
+    pq.write_table(pa.table({"image_id": [str(photos / "cat.png")]}), out / "patients.parquet")
+    common = ["explain-dataset", str(photos), "--out", str(out), "--no-progress"]
+    assert cli.main([*common, "--patch", "112", "--overlays"]) == 0  # the summary skips them
+    assert "2 images in" in capsys.readouterr().out
+    assert len(list((out / "overlays").glob("*.png"))) == 2
+    assert cli.main([*common, "--patch", "56"]) == 2
+    error = capsys.readouterr().err
+    assert "holds another job's rows (patch (112, 112) there, (56, 56) now" in error
+    assert "--overwrite" in error and "Traceback" not in error
+    assert cli.main([*common, "--patch", "56", "--overwrite"]) == 0
+    assert datasets.read(out).column("heatmap_shape").to_pylist() == [[4, 4], [4, 4]]
+    assert (out / "patients.parquet").exists()  # the user's file stays
+    assert not list((out / "overlays").glob("*.png"))  # the old job's overlays went with it
+    assert cli.main([*common[:3], str(out / "patients.parquet"), "--patch", "56"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
 def test_query_with_the_local_engine_runs_the_scan_as_a_job(photos: Path, tmp_path: Path, capsys):
     from krypton_ql import cli
 

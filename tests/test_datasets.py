@@ -56,7 +56,9 @@ def photos(tmp_path_factory) -> Path:
 
 
 def _rows(out: Path) -> dict[str, dict]:
-    rows = [r for part in sorted(out.glob("*.parquet")) for r in pq.read_table(part).to_pylist()]
+    rows = [
+        r for part in sorted(out.glob("part-*.parquet")) for r in pq.read_table(part).to_pylist()
+    ]
     ids = [row["image_id"] for row in rows]
     assert len(ids) == len(set(ids)), "an image has two rows"
     return {Path(row["image_id"]).stem: row for row in rows}
@@ -95,9 +97,12 @@ def test_a_listing_gives_targets_and_a_rerun_resumes(photos, tmp_path) -> None:
     first = list(datasets.listing(listing))[:2]
     kql.explain_dataset([r["path"] for r in first], small_model, out=out, **OPTIONS)
     parts = set(out.glob("*.parquet"))
-    kql.explain_dataset(listing, small_model, out=out, **OPTIONS)  # only rocket is new
+    cup = _rows(out)["cup"]
+    # rocket is new and cat now asks for class 3: both are explained; cup keeps its row
+    kql.explain_dataset(listing, small_model, out=out, **OPTIONS)
     rows = _rows(out)
     assert sorted(rows) == ["cat", "cup", "rocket"] and len(set(out.glob("*.parquet"))) == 2
+    assert rows["cup"]["seconds"] == cup["seconds"] and rows["cat"]["target"] == 3
     assert rows["rocket"]["target"] == 1
     assert torch.allclose(torch.tensor(rows["rocket"]["heatmap"]).reshape(4, 4),
                           _expected(photos / "rocket.png", 1)[1], atol=1e-6)  # fmt: skip

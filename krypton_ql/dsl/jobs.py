@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from torch import Tensor, nn
 
 import krypton_ql.api as api
-from krypton_ql import datasets
+from krypton_ql import datasets, fingerprint
 from krypton_ql.dsl import catalog, scans
+from krypton_ql.job_folder import JobFolder, Record
 from krypton_ql.options import Options
 
 ENGINES = ("local", "ray")
@@ -115,12 +115,15 @@ class Job:
     folder: Path
     names: tuple[str, ...]
 
+    @property
+    def store(self) -> JobFolder:
+        """The folder's record (the scan's digest is its name), lock and parts."""
+        return JobFolder(self.folder, Record("occlusion scan", {"scan": self.folder.name}))
+
     def done(self) -> set[str]:
         """The images that already have rows in the folder."""
-        done: set[str] = set()
-        for part in sorted(self.folder.glob("part-*.parquet")):
-            done.update(pq.read_table(part, columns=["image"]).column(0).unique().to_pylist())
-        return done
+        rows = self.store.read(["image"])
+        return set() if rows is None else set(pc.unique(rows.column(0)).to_pylist())
 
     def source(self, names_relation: str) -> str | None:
         """The relation's SQL (the requested images' rows), or None when there are none."""
@@ -143,11 +146,7 @@ def folder(
 ) -> Path:
     """``root/<digest>``: one folder per model weights × image sources × options × classes ×
     positions."""
-    digest = hashlib.sha256()
-    digest.update(type(module).__qualname__.encode())
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest = hashlib.sha256(fingerprint.weights_digest(module).encode())
     for name, item in sorted(images.items.items()):
         digest.update(name.encode())
         digest.update(_source(item))
@@ -160,8 +159,7 @@ def _source(item: Any) -> bytes:
     """What an image's rows depend on: a file's path, size and time, a tensor's values, a
     loader's name (the sample photos)."""
     if isinstance(item, catalog.PhotoFile):
-        stat = item.path.stat() if item.path.exists() else None
-        return repr((str(item.path.resolve()), stat and (stat.st_size, stat.st_mtime_ns))).encode()
+        return repr(fingerprint.file_stamp(item.path)).encode()
     if isinstance(item, Tensor):
         return item.detach().cpu().contiguous().numpy().tobytes()
     return repr(getattr(item, "__qualname__", type(item).__qualname__)).encode()
@@ -177,10 +175,9 @@ def run(
     address: str | None,
     progress: Any,
 ) -> tuple[int, dict[str, str]]:
-    """Compute the job's missing images; the queries run and each failed image's error."""
-    job.folder.mkdir(parents=True, exist_ok=True)
-    done = job.done()
-    items = [{"image": name} for name in job.names if name not in done]
+    """Compute the job's missing images; the queries run and each failed image's error. One
+    process computes a scan at a time: a second refuses at once."""
+    store = job.store
     errors: dict[str, str] = {}
     queries = 0
 
@@ -191,15 +188,18 @@ def run(
         queries += int(pc.sum(table.column("queries")).as_py() or 0)
         good = table.filter(pc.is_null(table.column("error")))
         if len(good):
-            datasets.write_part(job.folder, good.drop_columns(["queries", "error"]))
+            store.write(good.drop_columns(["queries", "error"]))
 
-    if items:
-        started = time.perf_counter()
-        datasets.run_job(worker, items, sink, engine=engine, workers=workers,
-                         gpus_per_worker=gpus_per_worker, address=address,
-                         progress=progress)  # fmt: skip
-        datasets.log.info(
-            "%d images scanned into %s in %.1f s", len(items), job.folder,
-            time.perf_counter() - started,
-        )  # fmt: skip
+    with store.writing():
+        done = job.done()
+        items = [{"image": name} for name in job.names if name not in done]
+        if items:
+            started = time.perf_counter()
+            datasets.run_job(worker, items, sink, engine=engine, workers=workers,
+                             gpus_per_worker=gpus_per_worker, address=address,
+                             progress=progress)  # fmt: skip
+            datasets.log.info(
+                "%d images scanned into %s in %.1f s", len(items), job.folder,
+                time.perf_counter() - started,
+            )  # fmt: skip
     return queries, errors
