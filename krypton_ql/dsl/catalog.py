@@ -53,6 +53,21 @@ class Images:
     generation: int = 0  # changes when the name is registered again
 
 
+def versions(images: Images, names: Sequence[str]) -> tuple[Any, ...]:
+    """A key of the named images as they are now: a tensor's in-place version, a file's size
+    and modification time (a cache keyed by it never serves rows of changed images)."""
+    from krypton_ql import fingerprint
+
+    def version(item: Any) -> Any:
+        if isinstance(item, Tensor):
+            return fingerprint.tensor_version(item)
+        if isinstance(item, PhotoFile):
+            return fingerprint.file_stamp(item.path)
+        return fingerprint.name_of(item)
+
+    return tuple(version(images.items[name]) for name in names)
+
+
 def image_set(images: Any) -> Images:
     """A tensor ``[N,C,H,W]`` or a list of tensors (named by index), or image files or a
     folder of them (named by file stem)."""

@@ -38,14 +38,19 @@ class Request:
     """What one scan computes: which images, classes (None: each image's predicted class or the
     ``target`` option) and positions (row-major grid indices, ascending) of a bound call."""
 
-    key: Hashable  # the model, image set and options of the call
+    key: Hashable  # the model (with its weights' versions), image set and options of the call
     names: tuple[str, ...]
     classes: tuple[int, ...] | None
     positions: np.ndarray
+    versions: tuple[Hashable, ...] = ()  # each named image's version (catalog.versions)
 
     def covered_by(self, other: Request) -> bool:
-        """Whether ``other``'s relation holds every row this request asks for."""
+        """Whether ``other``'s relation holds every row this request asks for (of the same
+        images: none changed since)."""
         if self.key != other.key or not set(self.names) <= set(other.names):
+            return False
+        held = dict(zip(other.names, other.versions))
+        if any(held.get(name) != version for name, version in zip(self.names, self.versions)):
             return False
         if (self.classes is None) != (other.classes is None):
             return False

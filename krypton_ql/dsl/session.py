@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 import krypton_ql.api as api
 from compiler.errors import InvalidInputError
+from krypton_ql import fingerprint
 from krypton_ql.dsl import catalog, jobs, pushdown, scans
 from krypton_ql.dsl.bind import Bound, Scan, bind
 from krypton_ql.dsl.engine import Engine, Rewrite, heatmap_error, rewrite
@@ -80,7 +81,7 @@ class Session:
         self._last_inputs: dict[str, Tensor] = {}
         self._last_source: tuple[catalog.Images, catalog.Model, tuple[str, ...]] | None = None
         self._scratch: tempfile.TemporaryDirectory[str] | None = None  # jobs' default out
-        self._plans: dict[tuple[int, Options], HeatmapPlan] = {}  # compiled plans, reused
+        self._plans: dict[tuple[Any, Options], HeatmapPlan] = {}  # compiled plans, reused
         self._wrappers: dict[tuple, Any] = {}  # map-output models: probes, region scores
         self._regions: dict[str, Any] = {}  # region => 'name': boolean masks and boxes
         self.cache = scans.Cache()
@@ -427,14 +428,17 @@ class Session:
         if classes is not None:
             targets = torch.tensor([list(classes)] * len(loaded), dtype=torch.int64)
             targets = targets.reshape(len(loaded), len(classes))
+        # What the rows depend on: the model's weights and the images as they are now (an
+        # in-place change to either misses the cache), and the call's options.
         key = (
             scan.model,
-            id(model.get()),
+            fingerprint.versions(model.get()),
             scan.images,
             image_set.generation,
             tuple(sorted((k, repr(v)) for k, v in scan.options.items())),
         )
-        request = scans.Request(key, tuple(names), classes, positions)
+        versions = catalog.versions(image_set, names)
+        request = scans.Request(key, tuple(names), classes, positions, versions)
         self._last_inputs = dict(zip(loaded, tensors))
         self._last_source = (image_set, model, tuple(names)) if lazy else None
         prepared = _Prepared(scan, plan, request, images, targets, len(image_set.items),
@@ -494,7 +498,7 @@ class Session:
             keywords["profile"] = profile
         try:
             options = Options.build(tuple(images.shape[1:]), **keywords)
-            key = (id(module), options)
+            key = (fingerprint.versions(module), options)
             plan = self._plans.get(key) or api.build_plan(module, options)
         except InvalidInputError as error:
             node = scan.option_nodes.get(error.option) if error.option else None
@@ -541,7 +545,7 @@ class Session:
                     statement.text,
                 )
             region = self._regions[region]
-        probe = ("returns a map", id(module), tuple(images.shape[1:]))
+        probe = ("returns a map", fingerprint.versions(module), tuple(images.shape[1:]))
         if probe not in self._wrappers:  # one forward per model and shape, not per statement
             self._wrappers[probe] = segmentation.returns_map(module, images)
         if region is None and output is None and not self._wrappers[probe]:
@@ -554,7 +558,8 @@ class Session:
                 statement.text,
             )
         score = keywords.get("score", "prob")
-        key = ("region", id(module), _region_key(region), output, score, tuple(images.shape),
+        key = ("region", fingerprint.versions(module), _region_key(region), output, score,
+               tuple(images.shape),
                None if region is not None else hash(images.cpu().numpy().tobytes()))  # fmt: skip
         wrapper = self._wrappers.get(key)
         if wrapper is None:

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from compiler.errors import InvalidInputError, KryptonError
+from krypton_ql import fingerprint
 from krypton_ql.dsl import catalog
 
 log = logging.getLogger(__name__)
@@ -411,9 +412,10 @@ class Explorer:
         """The compiled plan for a request (compiled once per model, shape and options)."""
         import krypton_ql as kql
 
-        key = (request.model, shape, tuple(sorted(request.options().items())))
+        model = self.session.model(request.model)
+        options_key = tuple(sorted(request.options().items()))
+        key = (request.model, fingerprint.versions(model.get()), shape, options_key)
         if key not in self._plans:
-            model = self.session.model(request.model)
             options = request.options()
             if request.mode == "ssim":
                 if model.profile is None:
@@ -422,6 +424,8 @@ class Explorer:
                         "(kql.tune(…).save(FILE)), or choose tau"
                     )
                 options["profile"] = model.profile
+            if len(self._plans) >= 16:  # the oldest plan goes first
+                self._plans.pop(next(iter(self._plans)))
             self._plans[key] = kql.compile(model.get(), shape, **options)
         return self._plans[key]
 

@@ -105,6 +105,48 @@ def test_the_cache_answers_repeated_and_narrower_scans(session) -> None:
     assert session.last_queries == 3 * 4 * 4 and wider.rows != first.rows
 
 
+def test_the_cache_sees_weights_and_images_changed_in_place(tmp_path) -> None:
+    torch.manual_seed(1)
+    model, images = small_cnn(), torch.randn(2, 3, 16, 14)
+    session = kql.connect()
+    session.register_model("cnn", model)
+    session.register_images("scans", images)
+    query = ("SELECT image, heatmap(prob) AS h FROM occlusion(scans, cnn, patch => 4, "
+             "stride => 4) GROUP BY image ORDER BY image")  # fmt: skip
+
+    def check() -> None:  # a fresh computation, not the relation of the model before
+        result = session.sql(query, progress=False)
+        assert session.last_cached == 0 and session.last_queries == 2 * 4 * 4
+        assert_matches_oracle(result.heatmaps, model, images, patch=4, stride=4)
+
+    check()
+    session.sql(query, progress=False)
+    assert session.last_cached == 1
+    with torch.no_grad():
+        model[-1].weight.mul_(-3)  # the classifier's weights, in place
+    check()
+    model.load_state_dict({k: v * 0.5 for k, v in model.state_dict().items()})
+    check()
+    images[1].mul_(0.25)  # a registered image, in place
+    check()
+    from PIL import Image
+
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (14, 16), (10, 200, 30)).save(photo)
+    session.register_model("raw", model, transform=lambda p: torch.from_numpy(p).permute(
+        2, 0, 1).float() / 255)  # fmt: skip
+    session.register_images("files", [str(photo)])
+    files = "SELECT max(drop) AS d FROM occlusion(files, raw, patch => 4, stride => 4)"
+    first = session.sql(files, progress=False).rows
+    import os
+    import time
+
+    time.sleep(0.01)
+    Image.new("RGB", (14, 16), (200, 10, 90)).save(photo)  # the file, changed on disk
+    os.utime(photo)
+    assert session.sql(files, progress=False).rows != first and session.last_cached == 0
+
+
 def test_aggregates_and_arithmetic(session) -> None:
     result = session.sql(
         "SELECT image, class, avg(prob) AS mean, max(drop) AS worst, count(*) AS n, "
