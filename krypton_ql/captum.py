@@ -106,7 +106,7 @@ class Occlusion:
             return self._delegate(reason, arguments)
         assert colours is not None
         window = (int(window_shape[1]), int(window_shape[2]))
-        stride = _stride_pair(stride_shape)
+        stride = _stride_pair(stride_shape, window, (images.shape[2], images.shape[3]))
         targets = _targets(0 if target is None else target, len(images), images.device)
         attributions = torch.empty(images.shape, dtype=_result_dtype(images.dtype))
         attributions = attributions.to(images.device)
@@ -227,7 +227,10 @@ def _verify(images: Tensor, window: Any, strides: Any, target: Any) -> None:
     steps = (steps,) * dims if isinstance(steps, int) else steps
     if not isinstance(steps, tuple) or len(steps) != dims:
         raise CaptumAssertionError(f"Strides {strides} should be an int or a tuple of {dims}.")
-    if any(int(s) > int(w) for s, w in zip(steps, window)):
+    extents = images.shape[1:]
+    # Captum's rule: a stride may exceed the window only along an axis the window spans whole
+    # (there is one position along it, whatever the stride).
+    if any(int(s) > int(w) != int(d) for s, w, d in zip(steps, window, extents)):
         raise CaptumAssertionError(
             f"Stride dimension {strides if strides is not None else 1} cannot be larger than "
             f"sliding window shape dimension {window}."
@@ -238,12 +241,16 @@ def _verify(images: Tensor, window: Any, strides: Any, target: Any) -> None:
         raise CaptumAssertionError("Target list length does not match output!")
 
 
-def _stride_pair(strides: Any) -> tuple[int, int]:
+def _stride_pair(strides: Any, window: tuple[int, int], extent: tuple[int, int]) -> tuple[int, int]:
+    """The spatial strides; 1 along an axis the window spans whole (one position either way).
+
+    >>> _stride_pair((3, 40, 4), (32, 8), (32, 32)), _stride_pair(8, (16, 16), (32, 32))
+    ((1, 4), (8, 8))
+    """
     if strides is None:
         return 1, 1
-    if isinstance(strides, int):
-        return strides, strides
-    return int(strides[1]), int(strides[2])
+    pair = (strides, strides) if isinstance(strides, int) else (int(strides[1]), int(strides[2]))
+    return tuple(1 if w == e else s for s, w, e in zip(pair, window, extent))  # type: ignore[return-value]
 
 
 def _colours(baselines: Any, shape: torch.Size) -> tuple[Any, str | None]:

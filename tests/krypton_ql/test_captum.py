@@ -152,6 +152,7 @@ X = torch.rand(2, 3, 8, 8)
     ("arguments", "error"),
     [
         (dict(sliding_window_shapes=(3, 2, 2), strides=(3, 4, 4), target=0), AssertionError),
+        (dict(sliding_window_shapes=(3, 8, 2), strides=(3, 9, 3), target=0), AssertionError),
         (dict(sliding_window_shapes=[3, 2, 2], target=0), AssertionError),
         (dict(sliding_window_shapes=(2, 2), target=0), AssertionError),
         (dict(sliding_window_shapes=(3, 9, 9), target=0), AssertionError),
@@ -185,6 +186,11 @@ def test_attribute_future_is_not_implemented_as_in_captum() -> None:
             baselines=torch.tensor([0.5, 0.5])[:, None, None, None].expand(2, 3, 1, 1),
         ),  # noqa: E501
         dict(inputs=X.double(), sliding_window_shapes=(3, 3, 3), strides=2),
+        # a stride beyond the window along an axis the window spans whole (Captum allows it)
+        dict(inputs=X, sliding_window_shapes=(3, 8, 2), strides=(3, 10, 1)),
+        dict(inputs=X, sliding_window_shapes=(3, 4, 4), strides=4),  # 4 > 3 channels
+        dict(inputs=X, sliding_window_shapes=(3, 8, 8), strides=20),
+        dict(inputs=X, sliding_window_shapes=(3, 3, 8), strides=(1, 2, 64)),
     ],
 )
 def test_calls_captum_takes_are_accelerated_and_equal_captum(arguments) -> None:
