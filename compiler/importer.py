@@ -86,8 +86,9 @@ def export(model: nn.Module, input_shape: tuple[int, int, int]) -> Exported:
     dtype = parameter.dtype if parameter is not None else torch.float32
     sample = torch.zeros((1, *input_shape), device=device, dtype=dtype)
     try:
-        with torch.no_grad():
-            model(sample)
+        probe(model, sample)
+    except UnsupportedOperationError:
+        raise
     except Exception as error:
         raise InvalidInputError(
             f"the model does not accept inputs of shape {list(input_shape)}: {_reason(error)}"
@@ -100,6 +101,36 @@ def export(model: nn.Module, input_shape: tuple[int, int, int]) -> Exported:
             f"{_export_reason(str(error))}"
         ) from error
     return Exported(program, model, _model_tensors(program))
+
+
+def probe(model: nn.Module, sample: torch.Tensor) -> Any:
+    """``model(sample)`` without gradients, leaving the model as it was: a forward that changes
+    a buffer or parameter in place has its buffers put back and is refused (each forward would
+    see another model, so no heatmap of it is well defined)."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    # A lazy module's first forward materializes its parameters: that is no change of state.
+    state = {name: (t, _version(t)) for name, t in tensors if not nn.parameter.is_lazy(t)}
+    saved = {n: b.clone() for n, b in model.named_buffers() if not nn.parameter.is_lazy(b)}
+    with torch.no_grad():
+        result = model(sample)
+    changed = [name for name, (tensor, version) in state.items() if _version(tensor) != version]
+    if changed:
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                if name in saved:
+                    buffer.copy_(saved[name])
+        raise UnsupportedOperationError(
+            f"the model changes its buffer or parameter {changed[0]} when it runs: each "
+            "forward would see another model, so no heatmap of it is well defined"
+        )
+    return result
+
+
+def _version(tensor: torch.Tensor) -> int:
+    try:
+        return int(tensor._version)
+    except RuntimeError:  # an inference tensor keeps no version (and cannot be written)
+        return 0
 
 
 def _export_reason(text: str) -> str:
@@ -137,9 +168,12 @@ def import_model(
     """Translate an exported model into a logical plan for one image of ``input_shape``."""
     program = exported.program
     signature = program.graph_signature
-    if signature.buffers_to_mutate:
-        name = next(iter(signature.buffers_to_mutate.values()))
-        raise UnsupportedOperationError(f"the model changes its buffer {name} when it runs")
+    mutated = list(signature.buffers_to_mutate.values()) or _written_state(program)
+    if mutated:
+        raise UnsupportedOperationError(
+            f"the model changes its buffer or parameter {mutated[0]} when it runs: each "
+            "forward would see another model, so no heatmap of it is well defined"
+        )
     if _writes_through_views(program.graph):
         program = program.run_decompositions({})
     ctx = ImportContext(exported, program)
@@ -181,6 +215,35 @@ def _writes_through_views(graph: fx.Graph) -> bool:
         ):
             return True
     return False
+
+
+def _written_state(program: ExportedProgram) -> list[str]:
+    """The parameters, buffers and constants an in-place operator in the graph writes (through
+    views too): export keeps such writes in its graph without listing them as mutations."""
+    kinds = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
+    state = {
+        spec.arg.name: str(spec.target)
+        for spec in program.graph_signature.input_specs
+        if spec.kind in kinds and hasattr(spec.arg, "name")
+    }
+    written = []
+    for node in program.graph.nodes:
+        target = node.target
+        if not (isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable):
+            continue
+        for position, argument in enumerate(target._schema.arguments):
+            if argument.alias_info is None or not argument.alias_info.is_write:
+                continue
+            value = node.args[position] if position < len(node.args) else node.kwargs.get(
+                argument.name
+            )  # fmt: skip
+            while isinstance(value, fx.Node) and value.op == "call_function" and _is_view(
+                value.target
+            ):  # fmt: skip
+                value = value.args[0]
+            if isinstance(value, fx.Node) and value.op == "placeholder" and value.name in state:
+                written.append(state[value.name])
+    return written
 
 
 def _functional(node: fx.Node) -> torch._ops.OpOverload:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compiler.errors import InvalidInputError, UnsupportedOperationError
+from compiler.importer import probe
 
 
 class RegionScores(nn.Module):
@@ -108,8 +109,7 @@ def returns_map(model: nn.Module, images: Tensor, output: Any = None) -> bool:
     ):
         return False
     try:
-        with torch.no_grad():
-            result = model(images[:1])
+        result = probe(model, images[:1])  # leaves a model that writes its buffers as it was
     except Exception:  # the classification path reports the model's error cleanly
         return False
     return holds_map(result)

@@ -142,3 +142,37 @@ def test_outputs_that_are_not_class_scores_per_image_are_refused() -> None:
         kql.occlusion_heatmap(Transposed().eval(), IMAGE, patch=4)
     with pytest.raises(kql.UnsupportedOperationError, match="does not depend on the image"):
         kql.occlusion_heatmap(Constant().eval(), IMAGE, patch=4)
+
+
+class CountsItsCalls(nn.Module):
+    """A model that writes a buffer in its forward: every call sees another model."""
+
+    def __init__(self, through_view: bool = False) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 3)
+        self.register_buffer("scale", torch.ones(2))
+        self.through_view = through_view
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.through_view:
+            self.scale[:1].mul_(1.5)
+        else:
+            self.scale.mul_(1.5)
+        return self.fc(torch.relu(self.conv(x) * self.scale[0]).mean((2, 3)))
+
+
+@pytest.mark.parametrize("through_view", [False, True])
+def test_a_model_that_writes_its_buffers_is_refused_and_left_as_it_was(through_view) -> None:
+    model = CountsItsCalls(through_view).eval()
+    for attempt in (
+        lambda: kql.occlusion_heatmap(model, IMAGE, patch=4, stride=4, progress=False),
+        lambda: kql.compile(model, IMAGE.shape, patch=4),
+    ):
+        with pytest.raises(kql.KryptonError, match="changes its buffer or parameter scale"):
+            attempt()
+        assert model.scale.tolist() == [1.0, 1.0]  # the checks' forwards were undone
+    from compiler.importer import _written_state
+
+    program = torch.export.export(model, (IMAGE[None],))  # export alone lists no mutation
+    assert not program.graph_signature.buffers_to_mutate
+    assert _written_state(program) == ["scale"]
