@@ -17,8 +17,10 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/python -m krypton_ql.demo --out demo-output
 
+# One worker per core, each test file on one worker (its module fixtures — a served page, a
+# local Ray — start once); tests/conftest.py gives each worker one torch thread.
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # Every torchvision classifier and a broad timm sample against the oracle (about 15 minutes).
 zoo: $(BIN)/.installed

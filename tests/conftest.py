@@ -13,6 +13,11 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+# Under pytest-xdist (make test runs two workers on two cores) each worker keeps one torch
+# thread: two workers of two threads each would oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 from tests import profiles  # noqa: E402
 
 profiles.register()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,8 @@ class Engine:
         # SQL's arithmetic, not IEEE's: x / 0 is an error (as x % 0 already is), never ±inf
         self.connection.execute("SET ieee_floating_point_ops = false")
         self.sandboxed = False
+        self._running = threading.Lock()  # guards _active: interrupt only a running statement
+        self._active = False
 
     def sandbox(self) -> None:
         """From now on: no file system, network or extension access (what is already open —
@@ -139,8 +142,12 @@ class Engine:
                 )
 
     def interrupt(self) -> None:
-        """Stop the statement running on the connection (from any thread; none: no effect)."""
-        self.connection.interrupt()
+        """Stop the statement ``run`` is running (from any thread). Nothing else is interrupted
+        (registering relations, our own queries), and without a statement running it does
+        nothing: ``run``'s ``cancel`` says whether one may start."""
+        with self._running:
+            if self._active:
+                self.connection.interrupt()
 
     def register(self, name: str, table: pa.Table) -> None:
         self.connection.register(name, table)
@@ -149,13 +156,23 @@ class Engine:
         self.connection.unregister(name)
 
     def run(
-        self, rewrite: Rewrite, *, explain_only: bool = False, max_rows: int | None = None
+        self,
+        rewrite: Rewrite,
+        *,
+        explain_only: bool = False,
+        max_rows: int | None = None,
+        cancel: threading.Event | None = None,
     ) -> Rows:
         """Run the edited statement; its rows as Arrow (None for a statement without rows).
         ``explain_only`` binds and plans it without running it (errors surface all the same).
-        ``max_rows``: keep only the first rows (the others are counted, never converted)."""
+        ``max_rows``: keep only the first rows (the others are counted, never converted).
+        ``cancel``: once set, the statement does not start (and ``interrupt`` stops it)."""
         prefix = "EXPLAIN " if explain_only else ""
         self.check(prefix + rewrite.text)
+        with self._running:
+            if cancel is not None and cancel.is_set():
+                raise QueryError("INTERRUPT Error: the statement was stopped")
+            self._active = True
         try:
             relation = self.connection.sql(prefix + rewrite.text)
             if relation is None:
@@ -166,6 +183,9 @@ class Engine:
             return _first_rows(relation, max_rows)
         except duckdb.Error as error:
             raise self.error(error, rewrite, len(prefix)) from None
+        finally:
+            with self._running:
+                self._active = False
 
     def query(self, sql: str, parameters: list[Any] | None = None) -> pa.Table:
         """Our own SQL (pushdown evaluation, catalog listings): rows as Arrow."""
@@ -200,7 +220,7 @@ class Rows:
 
 def _first_rows(relation: duckdb.DuckDBPyRelation, limit: int) -> Rows:
     """The first ``limit`` rows as Arrow; the rest streamed in batches and only counted."""
-    reader = relation.to_arrow_reader(min(max(limit, 1), 1 << 16))
+    reader = relation.to_arrow_reader(1 << 17)  # Arrow batches: counting them costs little
     kept: list[pa.RecordBatch] = []
     held = total = 0
     for batch in reader:

@@ -15,6 +15,7 @@ call replaced by that relation's name.
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -224,6 +225,7 @@ class Session:
         address: str | None = None,
         gpus_per_worker: float = 0,
         max_rows: int | None = None,
+        cancel: threading.Event | None = None,
         _sql_plan: bool = False,
     ) -> Result:
         """Run one statement (or ``EXPLAIN [VERBOSE]`` one) and return its result. ``progress``:
@@ -239,14 +241,16 @@ class Session:
         (``krypton_ql.dsl.jobs``).
 
         ``max_rows``: the result keeps the statement's first rows only (``Result.total_rows``
-        counts them all; the others are never converted to Python or Arrow in one piece)."""
+        counts them all; the others are never converted to Python or Arrow in one piece).
+        ``cancel``: once set, DuckDB starts no more of the statement (``interrupt()`` stops
+        what it is running; an occlusion scan stops where its ``progress`` callback raises)."""
         clock = _Clock()
         job = self._job_settings(engine, workers, out, address, gpus_per_worker)
         statement = parse(query)
         self.last_queries, self.last_cached, self.last_reruns = 0, 0, 0
         if statement.tree is None:  # plain DuckDB SQL
             try:
-                rows = self.engine.run(Rewrite(statement.text), max_rows=max_rows)
+                rows = self.engine.run(Rewrite(statement.text), max_rows=max_rows, cancel=cancel)
                 result = Result(rows.table, "", total_rows=rows.total)
             except QueryError as error:
                 raise _with_hint(error, self) from None
@@ -257,7 +261,7 @@ class Session:
         for scan in bound.scans:
             self._model(scan, statement)
             self._catalog(scan, statement)
-        self._validate(statement, bound, names)
+        self._validate(statement, bound, names, cancel)
         clock.split("parse")
         prepared = [self._prepare(scan, statement, lazy=job is not None) for scan in bound.scans]
         grids = [p.plan.grid if p.plan is not None else None for p in prepared]
@@ -282,7 +286,7 @@ class Session:
         try:
             for name, item in zip(names, prepared):
                 self._register(name, item)
-            rows = self.engine.run(edited, max_rows=max_rows)
+            rows = self.engine.run(edited, max_rows=max_rows, cancel=cancel)
         finally:
             for name in names:
                 self.engine.unregister(name)
@@ -380,14 +384,20 @@ class Session:
             return "\n".join(str(row[-1]) for row in result.rows)
         return "\n".join(str(row[0]) for row in result.rows)
 
-    def _validate(self, statement: Statement, bound: Bound, names: list[str]) -> None:
+    def _validate(
+        self,
+        statement: Statement,
+        bound: Bound,
+        names: list[str],
+        cancel: threading.Event | None = None,
+    ) -> None:
         """DuckDB binds the statement against empty relations before any scan runs: unknown
         columns and functions, GROUP BY mistakes and type errors of the plan surface first."""
         edited = rewrite(statement, bound, names, [None] * len(names))
         try:
             for name in names:
                 self.engine.register(name, scans.empty())
-            self.engine.run(edited, explain_only=True)
+            self.engine.run(edited, explain_only=True, cancel=cancel)
         except QueryError as error:
             raise _with_hint(error, self) from None
         finally:

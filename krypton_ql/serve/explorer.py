@@ -570,7 +570,9 @@ class Explorer:
             try:
                 statement.begin()
                 timer.start()
-                result = self.session.sql(query, progress=check, max_rows=limit)
+                result = self.session.sql(
+                    query, progress=check, max_rows=limit, cancel=statement.stopped
+                )
             except (_Cancelled, KryptonError):
                 if statement.stopped.is_set():  # DuckDB's interrupt, or between batches
                     raise InvalidInputError(f"the statement was {statement.why}") from None
@@ -600,8 +602,8 @@ class _Cancelled(Exception):
 
 class _Statement:
     """A SQL-box statement's stop flag. ``stop`` (a cancel, the time limit, a newer statement)
-    sets it and, while the statement runs, interrupts DuckDB; an occlusion scan sees the flag
-    between batches."""
+    sets it and, while the statement runs, interrupts DuckDB's part of it until it ends; an
+    occlusion scan sees the flag between batches."""
 
     def __init__(self, interrupt: Callable[[], None]) -> None:
         self.stopped = threading.Event()
@@ -627,9 +629,17 @@ class _Statement:
                 return False
             self.why = why
             self.stopped.set()
-            if self._running:  # only its own statement: the connection runs one at a time
-                self._interrupt()
+            if self._running:  # until it ends: DuckDB ignores an interrupt between queries
+                threading.Thread(target=self._interrupting, daemon=True).start()
             return True
+
+    def _interrupting(self) -> None:
+        while True:
+            with self._lock:
+                if not self._running:
+                    return
+                self._interrupt()  # interrupts DuckDB only while it runs this statement
+            time.sleep(0.05)
 
 
 def _create(folder: Path, stem: str, data: bytes) -> str:

@@ -417,6 +417,12 @@ def test_a_model_the_old_importer_refused_runs_in_a_query() -> None:
         "WHERE class = 3"
     )
     assert session.last_queries == 16
+    # Judged against the oracle in float64: the float32 oracle is itself 1.3e-5 (two torch
+    # threads) to 1.5e-5 (one) away from it here, the engine 2e-6.
+    import copy
+
+    exact = oracle.run(copy.deepcopy(model).double(), image.double(), 12, 12)
     assert_matches_oracle(
-        result.heatmaps[0], model, image, patch=12, stride=12, target=3, score="prob"
-    )
+        result.heatmaps[0], model, image, patch=12, stride=12, target=3, score="prob",
+        expected=exact,
+    )  # fmt: skip
