@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/python -m krypton_ql.demo --out demo-output
+	$(BIN)/python -m krypton_ql.apps.demo --out demo-output
 
 # One worker per core, each test file on one worker (its module fixtures — a served page, a
 # local Ray — start once); tests/conftest.py gives each worker one torch thread.

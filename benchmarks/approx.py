@@ -27,7 +27,7 @@ import torch
 import krypton_ql as kql
 from benchmarks.gpu import _synchronize, build
 from krypton_ql import models, quality
-from krypton_ql.naive import occlude
+from krypton_ql.plans.naive import occlude
 
 PATCH, STRIDE = 16, 4
 

@@ -1,5 +1,5 @@
 """An ``ssim`` target on photos the tuner never saw: the default tuning set, every candidate τ,
-and the per-image quality guard (``krypton_ql.guard``), against exact heatmaps.
+and the per-image quality guard (``krypton_ql.plans.guarded``), against exact heatmaps.
 
 1. ``kql.tune`` on the default tuning set (``kql.tuning_images()``: 24 scikit-image photos and
    variants) measures SSIM for every τ; the report shows each τ's worst and criterion, and how

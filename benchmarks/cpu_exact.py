@@ -25,7 +25,7 @@ import torchvision
 import krypton_ql as kql
 from compiler.types import Score
 from krypton_ql import models
-from krypton_ql.naive import occlude
+from krypton_ql.plans.naive import occlude
 
 
 def block_positions(plan: kql.OcclusionPlan, block: int) -> torch.Tensor:

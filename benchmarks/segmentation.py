@@ -25,7 +25,7 @@ import torch
 import torchvision
 
 import krypton_ql as kql
-from krypton_ql import segmentation
+from krypton_ql.integrations import segmentation
 
 
 class UNet(torch.nn.Module):

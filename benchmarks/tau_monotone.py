@@ -15,7 +15,7 @@ import json
 import krypton_ql as kql
 from benchmarks.approx_guard import held_out
 from krypton_ql import models, quality
-from krypton_ql.tuning import TAUS
+from krypton_ql.plans.tuning import TAUS
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 then the fine stride only where it matters.
 
 Not a plan rewrite: the exact (or τ) plan runs at each stage; this module plans the stages and
-reconstructs the map (``krypton_ql.approx.DrillDownPlan`` runs them).
+reconstructs the map (``krypton_ql.plans.drilldown.DrillDownPlan`` runs them).
 
 Approximation (research §5.2): a heatmap's structure is concentrated where the prediction
 drops; elsewhere a coarse map interpolated to the fine grid is close. Stage 1 runs every

@@ -15,7 +15,7 @@ import time
 import torch
 
 from krypton_ql import models
-from krypton_ql.captum import Occlusion  # was: from captum.attr import Occlusion
+from krypton_ql.integrations.captum import Occlusion  # was: from captum.attr import Occlusion
 
 
 def main() -> None:

@@ -1,23 +1,29 @@
 """krypton-ql: fast, exact occlusion-based explanations of CNN predictions, compiled as
 incremental queries.
 
+Where things live: ``api`` (the functions below), ``options`` (every option, validated once),
+``plans/`` (how a heatmap is computed), ``quality/`` (how close approximation comes),
+``dsl/`` (the query language), ``integrations/`` (Captum, segmentation, datasets and Ray),
+``apps/`` (the ``kql`` command, its shell, the demo, the explorer), ``models/`` (the built-in
+model), and beside them ``photos`` (decoding), ``render`` (pictures), ``progress``,
+``fingerprint`` (cache keys) and ``errors``.
+
 >>> import krypton_ql as kql
 >>> sorted(n for n in kql.__all__ if not n[0].isupper())[:4]
-['compile', 'connect', 'explain', 'explain_dataset']
+['compile', 'connect', 'datasets', 'explain']
 """
 
 from krypton_ql import models, quality
-from krypton_ql.api import OcclusionPlan, OcclusionResult, compile, explain, occlusion_heatmap
-from krypton_ql.approx import DrillDownPlan
-from krypton_ql.datasets import explain_dataset
+from krypton_ql.api import compile, explain, naive_heatmap, occlusion_heatmap
 from krypton_ql.dsl.errors import QueryError
 from krypton_ql.dsl.result import Result
 from krypton_ql.dsl.session import Session, connect
 from krypton_ql.errors import InvalidInputError, KryptonError, UnsupportedOperationError
-from krypton_ql.naive import naive_heatmap
-from krypton_ql.plans import HeatmapPlan
-from krypton_ql.profile import Profile
-from krypton_ql.tuning import tune, tuning_images
+from krypton_ql.integrations import datasets
+from krypton_ql.integrations.datasets import explain_dataset
+from krypton_ql.plans import DrillDownPlan, HeatmapPlan, OcclusionPlan, OcclusionResult
+from krypton_ql.plans.tuning import tune, tuning_images
+from krypton_ql.quality import Profile
 
 __all__ = [
     "InvalidInputError",
@@ -33,6 +39,7 @@ __all__ = [
     "UnsupportedOperationError",
     "compile",
     "connect",
+    "datasets",
     "explain",
     "explain_dataset",
     "models",

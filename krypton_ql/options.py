@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import torch
 
@@ -20,7 +20,7 @@ from compiler.drilldown import DrillDown, DrillDownMode
 from compiler.errors import InvalidInputError
 from compiler.options import CompileOptions, LinearStrategy
 from compiler.types import Score, Size2
-from krypton_ql.profile import Profile
+from krypton_ql.quality.profile import Profile
 from runtime.measure import ConvChoice
 from runtime.resolve import Backend
 
@@ -394,13 +394,37 @@ def resolve_ssim(
 
 @dataclass(frozen=True, slots=True)
 class Guard:
-    """The per-image quality guard of an ``ssim`` target (``krypton_ql.guard``): exact
+    """The per-image quality guard of an ``ssim`` target (``krypton_ql.plans.guarded``): exact
     scores at a ``sample`` fraction of the positions estimate each heatmap's SSIM; an image
     below ``target`` runs again at the next τ of ``ladder`` (ascending, ending at 1: exact)."""
 
     target: float
     ladder: tuple[float, ...]
     sample: float = 0.04
+
+
+class PlanKeywords(TypedDict, total=False):
+    """``Options.build``'s keywords after the shape and the patch, for signatures that pass them
+    on (``**options: Unpack[PlanKeywords]``); ``Options.build`` documents them. A new option is
+    a parameter there and a line here (a test checks that the two agree)."""
+
+    stride: Any
+    color: Any
+    target: Any
+    score: Any
+    batch_size: Any
+    memory_budget: Any
+    linear_strategy: Any
+    backend: Any
+    conv: Any
+    precision: Any
+    tau: Any
+    drilldown: Any
+    speedup: Any
+    ssim: Any
+    profile: Any
+    drilldown_mode: Any
+    guard: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,8 +470,38 @@ class Options:
         drilldown_mode: Any = "grid",
         guard: Any = True,
     ) -> Options:
-        """Validate the public keywords (the ``ssim`` target resolved through ``profile``;
-        ``guard``: check each image's estimated SSIM and re-run those below it)."""
+        """Validate the public keywords — the one place they are declared, with
+        ``PlanKeywords`` (``kql.compile``, ``occlusion_heatmap``, ``naive_heatmap``, the query
+        language, the Captum drop-in and dataset jobs all take them).
+
+        ``input_shape`` ``(C, H, W)``; ``patch``, ``stride``: an int or ``(h, w)``; ``color``: a
+        number or one per channel, in the model's input space (default 0); ``target``: the class
+        explained (None: each image's prediction; several for one image); ``score``: ``"prob"``
+        (softmax) or ``"logit"``. ``batch_size``, ``memory_budget``: queries per batch (None:
+        from the budget, the device's by default). ``linear_strategy``: how linear layers take
+        their update (``"auto"``: the cost model chooses recompute or delta).
+
+        ``backend``: ``"auto"`` (Triton kernels on CUDA, the torch reference on the CPU),
+        ``"torch"`` or ``"triton"`` (on CPU tensors: Triton's interpreter, slow — for tests).
+        ``conv`` (Triton backend): run each convolution with the fused kernel (``"triton"``),
+        gather + cuDNN (``"cudnn"``), or whichever is faster on the first batch
+        (``"measure"``). ``precision``: ``None`` runs in the model's own dtype; ``"fp32"``,
+        ``"bf16"`` or ``"fp16"`` run a converted copy of the model on images cast to it (fp32
+        allows TF32 where torch does). Scores are always reported in fp32.
+
+        Approximation (off unless asked; explain marks it ``≈``): ``tau`` in (0, 1]: cap every
+        layer's update box at ``round(τ·W_O)`` per side, around the patch; cells outside keep
+        their clean values (projective-field thresholding; 1 is exact). ``drilldown`` (a
+        fraction r in (0, 1]) and/or ``speedup`` (a target > 1; defaults r = 0.25, target 3):
+        run every position at a coarse stride, then ``stride`` only at a fraction r of the
+        cells (``DrillDownPlan``). ``ssim`` in (0, 1) with ``profile`` (from ``kql.tune``): the
+        smallest τ — and the drill-down, if the profile measured one — that met the target.
+        ``drilldown_mode``: ``"grid"`` (the paper's coarse stride, bilinear interpolation) or
+        ``"lattice"`` (the same query budget on a lattice of fine cells, thin-plate-spline
+        reconstruction: much closer to exact; see ``compiler/drilldown.py``). ``guard`` (with
+        ``ssim``; default on): check every heatmap against exact scores at a few random
+        positions and run the images estimated below the target again at a larger τ, ending at
+        exact (``krypton_ql.plans.guarded``; results carry ``ssim_estimate``)."""
         shape = image_shape(input_shape)
         workload = occlusion(shape, patch, stride, color, score)
         checked = None

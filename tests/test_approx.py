@@ -377,7 +377,7 @@ def test_tau_tuned_on_some_photos_holds_on_others() -> None:
     sample = torch.stack([photos["chelsea"], photos["coffee"]])
     profile = kql.tune(model, sample, ssim=0.9, patch=32, stride=16)
     assert profile.tau_for(0.9) < 1.0  # it found an approximation
-    assert len(profile.taus) == len(kql.tuning.TAUS)  # every candidate measured
+    assert len(profile.taus) == len(kql.plans.tuning.TAUS)  # every candidate measured
     restored = kql.Profile.from_json(profile.to_json())
     for name in ("astronaut", "rocket"):
         exact = kql.occlusion_heatmap(model, photos[name], patch=32, stride=16)
@@ -427,7 +427,7 @@ def test_the_default_tuning_set() -> None:
     flat = images.reshape(len(images), -1)
     assert torch.cdist(flat, flat).add(torch.eye(len(images)) * 1e9).min() > 1.0  # distinct
     held_out = {"camera", "clock", "retina", "hubble_deep_field", "stereo_motorcycle"}
-    assert not held_out & set(kql.tuning.TUNING_PHOTOS)
+    assert not held_out & set(kql.plans.tuning.TUNING_PHOTOS)
 
 
 def test_approximation_options_are_checked() -> None:

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def kql(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "krypton_ql.cli", *args],
+        [sys.executable, "-m", "krypton_ql.apps.cli", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -70,7 +70,7 @@ def test_query_writes_heatmaps_pictures_and_rows(photos: Path, tmp_path: Path) -
 
 
 def test_compare_exact_writes_side_by_side_pictures(photos: Path, tmp_path: Path, capsys) -> None:
-    from krypton_ql.cli import main
+    from krypton_ql.apps.cli import main
 
     sql = (
         "SELECT image, heatmap(prob) AS h FROM occlusion(images, model, patch => 32, "
@@ -85,7 +85,7 @@ def test_compare_exact_writes_side_by_side_pictures(photos: Path, tmp_path: Path
 
 
 def test_colour_limits_follow_the_heatmaps_class() -> None:
-    from krypton_ql.cli import _clean_score
+    from krypton_ql.apps.cli import _clean_score
 
     probabilities = torch.tensor([0.1, 0.7, 0.2])
     heatmap = "SELECT class, heatmap(prob) FROM occlusion(images, model, patch => 8)"
@@ -110,7 +110,7 @@ def test_a_bad_query_prints_the_caret_and_exits_2(photos: Path) -> None:
 
 
 def test_every_command_has_help(capsys) -> None:
-    from krypton_ql.cli import main
+    from krypton_ql.apps.cli import main
 
     done = kql("--help")
     assert done.returncode == 0 and "usage: kql" in done.stdout and "Exit status" in done.stdout
@@ -121,7 +121,7 @@ def test_every_command_has_help(capsys) -> None:
 
 
 def test_explain_and_torchvision_weights_in_process(tmp_path: Path, capsys) -> None:
-    from krypton_ql.cli import main
+    from krypton_ql.apps.cli import main
 
     weights = tmp_path / "squeezenet.pt"
     torch.manual_seed(0)
@@ -148,7 +148,7 @@ def test_explain_and_torchvision_weights_in_process(tmp_path: Path, capsys) -> N
 
 
 def test_demo_through_the_cli(tmp_path: Path, capsys) -> None:
-    from krypton_ql.cli import main
+    from krypton_ql.apps.cli import main
 
     args = ["demo", "--photos", "chelsea", "--patch", "56", "--stride", "28", "--out",
             str(tmp_path), "--naive-batch", "64"]  # fmt: skip
@@ -169,7 +169,7 @@ def test_shell_reads_statements_on_stdin(photos: Path, tmp_path: Path) -> None:
         ".tables\n"
     )
     done = subprocess.run(
-        [sys.executable, "-m", "krypton_ql.cli", "shell", "--images", str(photos)]
+        [sys.executable, "-m", "krypton_ql.apps.cli", "shell", "--images", str(photos)]
         + ["--database", str(database)],
         input=script,
         cwd=ROOT,
@@ -195,7 +195,7 @@ def test_an_unwritable_out_fails_before_the_query_runs(photos: Path, tmp_path: P
 def test_a_failed_write_leaves_no_partial_results(
     photos: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    from krypton_ql import cli
+    from krypton_ql.apps import cli
 
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -211,7 +211,7 @@ def test_a_failed_write_leaves_no_partial_results(
 
 def test_a_closed_pipe_ends_quietly(photos: Path) -> None:
     command = (
-        f"{sys.executable} -m krypton_ql.cli explain "
+        f"{sys.executable} -m krypton_ql.apps.cli explain "
         "'SELECT heatmap(prob) FROM occlusion(images, model, patch => 56, stride => 56)' "
         f"--images {photos} | head -1"
     )
@@ -254,7 +254,7 @@ def test_an_image_above_the_pixel_limit_is_refused_with_the_option_to_raise_it(
     ],
 )  # fmt: skip
 def test_bad_input_exits_2_with_a_message_and_no_traceback(args, message, capsys) -> None:
-    from krypton_ql.cli import main
+    from krypton_ql.apps.cli import main
 
     code = main(args)  # an escaping exception would fail this test
     err = capsys.readouterr().err
@@ -268,7 +268,8 @@ def test_a_segmentation_architecture_with_a_region_file(tmp_path: Path, capsys) 
     from PIL import Image
 
     import krypton_ql as kql
-    from krypton_ql import cli, models
+    from krypton_ql import models
+    from krypton_ql.apps import cli
 
     torch.manual_seed(0)
     model = torchvision.models.segmentation.lraspp_mobilenet_v3_large(
@@ -307,7 +308,7 @@ def test_a_segmentation_architecture_with_a_region_file(tmp_path: Path, capsys) 
 def test_explain_dataset_writes_parquet_that_duckdb_reads(photos: Path, tmp_path: Path, capsys):
     import duckdb
 
-    from krypton_ql import cli
+    from krypton_ql.apps import cli
 
     out = tmp_path / "rows"
     arguments = ["explain-dataset", str(photos), "--patch", "112", "--out", str(out),
@@ -330,7 +331,8 @@ def test_explain_dataset_keeps_one_job_per_folder(photos: Path, tmp_path: Path, 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from krypton_ql import cli, datasets
+    from krypton_ql.apps import cli
+    from krypton_ql.integrations import datasets
 
     out = tmp_path / "rows"
     out.mkdir()
@@ -352,7 +354,7 @@ def test_explain_dataset_keeps_one_job_per_folder(photos: Path, tmp_path: Path, 
 
 
 def test_query_with_the_local_engine_runs_the_scan_as_a_job(photos: Path, tmp_path: Path, capsys):
-    from krypton_ql import cli
+    from krypton_ql.apps import cli
 
     sql = ("SELECT image, label, round(avg(drop), 4) AS d FROM occlusion(images, model, "
            "patch => 112, stride => 112) GROUP BY image, label ORDER BY image")  # fmt: skip

@@ -17,7 +17,8 @@ from torch import nn
 
 import krypton_ql as kql
 from compiler.errors import InvalidInputError
-from krypton_ql import datasets, models
+from krypton_ql import models
+from krypton_ql.integrations import datasets
 
 TRANSFORM = models.imagenet_transform(32)
 OPTIONS = dict(patch=8, stride=8, transform=TRANSFORM, progress=False)

@@ -14,9 +14,8 @@ from torch import nn
 
 import krypton_ql as kql
 from compiler.errors import InvalidInputError, KryptonError, UnsupportedOperationError
-from krypton_ql import quality
-from krypton_ql.dsl import catalog
-from krypton_ql.profile import Profile
+from krypton_ql import photos, quality
+from krypton_ql.quality.profile import Profile
 
 
 def _model() -> nn.Module:
@@ -198,7 +197,7 @@ def test_a_folder_skips_what_is_not_a_regular_image_file(tmp_path, caplog) -> No
     os.mkfifo(tmp_path / "pipe.png")
     (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
     with caplog.at_level(logging.WARNING):
-        files = catalog.image_files(tmp_path)
+        files = photos.image_files(tmp_path)
     assert [f.name for f in files] == ["good.png"]
     warnings = [r for r in caplog.records if "not regular files" in r.getMessage()]
     assert len(warnings) == 1 and "folder.png, loop.png, pipe.png" in warnings[0].getMessage()

@@ -28,8 +28,9 @@ from skimage import data, io
 
 import krypton_ql as kql
 from compiler.errors import InvalidInputError
-from krypton_ql import datasets
-from krypton_ql.job_folder import JobFolder, Record
+from krypton_ql.integrations import datasets
+from krypton_ql.integrations.datasets import engines
+from krypton_ql.integrations.datasets.folder import JobFolder, Record
 from tests.profiles import examples
 from tests.test_datasets import TRANSFORM, small_model
 
@@ -205,11 +206,12 @@ def test_a_job_killed_by_sigkill_resumes_to_a_clean_runs_rows(photos, tmp_path) 
     out = tmp_path / "out"
     script = (
         "import sys, time\nsys.path.insert(0, '.')\n"
-        "from krypton_ql import datasets\nfrom tests import test_job_folder as t\n"
-        "datasets.PART_ROWS = 1\n"
-        "process = datasets.Explainer.process\n"
+        "from krypton_ql.integrations.datasets import engines, workers\n"
+        "from tests import test_job_folder as t\n"
+        "engines.PART_ROWS = 1\n"
+        "process = workers.Explainer.process\n"
         "def slow(*args):\n    time.sleep(1.0)\n    return process(*args)\n"
-        "datasets.Explainer.process = slow\n"
+        "workers.Explainer.process = slow\n"
         f"t._run(t.Path({str(photos)!r}), t.Path({str(out)!r}))\n"
     )
     child = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[1])
@@ -281,7 +283,7 @@ class DatasetJobs(RuleBasedStateMachine):
             return original(folder, table)
 
         JobFolder.write = write  # type: ignore[method-assign]
-        datasets.PART_ROWS = 1
+        engines.PART_ROWS = 1
         try:
             _run(self.photos, self.out, job, overwrite=overwrite)
         except InvalidInputError as error:
@@ -295,7 +297,7 @@ class DatasetJobs(RuleBasedStateMachine):
             return
         finally:
             JobFolder.write = original  # type: ignore[method-assign]
-            datasets.PART_ROWS = 64
+            engines.PART_ROWS = 64
         assert not refused
         self.job, self.complete = job, True
         self.edited.clear()

@@ -14,7 +14,7 @@ from torch import nn
 
 import krypton_ql as kql
 from compiler.errors import InvalidInputError, UnsupportedOperationError
-from krypton_ql import segmentation
+from krypton_ql.integrations import segmentation
 from tests.profiles import examples
 
 
@@ -126,7 +126,7 @@ class CaptumWrapper(nn.Module):
 def test_the_captum_drop_in_accelerates_the_usual_segmentation_wrapper() -> None:
     import captum.attr
 
-    from krypton_ql.captum import Occlusion
+    from krypton_ql.integrations.captum import Occlusion
 
     mask = torch.zeros(8, 8)
     mask[1:5, 2:7] = 1.0

@@ -15,9 +15,10 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 import krypton_ql as kql
-from krypton_ql.serve import explorer as explorer_module
-from krypton_ql.serve.app import create_app
-from krypton_ql.serve.explorer import Explorer, RunRequest, region_positions
+from krypton_ql import photos
+from krypton_ql.apps.serve import explorer as explorer_module
+from krypton_ql.apps.serve.app import create_app
+from krypton_ql.apps.serve.explorer import Explorer, RunRequest, region_positions
 from tests.helpers import small_cnn
 
 
@@ -216,7 +217,7 @@ def test_uploads_are_decoded_with_the_clis_checks(explorer, monkeypatch) -> None
     explorer.max_upload_bytes = 100
     big = client.post("/api/upload", files={"file": ("big.png", buffer.getvalue())})
     assert big.status_code == 400 and "above the limit" in big.json()["error"]
-    monkeypatch.setattr(kql.dsl.catalog, "MAX_PIXELS", 100)
+    monkeypatch.setattr(photos, "MAX_PIXELS", 100)
     explorer.max_upload_bytes = 10**6
     wide = client.post("/api/upload", files={"file": ("wide.png", buffer.getvalue())})
     assert (

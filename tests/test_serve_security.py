@@ -19,9 +19,9 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 import krypton_ql as kql
-from krypton_ql import models
-from krypton_ql.serve.app import create_app
-from krypton_ql.serve.explorer import Explorer
+from krypton_ql import models, photos
+from krypton_ql.apps.serve.app import create_app
+from krypton_ql.apps.serve.explorer import Explorer
 from tests.helpers import small_cnn
 
 BASE = "http://127.0.0.1:8000"
@@ -233,7 +233,7 @@ def test_broken_and_elongated_uploads_are_clear_errors(explorer, monkeypatch) ->
         answer = client.post("/api/upload", files={"file": (name, data)})
         assert answer.status_code == 400 and "cannot decode" in answer.json()["error"], name
     strip = _png(np.zeros((1, 6000, 3), dtype=np.uint8))  # a few hundred bytes
-    monkeypatch.setattr(kql.dsl.catalog, "MAX_PIXELS", 1_000_000)  # the transform resizes to 37
+    monkeypatch.setattr(photos, "MAX_PIXELS", 1_000_000)  # the transform resizes to 37
     answer = client.post("/api/upload", files={"file": ("strip.png", strip)})
     assert answer.status_code == 400 and "would be resized to 37×222,000" in answer.json()["error"]
     assert client.get("/api/config").json()["photos"] == ["a"]  # neither was kept

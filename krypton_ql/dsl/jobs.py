@@ -1,20 +1,21 @@
 """Occlusion scans as dataset jobs: ``Session.sql(…, engine="local" | "ray")``.
 
-Each ``occlusion(…)`` call of a statement runs as a ``krypton_ql.datasets`` job over its
-images (on this process, or on Ray actors that each compile the plan once) and writes the
-call's relation (``scans.SCHEMA``: one row per image × class × position) as Parquet part files
-under ``out/<job>/``; DuckDB reads them in place (``read_parquet``) and runs the rest of the
-statement. The job's folder is named by what the rows depend on — the model's weights, the
-image set's sources, the compiled options, the classes and positions asked for — so a
-statement run again, or over more images, reads the images already there and computes only
-the missing ones (a job cut off by a crash resumes; part files are whole images). An image
-that cannot be loaded, or has another shape than the first, gets no rows: the statement fails
-naming it, after the other images' rows are written.
+Each ``occlusion(…)`` call of a statement runs as a dataset job
+(``krypton_ql.integrations.datasets``) over its images (on this process, or on Ray actors that each
+compile the plan once) and writes the call's relation (``scans.SCHEMA``: one row per image × class ×
+position) as Parquet part files under ``out/<job>/``; DuckDB reads them in place (``read_parquet``)
+and runs the rest of the statement. The job's folder is named by what the rows depend on — the
+model's weights, the image set's sources, the compiled options, the classes and positions asked for
+— so a statement run again, or over more images, reads the images already there and computes only
+the missing ones (a job cut off by a crash resumes; part files are whole images). An image that
+cannot be loaded, or has another shape than the first, gets no rows: the statement fails naming it,
+after the other images' rows are written.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +27,14 @@ import pyarrow.compute as pc
 import torch
 from torch import Tensor, nn
 
-import krypton_ql.api as api
-from krypton_ql import datasets, fingerprint
+from krypton_ql import fingerprint, photos
 from krypton_ql.dsl import catalog, scans
-from krypton_ql.job_folder import JobFolder, Record
+from krypton_ql.integrations import datasets
+from krypton_ql.integrations.datasets.folder import JobFolder, Record
 from krypton_ql.options import Options
+from krypton_ql.plans.build import build_plan
+
+log = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")
 # What a worker returns: the relation's rows, plus the image's queries (on its first row, 0 on
@@ -58,7 +62,7 @@ class ScanWorker(datasets.Worker):
     def setup(self) -> None:
         if self._plan is None:
             datasets.Worker.setup(self)
-            self._plan = api.build_plan(self.module, self.options)
+            self._plan = build_plan(self.module, self.options)
 
     def load(self, item: dict[str, Any]) -> Tensor | Exception:
         name = str(item["image"])
@@ -158,7 +162,7 @@ def folder(
 def _source(item: Any) -> bytes:
     """What an image's rows depend on: a file's path, size and time, a tensor's values, a
     loader's name (the sample photos)."""
-    if isinstance(item, catalog.PhotoFile):
+    if isinstance(item, photos.PhotoFile):
         return repr(fingerprint.file_stamp(item.path)).encode()
     if isinstance(item, Tensor):
         return item.detach().cpu().contiguous().numpy().tobytes()
@@ -198,7 +202,7 @@ def run(
             datasets.run_job(worker, items, sink, engine=engine, workers=workers,
                              gpus_per_worker=gpus_per_worker, address=address,
                              progress=progress)  # fmt: skip
-            datasets.log.info(
+            log.info(
                 "%d images scanned into %s in %.1f s", len(items), job.folder,
                 time.perf_counter() - started,
             )  # fmt: skip

@@ -28,7 +28,6 @@ import torch
 from sqlglot import exp
 from torch import Tensor, nn
 
-import krypton_ql.api as api
 from compiler.errors import InvalidInputError
 from krypton_ql import fingerprint
 from krypton_ql.dsl import catalog, jobs, pushdown, scans
@@ -38,7 +37,8 @@ from krypton_ql.dsl.errors import QueryError
 from krypton_ql.dsl.parse import Statement, fail, parse
 from krypton_ql.dsl.result import Result
 from krypton_ql.options import Options
-from krypton_ql.plans import HeatmapPlan
+from krypton_ql.plans.base import HeatmapPlan
+from krypton_ql.plans.build import build_plan
 
 
 @dataclass
@@ -115,7 +115,7 @@ class Session:
         tuning set, ``kql.tuning_images``, through the model's transform; same options:
         ``ssim``, ``patch``, ``stride``, ``drilldown``, …) and keep the profile for its
         ``ssim => …`` queries. Returns the profile."""
-        from krypton_ql.tuning import tune, tuning_photos
+        from krypton_ql.plans.tuning import tune, tuning_photos
 
         if model not in self._models:
             raise InvalidInputError(f"unknown model {model!r} (models: {', '.join(self._models)})")
@@ -166,7 +166,7 @@ class Session:
         """Make ``region`` available to queries of map-output models as ``region => 'name'``:
         a boolean mask ``[H, W]`` in the model's input pixels (a tensor, a NumPy array, or a
         mask image file whose non-zero pixels are the region) or a box ``(y0, x0, y1, x1)``."""
-        from krypton_ql import segmentation
+        from krypton_ql.integrations import segmentation
 
         if not isinstance(name, str) or not name:
             raise InvalidInputError(f"a region's name must be a non-empty string, got {name!r}")
@@ -232,12 +232,12 @@ class Session:
         a bar on stderr (``True``; ``"auto"``: when it is a terminal), a ``callback(done,
         total)``, or ``False``.
 
-        ``engine``: None computes each ``occlusion(…)`` call in this process (relations kept
-        in the session's memory cache); ``"local"`` or ``"ray"`` runs it as a dataset job
-        (``krypton_ql.datasets``; with Ray, ``workers`` actors of ``gpus_per_worker`` GPUs on
-        the cluster at ``address``) that writes its rows as Parquet under ``out`` (default: a
-        folder of the session's, removed with it), and DuckDB reads them there. A job's rows
-        are reused by later statements, and by later sessions given the same ``out``
+        ``engine``: None computes each ``occlusion(…)`` call in this process (relations kept in the
+        session's memory cache); ``"local"`` or ``"ray"`` runs it as a dataset job
+        (``krypton_ql.integrations.datasets``; with Ray, ``workers`` actors of ``gpus_per_worker``
+        GPUs on the cluster at ``address``) that writes its rows as Parquet under ``out`` (default:
+        a folder of the session's, removed with it), and DuckDB reads them there. A job's rows are
+        reused by later statements, and by later sessions given the same ``out``
         (``krypton_ql.dsl.jobs``).
 
         ``max_rows``: the result keeps the statement's first rows only (``Result.total_rows``
@@ -509,7 +509,7 @@ class Session:
         try:
             options = Options.build(tuple(images.shape[1:]), **keywords)
             key = (fingerprint.versions(module), options)
-            plan = self._plans.get(key) or api.build_plan(module, options)
+            plan = self._plans.get(key) or build_plan(module, options)
         except InvalidInputError as error:
             node = scan.option_nodes.get(error.option) if error.option else None
             if node is None:
@@ -522,7 +522,7 @@ class Session:
         self, plan: HeatmapPlan, classes: Any, scan: Scan, statement: Statement
     ) -> None:
         """A map-output model's classes each have pixels in their region."""
-        from krypton_ql import segmentation
+        from krypton_ql.integrations import segmentation
 
         wrapper = getattr(plan, "model", None)
         if isinstance(wrapper, segmentation.RegionScores) and classes is not None:
@@ -540,10 +540,11 @@ class Session:
         keywords: dict[str, Any],
     ) -> nn.Module:
         """The model itself, or for a map-output model its region scores
-        (``krypton_ql.segmentation``): ``region => (y0, x0, y1, x1)`` for every image, or by
-        default each class's predicted pixels (one image only); ``output => 'name'`` picks the
-        map. The scores are the wrapper's (prob or logit), so the plan reads them as they are."""
-        from krypton_ql import segmentation
+        (``krypton_ql.integrations.segmentation``): ``region => (y0, x0, y1, x1)`` for every
+        image, or by default each class's predicted pixels (one image only); ``output =>
+        'name'`` picks the map. The scores are the wrapper's (prob or logit), so the plan
+        reads them as they are."""
+        from krypton_ql.integrations import segmentation
 
         region, output = keywords.pop("region", None), keywords.pop("output", None)
         if isinstance(region, str):

@@ -209,16 +209,16 @@ def _resize(image: Tensor, size: int) -> Tensor:
     resized image would hold more pixels than the decoder's limit: a thin strip would grow
     its long side as much (1×3000 px → 256×768,000, 2.4 GB of floats)."""
     from compiler.errors import InvalidInputError
-    from krypton_ql.dsl import catalog
+    from krypton_ql import photos
 
     height, width = image.shape[-2:]
     short, long = sorted((int(height), int(width)))
     grown = int(size * long / max(short, 1))
-    if size * grown > catalog.MAX_PIXELS:
+    if size * grown > photos.MAX_PIXELS:
         shape = f"{size}×{grown:,}" if height <= width else f"{grown:,}×{size}"
         raise InvalidInputError(
             f"a {height}×{width} photo would be resized to {shape} = {size * grown:,} pixels "
-            f"(its shorter side to {size}), above the limit of {catalog.MAX_PIXELS:,} (kql "
+            f"(its shorter side to {size}), above the limit of {photos.MAX_PIXELS:,} (kql "
             "--max-pixels N raises it): crop it to a less elongated shape"
         )
     return TF.resize(image, size, antialias=True)

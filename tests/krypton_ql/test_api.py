@@ -66,12 +66,13 @@ def test_progress_callback_sees_every_query(method) -> None:
 
 
 def test_naive_runs_each_query_once_in_batches() -> None:
-    """One clean forward, then every occluded copy exactly once, ``batch_size`` at a time."""
+    """A look at the output (a map, or class scores?) and one clean forward, then every
+    occluded copy exactly once, ``batch_size`` at a time."""
     model, image = small_cnn(), torch.randn(3, 12, 10)
     sizes: list[int] = []
     model[0].register_forward_hook(lambda _m, inputs, _o: sizes.append(len(inputs[0])))
     heatmap = kql.naive_heatmap(model, image, patch=3, stride=2, batch_size=7, progress=False)
-    assert sizes == [1, 7, 7, 7, 7, 2]
+    assert sizes == [1, 1, 7, 7, 7, 7, 2]
     assert_matches_oracle(heatmap, model, image, patch=3, stride=2)
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from compiler.errors import KryptonError
 from krypton_ql import models
-from krypton_ql.captum import Occlusion
+from krypton_ql.integrations.captum import Occlusion
 from tests.profiles import examples
 from tests.strategies import Case, cnn_cases
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import krypton_ql as kql
-from krypton_ql.cli import write_results
-from krypton_ql.shell import Shell
+from krypton_ql.apps.cli import write_results
+from krypton_ql.apps.shell import Shell
 from tests.helpers import small_cnn
 
 
@@ -105,7 +105,7 @@ def test_on_a_terminal_ctrl_c_clears_the_line_and_history_is_kept(tmp_path) -> N
     history = tmp_path / "history"
     script = (
         "import os, pathlib, krypton_ql as kql\n"
-        "from krypton_ql.shell import Shell\n"
+        "from krypton_ql.apps.shell import Shell\n"
         "history = pathlib.Path(os.environ['KQL_HISTORY'])\n"
         "raise SystemExit(Shell(kql.connect(), lambda *a: [], history=history).run())\n"
     )

@@ -4,5 +4,5 @@ one of them ``≈``.
 - ``threshold_projective_field`` (τ < 1): caps update boxes (a plan rewrite).
 
 Adaptive drill-down, the other approximation, is not a rewrite: ``compiler.drilldown`` plans
-its two stages of queries and ``krypton_ql.approx`` runs the exact or τ plan at each.
+its two stages of queries and ``krypton_ql.plans.drilldown`` runs the exact or τ plan at each.
 """

@@ -15,31 +15,30 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from krypton_ql import quality
 from krypton_ql.options import Options
-from krypton_ql.plans import HeatmapPlan, OcclusionResult, ProgressArg
+from krypton_ql.plans.base import HeatmapPlan, OcclusionResult, ProgressArg
+from krypton_ql.plans.occlusion import OcclusionPlan
+from krypton_ql.quality import metrics as quality
 
 MIN_SAMPLES = 16  # exact positions sampled per heatmap, at the least
 
 
 class GuardedPlan(HeatmapPlan):
-    """An approximate plan whose every heatmap is checked against exact samples (see the
-    module docstring). ``build`` compiles a plan of options (``api.build_plan``)."""
+    """An approximate plan (``inner``: ``options`` without the guard) whose every heatmap is
+    checked against exact samples (see the module docstring)."""
 
-    def __init__(
-        self, model: nn.Module, options: Options, build: Callable[[nn.Module, Options], Any]
-    ) -> None:
+    def __init__(self, model: nn.Module, options: Options, inner: HeatmapPlan) -> None:
         assert options.guard is not None
+        # A drill-down is guarded by the exact plan alone: every rung is a one-stage plan.
+        assert options.drilldown is None or options.guard.ladder == (1.0,)
         self.model, self.options, self.guard = model, options, options.guard
-        self._build = build
-        self.inner: HeatmapPlan = build(model, dataclasses.replace(options, guard=None))
+        self.inner = inner
         self._plans: dict[float, HeatmapPlan] = {}
         self.last_reruns = 0  # images of the last evaluate that ran again, at any rung
 
@@ -76,10 +75,8 @@ class GuardedPlan(HeatmapPlan):
     def plan(self, tau: float) -> HeatmapPlan:
         """The ladder's plan at ``tau`` (1: exact), compiled on first use."""
         if tau not in self._plans:
-            options = dataclasses.replace(self.options, tau=tau, guard=None)
-            if tau >= 1.0:
-                options = dataclasses.replace(options, drilldown=None)
-            self._plans[tau] = self._build(self.model, options)
+            options = dataclasses.replace(self.options, tau=tau, guard=None, drilldown=None)
+            self._plans[tau] = OcclusionPlan(self.model, options)
         return self._plans[tau]
 
     def evaluate(

@@ -254,13 +254,12 @@ def _session(args: argparse.Namespace):
     """A session with the chosen model (also as ``model``) and ``--images`` as ``images``."""
     import krypton_ql as kql
     from compiler.errors import InvalidInputError
-    from krypton_ql import models
-    from krypton_ql.dsl import catalog
+    from krypton_ql import models, photos
 
     if args.max_pixels is not None:
         if args.max_pixels < 1:
             raise InvalidInputError(f"--max-pixels must be positive, got {args.max_pixels}")
-        catalog.MAX_PIXELS = args.max_pixels
+        photos.MAX_PIXELS = args.max_pixels
     session = kql.connect(args.database)
     if args.arch or args.weights:
         if not (args.arch and args.weights):
@@ -286,7 +285,7 @@ def _session(args: argparse.Namespace):
     for path in args.images or []:
         path = Path(path)
         if path.is_dir():
-            files += catalog.image_files(path)
+            files += photos.image_files(path)
         elif path.is_file():
             files.append(path)
         else:
@@ -399,7 +398,8 @@ def write_results(
     import torch
     from torch import Tensor
 
-    from krypton_ql import render, segmentation
+    from krypton_ql import render
+    from krypton_ql.integrations import segmentation
 
     plan = session.last_plan
     wrapper = getattr(plan, "model", None)  # a map-output model's region scores
@@ -496,7 +496,7 @@ def _clean_score(sql: str, probabilities: Any, row: tuple, class_column: int | N
 def _explain_dataset(args: argparse.Namespace) -> int:
     """``kql explain-dataset``: the dataset job, then a summary of what it wrote."""
     from compiler.errors import InvalidInputError
-    from krypton_ql import datasets
+    from krypton_ql.integrations import datasets
 
     if args.arch or args.weights:
         if not (args.arch and args.weights):
@@ -538,8 +538,8 @@ def _explain(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import krypton_ql as kql
     from compiler.errors import InvalidInputError
-    from krypton_ql.serve import serve
-    from krypton_ql.serve.explorer import Explorer
+    from krypton_ql.apps.serve import serve
+    from krypton_ql.apps.serve.explorer import Explorer
 
     if args.max_upload_mb <= 0:
         raise InvalidInputError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
@@ -559,7 +559,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _shell(args: argparse.Namespace) -> int:
-    from krypton_ql.shell import Shell
+    from krypton_ql.apps.shell import Shell
 
     session, module, display = _session(args)
 
@@ -574,7 +574,7 @@ def _shell(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from krypton_ql import demo
+    from krypton_ql.apps import demo
 
     return demo.main(args.rest)
 

@@ -16,7 +16,7 @@ CLI's messages, never a traceback):
   sandboxed: no files, no network, queries only, a time limit), ``POST /api/sql/cancel`` stops
   the page's running statement.
 
-Every request passes ``krypton_ql.serve.security``'s checks first: this server's own host and
+Every request passes ``krypton_ql.apps.serve.security``'s checks first: this server's own host and
 origin, JSON bodies (multipart for the upload), bounded sizes, and with a ``token`` the token:
 ``?token=`` in the URL (the page passes it on), the ``X-KQL-Token`` header, or the cookie the
 page sets.
@@ -48,8 +48,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from compiler.errors import InvalidInputError, KryptonError
-from krypton_ql.serve import security
-from krypton_ql.serve.explorer import MAX_UPLOAD_BYTES, Explorer
+from krypton_ql.apps.serve import security
+from krypton_ql.apps.serve.explorer import MAX_UPLOAD_BYTES, Explorer
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"

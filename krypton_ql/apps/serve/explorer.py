@@ -40,8 +40,7 @@ import torch
 from torch import Tensor
 
 from compiler.errors import InvalidInputError, KryptonError
-from krypton_ql import fingerprint
-from krypton_ql.dsl import catalog
+from krypton_ql import fingerprint, photos
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +348,7 @@ class Explorer:
                 f"the upload has {len(data):,} bytes, above the limit of "
                 f"{self.max_upload_bytes:,} (kql serve --max-upload-mb raises it)"
             )
-        photo = catalog.decode(data, f"the upload {filename!r}")
+        photo = photos.decode(data, f"the upload {filename!r}")
         self._check_fits(photo, filename)
         encoded = io.BytesIO()
         Image.fromarray(photo).save(encoded, format="PNG")

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from compiler.errors import InvalidInputError
-from krypton_ql.serve.security import is_loopback
+from krypton_ql.apps.serve.security import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def serve(explorer: Any, host: str = "127.0.0.1", port: int = 8000, token: str |
     made when none is given) and is warned about; ``announce(url)`` is told the address."""
     import uvicorn
 
-    from krypton_ql.serve.app import create_app
+    from krypton_ql.apps.serve.app import create_app
 
     if not 0 <= port < 65536:
         raise InvalidInputError(f"--port must be 0–65535, got {port}")
@@ -40,7 +40,7 @@ def serve(explorer: Any, host: str = "127.0.0.1", port: int = 8000, token: str |
         )
     import threading
 
-    from krypton_ql.serve.explorer import Compute
+    from krypton_ql.apps.serve.explorer import Compute
 
     app = create_app(explorer, token, host)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)

@@ -5,7 +5,7 @@ the naive one, to compare time and values), the theoretical speedup, and a PNG o
 the approximate heatmap at ``--tau`` (0.7 met SSIM 0.9 when tuned on chelsea and coffee, see
 benchmarks/RESULTS.md) beside the exact one, with its SSIM.
 
-    python -m krypton_ql.demo [--out DIR] [--patch 16] [--stride 8] [--photos chelsea,coffee]
+    python -m krypton_ql.apps.demo [--out DIR] [--patch 16] [--stride 8] [--photos chelsea,coffee]
 """
 
 from __future__ import annotations

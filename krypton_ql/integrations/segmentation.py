@@ -25,6 +25,7 @@ prediction, so that every class of the image is explained in one pass.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -129,23 +130,26 @@ def _is_map(value: Any) -> bool:
     return isinstance(value, Tensor) and value.dim() == 4 and value.shape[2] * value.shape[3] > 1
 
 
-def heatmaps(
-    compute: Any,
-    model: nn.Module,
-    images: Tensor,
-    *,
-    region: Any,
-    output: Any,
-    target: Any,
-    score: Any,
-    several: Any = None,
-    **options: Any,
-) -> Tensor:
-    """``[N, rows, cols]`` region-score heatmaps of a map-output model by ``compute``
-    (``occlusion_heatmap`` or ``naive_heatmap``, called on ``RegionScores``): one plan for all
-    images with a given region, one per image with the default (predicted) regions. For one
-    image and a list of classes (``several``), ``[1, T, rows, cols]``: by
-    ``several(wrapper, image, classes, **options)`` in one pass, else class by class."""
+@dataclass(frozen=True)
+class RegionJob:
+    """One class-score computation of a map-output model's region scores: ``model`` (a
+    ``RegionScores``) on ``images`` ``[n, C, H, W]`` for ``target`` (as ``occlusion_heatmap``
+    takes it; None: the wrapper's default), or — one image, several classes — for each of
+    ``classes`` (the heatmaps ``[1, T, rows, cols]``)."""
+
+    model: RegionScores
+    images: Tensor
+    target: Any = None
+    classes: list[int] | None = None
+
+
+def region_jobs(
+    model: nn.Module, images: Tensor, *, region: Any, output: Any, target: Any, score: Any
+) -> list[RegionJob]:
+    """The computations that make ``[N, rows, cols]`` region-score heatmaps of a map-output
+    model, in image order: one for all images with a given region, one per image with the
+    default (predicted) regions; for one image and a list of classes, one with every class's
+    own region (``RegionJob.classes``). The caller computes them (incrementally, or naively)."""
     if score not in ("prob", "logit"):
         raise InvalidInputError(f"score must be 'prob' or 'logit', got {score!r}", option="score")
     size = (images.shape[-2], images.shape[-1])
@@ -155,27 +159,24 @@ def heatmaps(
         weights = region_weights(model, images[0], region, output, size)
         check_target_region(weights, classes)
         wrapper = RegionScores(model, weights, output, score, size).eval()
-        if several is not None:
-            return several(wrapper, images[0], classes, score="logit", **options)[None]
-        maps = [compute(wrapper, images[0], target=c, score="logit", **options) for c in classes]
-        return torch.stack(maps)[None]
+        return [RegionJob(wrapper, images[:1], classes=classes)]
     targets = _per_image(target, count)
     if region is not None:
         weights = region_weights(model, images[0], region, output, size)
         check_target_region(weights, [t for t in targets if t is not None])
         wrapper = RegionScores(model, weights, output, score, size).eval()
         if all(t is None for t in targets):
-            return compute(wrapper, images, score="logit", **options)
+            return [RegionJob(wrapper, images)]
         chosen = [t if t is not None else default_target(weights) for t in targets]
-        return compute(wrapper, images, target=chosen, score="logit", **options)
-    maps = []
+        return [RegionJob(wrapper, images, target=chosen)]
+    jobs = []
     for index in range(count):
         weights = region_weights(model, images[index], None, output, size)
         chosen = targets[index] if targets[index] is not None else default_target(weights)
         check_target_region(weights, [chosen])
         wrapper = RegionScores(model, weights, output, score, size).eval()
-        maps.append(compute(wrapper, images[index], target=chosen, score="logit", **options))
-    return torch.stack(maps)
+        jobs.append(RegionJob(wrapper, images[index : index + 1], target=chosen))
+    return jobs
 
 
 def _classes(target: Any) -> list[int] | None:

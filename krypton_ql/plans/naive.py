@@ -6,7 +6,7 @@ engine (it only shares argument validation and the position grid's definition).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from torch import Tensor, nn
@@ -15,54 +15,29 @@ from compiler.boxes import Positions
 from compiler.errors import InvalidInputError, UnsupportedOperationError
 from compiler.types import Score, Size2
 from krypton_ql import options as check
-from krypton_ql import segmentation
-from krypton_ql.options import Options
+from krypton_ql.options import Options, PlanKeywords
+from krypton_ql.plans.base import ProgressArg
 from krypton_ql.progress import progress_callback
 from runtime.memory import default_budget
 
 
-def naive_heatmap(
+def naive_class_heatmap(
     model: nn.Module,
     image: Tensor,
     *,
     patch: Any,
-    stride: Any = 1,
-    color: Any = 0.0,
-    target: Any = None,
-    score: Any = "prob",
-    batch_size: int | None = None,
-    progress: bool | Any = "auto",
-    precision: str | None = None,
-    region: Any = None,
-    output: Any = None,
+    progress: ProgressArg = "auto",
+    **options: Unpack[PlanKeywords],
 ) -> Tensor:
-    """Same signature and semantics as ``occlusion_heatmap``, by full re-inference."""
+    """``[rows, cols]`` (``[N, rows, cols]`` for a batch) of a model with class scores, by
+    full re-inference (``kql.naive_heatmap`` takes map-output models too). Of the options,
+    those of the occlusion itself apply (stride, colour, target, score, batch size,
+    precision); all are validated as the incremental plan validates them."""
     images = check.images(image)
-    rest = dict(patch=patch, stride=stride, color=color, batch_size=batch_size,
-                progress=progress, precision=precision)  # fmt: skip
-
-    def by_region() -> Tensor:  # a map-output model: region scores (krypton_ql.segmentation)
-        maps = segmentation.heatmaps(
-            naive_heatmap, model, images, region=region, output=output, target=target,
-            score=score, **rest,
-        )  # fmt: skip
-        return maps[0] if image.dim() == 3 else maps
-
-    if region is not None or output is not None:
-        return by_region()
-    options = Options.build(
-        tuple(images.shape[1:]),
-        patch=patch,
-        stride=stride,
-        color=color,
-        target=target,
-        score=score,
-        batch_size=batch_size,
-        precision=precision,
-    )
-    model = check.in_precision(check.model(model), options.precision)
-    images = images.to(options.precision) if options.precision is not None else images
-    occlusion, (_, height, width) = options.occlusion, options.shape
+    checked = Options.build(tuple(images.shape[1:]), patch=patch, **options)
+    model = check.in_precision(check.model(model), checked.precision)
+    images = images.to(checked.precision) if checked.precision is not None else images
+    occlusion, (_, height, width) = checked.occlusion, checked.shape
     if any(m.training for m in model.modules()):
         raise InvalidInputError("the model is in training mode; call model.eval() first")
     check.same_place(model, images)
@@ -71,13 +46,10 @@ def naive_heatmap(
     left = torch.as_tensor(positions.left, device=images.device)
     colour = torch.tensor(occlusion.color, dtype=images.dtype, device=images.device)
     with torch.no_grad():
-        clean = _forward(model, images)  # the one clean forward, also telling a map output
-        if segmentation.holds_map(clean):
-            return by_region()
-        logits = _class_scores(clean, len(images))
+        logits = _class_scores(_forward(model, images), len(images))
         check.scored_classes(logits.shape[1], occlusion.score)
-        targets = check.targets(options.target, len(images), logits.shape[1], logits.argmax(dim=1))
-        size = options.batch_size or _batch_size(model, images[:1])
+        targets = check.targets(checked.target, len(images), logits.shape[1], logits.argmax(dim=1))
+        size = checked.batch_size or _batch_size(model, images[:1])
         total = len(images) * len(positions)
         scores = torch.empty(total, dtype=torch.float32, device=images.device)
         with progress_callback(progress, total, "naive") as report:

@@ -14,8 +14,10 @@ from torch import Tensor, nn
 from compiler.errors import InvalidInputError
 from krypton_ql import options as check
 from krypton_ql import quality
-from krypton_ql.api import compile as compile_plan
-from krypton_ql.profile import Profile
+from krypton_ql.options import Options
+from krypton_ql.plans.base import HeatmapPlan
+from krypton_ql.plans.build import build_plan
+from krypton_ql.quality.profile import Profile
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,11 @@ def tune(
     if criterion not in ("min", "mean"):
         raise InvalidInputError(f"criterion must be 'min' or 'mean', got {criterion!r}")
     shape = tuple(images.shape[1:])
-    exact = compile_plan(model, shape, patch=patch, stride=stride, **options).run(images)
+
+    def compile_plan(**keywords: Any) -> HeatmapPlan:
+        return build_plan(model, Options.build(shape, patch=patch, stride=stride, **keywords))
+
+    exact = compile_plan(**options).run(images)
     if not 0 <= margin < 1:
         raise InvalidInputError(f"margin must be in [0, 1), got {margin!r}")
     profile = Profile(patch, stride, criterion, drilldown_mode=drilldown_mode, margin=margin)
@@ -95,7 +101,7 @@ def tune(
         key = f"{tau:g}"
         if key in profile.taus:
             continue
-        plan = compile_plan(model, shape, patch=patch, stride=stride, tau=tau, **options)
+        plan = compile_plan(tau=tau, **options)
         approx = plan.run(images)
         profile.taus[key] = [quality.ssim(e, a) for e, a in zip(exact, approx)]
         log.info("τ=%s: SSIM %s", key, profile.taus[key])
@@ -104,10 +110,8 @@ def tune(
     if drilldown is not None:
         profile.drilldown_ratio = check.fraction("drilldown", drilldown)
         for speedup in sorted(speedups, reverse=True):
-            plan = compile_plan(
-                model, shape, patch=patch, stride=stride, tau=tau, drilldown=drilldown,
-                speedup=speedup, drilldown_mode=drilldown_mode, **options,
-            )  # fmt: skip
+            plan = compile_plan(tau=tau, drilldown=drilldown, speedup=speedup,
+                                drilldown_mode=drilldown_mode, **options)  # fmt: skip
             approx = plan.run(images)
             scores = [quality.ssim(e, a) for e, a in zip(exact, approx)]
             profile.drilldown[f"{speedup:g}"] = scores

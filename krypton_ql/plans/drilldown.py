@@ -18,7 +18,7 @@ from torch import Tensor
 from compiler import drilldown as drill
 from compiler.drilldown import DrillDown, DrillDownMode
 from krypton_ql import options as check
-from krypton_ql.plans import HeatmapPlan, OcclusionResult, ProgressArg
+from krypton_ql.plans.base import HeatmapPlan, OcclusionResult, ProgressArg
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """What every compiled occlusion plan offers: ``HeatmapPlan``, and what one run computed.
 
-``OcclusionPlan`` (``krypton_ql.api``, one exact or τ plan) and ``DrillDownPlan``
-(``krypton_ql.approx``, two stages of an inner ``OcclusionPlan``) implement it; the query
+``OcclusionPlan`` (``plans.occlusion``, one exact or τ plan) and ``DrillDownPlan``
+(``plans.drilldown``, two stages of an inner ``OcclusionPlan``) implement it; the query
 language, the CLI, tuning and the Captum drop-in use only this interface.
 """
 
@@ -27,7 +27,7 @@ class OcclusionResult:
     base: Tensor  # [N, T]: scores on the clean images
     targets: Tensor  # [N, T]: the class of each score
     queries: int  # occlusion queries executed
-    # An ssim target's quality guard (``krypton_ql.guard``; None without one): per heatmap
+    # An ssim target's quality guard (``plans.guarded``; None without one): per heatmap
     # [N, T], the estimated SSIM against exact and the sampled largest |approx − exact| over
     # the clean score; how many images ran again.
     ssim_estimate: Tensor | None = None

@@ -1,0 +1,208 @@
+"""``OcclusionPlan``: one compiled occlusion workload — export, import, rewrite, lower — and
+its execution (one clean forward that materializes the views, then batches of queries)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from compiler import explain as explain_text
+from compiler.boxes import Positions
+from compiler.cost import PlanCost, plan_cost
+from compiler.errors import InvalidInputError
+from compiler.importer import export, import_model
+from compiler.lower import lower
+from compiler.pipeline import optimize
+from compiler.types import Size2
+from krypton_ql import options as check
+from krypton_ql.options import Options
+from krypton_ql.plans.base import HeatmapPlan, OcclusionResult, ProgressArg
+from krypton_ql.progress import progress_callback
+from runtime import memory
+from runtime.backends import runner_for
+from runtime.executor import Executor, materialize, select_scores
+from runtime.memory import default_budget
+from runtime.resolve import Backend, resolve
+from runtime.weights import Weights
+
+log = logging.getLogger(__name__)
+
+
+class OcclusionPlan(HeatmapPlan):
+    """A compiled occlusion workload for images of one shape. Build it with ``compile``."""
+
+    def __init__(self, model: nn.Module, options: Options):
+        """``options`` of one stage (no drill-down)."""
+        check.model(model)
+        if options.drilldown is not None:
+            raise InvalidInputError("an OcclusionPlan runs one stage; kql.compile plans both")
+        self.options = options
+        self.dtype = options.precision
+        self._clean: tuple[Tensor, dict[str, Tensor]] | None = None
+        self.clean_forwards_reused = 0  # evaluate(reuse_clean=True) calls that ran no forward
+        model = check.in_precision(model, self.dtype)
+        self.model, self.shape, self.target = model, options.shape, options.target
+        self.occlusion = options.occlusion
+        device = _device(model)
+        self.backend = resolve(options.backend, device.type)
+        self.runner = runner_for(self.backend, options.conv)
+        compile_options = options.compile_options(default_budget(device))
+        self.exported = export(model, self.shape)
+        self.logical = import_model(
+            self.exported, self.shape, self.occlusion.patch, self.occlusion.color
+        )
+        check.scored_classes(self.classes, self.occlusion.score)
+        image = Size2(self.shape[1], self.shape[2])
+        self.positions = Positions.grid(image, self.occlusion.patch, self.occlusion.stride)
+        self.optimized = optimize(self.logical, compile_options, self.positions)
+        self.physical = lower(self.optimized.plan)
+        if self.backend is Backend.TRITON:  # what the kernels address and a GPU launches
+            from runtime.kernels import limits
+
+            limits.check(self.physical, cuda=device.type == "cuda")
+        centre = Positions.centre(image, self.occlusion.patch)
+        self.centre_cost: PlanCost = plan_cost(
+            self.logical, optimize(self.logical, compile_options, centre).plan
+        )
+        batching = self.physical.batching
+        log.info(
+            "compiled %s: %d nodes → %d steps (%d element-wise fused), %d queries in batches "
+            "of %d, theoretical speedup %.2f×, backend %s%s",
+            type(model).__name__,
+            len(self.logical),
+            len(self.physical.steps),
+            sum(len(step.epilogue) for step in self.physical.steps),
+            batching.queries,
+            batching.batch_size,
+            self.theoretical_speedup,
+            self.runner.describe(),
+            f", τ = {options.tau:g} (≈)" if options.tau < 1 else "",
+        )
+
+    @property
+    def theoretical_speedup(self) -> float:
+        """FMA ratio of full re-inference to the incremental plan, patch at the image centre."""
+        return self.centre_cost.speedup
+
+    @property
+    def classes(self) -> int:
+        return self.logical[self.logical.output].schema.shape[0]
+
+    def explain(self, verbose: bool = False, sql: bool = False) -> str:
+        """The plan as text: logical, rewritten (rules that fired) and physical sections."""
+        return explain_text.render(
+            self.logical,
+            self.optimized,
+            self.physical,
+            self.centre_cost,
+            self.grid,
+            verbose=verbose,
+            sql=sql,
+            backend=self.runner.describe(),
+            choices={name: choice.value for name, choice in self.runner.choices.items()},
+        )
+
+    def evaluate(
+        self,
+        image: Tensor,
+        *,
+        targets: Tensor | None = None,
+        positions: Tensor | None = None,
+        progress: ProgressArg = "auto",
+        reuse_clean: bool = False,
+    ) -> OcclusionResult:
+        """Scores of every target at every position (or the ``positions`` given).
+
+        ``targets`` is an int tensor ``[N, T]`` of classes per image (default: the target given
+        to ``compile``, else the predicted class); ``positions`` indexes the row-major grid.
+        ``reuse_clean``: keep the clean forward's views and reuse them when the next call has
+        the same images (a session's statements over one image set); it holds one set of
+        views in memory.
+        """
+        images = check.images(image, self.shape)
+        if self.dtype is not None:
+            images = images.to(self.dtype)
+        check.same_place(self.model, images)
+        positions = check.positions(positions, len(self.positions), images.device)
+        weights = Weights(self.exported.tensors)
+        with torch.no_grad():
+            views = self._views(images, weights, reuse_clean)
+            batch = memory.batch_for(self.physical, images.element_size(), images.device)
+            logits = views[self.physical.output]
+            check.finite_scores(logits)
+            if targets is None:
+                targets = check.targets(
+                    self.target, len(images), logits.shape[1], logits.argmax(dim=1)
+                )
+            else:
+                targets = check.target_table(targets, len(images), logits.shape[1], logits.device)
+            base = select_scores(logits, targets, self.occlusion.score)
+            executor = Executor(
+                self.physical,
+                views,
+                weights,
+                self.optimized.origins,
+                self.positions,
+                self.runner,
+            )
+            total = len(images) * (len(positions) if positions is not None else len(self.positions))
+            with progress_callback(progress, total, "occlusion") as report:
+                scores = executor.run(targets, self.occlusion.score, batch, report, positions)
+        heatmaps = scores.reshape(len(images), targets.shape[1], *self.grid)
+        return OcclusionResult(heatmaps, base, targets, executor.queries_run)
+
+    def sql_heatmap(
+        self, image: Tensor, *, target: int | None = None, positions: Any = None
+    ) -> Tensor:
+        """The heatmap of one image ``[C,H,W]`` computed by running the incremental plan as SQL
+        in DuckDB (``explain(sql=True)`` prints it): the relational semantics, executable.
+        Every cell is a row: for tiny models and images (tests, teaching), not for speed.
+        ``positions``: grid indices to compute (NaN elsewhere)."""
+        from runtime import relational
+
+        image = check.images(image, self.shape)
+        if image.dim() == 4:
+            if len(image) != 1:
+                raise InvalidInputError("sql_heatmap takes one image [C, H, W]")
+            image = image[0]
+        return relational.heatmap(
+            self.optimized.plan,
+            self.optimized.origins,
+            self.positions,
+            Weights(self.exported.tensors),
+            image.float(),
+            score=self.occlusion.score,
+            target=target if target is not None else self.target,
+            chosen=None if positions is None else np.asarray(positions, dtype=np.int64),
+        )
+
+    def _views(self, images: Tensor, weights: Weights, reuse: bool) -> dict[str, Tensor]:
+        """The clean forward's views of ``images`` (one forward per image set when reusing)."""
+        kept = self._clean
+        if (
+            reuse
+            and kept is not None
+            and kept[0].shape == images.shape
+            and kept[0].device == images.device
+            and torch.equal(kept[0], images)
+        ):
+            self.clean_forwards_reused += 1
+            return kept[1]
+        element = images.element_size()
+        memory.check_fits(self.physical, len(images), element, images.device)
+        needed = memory.view_bytes(self.physical, len(images), element)
+        views = memory.allocating(
+            "computing the clean forward's views", needed, images.device,
+            lambda: materialize(self.physical, images, weights),
+        )  # fmt: skip
+        self._clean = (images.clone(), views) if reuse else None
+        return views
+
+
+def _device(model: nn.Module) -> torch.device:
+    parameter = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
+    return parameter.device if parameter is not None else torch.device("cpu")
