@@ -162,14 +162,14 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "shuffle-is-free",
-        "compiler/translators/channels.py",
+        "compiler/importer/translators/channels.py",
         "    if before == after:  # only the spatial axes moved: the same relation",
         "    if True:  # only the spatial axes moved: the same relation",
         "a permute that reorders channel axes (a channel shuffle) is taken for a relayout",
     ),
     Mutation(
         "constant-layout",
-        "compiler/importer.py",
+        "compiler/importer/walk.py",
         "canonical = tensor.movedim((1 + layout.h, 1 + layout.w), (-2, -1))",
         "canonical = tensor",
         "a channels-last constant (ConvNeXt's layer scale) is not moved into [C, H, W]",

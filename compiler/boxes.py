@@ -250,7 +250,7 @@ def node_placement(
         )
     if isinstance(op, Upsample):
         sh, sw = op.scale.h, op.scale.w
-        if op.mode in ("nearest", "zeros"):
+        if op.mode.copies_blocks:
             origins = (y0 * sh, x0 * sw)
         else:  # bilinear: from the first output row that reads row y0 − 1
             origins = (

@@ -8,6 +8,7 @@ Costs are per query and per image; bytes count values read and written, 4 bytes 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from compiler.ir import (
@@ -18,6 +19,7 @@ from compiler.ir import (
     Node,
     Pointwise,
     RegionSum,
+    State,
     Strategy,
 )
 from compiler.plan import Plan
@@ -99,10 +101,58 @@ def incremental_cost(node: Node, inputs: list[Node]) -> Cost:
 
 
 def _boxed_values(node: Node) -> int:
+    """Values of ``node``'s output inside its update box (one query's)."""
     update = node.update
     if update is None or update.box is None:
         return 0
     return node.schema.channels * update.box.area
+
+
+# -- per-query buffers: what the batching rule sizes batches by, and the kernels' limits --------
+
+
+def largest_buffer_per_query(plan: Plan) -> int:
+    """Values one query puts in the plan's largest batch buffer (an output or a gather)."""
+    return max(max(buffer_values(node), scratch_values(node, plan)) for node in plan)
+
+
+def peak_bytes_per_query(plan: Plan) -> int:
+    """Peak of live per-query buffers over a topological execution, plus each step's scratch."""
+    remaining = {node.name: len(plan.consumers(node.name)) for node in plan}
+    live, peak = 0, 0
+    for node in plan:
+        output = buffer_values(node)
+        peak = max(peak, live + output + scratch_values(node, plan))
+        live += output
+        for name in node.inputs:
+            remaining[name] -= 1
+            if remaining[name] == 0:
+                live -= buffer_values(plan[name])
+    return peak * WORD
+
+
+def buffer_values(node: Node) -> int:
+    """Values one query keeps for ``node``'s output."""
+    update = node.update
+    if update is None or update.state is State.CLEAN:
+        return 0
+    if update.state is State.FULL:
+        return node.schema.numel
+    assert update.box is not None
+    return _boxed_values(node)
+
+
+def scratch_values(node: Node, plan: Plan | Mapping[str, Node]) -> int:
+    """Values of the transient gather buffers ``node`` needs while it runs."""
+    update = node.update
+    if update is None or update.strategy not in (
+        Strategy.RECOMPUTE,
+        Strategy.DELTA,
+        Strategy.BOUNDING_BOX,
+    ):
+        return 0
+    cells = update.read.area if update.read is not None else (update.box.area if update.box else 0)
+    return sum(plan[name].schema.shape[0] for name in node.inputs) * cells
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler.errors import InvalidInputError
-from compiler.rules.approx.threshold_projective_field import round_half_away
+from compiler.types import round_half_away
 
 
 class DrillDownMode(enum.Enum):

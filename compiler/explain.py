@@ -29,11 +29,11 @@ from compiler.ir import (
     State,
     Strategy,
     Upsample,
+    is_linear,
 )
 from compiler.physical import PhysicalPlan
 from compiler.pipeline import Optimized
 from compiler.plan import Plan
-from compiler.rules.choose_linear_delta import is_linear
 
 
 def describe(op: Operator) -> str:
@@ -79,7 +79,7 @@ def describe(op: Operator) -> str:
         layout = f" in {op.layouts[0]}" if not op.layouts[0].is_standard else ""
         return f"{op.call.name} per position{layout}"
     if isinstance(op, Upsample):
-        return f"{op.mode} ×{op.scale}"
+        return f"{op.mode.value} ×{op.scale}"
     if isinstance(op, Aten):
         return f"{{full from here: {op.name} — {op.why}}}"
     return ""
@@ -136,7 +136,7 @@ def _delta_alternative(node: Node, sources: list[Node], chosen: Cost) -> str:
         update is None
         or update.state is not State.BOX
         or update.strategy is not Strategy.RECOMPUTE
-        or not is_linear(node)
+        or not is_linear(node.op)
     ):
         return ""
     delta = incremental_cost(node.with_update(replace(update, strategy=Strategy.DELTA)), sources)

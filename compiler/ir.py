@@ -86,6 +86,23 @@ class Pool:
     divisor_override: int | None = None
     GLOBAL: ClassVar[bool] = False
 
+    @property
+    def constant_divisor(self) -> int | None:
+        """The divisor every window of an average pool shares, if they all share one (the
+        override, or ``kh·kw`` when padding counts and no window hangs over the ceiling).
+
+        >>> window = Window(Size2(3, 3), Size2(1, 1), Size2(1, 1), Padding(1, 1, 1, 1))
+        >>> Pool(Agg.AVG, window).constant_divisor
+        9
+        >>> Pool(Agg.AVG, window, count_include_pad=False).constant_divisor is None
+        True
+        """
+        if self.divisor_override is not None:
+            return self.divisor_override
+        if self.count_include_pad and not self.window.ceil_mode:
+            return self.window.kernel.area
+        return None
+
 
 class Activation(enum.Enum):
     """Element-wise functions with at most two scalar parameters."""
@@ -169,6 +186,21 @@ class Concat:
     GLOBAL: ClassVar[bool] = False
 
 
+class UpsampleMode(enum.Enum):
+    """How an upsampling fills its cells: copies (nearest), blends of two neighbours per axis
+    (bilinear, ``align_corners=False``), or the input at multiples of the factor and zeros
+    between (a transposed convolution's zero insertion). Nearest and zeros move a box alike."""
+
+    NEAREST = "nearest"
+    BILINEAR = "bilinear"
+    ZEROS = "zeros"
+
+    @property
+    def copies_blocks(self) -> bool:
+        """Each input cell lands in one output block (nearest, zeros): boxes scale exactly."""
+        return self is not UpsampleMode.BILINEAR
+
+
 @dataclass(frozen=True, slots=True)
 class Upsample:
     """Upsampling by integer factors ``s``. Nearest: ``O(c, y, x) = A(c, ⌊y/s_h⌋, ⌊x/s_w⌋)``; a
@@ -180,7 +212,7 @@ class Upsample:
     divide, else 0; its boxes are nearest's."""
 
     scale: Size2
-    mode: str = "nearest"  # or "bilinear", "zeros"
+    mode: UpsampleMode = UpsampleMode.NEAREST
     GLOBAL: ClassVar[bool] = False
 
 
@@ -349,6 +381,18 @@ Operator = (
     | Upsample
     | Aten
 )
+
+
+def is_linear(op: Operator) -> bool:
+    """Whether ``op`` is linear in its image input, so that an update has a delta form
+    (``Δ(op(A)) = op(ΔA)``): a convolution, a batch norm's affine map, an average pool, a sum
+    or difference."""
+    if isinstance(op, JoinAggregate | BatchNorm):
+        return True
+    if isinstance(op, Pool):
+        return op.agg is Agg.AVG
+    return isinstance(op, Combine) and op.arith in (Arith.ADD, Arith.SUB)
+
 
 ELEMENTWISE = (Map, Scalar, BatchNorm)
 

@@ -64,9 +64,10 @@ from compiler.ir import (
     State,
     Strategy,
     Upsample,
+    UpsampleMode,
 )
 from compiler.plan import Plan
-from compiler.sql import activation_sql, constant_divisor, scalar_sql
+from compiler.sql import activation_sql, scalar_sql
 from compiler.types import Agg
 
 
@@ -288,7 +289,7 @@ class _Renderer:
         divisor_join = ""
         if op.agg is Agg.MAX:
             aggregate = f"MAX({value})"
-        elif (divisor := constant_divisor(op)) is not None:
+        elif (divisor := op.constant_divisor) is not None:
             aggregate = f"COALESCE(SUM({value}), 0) / {divisor}.0"
         else:
             aggregate = f"COALESCE(SUM({value}), 0) / MAX(dd.v)"
@@ -375,14 +376,14 @@ class _Renderer:
         assert isinstance(op, Upsample)
         (source,) = self.node.inputs
         sh, sw = op.scale.h, op.scale.w
-        if op.mode in ("nearest", "zeros"):
+        if op.mode.copies_blocks:
             joins, value = self._read(source, "a", "b.q", "b.c", f"b.y // {sh}", f"b.x // {sw}")
-            if op.mode == "zeros":  # the block's first cell, zeros elsewhere
+            if op.mode is UpsampleMode.ZEROS:  # the block's first cell, zeros elsewhere
                 value = f"CASE WHEN b.y % {sh} = 0 AND b.x % {sw} = 0 THEN {value} ELSE 0.0 END"
             return f"SELECT b.q, b.c, b.y, b.x, {value} AS v FROM ({self._cells(True)}) b{joins}"
-        if op.mode != "bilinear":
+        if op.mode is not UpsampleMode.BILINEAR:
             raise UnsupportedOperationError(
-                f"node {self.node.name}: {op.mode} upsampling has no relational form"
+                f"node {self.node.name}: {op.mode.value} upsampling has no relational form"
             )
         _, height, width = self._shape(self.nodes[self.index[source]])
         src_y = f"GREATEST((b.y + 0.5) / {sh} - 0.5, 0.0)"

@@ -115,22 +115,13 @@ def scalar_sql(op: Scalar, v: str = "A.v") -> str:
     return forms[op.arith].format(v=v, c=repr(op.value))
 
 
-def constant_divisor(op: Pool) -> int | None:
-    """The divisor every window of an average pool shares, if they all share one."""
-    if op.divisor_override is not None:
-        return op.divisor_override
-    if op.count_include_pad and not op.window.ceil_mode:
-        return op.window.kernel.area
-    return None
-
-
 def node_sql(node: Node) -> str | None:
     """SQL for ``node`` over its input ``A``, or None for operators without an export."""
     op = node.op
     if isinstance(op, JoinAggregate):
         return conv_sql(op)
     if isinstance(op, Pool):
-        return pool_sql(op, constant_divisor(op))
+        return pool_sql(op, op.constant_divisor)
     if isinstance(op, (Map, Scalar, BatchNorm)):
         return map_sql(op)
     return None

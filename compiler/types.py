@@ -11,6 +11,15 @@ import math
 from dataclasses import dataclass
 
 
+def round_half_away(value: float) -> int:
+    """C's ``round`` (the prototype's), not Python's banker's rounding.
+
+    >>> round_half_away(2.5), round_half_away(3.5), round_half_away(2.4999)
+    (3, 4, 2)
+    """
+    return math.floor(value + 0.5)
+
+
 @dataclass(frozen=True, slots=True)
 class Size2:
     """A height and width in cells.

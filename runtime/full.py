@@ -34,6 +34,7 @@ from compiler.ir import (
     Scalar,
     Softmax,
     Upsample,
+    UpsampleMode,
 )
 from compiler.types import Agg
 from runtime import aten
@@ -127,9 +128,9 @@ def upsample(x: Tensor, op: Upsample) -> Tensor:
     """Upsampling by integer factors: nearest repeats each cell ``s_h × s_w`` times, zeros puts
     it at the block's first cell; bilinear is torch's (``align_corners=False``) on the whole
     map."""
-    if op.mode == "nearest":
+    if op.mode is UpsampleMode.NEAREST:
         return x.repeat_interleave(op.scale.h, dim=2).repeat_interleave(op.scale.w, dim=3)
-    if op.mode == "zeros":
+    if op.mode is UpsampleMode.ZEROS:
         out = x.new_zeros(x.shape[0], x.shape[1], x.shape[2] * op.scale.h, x.shape[3] * op.scale.w)
         out[:, :, :: op.scale.h, :: op.scale.w] = x
         return out

@@ -113,14 +113,9 @@ def gather_pool2d(node: Node, inputs: list[Value], env: Env) -> Value:
     assert isinstance(node.op, Pool)
     fill = float("-inf") if node.op.agg is Agg.MAX else 0.0
     window = _window(node, inputs, env, fill)
-    if node.op.agg is Agg.MAX or constant_divisor(node.op):
+    if node.op.agg is Agg.MAX or node.op.constant_divisor is not None:
         return _patch(node, full_ops.pool2d(window, node.op, with_padding=False), env)
     return _patch(node, _sum_pool(window, node.op) / _divisor(node, env), env)
-
-
-def constant_divisor(op: Pool) -> bool:
-    """Every window of an average pool divides by ``kh·kw`` (or the override)."""
-    return op.divisor_override is not None or (op.count_include_pad and not op.window.ceil_mode)
 
 
 def _sum_pool(window: Tensor, op: Pool) -> Tensor:
@@ -284,7 +279,7 @@ def delta_conv2d(node: Node, inputs: list[Value], env: Env) -> Value:
 def delta_pool2d(node: Node, inputs: list[Value], env: Env) -> Value:
     assert isinstance(node.op, Pool) and node.op.agg is Agg.AVG
     window = _window(node, inputs, env, 0.0, delta=True)
-    if constant_divisor(node.op):
+    if node.op.constant_divisor is not None:
         change = full_ops.pool2d(window, node.op, with_padding=False)
     else:
         change = _sum_pool(window, node.op) / _divisor(node, env)

@@ -30,7 +30,6 @@ from compiler.ir import (
 )
 from compiler.plan import Plan
 from compiler.relational import render
-from compiler.sql import constant_divisor
 from compiler.types import Agg, Score
 from runtime import full as full_ops
 from runtime.weights import Weights
@@ -163,7 +162,7 @@ def _weights(k: int, node: Node, weights: Weights, views: dict[str, Tensor]) -> 
         channels = node.schema.shape[0]
         color = np.broadcast_to(np.asarray(op.color, dtype=np.float64), (channels,))
         tables[f"c{k}"] = pa.table({"c": np.arange(channels), "v": color})
-    if isinstance(op, Pool) and op.agg is Agg.AVG and constant_divisor(op) is None:
+    if isinstance(op, Pool) and op.agg is Agg.AVG and op.constant_divisor is None:
         source = views[node.inputs[0]]
         tables[f"d{k}"] = _divisors(op, source.shape[2], source.shape[3], node.schema.shape[1:])
     return tables

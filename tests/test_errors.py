@@ -171,8 +171,8 @@ def test_a_model_that_writes_its_buffers_is_refused_and_left_as_it_was(through_v
         with pytest.raises(kql.KryptonError, match="changes its buffer or parameter scale"):
             attempt()
         assert model.scale.tolist() == [1.0, 1.0]  # the checks' forwards were undone
-    from compiler.importer import _written_state
+    from compiler.importer import written_state
 
     program = torch.export.export(model, (IMAGE[None],))  # export alone lists no mutation
     assert not program.graph_signature.buffers_to_mutate
-    assert _written_state(program) == ["scale"]
+    assert written_state(program) == ["scale"]

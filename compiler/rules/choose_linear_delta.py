@@ -25,22 +25,17 @@ from dataclasses import replace
 
 from compiler.cost import incremental_cost
 from compiler.ir import (
-    Arith,
-    BatchNorm,
-    Combine,
-    JoinAggregate,
     Node,
-    Pool,
     State,
     Strategy,
+    is_linear,
 )
 from compiler.options import LinearStrategy
 from compiler.rules.base import RuleContext
-from compiler.types import Agg
 
 
 def choose_linear_delta(node: Node, ctx: RuleContext) -> Node | None:
-    if node.update is None or node.update.state is not State.BOX or not is_linear(node):
+    if node.update is None or node.update.state is not State.BOX or not is_linear(node.op):
         return None
     forced = ctx.options.linear_strategy
     if forced is LinearStrategy.RECOMPUTE:
@@ -52,13 +47,3 @@ def choose_linear_delta(node: Node, ctx: RuleContext) -> Node | None:
     if incremental_cost(delta, inputs).key < incremental_cost(node, inputs).key:
         return delta  # L(V ⊕ Δ) → V_L + L(Δ), cheaper here
     return None
-
-
-def is_linear(node: Node) -> bool:
-    """Whether ``node``'s operator is linear in its input (a delta form exists)."""
-    op = node.op
-    if isinstance(op, JoinAggregate | BatchNorm):
-        return True
-    if isinstance(op, Pool):
-        return op.agg is Agg.AVG
-    return isinstance(op, Combine) and op.arith in (Arith.ADD, Arith.SUB)

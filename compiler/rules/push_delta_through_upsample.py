@@ -28,7 +28,7 @@ def push_delta_through_upsample(node: Node, ctx: RuleContext) -> Node | None:
         return None
     assert source.update is not None and source.update.box is not None
     box, scale = source.update.box, node.op.scale
-    if node.op.mode in ("nearest", "zeros"):
+    if node.op.mode.copies_blocks:
         out = Size2(box.h * scale.h, box.w * scale.w)
         return node.with_update(Update(State.BOX, Strategy.ELEMENTWISE, out))  # up(Δ)
     size, inner = node.schema.size, source.schema.size

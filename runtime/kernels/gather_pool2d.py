@@ -310,7 +310,7 @@ def launch(node: Node, inputs: list[Value], env: Env, epilogue: Epilogue = IDENT
     divisor: float | tuple[Tensor, Tensor, Tensor] = float(window.kernel.area)
     if op.divisor_override is not None:
         divisor = float(op.divisor_override)
-    elif op.agg is Agg.AVG and not reference.constant_divisor(op):
+    elif op.agg is Agg.AVG and op.constant_divisor is None:
         divisor = (reference.divisor_map(node, env)[0, 0], y0, x0)
     values = gather_pool2d(
         env.views[node.inputs[0]],

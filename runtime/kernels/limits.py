@@ -17,11 +17,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from compiler.cost import buffer_values, scratch_values
 from compiler.errors import KryptonError
 from compiler.ir import JoinAggregate, Node
 from compiler.limits import GRID, MAX_ELEMENTS, MAX_THREADS
 from compiler.physical import KernelId, PhysicalPlan, Step
-from compiler.rules.batch_occlusion_queries import buffer_values, scratch_values
 from runtime.kernels.launch import Grid
 
 

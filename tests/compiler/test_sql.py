@@ -112,7 +112,7 @@ def test_pooling(pool: nn.Module) -> None:
         "G": _grid(*expected.shape[1:]),
         "W": [{"ky": a, "kx": b} for a in range(kernel.h) for b in range(kernel.w)],
     }
-    if sql.constant_divisor(node.op) is None:
+    if node.op.constant_divisor is None:
         ones = torch.ones(1, 1, *x.shape[1:])
         counts = F.avg_pool2d(ones, 3, 2, 1, True, False, divisor_override=1)
         divisor = counts / F.avg_pool2d(ones, 3, 2, 1, True, False)

@@ -20,21 +20,10 @@ only when τ < 1.
 
 from __future__ import annotations
 
-import math
-
 from compiler import boxes
 from compiler.ir import JoinAggregate, Node, Pool, State, Strategy, Update
 from compiler.rules.base import RuleContext
-from compiler.types import Size2
-
-
-def round_half_away(value: float) -> int:
-    """C's ``round`` (the prototype's), not Python's banker's rounding.
-
-    >>> round_half_away(2.5), round_half_away(3.5), round_half_away(2.4999)
-    (3, 4, 2)
-    """
-    return math.floor(value + 0.5)
+from compiler.types import Size2, round_half_away
 
 
 def cap(tau: float, out_dim: int) -> int:

@@ -8,8 +8,7 @@ operator with no entry, or whose translator raises ``NotLocal``, runs as the exa
 
 from __future__ import annotations
 
-from compiler.ir import Activation, Arith
-from compiler.translators.channels import (
+from compiler.importer.translators.channels import (
     cat,
     layer_norm,
     linear,
@@ -22,7 +21,7 @@ from compiler.translators.channels import (
     split,
     stack,
 )
-from compiler.translators.common import (
+from compiler.importer.translators.common import (
     NotLocal,
     Outputs,
     Translation,
@@ -32,7 +31,7 @@ from compiler.translators.common import (
     op_name,
     unsupported,
 )
-from compiler.translators.elementwise import (
+from compiler.importer.translators.elementwise import (
     activation,
     arithmetic,
     dropout,
@@ -41,7 +40,7 @@ from compiler.translators.elementwise import (
     rsub,
     to_dtype,
 )
-from compiler.translators.local import (
+from compiler.importer.translators.local import (
     adaptive_avg_pool2d,
     adaptive_max_pool2d,
     avg_pool2d,
@@ -56,6 +55,7 @@ from compiler.translators.local import (
     upsample_bilinear,
     upsample_nearest,
 )
+from compiler.ir import Activation, Arith
 
 __all__ = [
     "ATEN",

@@ -1,49 +1,21 @@
-"""Exported ATen graph -> logical plan.
-
-``export`` runs ``torch.export`` on the model at the compiled input shape (shapes are static, so
-shape checks and shape-dependent branches are resolved there). ``import_model`` walks the
-exported graph once and translates every node with the table in ``compiler.translators``:
-
-- the image placeholder becomes ``Input`` followed by the query's ``Occlude``;
-- a node whose inputs are all model tensors is folded to a constant at import;
-- an in-place operator is translated as its functional form: export already makes every later
-  reader of the written tensor read the in-place node; a write that reaches a tensor through a
-  view (``y[:, :2].mul_(3)``) is functionalized by ``run_decompositions`` first;
-- an operator no translator places in space becomes an exact fallback node (``Aten``) that
-  runs as the model ran it on full per-query tensors; explain shows why.
-
-Every value carries its ``Layout`` (where the image's rows and columns are), so permutes and
-reshapes that keep them are free and per-position operators on channels stay local.
-"""
+"""The walk over an exported graph that makes the logical plan (``import_model``), and
+``ImportContext``, what translators may ask of it (``compiler.importer.context.Context``)."""
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import fx, nn
+from torch import fx
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
-from compiler.errors import InvalidInputError, UnsupportedOperationError
-from compiler.ir import (
-    Arg,
-    Aten,
-    Call,
-    Constant,
-    Flatten,
-    Input,
-    Node,
-    Occlude,
-    Operator,
-    Tmp,
-    WeightRef,
-)
-from compiler.plan import Plan
-from compiler.translators import (
+from compiler.errors import UnsupportedOperationError
+from compiler.importer.exporting import Exported, writes_through_views, written_state
+from compiler.importer.fallback import SHAPE_ARGUMENTS, Deferred, FallbackProgram, batch_in_front
+from compiler.importer.translators import (
     ATEN,
     NotLocal,
     Outputs,
@@ -54,112 +26,28 @@ from compiler.translators import (
     op_name,
     unsupported,
 )
+from compiler.ir import (
+    Arg,
+    Aten,
+    Call,
+    Constant,
+    Flatten,
+    Input,
+    Node,
+    Occlude,
+    Operator,
+    WeightRef,
+)
+from compiler.plan import Plan
 from compiler.types import Layout, Schema, Size2
 
 log = logging.getLogger(__name__)
 
+
 OCCLUDE = "occlude"
+
+
 SKIPPED = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"}
-
-
-@dataclass
-class Exported:
-    """A model exported at one input shape, and the tensors its plan reads by name."""
-
-    program: ExportedProgram
-    model: nn.Module
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-def export(model: nn.Module, input_shape: tuple[int, int, int]) -> Exported:
-    """``torch.export`` of ``model`` for one image of ``input_shape``; a model that does not
-    run at that shape, or that export cannot capture, is a ``KryptonError``."""
-    if not isinstance(model, nn.Module):
-        raise InvalidInputError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    training = [name or "<model>" for name, m in model.named_modules() if m.training]
-    if training:
-        raise InvalidInputError(
-            f"the model is in training mode ({training[0]}); call model.eval() first"
-        )
-    parameter = next(iter(model.parameters()), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    dtype = parameter.dtype if parameter is not None else torch.float32
-    sample = torch.zeros((1, *input_shape), device=device, dtype=dtype)
-    try:
-        probe(model, sample)
-    except UnsupportedOperationError:
-        raise
-    except Exception as error:
-        raise InvalidInputError(
-            f"the model does not accept inputs of shape {list(input_shape)}: {_reason(error)}"
-        ) from error
-    try:
-        program = torch.export.export(model, (sample,))
-    except Exception as error:  # export raises many kinds; all mean "cannot be captured"
-        raise UnsupportedOperationError(
-            f"torch.export cannot capture the model ({type(error).__name__}): "
-            f"{_export_reason(str(error))}"
-        ) from error
-    return Exported(program, model, _model_tensors(program))
-
-
-def probe(model: nn.Module, sample: torch.Tensor) -> Any:
-    """``model(sample)`` without gradients, leaving the model as it was: a forward that changes
-    a buffer or parameter in place has its buffers put back and is refused (each forward would
-    see another model, so no heatmap of it is well defined)."""
-    tensors = [*model.named_parameters(), *model.named_buffers()]
-    # A lazy module's first forward materializes its parameters: that is no change of state.
-    state = {name: (t, _version(t)) for name, t in tensors if not nn.parameter.is_lazy(t)}
-    saved = {n: b.clone() for n, b in model.named_buffers() if not nn.parameter.is_lazy(b)}
-    with torch.no_grad():
-        result = model(sample)
-    changed = [name for name, (tensor, version) in state.items() if _version(tensor) != version]
-    if changed:
-        with torch.no_grad():
-            for name, buffer in model.named_buffers():
-                if name in saved:
-                    buffer.copy_(saved[name])
-        raise UnsupportedOperationError(
-            f"the model changes its buffer or parameter {changed[0]} when it runs: each "
-            "forward would see another model, so no heatmap of it is well defined"
-        )
-    return result
-
-
-def _version(tensor: torch.Tensor) -> int:
-    try:
-        return int(tensor._version)
-    except RuntimeError:  # an inference tensor keeps no version (and cannot be written)
-        return 0
-
-
-def _export_reason(text: str) -> str:
-    """Export's first line and the model's source line it points at."""
-    lines = text.strip().splitlines()
-    where = next((i for i, line in enumerate(lines) if "call raised this error" in line), None)
-    if where is None:
-        return "\n".join(lines[:6])
-    source = [line.rstrip() for line in lines[where + 1 : where + 3] if line.strip()]
-    return "\n".join([lines[0], "at", *source])
-
-
-def _reason(error: Exception) -> str:
-    root: BaseException = error
-    while root.__cause__ is not None:
-        root = root.__cause__
-    return (str(root).strip().splitlines() or [type(root).__name__])[0]
-
-
-def _model_tensors(program: ExportedProgram) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for spec in program.graph_signature.input_specs:
-        if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
-            assert spec.target is not None
-            source = program.state_dict if spec.target in program.state_dict else program.constants
-            tensor = source[spec.target]
-            assert isinstance(tensor, torch.Tensor), spec.target
-            tensors[spec.target] = tensor.detach()
-    return tensors
 
 
 def import_model(
@@ -168,13 +56,13 @@ def import_model(
     """Translate an exported model into a logical plan for one image of ``input_shape``."""
     program = exported.program
     signature = program.graph_signature
-    mutated = list(signature.buffers_to_mutate.values()) or _written_state(program)
+    mutated = list(signature.buffers_to_mutate.values()) or written_state(program)
     if mutated:
         raise UnsupportedOperationError(
             f"the model changes its buffer or parameter {mutated[0]} when it runs: each "
             "forward would see another model, so no heatmap of it is well defined"
         )
-    if _writes_through_views(program.graph):
+    if writes_through_views(program.graph):
         program = program.run_decompositions({})
     ctx = ImportContext(exported, program)
     ctx.walk(tuple(input_shape), patch, color)
@@ -186,64 +74,6 @@ def import_model(
         )
     plan.verify()
     return plan
-
-
-def _is_view(target: Any) -> bool:
-    if not isinstance(target, torch._ops.OpOverload):
-        return target.__name__ == "getitem" if hasattr(target, "__name__") else False
-    schema = target._schema
-    return not schema.is_mutable and any(r.alias_info is not None for r in schema.returns)
-
-
-def _writes_through_views(graph: fx.Graph) -> bool:
-    """Does an in-place operator write a tensor that another tensor views?"""
-    for node in graph.nodes:
-        target = node.target
-        if not (isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable):
-            continue
-        if "dropout" in target.overloadpacket.__name__ and not bind(
-            target, node.args, node.kwargs
-        ).get("train"):
-            continue  # in-place dropout at inference writes nothing
-        written = node.args[0]
-        if not isinstance(written, fx.Node):
-            continue
-        if written.op == "call_function" and _is_view(written.target):
-            return True
-        if any(
-            u is not node and u.op == "call_function" and _is_view(u.target) for u in written.users
-        ):
-            return True
-    return False
-
-
-def _written_state(program: ExportedProgram) -> list[str]:
-    """The parameters, buffers and constants an in-place operator in the graph writes (through
-    views too): export keeps such writes in its graph without listing them as mutations."""
-    kinds = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
-    state = {
-        spec.arg.name: str(spec.target)
-        for spec in program.graph_signature.input_specs
-        if spec.kind in kinds and hasattr(spec.arg, "name")
-    }
-    written = []
-    for node in program.graph.nodes:
-        target = node.target
-        if not (isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable):
-            continue
-        for position, argument in enumerate(target._schema.arguments):
-            if argument.alias_info is None or not argument.alias_info.is_write:
-                continue
-            value = node.args[position] if position < len(node.args) else node.kwargs.get(
-                argument.name
-            )  # fmt: skip
-            while isinstance(value, fx.Node) and value.op == "call_function" and _is_view(
-                value.target
-            ):  # fmt: skip
-                value = value.args[0]
-            if isinstance(value, fx.Node) and value.op == "placeholder" and value.name in state:
-                written.append(state[value.name])
-    return written
 
 
 def _functional(node: fx.Node) -> torch._ops.OpOverload:
@@ -598,9 +428,9 @@ class ImportContext:
             )
         at = at or node
         deferred = Deferred(node, target, item, why)
-        if not _batch_in_front(node, at):
+        if not batch_in_front(node, at):
             return deferred
-        program = _Program(self)
+        program = FallbackProgram(self)
         program.visit(deferred)
         shape = self.out_shape(at)
         images = program.inputs
@@ -621,7 +451,7 @@ class ImportContext:
         (a baked batch of one) and no model tensor shaped like a batch of one, unless the
         operator broadcasts (point-wise)?"""
         args = bind(target, node.args, node.kwargs)
-        if any(args.get(name) is not None for name in _SHAPE_ARGUMENTS):
+        if any(args.get(name) is not None for name in SHAPE_ARGUMENTS):
             return False
         rank = len(self.out_shape(at)) + 1
         pointwise = torch.Tag.pointwise in target.tags
@@ -686,93 +516,15 @@ class ImportContext:
         return f"{name} in {path} ({kind})"
 
 
-@dataclass(frozen=True, eq=False)
-class Deferred:
-    """A fallback call whose result has its batch axis elsewhere than in front: not yet a
-    node; the next fallback that reads it takes the call (and what it reads) into its own
-    program."""
-
-    node: fx.Node
-    target: Any
-    item: int | None
-    why: str
+def _module_path(path: str) -> str:
+    """``layer1.0.conv1`` from export's module paths (also older ``L['self'].layer1[0]``)."""
+    path = path.replace("L['self']", "").replace("L__self__", "")
+    path = path.replace("[", ".").replace("]", "").replace("'", "")
+    return path.strip("._")
 
 
-class _Program:
-    """A fallback program being built from ``Deferred`` calls: its image inputs and calls,
-    each call once (a residual that reads a deferred tensor twice shares it)."""
-
-    def __init__(self, ctx: ImportContext):
-        self.ctx = ctx
-        self.inputs: list[Value] = []
-        self.calls: list[Call] = []
-        self.why = ""
-        self.fma = 0
-        self._done: dict[tuple[fx.Node, int | None], Tmp] = {}
-
-    def arg(self, value: Value) -> Arg:
-        for index, known in enumerate(self.inputs):
-            if known is value:
-                return Arg(index)
-        self.inputs.append(value)
-        return Arg(len(self.inputs) - 1)
-
-    def visit(self, deferred: Deferred) -> Tmp:
-        """Append ``deferred``'s call after the calls it reads; its result's ``Tmp``."""
-        key = (deferred.node, deferred.item)
-        if key in self._done:
-            return self._done[key]
-        self.why = self.why or deferred.why
-
-        def convert(value: Any) -> Any:
-            if isinstance(value, fx.Node):
-                found = self.ctx.values[value]
-                if isinstance(found, Deferred):
-                    return self.visit(found)
-                if isinstance(found, Value) and not found.is_constant:
-                    return self.arg(found)
-                if isinstance(found, Value):
-                    return self.ctx.weight(found, "a constant")
-                raise UnsupportedOperationError(f"exported node {value.name!r} has no value")
-            if isinstance(value, (list, tuple)):
-                return tuple(convert(v) for v in value)
-            return value
-
-        node = deferred.node
-        args = tuple(convert(a) for a in node.args)
-        kwargs = tuple((k, convert(v)) for k, v in node.kwargs.items())
-        self.calls.append(Call(str(deferred.target), args, kwargs, deferred.item))
-        self.fma += _fma(node)
-        self._done[key] = Tmp(len(self.calls) - 1)
-        return self._done[key]
-
-
-_SHAPE_ARGUMENTS = ("size", "shape", "sizes", "repeats")
-_BATCH_AXES = {"dim", "dim0", "dim1", "start_dim", "source", "destination"}
-
-
-def _batch_in_front(node: fx.Node, at: fx.Node) -> bool:
-    """Is the batch axis still the first axis of ``at``'s result (an image's tensor)?"""
-    value = at.meta.get("val")
-    if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != 1:
-        return False
-    target = node.target
-    if not isinstance(target, torch._ops.OpOverload):
-        return True
-    source = next(
-        (a for a in node.all_input_nodes if isinstance(a.meta.get("val"), torch.Tensor)), None
-    )
-    rank = source.meta["val"].dim() if source is not None else value.dim()
-    args = bind(target, node.args, node.kwargs)
-    if target.overloadpacket.__name__ == "permute":
-        return int(args["dims"][0]) % max(rank, 1) == 0
-    for name, given in args.items():
-        if name not in _BATCH_AXES or given is None:
-            continue
-        dims = given if isinstance(given, (list, tuple)) else [given]
-        if any(isinstance(d, int) and d % max(rank, 1) == 0 for d in dims):
-            return False
-    return True
+def _identifier(text: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in text).strip("_") or "value"
 
 
 def _constant(tensor: torch.Tensor, path: str) -> Value:
@@ -808,35 +560,3 @@ def _split(target: Any, bound: dict[str, Any]) -> tuple[list[Any], dict[str, Any
         else:
             positional.append(bound[argument.name])
     return positional, keywords
-
-
-def _fma(node: fx.Node) -> int:
-    """Multiply-adds of one call of ``node`` for one image, from its fake tensors."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    def fake(value: Any) -> Any:
-        if isinstance(value, fx.Node):
-            return value.meta.get("val")
-        if isinstance(value, (list, tuple)):
-            return type(value)(fake(v) for v in value)
-        return value
-
-    try:
-        args = tuple(fake(a) for a in node.args)
-        kwargs = {k: fake(v) for k, v in node.kwargs.items()}
-        with FlopCounterMode(display=False) as counter:
-            node.target(*args, **kwargs)  # type: ignore[operator]
-        return int(counter.get_total_flops()) // 2
-    except Exception:  # a count is a nicety; an operator the counter cannot run counts 0
-        return 0
-
-
-def _module_path(path: str) -> str:
-    """``layer1.0.conv1`` from export's module paths (also older ``L['self'].layer1[0]``)."""
-    path = path.replace("L['self']", "").replace("L__self__", "")
-    path = path.replace("[", ".").replace("]", "").replace("'", "")
-    return path.strip("._")
-
-
-def _identifier(text: str) -> str:
-    return "".join(c if c.isalnum() or c == "_" else "_" for c in text).strip("_") or "value"

@@ -3,16 +3,21 @@ ATen operator tagged point-wise."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import fx
 
+from compiler.importer.translators.common import (
+    Context,
+    NotLocal,
+    Translation,
+    Translator,
+    Value,
+    pointwise,
+    unsupported,
+)
 from compiler.ir import Activation, Arith, Combine, Map, Scalar
-from compiler.translators.common import NotLocal, Translation, Translator, Value, unsupported
-
-if TYPE_CHECKING:
-    from compiler.importer import ImportContext
 
 # Why well-known operators are not local (the fallback's explanation in explain).
 _NOT_LOCAL = {
@@ -36,7 +41,7 @@ def _source(args: dict[str, Any]) -> Value:
 
 
 def activation(fn: Activation) -> Translator:
-    def translate(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    def translate(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
         source = _source(args)
         alpha, beta, kind = 0.0, 0.0, fn
         if fn is Activation.LEAKY_RELU:
@@ -52,12 +57,12 @@ def activation(fn: Activation) -> Translator:
     return translate
 
 
-def identity(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def identity(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     """Operators that return their input's values: no node."""
     return _source(args)
 
 
-def dropout(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def dropout(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     if args.get("train"):
         raise unsupported(
             node,
@@ -67,7 +72,7 @@ def dropout(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translat
     return _source(args)
 
 
-def to_dtype(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def to_dtype(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     """``aten.to``/``_to_copy`` that keeps the dtype is the identity; a cast is point-wise."""
     source = _source(args)
     value = node.meta.get("val")
@@ -78,7 +83,7 @@ def to_dtype(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Transla
 
 
 def arithmetic(arith: Arith) -> Translator:
-    def translate(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    def translate(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
         left, right = args["self"], args["other"]
         alpha = args.get("alpha", 1)
         if alpha not in (None, 1):
@@ -91,14 +96,14 @@ def arithmetic(arith: Arith) -> Translator:
     return translate
 
 
-def rsub(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def rsub(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     """``aten.rsub``: ``other − alpha·self``."""
     if args.get("alpha", 1) not in (None, 1):
         return generic(node, args, ctx)
     return combine(node, Arith.SUB, args["other"], args["self"], ctx)
 
 
-def combine(node: fx.Node, arith: Arith, left: Any, right: Any, ctx: ImportContext) -> Value:
+def combine(node: fx.Node, arith: Arith, left: Any, right: Any, ctx: Context) -> Value:
     """``left ∘ right`` where at least one side depends on the image."""
     left, right = ctx.as_scalar(left), ctx.as_scalar(right)
     if isinstance(right, (int, float)) and isinstance(left, Value):
@@ -117,15 +122,13 @@ def combine(node: fx.Node, arith: Arith, left: Any, right: Any, ctx: ImportConte
     return ctx.emit(node, Combine(arith), [left, right], out)
 
 
-def generic(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def generic(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     """An ATen operator tagged point-wise on one feature map (other operands constants that do
     not vary over space): a ``Pointwise`` node; anything else is not local."""
     target = node.target
     if not (isinstance(target, torch._ops.OpOverload) and torch.Tag.pointwise in target.tags):
         name = target.overloadpacket.__name__ if isinstance(target, torch._ops.OpOverload) else ""
         raise NotLocal(_NOT_LOCAL.get(name.lstrip("_"), "no translation of this operator"))
-    from compiler.translators.channels import pointwise
-
     images = [v for v in args.values() if isinstance(v, Value) and not v.is_constant]
     if len(images) != 1:
         raise NotLocal("a point-wise operator of several feature maps")

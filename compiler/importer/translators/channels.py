@@ -6,51 +6,23 @@ concatenation, softmax and sums over channels — plus their forms on class-scor
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import fx
 
-from compiler.ir import Concat, Flatten, Linear, Pointwise, RegionSum, Softmax
-from compiler.translators.common import (
+from compiler.importer.translators.common import (
+    Context,
     NotLocal,
     Outputs,
     Translation,
     Translator,
     Value,
     axis,
+    pointwise,
     spatial,
 )
+from compiler.ir import Concat, Flatten, Linear, RegionSum, Softmax
 from compiler.types import Layout
-
-if TYPE_CHECKING:
-    from compiler.importer import ImportContext
-
-
-def pointwise(
-    node: fx.Node,
-    args: dict[str, Any],
-    ctx: ImportContext,
-    source: Value,
-    *,
-    out: Layout | None = None,
-    fma_per_cell: int = 0,
-    item: int | None = None,
-    at: fx.Node | None = None,
-    broadcast: bool = False,
-) -> Value:
-    """``node``'s call as a ``Pointwise`` node on the feature map ``source``; the result
-    takes the name and shape of ``at`` (default: ``node``). With ``broadcast`` (element-wise
-    operators) the model tensors it reads broadcast against ``source`` and must not vary
-    over space."""
-    layout = spatial(source, "a per-position operator on a tensor that is not a feature map")
-    assert layout.layout is not None
-    at = at or node
-    out = out or ctx.like(at, source)
-    if out is None:
-        raise NotLocal("a per-position operator whose result is not a feature map")
-    call = ctx.call(node, [source], item=item, spatial_layout=layout.layout if broadcast else None)
-    op = Pointwise(call, (layout.layout,), out, fma_per_cell)
-    return ctx.emit(at, op, [source], out)
 
 
 def _channel_axis(source: Value, dim: int, what: str) -> int:
@@ -102,7 +74,7 @@ def reshaped(layout: Layout, shape: tuple[int, ...]) -> Layout | None:
     return Layout(tuple(shape), h, w)
 
 
-def reshape(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def reshape(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     """``view``, ``reshape``, ``flatten``, ``unflatten``, ``squeeze``, ``unsqueeze``: a new
     layout of the same relation, or ``Flatten`` of a whole map into a vector."""
     source = args.get("self", args.get("input"))
@@ -125,7 +97,7 @@ def reshape(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translat
     raise NotLocal("a reshape that merges the spatial axes with others")
 
 
-def permute(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def permute(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     source = spatial(args["self"], "a permute of a tensor that is not a feature map")
     layout = source.layout
     assert layout is not None
@@ -151,14 +123,14 @@ def permute(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translat
 # -- per-position operators on channels ------------------------------------------------------
 
 
-def slice_(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def slice_(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     """``slice`` and ``narrow`` along a channel axis."""
     source = spatial(args["self"], "a slice of a tensor that is not a feature map")
     _channel_axis(source, args["dim"], "a slice")
     return pointwise(node, args, ctx, source)
 
 
-def select(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def select(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     source = spatial(args["self"], "a select of a tensor that is not a feature map")
     assert source.layout is not None
     index = _channel_axis(source, args["dim"], "a select")
@@ -166,7 +138,7 @@ def select(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translati
     return pointwise(node, args, ctx, source, out=out)
 
 
-def split(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def split(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     """``split``, ``split_with_sizes``, ``chunk`` and ``unbind`` along a channel axis."""
     source = spatial(args["self"], "a split of a tensor that is not a feature map")
     assert source.layout is not None
@@ -184,7 +156,7 @@ def split(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translatio
     return Outputs(item)
 
 
-def layer_norm(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def layer_norm(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     """Layer norm over channel axes only (ConvNeXt's channels-last norm): per position."""
     source = spatial(args["input"], "layer norm of a tensor that is not a feature map")
     assert source.layout is not None
@@ -195,7 +167,7 @@ def layer_norm(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Trans
     return pointwise(node, args, ctx, source)
 
 
-def linear(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def linear(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     """A linear layer on class-score vectors, or on the channel axis of a channels-last map
     (a 1×1 convolution, per position)."""
     source = args["input"]
@@ -213,7 +185,7 @@ def linear(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translati
 
 
 def softmax(log: bool) -> Translator:
-    def translate(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+    def translate(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
         source = args["self"]
         assert isinstance(source, Value)
         if source.is_spatial:
@@ -228,7 +200,7 @@ def softmax(log: bool) -> Translator:
     return translate
 
 
-def spatial_sum(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation | None:
+def spatial_sum(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation | None:
     """``aten.sum.dim_IntList`` over exactly the spatial axes: a region aggregate with every
     weight 1 (``fold_mask_into_region_sum`` gives it a mask's weights); ``None`` for a sum
     over other axes."""
@@ -249,7 +221,7 @@ def spatial_sum(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Tran
     return ctx.emit(node, RegionSum(None, 1.0, False), [source], None)
 
 
-def reduce_channels(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def reduce_channels(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     """``sum``/``mean``/``amax`` over channel axes only (selective-kernel branch sums); a sum
     over exactly the spatial axes is a region aggregate (``local.spatial_sum``)."""
     if "sum" in str(node.target):
@@ -268,7 +240,7 @@ def reduce_channels(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> 
     return pointwise(node, args, ctx, source, out=out)
 
 
-def cat(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def cat(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     """Concatenation of feature maps along their (first) channel axis."""
     tensors = list(args["tensors"])
     if not all(isinstance(t, Value) and t.is_spatial for t in tensors):
@@ -289,7 +261,7 @@ def cat(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
     return ctx.emit(node, Concat(), tensors, ctx.like(node, first))
 
 
-def stack(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def stack(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     """Stacking feature maps along a new outermost channel axis: a concatenation."""
     tensors = list(args["tensors"])
     if not all(isinstance(t, Value) and t.is_spatial for t in tensors):

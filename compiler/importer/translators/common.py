@@ -1,66 +1,31 @@
-"""What translators share: the importer's ``Value``, argument binding by the operator's
-schema, and the two ways a translation can end besides success.
+"""What translators share: argument binding by the operator's schema, the two ways a
+translation can end besides success, and ``pointwise`` (a per-position operator on a feature
+map).
 
 A translator receives the exported node, its arguments bound by name (exported nodes replaced
-by ``Value``s) and the ``ImportContext``; it returns the ``Value`` it computes, or ``Outputs``
-for an operator with several results. It raises ``NotLocal`` when the operator is fine but not
-one it can place in space — the importer then runs it as the exact fallback — and
-``UnsupportedOperationError`` (via ``unsupported``) when the model cannot be explained at all
-(random ops, batch statistics).
+by ``Value``s) and the import's ``Context`` (``compiler.importer.context``); it returns the
+``Value`` it computes, or ``Outputs`` for an operator with several results. It raises
+``NotLocal`` when the operator is fine but not one it can place in space — the importer then
+runs it as the exact fallback — and ``UnsupportedOperationError`` (via ``unsupported``) when the
+model cannot be explained at all (random ops, batch statistics).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import fx
 
 from compiler.errors import UnsupportedOperationError
-from compiler.ir import WeightRef
+from compiler.importer.context import Context, Outputs, Translation, Translator, Value
+from compiler.ir import Pointwise
 from compiler.types import Layout
 
-if TYPE_CHECKING:
-    from compiler.importer import ImportContext
-
-
-@dataclass(frozen=True)
-class Value:
-    """A tensor the exported model computes, as the importer knows it.
-
-    ``name`` is the IR node holding it (``None`` for a model constant, whose ``tensor`` is
-    known at import). ``shape`` is the per-image shape the model sees (constants: the whole
-    tensor's shape); ``layout`` says where the spatial axes are (``None``: not a feature map,
-    and the IR holds the tensor as it is).
-    """
-
-    name: str | None
-    shape: tuple[int, ...]
-    layout: Layout | None = None
-    tensor: torch.Tensor | None = None
-    ref: WeightRef | None = None
-
-    @property
-    def is_constant(self) -> bool:
-        return self.name is None
-
-    @property
-    def is_spatial(self) -> bool:
-        return self.layout is not None
-
-
-@dataclass(frozen=True)
-class Outputs:
-    """The results of a multi-output operator, built when a ``getitem`` reads one:
-    ``item(getitem_node, index)``."""
-
-    item: Callable[[fx.Node, int], Value]
-
-
-Translation = Value | Outputs
-Translator = Callable[[fx.Node, dict[str, Any], "ImportContext"], Translation]
+__all__ = [
+    "Context", "NotLocal", "Outputs", "Translation", "Translator", "Value", "axis", "bind",
+    "op_name", "pointwise", "spatial", "standard", "unsupported",
+]  # fmt: skip
 
 
 class NotLocal(Exception):
@@ -123,3 +88,30 @@ def standard(value: Any, what: str) -> Value:
     if not value.layout.is_standard:
         raise NotLocal(f"{what} of a tensor in layout {value.layout}, not [N, C, H, W]")
     return value
+
+
+def pointwise(
+    node: fx.Node,
+    args: dict[str, Any],
+    ctx: Context,
+    source: Value,
+    *,
+    out: Layout | None = None,
+    fma_per_cell: int = 0,
+    item: int | None = None,
+    at: fx.Node | None = None,
+    broadcast: bool = False,
+) -> Value:
+    """``node``'s call as a ``Pointwise`` node on the feature map ``source``; the result
+    takes the name and shape of ``at`` (default: ``node``). With ``broadcast`` (element-wise
+    operators) the model tensors it reads broadcast against ``source`` and must not vary
+    over space."""
+    layout = spatial(source, "a per-position operator on a tensor that is not a feature map")
+    assert layout.layout is not None
+    at = at or node
+    out = out or ctx.like(at, source)
+    if out is None:
+        raise NotLocal("a per-position operator whose result is not a feature map")
+    call = ctx.call(node, [source], item=item, spatial_layout=layout.layout if broadcast else None)
+    op = Pointwise(call, (layout.layout,), out, fma_per_cell)
+    return ctx.emit(at, op, [source], out)

@@ -3,10 +3,22 @@ pooling, batch norm, constant padding and the mean over the spatial axes."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import fx
 
+from compiler.importer.translators.common import (
+    Context,
+    NotLocal,
+    Outputs,
+    Translation,
+    Value,
+    axis,
+    pointwise,
+    spatial,
+    standard,
+    unsupported,
+)
 from compiler.ir import (
     AdaptivePool,
     BatchNorm,
@@ -15,21 +27,9 @@ from compiler.ir import (
     Pad,
     Pool,
     Upsample,
-)
-from compiler.translators.common import (
-    NotLocal,
-    Outputs,
-    Translation,
-    Value,
-    axis,
-    spatial,
-    standard,
-    unsupported,
+    UpsampleMode,
 )
 from compiler.types import Agg, Padding, Size2, Window
-
-if TYPE_CHECKING:
-    from compiler.importer import ImportContext
 
 
 def _conv_window(kernel: Size2, stride: Any, padding: Any, dilation: Any) -> Window:
@@ -46,7 +46,7 @@ def _conv_window(kernel: Size2, stride: Any, padding: Any, dilation: Any) -> Win
     return Window(kernel, stride_, dilation_, pad)
 
 
-def conv2d(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def conv2d(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     """``aten.conv2d`` (both overloads) and ``aten.convolution`` (transposed: see
     ``conv_transpose2d``)."""
     if args.get("transposed"):
@@ -62,7 +62,7 @@ def conv2d(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translati
     return ctx.emit(node, op, [source], ctx.like(node, source))
 
 
-def conv_transpose2d(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def conv_transpose2d(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     """``aten.conv_transpose2d``: zero insertion, then an ordinary convolution — the textbook
     identity ``convT_{s,p,d,op}(A, K) = conv_{1, pad, d}(Z_s(A), flip(Kᵀ))`` with ``Z_s``
     placing each cell at ``(s·y, s·x)`` of an ``s·H × s·W`` map of zeros, ``Kᵀ`` the kernel
@@ -100,7 +100,7 @@ def conv_transpose2d(node: fx.Node, args: dict[str, Any], ctx: ImportContext) ->
     channels, height, width = source.shape
     inserted = ctx.emit(
         node,
-        Upsample(stride, "zeros"),
+        Upsample(stride, UpsampleMode.ZEROS),
         [source],
         layout.with_shape((channels, height * stride.h, width * stride.w)),
     )
@@ -128,12 +128,12 @@ def _pool(agg: Agg, args: dict[str, Any]) -> Pool:
     )
 
 
-def max_pool2d(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def max_pool2d(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     source = standard(args["self"], "max pooling")
     return ctx.emit(node, _pool(Agg.MAX, args), [source], ctx.like(node, source))
 
 
-def max_pool2d_with_indices(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Outputs:
+def max_pool2d_with_indices(node: fx.Node, args: dict[str, Any], ctx: Context) -> Outputs:
     def item(getitem: fx.Node, index: int) -> Value:
         if index != 0:
             raise NotLocal("the indices of a max pool")
@@ -142,12 +142,12 @@ def max_pool2d_with_indices(node: fx.Node, args: dict[str, Any], ctx: ImportCont
     return Outputs(item)
 
 
-def avg_pool2d(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def avg_pool2d(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     source = standard(args["self"], "average pooling")
     return ctx.emit(node, _pool(Agg.AVG, args), [source], ctx.like(node, source))
 
 
-def _adaptive(node: fx.Node, agg: Agg, value: Any, ctx: ImportContext) -> Value:
+def _adaptive(node: fx.Node, agg: Agg, value: Any, ctx: Context) -> Value:
     source = standard(value, "adaptive pooling")
     assert source.layout is not None
     layout = ctx.like(node, source)
@@ -162,11 +162,11 @@ def _adaptive(node: fx.Node, agg: Agg, value: Any, ctx: ImportContext) -> Value:
     return ctx.emit(node, AdaptivePool(agg, size_out), [source], layout)
 
 
-def adaptive_avg_pool2d(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def adaptive_avg_pool2d(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     return _adaptive(node, Agg.AVG, args["self"], ctx)
 
 
-def adaptive_max_pool2d(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Outputs:
+def adaptive_max_pool2d(node: fx.Node, args: dict[str, Any], ctx: Context) -> Outputs:
     def item(getitem: fx.Node, index: int) -> Value:
         if index != 0:
             raise NotLocal("the indices of an adaptive max pool")
@@ -175,7 +175,7 @@ def adaptive_max_pool2d(node: fx.Node, args: dict[str, Any], ctx: ImportContext)
     return Outputs(item)
 
 
-def batch_norm(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def batch_norm(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     """``aten.batch_norm`` in inference: a per-channel affine map."""
     if args.get("training", False):
         raise unsupported(
@@ -196,7 +196,7 @@ def batch_norm(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Trans
     return ctx.emit(node, op, [source], ctx.like(node, source))
 
 
-def batch_norm_no_training(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Outputs:
+def batch_norm_no_training(node: fx.Node, args: dict[str, Any], ctx: Context) -> Outputs:
     """``aten._native_batch_norm_legit_no_training`` (functionalized graphs): item 0."""
 
     def item(getitem: fx.Node, index: int) -> Value:
@@ -207,7 +207,7 @@ def batch_norm_no_training(node: fx.Node, args: dict[str, Any], ctx: ImportConte
     return Outputs(item)
 
 
-def pad(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def pad(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     """``aten.pad`` and ``aten.constant_pad_nd``: constant padding of H and W."""
     mode = args.get("mode", "constant")
     if mode != "constant":
@@ -224,7 +224,7 @@ def pad(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
     return ctx.emit(node, op, [source], ctx.like(node, source))
 
 
-def mean(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def mean(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     """``aten.mean.dim`` over exactly the spatial axes: the global average pool."""
     source = spatial(args["self"], "a mean of a tensor that is not a feature map")
     layout = source.layout
@@ -245,28 +245,26 @@ def mean(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation
         raise NotLocal("a mean over the spatial and the channel axes")
     if layout.h in axes or layout.w in axes:
         raise NotLocal("a mean over one spatial axis")
-    from compiler.translators.channels import pointwise
-
     return pointwise(node, args, ctx, source)
 
 
-def _upsample(node: fx.Node, args: dict[str, Any], ctx: ImportContext, mode: str) -> Value:
-    source = standard(args.get("input", args.get("self")), f"{mode} upsampling")
+def _upsample(node: fx.Node, args: dict[str, Any], ctx: Context, mode: UpsampleMode) -> Value:
+    source = standard(args.get("input", args.get("self")), f"{mode.value} upsampling")
     layout = ctx.like(node, source)
     assert layout is not None
     (_, h, w), (_, oh, ow) = source.shape, layout.shape
     if oh % h or ow % w:
-        raise NotLocal(f"{mode} upsampling by a non-integer factor ({h}×{w} → {oh}×{ow})")
+        raise NotLocal(f"{mode.value} upsampling by a non-integer factor ({h}×{w} → {oh}×{ow})")
     return ctx.emit(node, Upsample(Size2(oh // h, ow // w), mode), [source], layout)
 
 
-def upsample_nearest(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def upsample_nearest(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     """``aten.upsample_nearest2d`` by integer factors (the output an exact multiple)."""
-    return _upsample(node, args, ctx, "nearest")
+    return _upsample(node, args, ctx, UpsampleMode.NEAREST)
 
 
-def upsample_bilinear(node: fx.Node, args: dict[str, Any], ctx: ImportContext) -> Translation:
+def upsample_bilinear(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     """``aten.upsample_bilinear2d`` by integer factors with ``align_corners=False``."""
     if args.get("align_corners"):
         raise NotLocal("bilinear upsampling with align_corners=True (not shift-invariant)")
-    return _upsample(node, args, ctx, "bilinear")
+    return _upsample(node, args, ctx, UpsampleMode.BILINEAR)
