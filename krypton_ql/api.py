@@ -15,13 +15,10 @@ from torch import Tensor, nn
 from compiler.errors import InvalidInputError
 from krypton_ql import options as check
 from krypton_ql.integrations import segmentation
-from krypton_ql.options import Options, PlanKeywords
+from krypton_ql.options import APPROXIMATE, Options, PlanKeywords
 from krypton_ql.plans.base import HeatmapPlan, ProgressArg
 from krypton_ql.plans.build import build_plan
 from krypton_ql.plans.naive import naive_class_heatmap
-
-# Options that ask for an approximation: naive re-inference is exact and takes none of them.
-APPROXIMATE = ("tau", "drilldown", "speedup", "ssim", "profile")
 
 
 def compile(
@@ -80,7 +77,7 @@ def naive_heatmap(
     """``occlusion_heatmap`` by full re-inference of every occluded copy, with the user's
     model: the baseline, and an oracle independent of the compiler. Same signature; the plan's
     own options (backend, conv, …) do not apply, and approximation is refused."""
-    asked = [name for name in APPROXIMATE if options.get(name) is not None]
+    asked = [name for name in sorted(APPROXIMATE) if options.get(name) is not None]
     if asked:
         raise InvalidInputError(
             f"naive_heatmap re-runs the model exactly: {asked[0]} is an option of the "

@@ -24,6 +24,11 @@ from krypton_ql.quality.profile import Profile
 from runtime.measure import ConvChoice
 from runtime.resolve import Backend
 
+# The options that ask for an approximation (explain marks it ≈), and those that only shape
+# one; without the first an occlusion is exact whatever the second say.
+APPROXIMATE = frozenset({"tau", "drilldown", "speedup", "ssim"})
+APPROXIMATION_SETTINGS = frozenset({"drilldown_mode", "guard", "profile"})
+
 DEFAULT_RATIO = 0.25  # the paper's default drill-down fraction (ImageNet)
 DEFAULT_TARGET = 3.0  # the paper's default drill-down speedup
 

@@ -85,20 +85,42 @@ def test_compare_exact_writes_side_by_side_pictures(photos: Path, tmp_path: Path
 
 
 def test_colour_limits_follow_the_heatmaps_class() -> None:
+    """The bound statement, not the query's text, says what a heatmap aggregates and whether
+    the statement chooses its classes."""
     from krypton_ql.apps.cli import _clean_score
+    from krypton_ql.dsl.outline import describe
 
     probabilities = torch.tensor([0.1, 0.7, 0.2])
-    heatmap = "SELECT class, heatmap(prob) FROM occlusion(images, model, patch => 8)"
-    assert _clean_score(heatmap + " GROUP BY class", probabilities, (2, None), 0) == (
-        pytest.approx(0.2)
-    )
-    assert _clean_score(heatmap.replace("class, ", ""), probabilities, (None,), None) == (
-        pytest.approx(0.7)
-    )  # the prediction
-    named = heatmap.replace("class, ", "") + " WHERE class = 2"
-    assert _clean_score(named, probabilities, (None,), None) is None  # own range
-    drops = "SELECT heatmap(drop) FROM occlusion(images, model, patch => 8)"
-    assert _clean_score(drops, probabilities, (None,), None) is None
+    heatmap = "SELECT class, heatmap(prob) AS h FROM occlusion(images, model, patch => 8)"
+
+    def score(query: str, row: tuple, class_column: int | None) -> float | None:
+        return _clean_score(describe(query), "h", probabilities, row, class_column)
+
+    assert score(heatmap + " GROUP BY class", (2, None), 0) == pytest.approx(0.2)
+    alone = heatmap.replace("class, ", "")
+    assert score(alone, (None,), None) == pytest.approx(0.7)  # the prediction
+    assert score(alone + " WHERE class = 2", (None,), None) is None  # its own range
+    assert score(alone.replace("patch => 8", "patch => 8, target => 2"), (None,), None) is None
+    assert score(alone.replace("(prob)", "(drop)"), (None,), None) is None
+    # the words alone do not decide: a column named class_count, a 'prob' in a string
+    tricky = ("SELECT heatmap(prob) AS h, 'class' AS class_count FROM occlusion(images, model, "
+              "patch => 8) WHERE image <> 'heatmap(prob)'")  # fmt: skip
+    assert score(tricky, (None, None), None) == pytest.approx(0.7)
+
+
+def test_compare_exact_runs_the_bound_statement_without_its_approximation() -> None:
+    import krypton_ql
+    from krypton_ql import models
+
+    session = krypton_ql.connect()
+    query = ("SELECT heatmap(prob) AS h FROM occlusion(photos, model, patch => 56, stride => 56, "
+             "tau => 0.5) WHERE image = 'chelsea'")  # fmt: skip
+    session.register_model("model", models.efficientnet_lite0(), transform=models.preprocess)
+    assert session.outline(query).approximate
+    exact = session.sql(query, exact=True, progress=False)
+    assert "≈" not in session.last_plan.explain()
+    plain = session.sql(query.replace(", tau => 0.5", ""), progress=False)
+    assert torch.equal(exact.heatmaps, plain.heatmaps) and session.last_cached == 1
 
 
 def test_a_bad_query_prints_the_caret_and_exits_2(photos: Path) -> None:

@@ -318,18 +318,12 @@ def _region(text: str) -> tuple[str, Any]:
     return name.strip(), spec
 
 
-_APPROXIMATE_OPTION = re.compile(
-    r",\s*(tau|drilldown|speedup|ssim|drilldown_mode)\s*=>\s*('[^']*'|[0-9.]+)", re.IGNORECASE
-)
-_NAMES_CLASSES = re.compile(r"\bclass\b|\btarget\s*=>", re.IGNORECASE)
-_PROB_HEATMAP = re.compile(r"heatmap\s*\(\s*prob\s*\)", re.IGNORECASE)
-
-
 def _query(args: argparse.Namespace) -> int:
     from compiler.errors import InvalidInputError
+    from krypton_ql.dsl.outline import describe
 
-    exact_sql = _APPROXIMATE_OPTION.sub("", args.sql)
-    if args.compare_exact and exact_sql == args.sql:
+    outline = describe(args.sql)  # what the statement computes, as the query language binds it
+    if args.compare_exact and not outline.approximate:
         raise InvalidInputError("--compare-exact needs a query with approximation options")
     out = Path(args.out)
     staging = _staging(out)  # checked before the query runs, not after
@@ -337,9 +331,11 @@ def _query(args: argparse.Namespace) -> int:
         session, module, display = _session(args)
         progress = sys.stderr.isatty() if args.progress is None else args.progress
         jobs = _job_options(args)
-        exact = session.sql(exact_sql, progress=progress, **jobs) if args.compare_exact else None
+        exact = None
+        if args.compare_exact:
+            exact = session.sql(args.sql, progress=progress, exact=True, **jobs)
         result = session.sql(args.sql, progress=progress, **jobs)  # last: the plan of record
-        written, rows = write_results(session, module, display, result, args.sql, staging, exact)
+        written, rows = write_results(session, module, display, result, outline, staging, exact)
         with open(staging / "results.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(result.columns)
@@ -387,13 +383,14 @@ def write_results(
     module: Any,
     display: Any,
     result: Any,
-    sql: str,
+    outline: Any,
     out: Path,
     exact: Any = None,
 ) -> tuple[list[Path], list[list[Any]]]:
     """Write each heatmap of ``result`` as ``.npy`` and a ``.png`` overlay on its image (and
     exact-vs-approximate pictures with ``exact``); returns the files and the rows with each
-    heatmap replaced by its file name."""
+    heatmap replaced by its file name. ``outline``: what the statement computes
+    (``krypton_ql.dsl.outline``)."""
     import numpy as np
     import torch
     from torch import Tensor
@@ -437,7 +434,7 @@ def write_results(
                         clean[image] = wrapper(picture[None]).float()[0]
                     else:
                         clean[image] = torch.softmax(module(picture[None]).float(), 1)[0]
-            base = _clean_score(sql, clean[image], row, class_column)
+            base = _clean_score(outline, result.columns[column], clean[image], row, class_column)
             region = None
             if wrapper is not None:
                 chosen = row[class_column] if class_column is not None else clean[image].argmax()
@@ -480,15 +477,18 @@ def _stem(image: str, klass: Any, column: str, rows: int) -> str:
     return "_".join(re.sub(r"[^\w.-]+", "-", p).strip("-") for p in parts)
 
 
-def _clean_score(sql: str, probabilities: Any, row: tuple, class_column: int | None):
+def _clean_score(
+    outline: Any, column: str, probabilities: Any, row: tuple, class_column: int | None
+) -> float | None:
     """The clean probability a probability heatmap's colours are relative to (the paper's
     convention): of the row's class, or of the prediction when the query names no class;
     None (colour by the heatmap's own range) for other heatmaps or an unknown class."""
-    if not _PROB_HEATMAP.search(sql):
+    heatmap = outline.heatmap(column)
+    if heatmap is None or heatmap.of != "prob":
         return None
     if class_column is not None:
         return float(probabilities[int(row[class_column])])
-    if _NAMES_CLASSES.search(sql):
+    if any(scan.names_classes for scan in outline.scans):
         return None
     return float(probabilities.max())
 
@@ -565,7 +565,7 @@ def _shell(args: argparse.Namespace) -> int:
 
     def save(result: Any, sql: str, out: Path) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
-        return write_results(session, module, display, result, sql, out)[0]
+        return write_results(session, module, display, result, session.outline(sql), out)[0]
 
     import os
 

@@ -34,7 +34,7 @@ COLUMNS = ("image", "row", "col", "y", "x", "class", "label", "prob", "base_prob
            "ssim_estimate")  # fmt: skip
 POSITION_COLUMNS = frozenset({"row", "col", "y", "x"})
 CLASS_COLUMNS = frozenset({"class", "label"})
-APPROXIMATE = frozenset({"tau", "drilldown", "speedup", "ssim"})
+APPROXIMATE = options.APPROXIMATE
 OPTIONS = frozenset(
     {
         "patch",

@@ -14,6 +14,7 @@ call replaced by that relation's name.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import threading
 import time
@@ -34,9 +35,10 @@ from krypton_ql.dsl import catalog, jobs, pushdown, scans
 from krypton_ql.dsl.bind import Bound, Scan, bind
 from krypton_ql.dsl.engine import Engine, Rewrite, heatmap_error, rewrite
 from krypton_ql.dsl.errors import QueryError
+from krypton_ql.dsl.outline import Outline, describe
 from krypton_ql.dsl.parse import Statement, fail, parse
 from krypton_ql.dsl.result import Result
-from krypton_ql.options import Options
+from krypton_ql.options import APPROXIMATE, APPROXIMATION_SETTINGS, Options
 from krypton_ql.plans.base import HeatmapPlan
 from krypton_ql.plans.build import build_plan
 
@@ -226,6 +228,7 @@ class Session:
         gpus_per_worker: float = 0,
         max_rows: int | None = None,
         cancel: threading.Event | None = None,
+        exact: bool = False,
         _sql_plan: bool = False,
     ) -> Result:
         """Run one statement (or ``EXPLAIN [VERBOSE]`` one) and return its result. ``progress``:
@@ -243,7 +246,9 @@ class Session:
         ``max_rows``: the result keeps the statement's first rows only (``Result.total_rows``
         counts them all; the others are never converted to Python or Arrow in one piece).
         ``cancel``: once set, DuckDB starts no more of the statement (``interrupt()`` stops
-        what it is running; an occlusion scan stops where its ``progress`` callback raises)."""
+        what it is running; an occlusion scan stops where its ``progress`` callback raises).
+        ``exact``: run every occlusion call without its approximation options (``kql query
+        --compare-exact``'s reference)."""
         clock = _Clock()
         job = self._job_settings(engine, workers, out, address, gpus_per_worker)
         statement = parse(query)
@@ -257,6 +262,8 @@ class Session:
             self.last_timings = clock.split("duckdb")
             return result
         bound = bind(statement)
+        if exact:
+            bound = _without_approximation(bound)
         names = [f"kql_occlusion_{i}" for i in range(len(bound.scans))]
         for scan in bound.scans:
             self._model(scan, statement)
@@ -303,6 +310,11 @@ class Session:
             if name in names:
                 return catalog.load(images, name, model, "")
         return self._last_inputs.get(name)
+
+    def outline(self, query: str) -> Outline:
+        """What ``query`` computes, bound but not run (``krypton_ql.dsl.outline``): its
+        occlusion calls and heatmap columns."""
+        return describe(query)
 
     def _job_settings(
         self,
@@ -607,6 +619,19 @@ class Session:
             f"images: {len(request.names)} of {item.registered} ({', '.join(request.names)})\n"
             f"cached: {cached}\n\n" + item.plan.explain(verbose=statement.verbose, sql=sql)
         )
+
+
+def _without_approximation(bound: Bound) -> Bound:
+    """The statement with every occlusion call exact: its approximation options (and the
+    settings only they read) dropped."""
+    dropped = APPROXIMATE | APPROXIMATION_SETTINGS
+    scans = [
+        dataclasses.replace(
+            scan, options={k: v for k, v in scan.options.items() if k not in dropped}
+        )
+        for scan in bound.scans
+    ]
+    return dataclasses.replace(bound, scans=scans)
 
 
 def _lookup(

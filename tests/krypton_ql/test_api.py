@@ -152,3 +152,19 @@ def test_option_errors_name_the_option(options, option) -> None:
     with pytest.raises(kql.InvalidInputError) as raised:
         kql.compile(model, (3, 8, 8), **{"patch": 2, **options})
     assert raised.value.option == option, str(raised.value)
+
+
+def test_the_option_keywords_are_declared_once() -> None:
+    """``PlanKeywords`` (what compile, occlusion_heatmap and naive_heatmap pass on) lists
+    exactly ``Options.build``'s keywords after the shape and the patch."""
+    import inspect
+
+    from krypton_ql.options import Options, PlanKeywords
+
+    built = set(inspect.signature(Options.build).parameters) - {"input_shape", "patch"}
+    assert set(PlanKeywords.__annotations__) == built
+    for function in (kql.compile, kql.occlusion_heatmap, kql.naive_heatmap):
+        parameters = inspect.signature(function).parameters
+        assert "patch" in parameters and not built & set(parameters), function.__name__
+    with pytest.raises(kql.KryptonError, match="tau is an option of the incremental plan"):
+        kql.naive_heatmap(small_cnn(), torch.randn(3, 8, 8), patch=2, tau=0.5)

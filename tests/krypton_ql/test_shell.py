@@ -36,7 +36,7 @@ def _shell(script: str, session: kql.Session | None = None) -> tuple[int, str, s
     def save(result, sql: str, out: Path) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
         module = session._models["cnn"].get()
-        return write_results(session, module, _display, result, sql, out)[0]
+        return write_results(session, module, _display, result, session.outline(sql), out)[0]
 
     stdout, stderr = io.StringIO(), io.StringIO()
     shell = Shell(session, save, io.StringIO(script), stdout, stderr)
