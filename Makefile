@@ -42,8 +42,9 @@ mutmut: $(BIN)/.installed
 	-HYPOTHESIS_PROFILE=mutation OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/mutmut run
 	$(BIN)/python -m benchmarks.mutation --mutmut --json benchmarks/mutmut.json
 
+# ruff, and mypy (strict on compiler/ and runtime/; its settings are in pyproject.toml)
 lint: $(BIN)/.installed
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.cpu_exact

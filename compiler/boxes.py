@@ -14,8 +14,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+import torch
 
 from compiler.ir import (
     Combine,
@@ -29,6 +31,9 @@ from compiler.ir import (
     Upsample,
 )
 from compiler.types import Size2, Window
+
+# Per-query starts: NumPy while planning, torch tensors on the device while running.
+Starts = TypeVar("Starts", np.ndarray, torch.Tensor)
 
 Origins = tuple[np.ndarray, np.ndarray]  # (y0, x0), int64 arrays of one entry per position
 
@@ -75,12 +80,13 @@ def window_start(
     [103, 0, 206]
     """
     first = np.maximum(ceil_div(start + pad - extent + 1, stride), 0)
-    return np.minimum(first, out_dim - size)
+    starts: np.ndarray = np.minimum(first, out_dim - size)
+    return starts
 
 
 def read_window(
-    out_start: np.ndarray, out_size: int, extent: int, stride: int, pad: int
-) -> tuple[np.ndarray, int]:
+    out_start: Starts, out_size: int, extent: int, stride: int, pad: int
+) -> tuple[Starts, int]:
     """The input cells a window operator reads to produce ``[out_start, out_start + out_size)``.
 
     >>> start, size = read_window(np.array([0, 5]), 4, 3, 2, 1)
@@ -103,7 +109,8 @@ def bounding_size(starts: list[np.ndarray], sizes: list[int], dim: int) -> int:
 
 def bounding_start(starts: list[np.ndarray], size: int, dim: int) -> np.ndarray:
     """Per-query start of the bounding box, clamped inward for the uniform ``size``."""
-    return np.clip(np.minimum.reduce(starts), 0, dim - size)
+    start: np.ndarray = np.clip(np.minimum.reduce(starts), 0, dim - size)
+    return start
 
 
 @dataclass(frozen=True)

@@ -122,10 +122,13 @@ def interpolate(
     ]
     a, b, c, d = corners
     wr, wc = wr[:, None], wc[None, :]
-    return (1 - wr) * ((1 - wc) * a + wc * b) + wr * ((1 - wc) * c + wc * d)
+    blended: np.ndarray = (1 - wr) * ((1 - wc) * a + wc * b) + wr * ((1 - wc) * c + wc * d)
+    return blended
 
 
-def _axis(count: int, coarse_count: int, coarse: int, fine: int):
+def _axis(
+    count: int, coarse_count: int, coarse: int, fine: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     position = np.clip(np.arange(count) * fine / coarse, 0, coarse_count - 1)
     low = np.floor(position).astype(np.int64)
     high = np.minimum(low + 1, coarse_count - 1)
@@ -154,7 +157,8 @@ def lattice(shape: tuple[int, int], period: float) -> np.ndarray:
     """
     rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
     shear = 1 if period < 3.5 else 2
-    return np.mod(rows + shear * cols, period) < 1
+    lattice: np.ndarray = np.mod(rows + shear * cols, period) < 1
+    return lattice
 
 
 def reconstruct(values: np.ndarray, known: np.ndarray) -> np.ndarray:
@@ -169,6 +173,6 @@ def reconstruct(values: np.ndarray, known: np.ndarray) -> np.ndarray:
     spline = RBFInterpolator(
         samples, values[known], kernel="thin_plate_spline", neighbors=neighbours
     )
-    result = spline(cells).reshape(known.shape)
+    result: np.ndarray = spline(cells).reshape(known.shape)
     result[known] = values[known]
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 import networkx as nx
 
@@ -114,7 +115,8 @@ class Plan:
         return name in self._graph
 
     def __getitem__(self, name: str) -> Node:
-        return self._graph.nodes[name]["node"]
+        node: Node = self._graph.nodes[name]["node"]
+        return node
 
     @property
     def graph(self) -> nx.DiGraph:
@@ -149,8 +151,10 @@ def verify_node(node: Node, inputs: list[Node]) -> None:
 
 def _verify_schema(node: Node, inputs: list[Node]) -> None:
     op, out = node.op, node.schema
-    first = inputs[0].schema if inputs else None
-    if isinstance(op, SAME_SHAPE) and first is not None and first.shape != out.shape:
+    if not inputs:  # a source (input, constant): nothing to check it against
+        return
+    first = inputs[0].schema
+    if isinstance(op, SAME_SHAPE) and first.shape != out.shape:
         _fail(node, f"maps {first} to {out}; an element-wise operator keeps the shape")
     if isinstance(op, (JoinAggregate, Pool)):
         if not first.is_spatial:
@@ -219,5 +223,5 @@ def _verify_update(node: Node, inputs: list[Node]) -> None:
         _fail(node, "is boxed but reads a full per-query input")
 
 
-def _fail(node: Node, message: str) -> None:
+def _fail(node: Node, message: str) -> NoReturn:
     raise KryptonError(f"invalid plan: node {node.name!r} ({type(node.op).__name__}) {message}")

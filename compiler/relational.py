@@ -309,6 +309,7 @@ class _Renderer:
                 f"SELECT r.q, r.c, r.y, r.x, r.v * ss.scale + ss.shift AS v FROM ({inner}) r "
                 f"JOIN s{self.k} ss ON ss.c = r.c"
             )
+        assert isinstance(op, Map | Scalar), op
         expression = activation_sql(op, "r.v") if isinstance(op, Map) else scalar_sql(op, "r.v")
         return f"SELECT r.q, r.c, r.y, r.x, {expression} AS v FROM ({inner}) r"
 

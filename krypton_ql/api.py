@@ -6,7 +6,7 @@ region scores of ``krypton_ql.integrations.segmentation``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Unpack
 
 import torch
@@ -100,11 +100,11 @@ def explain(model: nn.Module, input_shape: Any, **options: Any) -> str:
     return compile(model, input_shape, **options).explain(verbose=verbose, sql=sql)
 
 
-Compute = Callable[[nn.Module, Tensor, Any, ProgressArg, dict[str, Any]], Tensor]
+Compute = Callable[[nn.Module, Tensor, Any, ProgressArg, Mapping[str, Any]], Tensor]
 
 
 def _incremental(
-    model: nn.Module, image: Tensor, patch: Any, progress: ProgressArg, options: dict[str, Any]
+    model: nn.Module, image: Tensor, patch: Any, progress: ProgressArg, options: Mapping[str, Any]
 ) -> Tensor:
     images = check.images(image)
     plan = build_plan(model, Options.build(tuple(images.shape[1:]), patch=patch, **options))
@@ -112,19 +112,20 @@ def _incremental(
 
 
 def _incremental_classes(
-    model: nn.Module, image: Tensor, patch: Any, progress: ProgressArg, options: dict[str, Any]
+    model: nn.Module, image: Tensor, patch: Any, progress: ProgressArg, options: Mapping[str, Any]
 ) -> Tensor:
     """``[T, rows, cols]``: the heatmaps of one image for the classes ``options["target"]``,
     in one pass."""
     images = check.images(image)
-    classes = options.pop("target")
-    plan = build_plan(model, Options.build(tuple(images.shape[1:]), patch=patch, **options))
+    keywords = dict(options)
+    classes = keywords.pop("target")
+    plan = build_plan(model, Options.build(tuple(images.shape[1:]), patch=patch, **keywords))
     table = torch.tensor([classes], device=images.device)
     return plan.evaluate(images, targets=table, progress=progress).heatmaps[0]
 
 
 def _naive(
-    model: nn.Module, image: Tensor, patch: Any, progress: ProgressArg, options: dict[str, Any]
+    model: nn.Module, image: Tensor, patch: Any, progress: ProgressArg, options: Mapping[str, Any]
 ) -> Tensor:
     return naive_class_heatmap(model, image, patch=patch, progress=progress, **options)
 
@@ -138,16 +139,17 @@ def _by_region(
     progress: ProgressArg,
     region: Any,
     output: Any,
-    options: dict[str, Any],
+    options: Mapping[str, Any],
 ) -> Tensor:
     """``[N, rows, cols]`` (or ``[1, T, rows, cols]`` for one image and several classes) of a
     map-output model: each of segmentation's region jobs computed as class scores of its
     wrapper (``several`` computes one image's classes in one pass; without it, class by
     class)."""
-    score = options.pop("score", "prob")
-    jobs = segmentation.region_jobs(model, images, region=region, output=output,
-                                    target=options.pop("target", None), score=score)  # fmt: skip
-    keywords = {**options, "score": "logit"}  # the wrapper's scores are the region scores
+    keywords = dict(options)
+    score, target = keywords.pop("score", "prob"), keywords.pop("target", None)
+    jobs = segmentation.region_jobs(model, images, region=region, output=output, target=target,
+                                    score=score)  # fmt: skip
+    keywords["score"] = "logit"  # the wrapper's scores are the region scores
     maps = []
     for job in jobs:
         if job.classes is None:

@@ -202,6 +202,7 @@ def plan_png(plan, path: str | Path, measured: float | None = None) -> Path:
     grid = figure.add_gridspec(box_rows + 1, per_row, height_ratios=[1.0] * box_rows + [2.6])
     for i, layer in enumerate(boxed):
         axis = figure.add_subplot(grid[i // per_row, i % per_row])
+        assert layer.box is not None  # boxed layers only
         (height, width), (y, x, h, w) = layer.size, layer.box
         axis.add_patch(plt.Rectangle((0, 0), width, height, color="#e8ebf0"))
         axis.add_patch(plt.Rectangle((x, y), w, h, color="#c0392b" if layer.cut else "#2c6fbb"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ def resolve(target: str) -> Any:
     return getattr(getattr(getattr(torch.ops, namespace), name), overload)
 
 
-def run(call: Call, tensors: list[Tensor], weights: Weights, temps: list[Any] = ()) -> Any:
+def run(call: Call, tensors: list[Tensor], weights: Weights, temps: Sequence[Any] = ()) -> Any:
     """The call with ``Arg(i)`` bound to ``tensors[i]``, ``Tmp(j)`` to ``temps[j]`` and
     handles to the model's tensors."""
 
@@ -84,7 +85,8 @@ def fallback(op: Aten, inputs: list[Tensor], weights: Weights) -> Tensor:
         temps: list[Any] = []
         for call in op.calls:
             temps.append(run(call, batch, weights, temps))
-        return temps[-1]
+        result: Tensor = temps[-1]
+        return result
 
     if op.batched:
         result = program(tensors)

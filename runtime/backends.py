@@ -121,12 +121,13 @@ class TritonRunner(TorchRunner):
 
     def _conv(self, step: Step, inputs: list[Value], env: Env, epilogue: Any) -> Value:
         node = step.node
-        fused = lambda: self.launchers[KernelId.GATHER_CONV2D](  # noqa: E731
-            node, inputs, env, epilogue
-        )
-        cudnn = lambda: self._segment(  # noqa: E731
-            epilogue, KERNELS[KernelId.GATHER_CONV2D](node, inputs, env), env
-        )
+
+        def fused() -> Value:
+            return self.launchers[KernelId.GATHER_CONV2D](node, inputs, env, epilogue)
+
+        def cudnn() -> Value:
+            return self._segment(epilogue, KERNELS[KernelId.GATHER_CONV2D](node, inputs, env), env)
+
         choice = self.conv
         if choice is ConvChoice.MEASURE:
             if env.views[node.inputs[0]].device.type != "cuda":

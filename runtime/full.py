@@ -40,7 +40,7 @@ from compiler.types import Agg
 from runtime import aten
 from runtime.weights import Weights
 
-ARITH: dict[Arith, Callable[[Tensor | float, Tensor | float], Tensor]] = {
+ARITH: dict[Arith, Callable[[Tensor, Tensor | float], Tensor]] = {
     Arith.ADD: operator.add,
     Arith.SUB: operator.sub,
     Arith.RSUB: lambda a, b: b - a,
@@ -135,7 +135,8 @@ def upsample(x: Tensor, op: Upsample) -> Tensor:
         out[:, :, :: op.scale.h, :: op.scale.w] = x
         return out
     size = [x.shape[2] * op.scale.h, x.shape[3] * op.scale.w]
-    return torch.ops.aten.upsample_bilinear2d.vec(x, size, False, None)
+    scaled: Tensor = torch.ops.aten.upsample_bilinear2d.vec(x, size, False, None)
+    return scaled
 
 
 def elementwise(op: Map | Scalar | BatchNorm, x: Tensor, weights: Weights) -> Tensor:

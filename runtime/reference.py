@@ -20,11 +20,13 @@ from compiler.ir import (
     Combine,
     GlobalAvgPool,
     JoinAggregate,
+    Map,
     Node,
     Occlude,
     Pointwise,
     Pool,
     RegionSum,
+    Scalar,
     Upsample,
 )
 from compiler.physical import KernelId
@@ -149,7 +151,7 @@ def divisor_map(node: Node, env: Env) -> Tensor:
 
 def elementwise(node: Node, inputs: list[Value], env: Env) -> Value:
     (patch,) = inputs
-    assert isinstance(patch, Patch)
+    assert isinstance(patch, Patch) and isinstance(node.op, Map | Scalar | BatchNorm)
     return _patch(node, full_ops.elementwise(node.op, patch.values, env.weights), env)
 
 

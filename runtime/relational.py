@@ -173,7 +173,9 @@ def _divisors(op: Pool, height: int, width: int, out: tuple[int, ...]) -> pa.Tab
     (``count_include_pad=False``) or inside the padded image, never past it (ceil mode)."""
     w, p = op.window, op.window.padding
 
-    def counts(size: int, kernel: int, stride: int, before: int, after: int, cells: int):
+    def counts(
+        size: int, kernel: int, stride: int, before: int, after: int, cells: int
+    ) -> np.ndarray:
         start = np.arange(cells) * stride - before
         end = start + kernel
         if op.count_include_pad:

@@ -44,9 +44,10 @@ class Value:
 @dataclass(frozen=True)
 class Outputs:
     """The results of a multi-output operator, built when a ``getitem`` reads one:
-    ``item(getitem_node, index)``."""
+    ``item(getitem_node, index)`` (a ``Value``, or what the import records for a result it
+    runs as the exact fallback)."""
 
-    item: Callable[[fx.Node, int], Value]
+    item: Callable[[fx.Node, int], Any]
 
 
 Translation = Value | Outputs

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import fx
@@ -82,7 +82,7 @@ def _functional(node: fx.Node) -> torch._ops.OpOverload:
     name = target.overloadpacket.__name__
     packet = getattr(torch.ops.aten, name[:-1], None) if name.endswith("_") else None
     overload = getattr(packet, target._overloadname, None) if packet is not None else None
-    if overload is None:
+    if not isinstance(overload, torch._ops.OpOverload):
         raise unsupported(node, "an in-place operator with no functional form")
     return overload
 
@@ -93,11 +93,13 @@ class ImportContext:
     def __init__(self, exported: Exported, program: ExportedProgram):
         self.exported, self.program = exported, program
         self.tensors = exported.tensors
-        self.values: dict[fx.Node, Translation] = {}
+        # Per exported node: its Value or Outputs, a Deferred fallback call, or a submodule
+        # (autocast's graph) — what later nodes read it as.
+        self.values: dict[fx.Node, Any] = {}
         self.nodes: list[Node] = []
         self.output = ""
         self._used: set[str] = set()
-        self._constants: dict[tuple, str] = {}  # (tensor name, shape) -> Constant node
+        self._constants: dict[tuple[str, tuple[int, ...]], str] = {}  # (tensor, shape) -> node
         self._fallbacks: set[str] = set()
 
     # -- the walk ---------------------------------------------------------------------------
@@ -116,7 +118,14 @@ class ImportContext:
             else:
                 raise UnsupportedOperationError(f"exported node {node.name!r} ({node.op})")
 
-    def _placeholder(self, node: fx.Node, spec: Any, shape: tuple[int, ...], patch, color) -> None:
+    def _placeholder(
+        self,
+        node: fx.Node,
+        spec: Any,
+        shape: tuple[int, ...],
+        patch: Size2,
+        color: tuple[float, ...],
+    ) -> None:
         if spec.kind is InputKind.USER_INPUT:
             if any(isinstance(n.op, Input) for n in self.nodes):
                 raise UnsupportedOperationError("the model takes more than one input")
@@ -134,7 +143,7 @@ class ImportContext:
             raise UnsupportedOperationError(f"the model has an input of kind {spec.kind.name}")
 
     def _output(self, node: fx.Node) -> str:
-        results = node.args[0]
+        results: Any = node.args[0]  # the output node's tuple of results
         if len(results) != 1 or not isinstance(results[0], fx.Node):
             raise UnsupportedOperationError("the model must return one tensor of class scores")
         value = self.values.get(results[0])
@@ -161,8 +170,8 @@ class ImportContext:
     def _call(self, node: fx.Node) -> None:
         target = node.target
         if getattr(target, "__name__", None) == "getitem":
-            source, index = node.args
-            produced = self.values[source]  # type: ignore[index]
+            source, index = cast(tuple[fx.Node, int], node.args)
+            produced = self.values[source]
             if isinstance(produced, Outputs):
                 try:
                     self.values[node] = produced.item(node, int(index))
@@ -189,7 +198,7 @@ class ImportContext:
         args = bind(target, node.args, node.kwargs)
         args = {k: self._lookup(v) for k, v in args.items()}
         if not any(_depends_on_image(v) for v in args.values()):
-            result: Translation = self._fold(node, target, args)
+            result: Translation | Deferred = self._fold(node, target, args)
         else:
             result = self._translate(node, target, args)
         self.values[node] = result
@@ -197,25 +206,25 @@ class ImportContext:
     def _inline_autocast(self, node: fx.Node) -> Outputs:
         """``with torch.autocast(..., enabled=False)``: the region computes in the model's own
         dtypes, so its subgraph is translated in place."""
-        _device, _dtype, enabled, _cache, submodule, *inputs = node.args
+        _device, _dtype, enabled, _cache, submodule, *inputs = cast(tuple[Any, ...], node.args)
         if enabled:
             raise unsupported(
                 node,
                 "an autocast region inside the model (mixed precision); compile with "
                 "precision='bf16' or 'fp16' instead",
             )
-        graph = self.values[submodule].graph  # type: ignore[index,union-attr]
+        graph = self.values[submodule].graph
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
         for placeholder, value in zip(placeholders, inputs, strict=True):
-            self.values[placeholder] = self.values[value]  # type: ignore[index]
-        results: tuple = ()
+            self.values[placeholder] = self.values[value]
+        results: tuple[fx.Node, ...] = ()
         for inner in graph.nodes:
             if inner.op == "call_function":
                 self._call(inner)
             elif inner.op == "output":
                 results = tuple(inner.args[0])
         values = [self.values[r] for r in results]
-        return Outputs(lambda getitem, index: values[index])  # type: ignore[return-value]
+        return Outputs(lambda getitem, index: values[index])
 
     def _lookup(self, value: Any) -> Any:
         if isinstance(value, fx.Node):
@@ -227,7 +236,9 @@ class ImportContext:
             return type(value)(self._lookup(v) for v in value)
         return value
 
-    def _translate(self, node: fx.Node, target: Any, args: dict[str, Any]) -> Translation:
+    def _translate(
+        self, node: fx.Node, target: Any, args: dict[str, Any]
+    ) -> Translation | Deferred:
         name = target.overloadpacket.__name__
         translator = ATEN.get(name)
         if _has_deferred(args):
@@ -417,14 +428,14 @@ class ImportContext:
         *,
         item: int | None = None,
         at: fx.Node | None = None,
-    ) -> Translation:
+    ) -> Translation | Deferred:
         """``node`` as the exact fallback: the ATen call itself on full per-query tensors.
         While the result's batch axis is not in front (attention's ``qkv.permute(2, 0, …)``,
         ``flatten(0, 1)``) the calls stay ``Deferred`` and join the next fallback node."""
         returns = target._schema.returns
         if item is None and (len(returns) > 1 or str(returns[0].type).startswith("List")):
             return Outputs(
-                lambda getitem, index: self.fallback(node, target, why, item=index, at=getitem)  # type: ignore[return-value]
+                lambda getitem, index: self.fallback(node, target, why, item=index, at=getitem)
             )
         at = at or node
         deferred = Deferred(node, target, item, why)

@@ -30,7 +30,7 @@ class RuleContext:
     positions: Positions
     nodes: Mapping[str, Node] = field(default_factory=lambda: MappingProxyType({}))
     consumers: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
-    _origins: dict[str, Origins] = field(default_factory=dict, repr=False, compare=False)
+    _origins: dict[str, boxes.Placed] = field(default_factory=dict, repr=False, compare=False)
 
     def inputs(self, node: Node) -> list[Node]:
         return [self.nodes[name] for name in node.inputs]

@@ -403,11 +403,11 @@ def write_results(
     if not isinstance(wrapper, segmentation.RegionScores):
         wrapper = None
     occlusion = plan.occlusion if plan is not None else None
-    geometry = (
-        ((occlusion.patch.h, occlusion.patch.w), (occlusion.stride.h, occlusion.stride.w))
-        if occlusion is not None
-        else (None, None)
-    )
+    patch: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
+    if occlusion is not None:
+        patch = (occlusion.patch.h, occlusion.patch.w)
+        stride = (occlusion.stride.h, occlusion.stride.w)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     rows = []
@@ -426,7 +426,7 @@ def write_results(
             cells[column] = f"{stem}.npy"
             written.append(out / f"{stem}.npy")
             picture = session.input_image(image) if image_column is not None else None
-            if picture is None or occlusion is None:
+            if picture is None or patch is None or stride is None:
                 continue
             if image not in clean:
                 with torch.no_grad():
@@ -449,7 +449,8 @@ def write_results(
                     value,
                     base,
                     title,
-                    *geometry,
+                    patch,
+                    stride,
                     region=region,
                 )  # fmt: skip
             )
@@ -462,7 +463,8 @@ def write_results(
                         value,
                         base,
                         ("exact", "approximate"),
-                        *geometry,
+                        patch,
+                        stride,
                         region=region,
                     )  # fmt: skip
                 )

@@ -269,7 +269,8 @@ def rewrite(
     if statement.explain:
         edited.replace(0, statement.body, "")
     for scan, name in zip(bound.scans, names):
-        alias = "" if scan.call.parent.alias else " AS occlusion"
+        parent = scan.call.parent
+        alias = "" if parent is not None and parent.alias else " AS occlusion"
         edited.replace(*scan.span, name + alias)
     known = {g for g in grids if g is not None}
     for heatmap in bound.heatmaps:

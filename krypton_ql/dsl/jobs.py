@@ -80,7 +80,7 @@ class ScanWorker(datasets.Worker):
     def process(self, item: dict[str, Any], loaded: Any) -> pa.Table:
         name = str(item["image"])
         if isinstance(loaded, Exception):
-            row = {column: None for column in ROWS.names}
+            row: dict[str, Any] = {column: None for column in ROWS.names}
             row.update(image=name, queries=0, error=str(loaded))
             return pa.Table.from_pylist([row], schema=ROWS)
         self.setup()

@@ -83,8 +83,10 @@ def parse(text: str) -> Statement:
     except (TokenError, ValueError):
         tokens = None
     ends = [t for t in tokens or [] if t.token_type is TokenType.SEMICOLON]
-    if ends and any(
-        t.token_type is not TokenType.SEMICOLON for t in tokens[tokens.index(ends[0]) :]
+    if (
+        tokens
+        and ends
+        and any(t.token_type is not TokenType.SEMICOLON for t in tokens[tokens.index(ends[0]) :])
     ):
         raise QueryError(
             "one statement at a time (run a script with kql shell < script.sql)",
@@ -109,6 +111,7 @@ def parse(text: str) -> Statement:
     for identifier in tree.find_all(exp.Identifier):
         if identifier.this in _STAND_INS:
             identifier.set("this", _STAND_INS[identifier.this])
+    assert isinstance(tree, exp.Expression)
     return Statement(tree, text, bool(explain), bool(explain and explain.group(1)), tuple(tokens))
 
 

@@ -60,8 +60,8 @@ class Result:
         """``[rows, H, W]`` when the query has exactly one heatmap column, else None."""
         if len(self._heatmap_columns) != 1 or not len(self):
             return None
-        grids = self._grids[self._heatmap_columns[0]]
-        if any(g is None for g in grids) or len({tuple(g.shape) for g in grids}) != 1:
+        grids = [g for g in self._grids[self._heatmap_columns[0]] if g is not None]
+        if len(grids) != len(self) or len({tuple(g.shape) for g in grids}) != 1:
             return None
         return torch.stack(grids)
 

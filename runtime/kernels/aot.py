@@ -157,7 +157,9 @@ def _backend(target: Target) -> tuple[Any, Any]:
     return gpu, make_backend(gpu)
 
 
-def _specialize(launch: Launch, flags: dict[str, Any], config: Any, target: Target) -> tuple:
+def _specialize(
+    launch: Launch, flags: dict[str, Any], config: Any, target: Target
+) -> tuple[Any, ...]:
     """``(source, options, signature)`` exactly as Triton's JIT would build them on ``target``."""
     from triton.compiler import ASTSource
     from triton.runtime.jit import create_function_from_signature

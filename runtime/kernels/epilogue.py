@@ -10,6 +10,7 @@ every kernel in this package.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
@@ -49,7 +50,7 @@ class Epilogue:
     alpha: float = 0.0
     beta: float = 0.0
 
-    def pointers(self, fallback: Tensor) -> tuple:
+    def pointers(self, fallback: Tensor) -> tuple[Any, ...]:
         """The kernel's ``scale, shift, alpha, beta`` arguments (``fallback`` stands in for an
         absent vector, which the kernel never reads)."""
         scale = self.scale if self.scale is not None else fallback

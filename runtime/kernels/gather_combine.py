@@ -11,6 +11,8 @@ Twins: ``runtime.reference.gather_combine`` / ``gather_concat`` / ``project``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
@@ -215,7 +217,7 @@ def gather_combine(
     return out
 
 
-def _pointers(operand: Operand) -> tuple:
+def _pointers(operand: Operand) -> tuple[Any, ...]:
     view, patch, top, left = operand
     if patch is None:
         return view, view, view, view  # never read
@@ -295,4 +297,5 @@ def launch_project(
     view = env.views[node.inputs[0]]
     zeros = torch.zeros_like(patch.y0)
     operand = (view, patch.values, patch.y0, patch.x0)
-    return gather_combine([operand], env.batch.image, zeros, zeros, tuple(view.shape[2:]))
+    height, width = view.shape[2:]
+    return gather_combine([operand], env.batch.image, zeros, zeros, (height, width))

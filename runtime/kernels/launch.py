@@ -29,7 +29,7 @@ class Launch:
 
     @property
     def name(self) -> str:
-        return self.kernel.fn.__name__
+        return str(self.kernel.fn.__name__)
 
 
 _captured: ContextVar[list[Launch] | None] = ContextVar("captured_launches", default=None)

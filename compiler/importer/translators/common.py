@@ -32,7 +32,9 @@ class NotLocal(Exception):
     """The operator is not one the engine can place in space: run it as the exact fallback."""
 
 
-def bind(target: torch._ops.OpOverload, args: tuple, kwargs: dict) -> dict[str, Any]:
+def bind(
+    target: torch._ops.OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
     """The call's arguments by the schema's parameter names, defaults filled in."""
     bound: dict[str, Any] = {}
     for index, argument in enumerate(target._schema.arguments):
@@ -83,11 +85,11 @@ def spatial(value: Any, why: str) -> Value:
 
 def standard(value: Any, what: str) -> Value:
     """``value`` as a ``[N, C, H, W]`` feature map in its standard layout, or ``NotLocal``."""
-    value = spatial(value, f"{what} of a tensor that is not a feature map")
-    assert value.layout is not None
-    if not value.layout.is_standard:
-        raise NotLocal(f"{what} of a tensor in layout {value.layout}, not [N, C, H, W]")
-    return value
+    source = spatial(value, f"{what} of a tensor that is not a feature map")
+    assert source.layout is not None
+    if not source.layout.is_standard:
+        raise NotLocal(f"{what} of a tensor in layout {source.layout}, not [N, C, H, W]")
+    return source
 
 
 def pointwise(

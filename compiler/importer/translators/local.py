@@ -151,6 +151,7 @@ def _adaptive(node: fx.Node, agg: Agg, value: Any, ctx: Context) -> Value:
     source = standard(value, "adaptive pooling")
     assert source.layout is not None
     layout = ctx.like(node, source)
+    assert layout is not None  # the same axes as a feature map's
     size_in, size_out = Size2(*source.shape[1:]), Size2(*layout.shape[1:])
     if size_out == Size2(1, 1) and agg is Agg.AVG:
         return ctx.emit(node, GlobalAvgPool(keepdim=True), [source], layout)

@@ -55,7 +55,7 @@ def serve(explorer: Any, host: str = "127.0.0.1", port: int = 8000, token: str |
                 bound = sock.getsockname()[1]
         (announce or _print)(url(host, bound, token))
 
-    server.startup = startup
+    server.startup = startup  # type: ignore[method-assign]  # announce the bound port
     # HTTP in a thread, the occlusion work in this (the main) thread: torch is slower in a
     # second thread (explorer.Compute).
     compute = explorer.compute = Compute(own_thread=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 
@@ -139,7 +139,8 @@ def _run_ray(
     with progress_callback(progress, total, "images") as report:
         pending: list[pa.Table] = []
         count = 0
-        for block in results.iter_batches(batch_format="pyarrow", batch_size=None):
+        for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
+            block = cast(pa.Table, batch)
             pending.append(block)
             count += len(set(block.column(worker.key).to_pylist()))
             if sum(len(set(t.column(worker.key).to_pylist())) for t in pending) >= PART_ROWS:

@@ -187,8 +187,8 @@ class Explainer(Worker):
         return self.decode(_name(item), image)
 
     def process(self, item: dict[str, Any], loaded: Any) -> pa.Table:
-        target = item.get("target")
-        target = None if _missing(target) else int(target)
+        listed = item.get("target")
+        target = None if listed is None or _missing(listed) else int(listed)
         path = item.get("path")
         row = self.explain(_name(item), None if path is None else str(path), target, loaded)
         row["source"] = item.get("source")
