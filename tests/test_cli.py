@@ -87,7 +87,7 @@ def test_compare_exact_writes_side_by_side_pictures(photos: Path, tmp_path: Path
 def test_colour_limits_follow_the_heatmaps_class() -> None:
     """The bound statement, not the query's text, says what a heatmap aggregates and whether
     the statement chooses its classes."""
-    from krypton_ql.apps.cli import _clean_score
+    from krypton_ql.apps.results import _clean_score
     from krypton_ql.dsl.outline import describe
 
     probabilities = torch.tensor([0.1, 0.7, 0.2])
@@ -222,7 +222,7 @@ def test_a_failed_write_leaves_no_partial_results(
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cli, "write_results", broken)
+    monkeypatch.setattr(cli.results, "write_results", broken)
     out = tmp_path / "results"
     sql = "SELECT image, heatmap(prob) AS h FROM occlusion(images, model, patch => 56, stride => 56) GROUP BY image"  # noqa: E501
     code = cli.main(["query", sql, "--images", str(photos / "cat.png"), "--out", str(out),

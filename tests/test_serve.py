@@ -16,9 +16,10 @@ from starlette.testclient import TestClient
 
 import krypton_ql as kql
 from krypton_ql import photos
-from krypton_ql.apps.serve import explorer as explorer_module
+from krypton_ql.apps.serve import runs as runs_module
 from krypton_ql.apps.serve.app import create_app
-from krypton_ql.apps.serve.explorer import Explorer, RunRequest, region_positions
+from krypton_ql.apps.serve.explorer import Explorer
+from krypton_ql.apps.serve.runs import RunRequest, region_positions
 from tests.helpers import small_cnn
 
 
@@ -120,7 +121,7 @@ def test_a_region_computes_the_positions_whose_patch_centre_it_holds(explorer) -
 
 
 def test_cancel_stops_the_run_and_a_new_run_cancels_the_clients_last(explorer, monkeypatch):
-    monkeypatch.setattr(explorer_module, "_chunk", lambda plan: 1)  # one position per batch
+    monkeypatch.setattr(runs_module, "_chunk", lambda plan: 1)  # one position per batch
     client = _client(explorer)
     options = dict(image="a", patch=2, stride=1)
     run = client.post("/api/runs", json=options, headers={"X-KQL-Client": "c"}).json()["run"]

@@ -24,11 +24,12 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import re
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
+
+from krypton_ql.apps import results
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
@@ -86,6 +87,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log planner decisions")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_query(commands)
+    _add_explain(commands)
+    _add_serve(commands)
+    _add_explain_dataset(commands)
+    _add_shell(commands)
+    _add_demo(commands)
+    _add_bench(commands)
+    return parser
+
+
+def _add_query(commands: Any) -> None:
 
     query = commands.add_parser("query", help="run a query and write its results")
     _query_arguments(query)
@@ -102,6 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     progress.add_argument("--no-progress", dest="progress", action="store_false")
     query.set_defaults(run=_query)
 
+
+def _add_explain(commands: Any) -> None:
     explain = commands.add_parser("explain", help="print the plan of a query")
     _query_arguments(explain)
     explain.add_argument("--verbose-plan", action="store_true", help="the plan after each stage")
@@ -115,6 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     explain.set_defaults(run=_explain)
 
+
+def _add_serve(commands: Any) -> None:
     serve = commands.add_parser(
         "serve", help="an interactive occlusion explorer in the browser (a local web server)"
     )
@@ -136,6 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     serve.set_defaults(run=_serve)
 
+
+def _add_explain_dataset(commands: Any) -> None:
     job = commands.add_parser(
         "explain-dataset",
         help="explain every image of a folder, glob or listing; rows to Parquet",
@@ -164,6 +182,8 @@ def _parser() -> argparse.ArgumentParser:
     bar.add_argument("--no-progress", dest="progress", action="store_false")
     job.set_defaults(run=_explain_dataset)
 
+
+def _add_shell(commands: Any) -> None:
     shell = commands.add_parser(
         "shell", help="an interactive SQL prompt (statements end with ';', .help for help)"
     )
@@ -171,11 +191,15 @@ def _parser() -> argparse.ArgumentParser:
     _job_arguments(shell)
     shell.set_defaults(run=_shell)
 
+
+def _add_demo(commands: Any) -> None:
     demo = commands.add_parser(
         "demo", help="what `make demo` runs", add_help=False, usage="kql demo [demo options]"
     )
     demo.set_defaults(run=_demo, rest=[])
 
+
+def _add_bench(commands: Any) -> None:
     bench = commands.add_parser(
         "bench",
         help="the benchmark harnesses (source checkout)",
@@ -183,7 +207,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("harness", choices=["cpu", "gpu", "approx"])
     bench.set_defaults(run=_bench, rest=[])
-    return parser
 
 
 def _job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -326,7 +349,7 @@ def _query(args: argparse.Namespace) -> int:
     if args.compare_exact and not outline.approximate:
         raise InvalidInputError("--compare-exact needs a query with approximation options")
     out = Path(args.out)
-    staging = _staging(out)  # checked before the query runs, not after
+    staging = results.staging(out)  # checked before the query runs, not after
     try:
         session, module, display = _session(args)
         progress = sys.stderr.isatty() if args.progress is None else args.progress
@@ -335,164 +358,22 @@ def _query(args: argparse.Namespace) -> int:
         if args.compare_exact:
             exact = session.sql(args.sql, progress=progress, exact=True, **jobs)
         result = session.sql(args.sql, progress=progress, **jobs)  # last: the plan of record
-        written, rows = write_results(session, module, display, result, outline, staging, exact)
+        written, rows = results.write_results(
+            session, module, display, result, outline, staging, exact
+        )
         with open(staging / "results.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(result.columns)
             writer.writerows(rows)
         written.append(staging / "results.csv")
         written.append(result.to_parquet(staging / "results.parquet"))
-        _publish(staging, out)
+        results.publish(staging, out)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     print(result)
     print(f"wrote {len(written)} files to {out}/ ({session.last_queries} occlusion queries)")
     return EXIT_OK
-
-
-def _staging(out: Path) -> Path:
-    """A fresh folder beside ``out`` that the results are written to first: a run leaves
-    complete results in ``out`` or none (an unwritable ``out`` fails before the query)."""
-    import tempfile
-
-    from compiler.errors import InvalidInputError
-
-    if out.exists() and not out.is_dir():
-        raise InvalidInputError(f"--out {out} exists and is not a folder")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    except OSError as error:
-        raise InvalidInputError(f"cannot write results to {out}: {error.strerror}") from None
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Move the staged results into ``out`` (one rename when ``out`` is new)."""
-    import os
-
-    if not out.exists():
-        staging.rename(out)
-        return
-    for path in staging.iterdir():
-        os.replace(path, out / path.name)
-
-
-def write_results(
-    session: Any,
-    module: Any,
-    display: Any,
-    result: Any,
-    outline: Any,
-    out: Path,
-    exact: Any = None,
-) -> tuple[list[Path], list[list[Any]]]:
-    """Write each heatmap of ``result`` as ``.npy`` and a ``.png`` overlay on its image (and
-    exact-vs-approximate pictures with ``exact``); returns the files and the rows with each
-    heatmap replaced by its file name. ``outline``: what the statement computes
-    (``krypton_ql.dsl.outline``)."""
-    import numpy as np
-    import torch
-    from torch import Tensor
-
-    from krypton_ql import render
-    from krypton_ql.integrations import segmentation
-
-    plan = session.last_plan
-    wrapper = getattr(plan, "model", None)  # a map-output model's region scores
-    if not isinstance(wrapper, segmentation.RegionScores):
-        wrapper = None
-    occlusion = plan.occlusion if plan is not None else None
-    patch: tuple[int, int] | None = None
-    stride: tuple[int, int] | None = None
-    if occlusion is not None:
-        patch = (occlusion.patch.h, occlusion.patch.w)
-        stride = (occlusion.stride.h, occlusion.stride.w)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    rows = []
-    image_column = result.columns.index("image") if "image" in result.columns else None
-    class_column = result.columns.index("class") if "class" in result.columns else None
-    clean: dict[str, Tensor] = {}  # image → clean class probabilities, one forward each
-    for index, row in enumerate(result.rows):
-        cells: list[Any] = list(row)
-        for column, value in enumerate(row):
-            if not isinstance(value, Tensor):
-                continue
-            image = str(row[image_column]) if image_column is not None else str(index)
-            stem = _stem(image, row[class_column] if class_column is not None else None,
-                         result.columns[column], len(result.rows))  # fmt: skip
-            np.save(out / f"{stem}.npy", value.numpy())
-            cells[column] = f"{stem}.npy"
-            written.append(out / f"{stem}.npy")
-            picture = session.input_image(image) if image_column is not None else None
-            if picture is None or patch is None or stride is None:
-                continue
-            if image not in clean:
-                with torch.no_grad():
-                    if wrapper is not None:  # region scores: probabilities already (or logits)
-                        clean[image] = wrapper(picture[None]).float()[0]
-                    else:
-                        clean[image] = torch.softmax(module(picture[None]).float(), 1)[0]
-            base = _clean_score(outline, result.columns[column], clean[image], row, class_column)
-            region = None
-            if wrapper is not None:
-                chosen = row[class_column] if class_column is not None else clean[image].argmax()
-                region = wrapper.weights[0, int(chosen)] > 0
-            title = f"{image}: {result.columns[column]}"
-            if class_column is not None:
-                title = f"{image}, class {row[class_column]}: {result.columns[column]}"
-            written.append(
-                render.overlay_png(
-                    out / f"{stem}.png",
-                    display(picture),
-                    value,
-                    base,
-                    title,
-                    patch,
-                    stride,
-                    region=region,
-                )  # fmt: skip
-            )
-            if exact is not None:
-                written.append(
-                    render.comparison_png(
-                        out / f"{stem}_vs_exact.png",
-                        display(picture),
-                        exact.rows[index][column],
-                        value,
-                        base,
-                        ("exact", "approximate"),
-                        patch,
-                        stride,
-                        region=region,
-                    )  # fmt: skip
-                )
-        rows.append(cells)
-    return written, rows
-
-
-def _stem(image: str, klass: Any, column: str, rows: int) -> str:
-    """A heatmap's file name: image, class (when the row has one and several rows could
-    share the image) and column, in characters any file system takes."""
-    parts = [image] + ([f"class{klass}"] if klass is not None and rows > 1 else []) + [column]
-    return "_".join(re.sub(r"[^\w.-]+", "-", p).strip("-") for p in parts)
-
-
-def _clean_score(
-    outline: Any, column: str, probabilities: Any, row: tuple, class_column: int | None
-) -> float | None:
-    """The clean probability a probability heatmap's colours are relative to (the paper's
-    convention): of the row's class, or of the prediction when the query names no class;
-    None (colour by the heatmap's own range) for other heatmaps or an unknown class."""
-    heatmap = outline.heatmap(column)
-    if heatmap is None or heatmap.of != "prob":
-        return None
-    if class_column is not None:
-        return float(probabilities[int(row[class_column])])
-    if any(scan.names_classes for scan in outline.scans):
-        return None
-    return float(probabilities.max())
 
 
 def _explain_dataset(args: argparse.Namespace) -> int:
@@ -567,7 +448,7 @@ def _shell(args: argparse.Namespace) -> int:
 
     def save(result: Any, sql: str, out: Path) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
-        return write_results(session, module, display, result, session.outline(sql), out)[0]
+        return results.write_results(session, module, display, result, session.outline(sql), out)[0]
 
     import os
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import krypton_ql as kql
-from krypton_ql.apps.cli import write_results
+from krypton_ql.apps.results import write_results
 from krypton_ql.apps.shell import Shell
 from tests.helpers import small_cnn
 

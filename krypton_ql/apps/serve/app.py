@@ -58,22 +58,57 @@ STATIC = Path(__file__).parent / "static"
 def create_app(explorer: Explorer, token: str | None = None, host: str = "127.0.0.1") -> Starlette:
     """The app for a server listening on ``host``; ``token`` (None: none needed) guards every
     route."""
+    api = Api(explorer, token)
+    routes = [
+        Route("/", api.index),
+        Route("/api/config", api.config),
+        Route("/api/photo", api.photo),
+        Route("/api/predict", api.predict),
+        Route("/api/upload", api.upload, methods=["POST"]),
+        Route("/api/runs", api.start, methods=["POST"]),
+        Route("/api/runs/{run}", api.status),
+        Route("/api/runs/{run}/events", api.events),
+        Route("/api/runs/{run}/cancel", api.cancel, methods=["POST"]),
+        Route("/api/runs/{run}/heatmap.{kind}", api.download),
+        Route("/api/runs/{run}/plan.{kind}", api.plan_picture),
+        Route("/api/sql", api.sql, methods=["POST"]),
+        Route("/api/sql/cancel", api.cancel_sql, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes, exception_handlers={
+        KryptonError: _error, InvalidInputError: _error, Exception: _internal,
+        404: _not_found, 405: _not_allowed,
+    })  # fmt: skip
+    # Added last runs first: the token, then host and origin, then the body's size.
+    app.add_middleware(security.Limits, limit=_body_limit(explorer))
+    app.add_middleware(security.SameOrigin, host=host)
+    if token is not None:
+        app.add_middleware(security.TokenCheck, token=token)
+    return app
 
-    async def index(request: Request) -> Response:
+
+class Api:
+    """The endpoints (see the module docstring), over one ``Explorer``."""
+
+    def __init__(self, explorer: Explorer, token: str | None) -> None:
+        self.explorer, self.token = explorer, token
+
+    async def index(self, request: Request) -> Response:
         headers = {
             "Cache-Control": "no-store",
             "X-Frame-Options": "DENY",  # no other page frames the explorer (clickjacking)
             "Content-Security-Policy": "frame-ancestors 'none'",
         }
         response = FileResponse(STATIC / "index.html", headers=headers)
-        if token is not None:
-            response.set_cookie("kql_token", token, httponly=True, samesite="strict")
+        if self.token is not None:
+            response.set_cookie("kql_token", self.token, httponly=True, samesite="strict")
         return response
 
-    async def config(request: Request) -> Response:
+    async def config(self, request: Request) -> Response:
         from matplotlib import colormaps
 
         lut = (colormaps["jet_r"](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(int)
+        explorer = self.explorer
         return JSONResponse({
             "photos": explorer.photos(), "models": explorer.models, "images": explorer.images,
             "defaults": {"patch": 16, "stride": 4, "color": 0.0, "mode": "exact",
@@ -82,32 +117,32 @@ def create_app(explorer: Explorer, token: str | None = None, host: str = "127.0.
             "colormap": lut.tolist(), "alpha": 0.55,
         })  # fmt: skip
 
-    async def photo(request: Request) -> Response:
+    async def photo(self, request: Request) -> Response:
         name, model = _query(request, "name"), request.query_params.get("model", "model")
-        png = await asyncio.to_thread(explorer.photo_png, name, model)
+        png = await asyncio.to_thread(self.explorer.photo_png, name, model)
         return Response(png, media_type="image/png")
 
-    async def predict(request: Request) -> Response:
+    async def predict(self, request: Request) -> Response:
         name, model = _query(request, "name"), request.query_params.get("model", "model")
-        return JSONResponse({"top": await asyncio.to_thread(explorer.predict, name, model)})
+        return JSONResponse({"top": await asyncio.to_thread(self.explorer.predict, name, model)})
 
-    async def upload(request: Request) -> Response:  # its size: security.Limits
+    async def upload(self, request: Request) -> Response:  # its size: security.Limits
         async with request.form(max_files=1, max_fields=4) as form:
             item = form.get("file")
             if item is None or isinstance(item, str):
                 raise InvalidInputError("send the photo as the form field 'file'")
-            data = await item.read(explorer.max_upload_bytes + 1)
+            data = await item.read(self.explorer.max_upload_bytes + 1)
             filename = item.filename or "upload"
-        name = await asyncio.to_thread(explorer.upload, filename, data)
-        return JSONResponse({"name": name, "photos": explorer.photos()})
+        name = await asyncio.to_thread(self.explorer.upload, filename, data)
+        return JSONResponse({"name": name, "photos": self.explorer.photos()})
 
-    async def start(request: Request) -> Response:
+    async def start(self, request: Request) -> Response:
         data = await security.json_body(request)
-        run = explorer.start(data, _client(request))
+        run = self.explorer.start(data, _client(request))
         return JSONResponse({"run": run.id})
 
-    async def events(request: Request) -> Response:
-        run = explorer.run(request.path_params["run"])
+    async def events(self, request: Request) -> Response:
+        run = self.explorer.run(request.path_params["run"])
 
         async def stream():
             ended = False
@@ -134,18 +169,18 @@ def create_app(explorer: Explorer, token: str | None = None, host: str = "127.0.
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
-    async def status(request: Request) -> Response:
-        run = explorer.run(request.path_params["run"])
+    async def status(self, request: Request) -> Response:
+        run = self.explorer.run(request.path_params["run"])
         return JSONResponse({"run": run.id, "finished": run.finished.is_set(),
                              "cancelled": run.cancelled.is_set(), **run.summary})  # fmt: skip
 
-    async def cancel(request: Request) -> Response:
-        run = explorer.run(request.path_params["run"])
+    async def cancel(self, request: Request) -> Response:
+        run = self.explorer.run(request.path_params["run"])
         run.cancel()
         return JSONResponse({"run": run.id, "cancelled": True})
 
-    async def download(request: Request) -> Response:
-        run = explorer.run(request.path_params["run"])
+    async def download(self, request: Request) -> Response:
+        run = self.explorer.run(request.path_params["run"])
         kind = request.path_params["kind"]
         if run.heatmap is None:
             raise InvalidInputError("the run has no heatmap yet")
@@ -170,8 +205,8 @@ def create_app(explorer: Explorer, token: str | None = None, host: str = "127.0.
             return _attachment(png, "image/png", f"{stem}.png")
         raise InvalidInputError(f"no download {kind!r} (png, npy, csv)")
 
-    async def plan_picture(request: Request) -> Response:
-        run = explorer.run(request.path_params["run"])
+    async def plan_picture(self, request: Request) -> Response:
+        run = self.explorer.run(request.path_params["run"])
         if run.plan is None:
             raise InvalidInputError("the run has no plan yet")
         if request.path_params["kind"] == "txt":
@@ -179,41 +214,14 @@ def create_app(explorer: Explorer, token: str | None = None, host: str = "127.0.
         png = await asyncio.to_thread(_plan_png, run.plan)
         return Response(png, media_type="image/png")
 
-    async def sql(request: Request) -> Response:
+    async def sql(self, request: Request) -> Response:
         data = await security.json_body(request)
         query = data.get("query") if isinstance(data, dict) else None
-        future = explorer.submit_sql(query, _client(request))
+        future = self.explorer.submit_sql(query, _client(request))
         return JSONResponse(await asyncio.wrap_future(future))
 
-    async def cancel_sql(request: Request) -> Response:
-        return JSONResponse({"cancelled": explorer.cancel_sql(_client(request))})
-
-    routes = [
-        Route("/", index),
-        Route("/api/config", config),
-        Route("/api/photo", photo),
-        Route("/api/predict", predict),
-        Route("/api/upload", upload, methods=["POST"]),
-        Route("/api/runs", start, methods=["POST"]),
-        Route("/api/runs/{run}", status),
-        Route("/api/runs/{run}/events", events),
-        Route("/api/runs/{run}/cancel", cancel, methods=["POST"]),
-        Route("/api/runs/{run}/heatmap.{kind}", download),
-        Route("/api/runs/{run}/plan.{kind}", plan_picture),
-        Route("/api/sql", sql, methods=["POST"]),
-        Route("/api/sql/cancel", cancel_sql, methods=["POST"]),
-        Mount("/static", StaticFiles(directory=STATIC), name="static"),
-    ]
-    app = Starlette(routes=routes, exception_handlers={
-        KryptonError: _error, InvalidInputError: _error, Exception: _internal,
-        404: _not_found, 405: _not_allowed,
-    })  # fmt: skip
-    # Added last runs first: the token, then host and origin, then the body's size.
-    app.add_middleware(security.Limits, limit=_body_limit(explorer))
-    app.add_middleware(security.SameOrigin, host=host)
-    if token is not None:
-        app.add_middleware(security.TokenCheck, token=token)
-    return app
+    async def cancel_sql(self, request: Request) -> Response:
+        return JSONResponse({"cancelled": self.explorer.cancel_sql(_client(request))})
 
 
 def _body_limit(explorer: Explorer) -> Any:

@@ -30,7 +30,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,172 +40,22 @@ from torch import Tensor
 
 from compiler.errors import InvalidInputError, KryptonError
 from krypton_ql import fingerprint, photos
+from krypton_ql.apps.serve.runs import (
+    UPLOADS,
+    Cancelled,
+    Run,
+    RunRequest,
+    region_positions,
+    statement,
+    stream,
+)
 
 log = logging.getLogger(__name__)
 
-MODES = ("exact", "tau", "ssim")
-UPLOADS = "uploads"  # the image set of the photos uploaded to this server
 MAX_UPLOAD_BYTES = 20 * 2**20
-MAX_CELLS = 250_000  # positions in one run (patch 1 stride 1 on 500×500)
 SQL_SECONDS = 120.0  # a SQL-box statement's time limit (kql serve --sql-timeout)
 SQL_ROWS = 200  # rows of a SQL-box result sent to the page (the others are counted)
 _NAME = re.compile(r"[^A-Za-z0-9_-]+")
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """One heatmap the page asks for: an image (of the server's image set or the uploads), the
-    model, the occlusion options, the class (None: the predicted one), the mode (``exact``,
-    ``tau`` with ``value`` = τ, ``ssim`` with ``value`` = the target) and an optional region
-    ``(y0, x0, y1, x1)`` in input pixels (half-open): the positions whose patch centre is in it."""
-
-    image: str
-    images: str
-    model: str = "model"
-    patch: int = 16
-    stride: int = 4
-    color: float = 0.0
-    target: int | None = None
-    mode: str = "exact"
-    value: float | None = None
-    region: tuple[int, int, int, int] | None = None
-
-    @classmethod
-    def parse(cls, data: Any, images: str) -> RunRequest:
-        """A request from the page's JSON, checked; anything wrong is an InvalidInputError."""
-        if not isinstance(data, dict):
-            raise InvalidInputError("a run request is a JSON object")
-        unknown = set(data) - {f for f in cls.__dataclass_fields__ if f != "images"}
-        if unknown:
-            raise InvalidInputError(f"unknown run options: {', '.join(sorted(unknown))}")
-        image = data.get("image")
-        if not isinstance(image, str) or not image:
-            raise InvalidInputError("choose an image")
-        source = UPLOADS if image.startswith(f"{UPLOADS}/") else images
-        mode = data.get("mode", "exact")
-        if mode not in MODES:
-            raise InvalidInputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        value = _number(data.get("value"), "value") if mode != "exact" else None
-        if mode == "tau" and not (value is not None and 0 < value <= 1):
-            raise InvalidInputError(f"tau must be in (0, 1], got {value}")
-        if mode == "ssim" and not (value is not None and 0 < value < 1):
-            raise InvalidInputError(f"an ssim target must be in (0, 1), got {value}")
-        target = data.get("target")
-        region = data.get("region")
-        if region is not None:
-            if not (isinstance(region, list | tuple) and len(region) == 4):
-                raise InvalidInputError("a region is [y0, x0, y1, x1]")
-            region = tuple(_integer(v, "region") for v in region)
-        return cls(
-            image=image.removeprefix(f"{UPLOADS}/"),
-            images=source,
-            model=str(data.get("model", "model")),
-            patch=_integer(data.get("patch", 16), "patch"),
-            stride=_integer(data.get("stride", 4), "stride"),
-            color=_number(data.get("color", 0.0), "color"),
-            target=None if target in (None, "") else _integer(target, "class"),
-            mode=mode,
-            value=value,
-            region=region,
-        )
-
-    @property
-    def page_name(self) -> str:
-        return f"{UPLOADS}/{self.image}" if self.images == UPLOADS else self.image
-
-    def options(self) -> dict[str, Any]:
-        """``kql.compile``'s occlusion and approximation options."""
-        options: dict[str, Any] = dict(patch=self.patch, stride=self.stride, color=self.color)
-        if self.mode == "tau":
-            options["tau"] = self.value
-        elif self.mode == "ssim":
-            options["ssim"] = self.value
-        return options
-
-
-def _integer(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise InvalidInputError(f"{name} must be an integer, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise InvalidInputError(f"{name} must be an integer, got {value!r}") from None
-    if not number.is_integer():
-        raise InvalidInputError(f"{name} must be an integer, got {value!r}")
-    return int(number)
-
-
-def _number(value: Any, name: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise InvalidInputError(f"{name} must be finite, got {value!r}")
-    return number
-
-
-def statement(request: RunRequest, target: int) -> str:
-    """The query-language statement that computes the run's heatmap, to paste into ``kql
-    query`` / ``kql shell`` (with the server's ``--images`` and ``--model``).
-
-    >>> print(statement(RunRequest("o'neil", "photos", region=(0, 0, 64, 32)), 3))
-    SELECT image, class, label, heatmap(prob) AS heatmap
-    FROM occlusion(photos, model, patch => 16, stride => 4)
-    WHERE image = 'o''neil' AND class = 3 AND y + 8 BETWEEN 0 AND 63 AND x + 8 BETWEEN 0 AND 31
-    GROUP BY image, class, label
-    """
-    options = [f"patch => {request.patch}", f"stride => {request.stride}"]
-    if request.color != 0.0:
-        options.append(f"color => {request.color:g}")
-    if request.mode == "tau":
-        options.append(f"tau => {request.value:g}")
-    elif request.mode == "ssim":
-        options.append(f"ssim => {request.value:g}")
-    quoted = request.image.replace("'", "''")
-    where = [f"image = '{quoted}'", f"class = {target}"]
-    if request.region is not None:
-        y0, x0, y1, x1 = request.region
-        half = request.patch // 2
-        where += [f"y + {half} BETWEEN {y0} AND {y1 - 1}", f"x + {half} BETWEEN {x0} AND {x1 - 1}"]
-    return (
-        "SELECT image, class, label, heatmap(prob) AS heatmap\n"
-        f"FROM occlusion({request.images}, {request.model}, {', '.join(options)})\n"
-        f"WHERE {' AND '.join(where)}\n"
-        "GROUP BY image, class, label"
-    )
-
-
-def region_positions(plan: Any, region: tuple[int, int, int, int] | None) -> np.ndarray:
-    """Grid indices whose patch centre ``(y + Ph//2, x + Pw//2)`` lies in the region (all of
-    them without one); an empty selection is an error."""
-    positions = plan.positions
-    index = np.arange(len(positions))
-    if region is None:
-        return index
-    y0, x0, y1, x1 = region
-    patch = plan.occlusion.patch
-    cy, cx = positions.top + patch.h // 2, positions.left + patch.w // 2
-    keep = (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)
-    if not keep.any():
-        raise InvalidInputError(
-            f"no patch centre lies in the region {list(region)}: draw a larger one or use a "
-            "smaller stride"
-        )
-    return index[keep]
-
-
-def coarse_to_fine(index: np.ndarray, cols: int) -> list[np.ndarray]:
-    """The positions in three stages: every 4th row and column, every 2nd, the rest.
-
-    >>> [s.tolist() for s in coarse_to_fine(np.arange(16), 4)]
-    [[0], [2, 8, 10], [1, 3, 4, 5, 6, 7, 9, 11, 12, 13, 14, 15]]
-    """
-    rows, columns = index // cols, index % cols
-    coarse = (rows % 4 == 0) & (columns % 4 == 0)
-    middle = (rows % 2 == 0) & (columns % 2 == 0) & ~coarse
-    stages = [index[coarse], index[middle], index[~coarse & ~middle]]
-    return [stage for stage in stages if len(stage)]
 
 
 class Compute:
@@ -240,28 +89,6 @@ class Compute:
                 future.set_result(job())
             except BaseException as error:  # handed to whoever waits on the future
                 future.set_exception(error)
-
-
-@dataclass
-class Run:
-    """A heatmap being computed: its events (a thread-safe queue), its cancel flag and, when
-    done, the heatmap (NaN outside the computed positions) and what the page shows."""
-
-    id: str
-    client: str
-    request: RunRequest
-    events: queue.Queue = field(default_factory=queue.Queue)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    finished: threading.Event = field(default_factory=threading.Event)
-    plan: Any = None
-    heatmap: Tensor | None = None
-    photo: Tensor | None = None
-    base: float | None = None
-    label: str = ""
-    summary: dict[str, Any] = field(default_factory=dict)
-
-    def cancel(self) -> None:
-        self.cancelled.set()
 
 
 class Explorer:
@@ -444,91 +271,50 @@ class Explorer:
             run.finished.set()
 
     def _compute_run(self, run: Run, put: Callable[[dict[str, Any]], None]) -> None:
+        """Prepare the run (the plan, the class, the positions, the naive estimate), announce it,
+        and stream its stages (``runs.stream``)."""
         request = run.request
         started = time.perf_counter()
         image = self.image(request.page_name, request.model)
         plan = self.plan(request, tuple(image.shape))
         model = self.session.model(request.model)
-        module = model.get()
         with torch.no_grad():
-            logits = module(image[None].float())[0]
+            logits = model.get()(image[None].float())[0]
         classes = logits.shape[0]
         target = int(logits.argmax()) if request.target is None else request.target
         if not 0 <= target < classes:
             raise InvalidInputError(f"class {target} is not one of the model's {classes}")
-        base = float(torch.softmax(logits, 0)[target])
         index = region_positions(plan, request.region)
-        rows, cols = plan.grid
-        shape_key = (request.model, tuple(image.shape))
-        if shape_key not in self._naive:  # measured once per model and shape
-            self._naive[shape_key] = _naive_seconds(module, image)
-        naive = self._naive[shape_key] * len(index)
+        naive = self._naive_seconds(request.model, model.get(), image) * len(index)
         prepared = time.perf_counter()  # the plan compiled (or reused), the naive time measured
-        run.plan, run.base, run.label = plan, base, _label(model.classes, target)
+        run.plan, run.label = plan, _label(model.classes, target)
+        run.base = float(torch.softmax(logits, 0)[target])
         run.photo = self.display(image).clamp(0, 1)
+        rows, cols = plan.grid
         put({
             "type": "start", "run": run.id, "rows": rows, "cols": cols,
             "positions": len(index), "class": target, "label": run.label,
-            "base": base, "patch": request.patch, "stride": request.stride,
+            "base": run.base, "patch": request.patch, "stride": request.stride,
             "sql": statement(request, target),
             "naive_seconds": naive, "theoretical_speedup": plan.theoretical_speedup,
             "mode": request.mode, "prepare_seconds": prepared - started,
         })  # fmt: skip
-        targets = torch.tensor([[target]])
-        heatmap = torch.full((rows * cols,), float("nan"))
-        done = queries = 0
-        if request.mode == "ssim":  # the guard needs the whole heatmap: one evaluation
-            stages = [index]
-        else:
-            size = _chunk(plan)
-            stages = [
-                stage[i : i + size]
-                for stage in coarse_to_fine(index, cols)
-                for i in range(0, len(stage), size)
-            ]
-        for level, chosen in enumerate(stages):
-
-            def report(finished: int, total: int, offset: int = done) -> None:
-                if run.cancelled.is_set():  # between two batches of an evaluation
-                    raise _Cancelled
-                if request.mode == "ssim":  # the one evaluation's progress
-                    put({"type": "progress", "done": offset + finished, "total": len(index),
-                         "elapsed": time.perf_counter() - started})  # fmt: skip
-
-            try:
-                if run.cancelled.is_set():
-                    raise _Cancelled
-                result = plan.evaluate(
-                    image,
-                    targets=targets,
-                    positions=torch.from_numpy(chosen),
-                    progress=report,
-                    reuse_clean=True,
-                )
-            except _Cancelled:
-                run.heatmap = heatmap.reshape(rows, cols)
-                put({"type": "cancelled", "done": done, "elapsed": time.perf_counter() - started})
-                return
-            values = result.heatmaps[0, 0].reshape(-1)[torch.from_numpy(chosen)].float()
-            heatmap[torch.from_numpy(chosen)] = values
-            done += len(chosen)
-            queries += result.queries
-            event = {
-                "type": "cells", "index": chosen.tolist(), "values": values.tolist(),
-                "done": done, "total": len(index), "queries": queries,
-                "elapsed": time.perf_counter() - started, "stage": level,
-            }  # fmt: skip
-            if getattr(result, "ssim_estimate", None) is not None:
-                event["ssim_estimate"] = float(result.ssim_estimate[0, 0])
-                event["reruns"] = int(result.reruns)
-            put(event)
+        queries = stream(run, plan, image, target, index, put, started)
+        if queries is None:  # cancelled
+            return
         elapsed, computing = time.perf_counter() - started, time.perf_counter() - prepared
-        run.heatmap = heatmap.reshape(rows, cols)
         # The speedup compares like with like: naive re-inference against the occlusion work
         # (the clean forward included), not the compilation or the naive timing itself.
         run.summary = {"elapsed": elapsed, "compute_seconds": computing, "queries": queries,
                        "naive_seconds": naive, "speedup": naive / computing}  # fmt: skip
         put({"type": "done", **run.summary})
+
+    def _naive_seconds(self, name: str, module: Any, image: Tensor) -> float:
+        """Seconds of full re-inference per query, measured once per model and shape."""
+        key = (name, tuple(image.shape))
+        if key not in self._naive:
+            self._naive[key] = _naive_seconds(module, image)
+        return self._naive[key]
 
     # -- SQL ------------------------------------------------------------------------------------
 
@@ -559,7 +345,7 @@ class Explorer:
     def _sql(self, query: str, limit: int, statement: _Statement) -> dict[str, Any]:
         def check(done: int, total: int) -> None:  # between batches of an occlusion scan
             if statement.stopped.is_set():
-                raise _Cancelled
+                raise Cancelled
 
         why = (f"stopped after {self.sql_seconds:g} s, the SQL box's time limit (kql serve "
                "--sql-timeout raises it)")  # fmt: skip
@@ -572,7 +358,7 @@ class Explorer:
                 result = self.session.sql(
                     query, progress=check, max_rows=limit, cancel=statement.stopped
                 )
-            except (_Cancelled, KryptonError):
+            except (Cancelled, KryptonError):
                 if statement.stopped.is_set():  # DuckDB's interrupt, or between batches
                     raise InvalidInputError(f"the statement was {statement.why}") from None
                 raise
@@ -589,14 +375,10 @@ class Explorer:
     def close(self) -> None:
         for run in list(self._runs.values()):
             run.cancel()
-        for statement in list(self._statements.values()):
-            statement.stop("cancelled: the server is stopping")
+        for waiting in list(self._statements.values()):
+            waiting.stop("cancelled: the server is stopping")
         self.compute.stopped.set()
         self._uploads.cleanup()
-
-
-class _Cancelled(Exception):
-    """Raised from a run's progress callback to stop its evaluation."""
 
 
 class _Statement:
@@ -614,7 +396,7 @@ class _Statement:
     def begin(self) -> None:
         with self._lock:
             if self.stopped.is_set():
-                raise _Cancelled
+                raise Cancelled
             self._running = True
 
     def end(self) -> None:
@@ -655,12 +437,6 @@ def _create(folder: Path, stem: str, data: bytes) -> str:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
         return name
-
-
-def _chunk(plan: Any) -> int:
-    physical = getattr(plan, "physical", None)
-    size = physical.batching.batch_size if physical is not None else 64
-    return max(16, min(size, 256))
 
 
 def _naive_seconds(module: Any, image: Tensor) -> float:
