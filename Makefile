@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # pairs a torch build with a torchvision built for another one.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test zoo thorough mutation mutmut lint bench clean
+.PHONY: demo test zoo thorough mutation mutmut lint docs bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,8 +46,13 @@ mutmut: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
+# The documentation site (docs/, mkdocs.yml) into site/, offline; --strict fails on a broken
+# link or API-reference target. tests/test_docs.py builds it too, and runs every Python block.
+docs: $(BIN)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.cpu_exact
 
 clean:
-	rm -rf $(VENV) demo-output mutants
+	rm -rf $(VENV) demo-output mutants site
