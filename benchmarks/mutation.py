@@ -64,9 +64,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "avg-ceil-divisor",
-        "runtime/reference.py",
-        "op.count_include_pad and not op.window.ceil_mode)",
-        "op.count_include_pad)",
+        "compiler/ir.py",
+        "if self.count_include_pad and not self.window.ceil_mode:",
+        "if self.count_include_pad:",
         "an average pool's divisor is taken as constant under ceil_mode",
     ),
     Mutation(
@@ -107,8 +107,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "bbox-start-unclamped",
         "compiler/boxes.py",
-        "return np.clip(np.minimum.reduce(starts), 0, dim - size)",
-        "return np.maximum(np.minimum.reduce(starts), 0)",
+        "start: np.ndarray = np.clip(np.minimum.reduce(starts), 0, dim - size)",
+        "start: np.ndarray = np.maximum(np.minimum.reduce(starts), 0)",
         "a bounding box that runs past the border is not shifted inward",
     ),
     Mutation(
