@@ -1,5 +1,7 @@
-"""``kql serve``: an interactive occlusion explorer in the browser (``explorer`` computes,
-``app`` speaks HTTP). Starlette on uvicorn; the page is plain HTML/JS/CSS in ``static/``."""
+"""``kql serve``: an interactive occlusion explorer in the browser. ``explorer`` holds the
+server's state and computes, ``runs`` is one heatmap's request and stages, ``app`` speaks HTTP,
+``security`` decides who may talk to it and how much. Starlette on uvicorn; the page is plain
+HTML/JS/CSS in ``static/``."""
 
 from __future__ import annotations
 
