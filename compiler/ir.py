@@ -91,7 +91,7 @@ class Pool:
         """The divisor every window of an average pool shares, if they all share one (the
         override, or ``kh·kw`` when padding counts and no window hangs over the ceiling).
 
-        >>> window = Window(Size2(3, 3), Size2(1, 1), Size2(1, 1), Padding(1, 1, 1, 1))
+        >>> window = Window(Size2(3, 3), Size2(1, 1), Size2(1, 1), Padding.sides(1, 1, 1, 1))
         >>> Pool(Agg.AVG, window).constant_divisor
         9
         >>> Pool(Agg.AVG, window, count_include_pad=False).constant_divisor is None

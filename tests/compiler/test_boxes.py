@@ -41,10 +41,11 @@ def geometries(draw: st.DrawFn) -> tuple[str, Window, Size2, Size2]:
         # every output window must touch the map (a window of padding alone never changes)
         sides = [draw(st.integers(0, (k - 1) * d)) for k, d in
                  ((kernel.h, dilation.h),) * 2 + ((kernel.w, dilation.w),) * 2]  # fmt: skip
-        window = Window(kernel, stride, dilation, Padding(*sides))
+        window = Window(kernel, stride, dilation, Padding.sides(*sides))
     else:
         ph, pw = draw(st.integers(0, kernel.h // 2)), draw(st.integers(0, kernel.w // 2))
-        window = Window(kernel, stride, dilation, Padding(ph, ph, pw, pw), draw(st.booleans()))
+        padding = Padding.sides(ph, ph, pw, pw)
+        window = Window(kernel, stride, dilation, padding, draw(st.booleans()))
     extent = window.extent
     size = Size2(draw(st.integers(1, 14)), draw(st.integers(1, 14)))
     p = window.padding
@@ -94,9 +95,9 @@ def _tight(window: Window, box_in: Size2, size: Size2, out: Size2, dim: str) -> 
 
 @settings(max_examples=examples(300))
 @given(geometry=geometries())
-@example(geometry=("pool", Window(Size2(3, 2), Size2(2, 3), Size2(1, 2), Padding(1, 1, 1, 1),
+@example(geometry=("pool", Window(Size2(3, 2), Size2(2, 3), Size2(1, 2), Padding.sides(1, 1, 1, 1),
                                   True), Size2(8, 10), Size2(3, 2)))  # fmt: skip
-@example(geometry=("conv", Window(Size2(3, 3), Size2(2, 1), Size2(1, 1), Padding(2, 0, 0, 2)),
+@example(geometry=("conv", Window(Size2(3, 3), Size2(2, 1), Size2(1, 1), Padding.sides(2, 0, 0, 2)),
                    Size2(7, 6), Size2(2, 3)))  # fmt: skip
 def test_window_boxes_are_sound_and_tight(geometry) -> None:
     kind, window, size, box_in = geometry

@@ -42,7 +42,7 @@ def test_same_padding_with_an_even_kernel_is_asymmetric() -> None:
     model = Lambda(nn.Conv2d(3, 3, 4, padding="same"))
     (conv, *_rest) = _ops(model)
     assert isinstance(conv, ir.JoinAggregate)
-    assert conv.window.padding == Padding(1, 2, 1, 2)
+    assert conv.window.padding == Padding.sides(1, 2, 1, 2)
     image = torch.randn(3, 14, 14)
     exact = kql.occlusion_heatmap(model, image, patch=3, stride=2, score="logit", progress=False)
     assert_matches_oracle(exact, model, image, patch=3, stride=2, score="logit")
@@ -60,7 +60,7 @@ def test_functional_conv_reads_weights_by_handle() -> None:
             return self.fc(y.mean((2, 3)))
 
     pad, conv, pool, fc = _ops(Functional())
-    assert isinstance(pad, ir.Pad) and pad.padding == Padding(0, 2, 1, 1)
+    assert isinstance(pad, ir.Pad) and pad.padding == Padding.sides(0, 2, 1, 1)
     assert conv.weight.path == "weight" and conv.groups == 3 and conv.bias is None
     assert isinstance(pool, ir.GlobalAvgPool) and not pool.keepdim
     assert isinstance(fc, ir.Linear)

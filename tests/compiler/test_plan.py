@@ -30,7 +30,7 @@ from compiler.ir import (
 from compiler.plan import Plan
 from compiler.types import Agg, Padding, Schema, Size2, Window
 
-WINDOW = Window(Size2(3, 3), Size2(1, 1), Size2(1, 1), Padding(1, 1, 1, 1))
+WINDOW = Window(Size2(3, 3), Size2(1, 1), Size2(1, 1), Padding.sides(1, 1, 1, 1))
 
 
 def _nodes() -> list[Node]:
@@ -112,7 +112,7 @@ def _with(node: Node) -> list[Node]:
             "window over 8×8 gives",
         ),
         (
-            Node("pad", Pad(Padding(1, 0, 0, 0)), ("conv",), Schema((4, 8, 8))),
+            Node("pad", Pad(Padding.sides(1, 0, 0, 0)), ("conv",), Schema((4, 8, 8))),
             "pads 4×8×8 to 4×8×8",
         ),
         (Node("u", Upsample(Size2(2, 2)), ("conv",), Schema((4, 16, 15))), "upsamples"),

@@ -41,7 +41,7 @@ def _without(layout: Layout, removed: list[int], shape: tuple[int, ...]) -> Layo
     """``layout`` after the channel axes ``removed`` are dropped, the result of ``shape``."""
     h = layout.h - sum(a < layout.h for a in removed)
     w = layout.w - sum(a < layout.w for a in removed)
-    return Layout(shape, h, w)
+    return Layout(shape, (h, w))
 
 
 # -- layout -------------------------------------------------------------------------------
@@ -51,9 +51,9 @@ def reshaped(layout: Layout, shape: tuple[int, ...]) -> Layout | None:
     """The layout after a row-major reshape to ``shape``, if each spatial axis survives as one
     axis of its own (then the channel order is kept: no data moves); else ``None``.
 
-    >>> reshaped(Layout((96, 7, 7), 1, 2), (4, 24, 7, 7))
-    Layout(shape=(4, 24, 7, 7), h=2, w=3)
-    >>> reshaped(Layout((96, 7, 7), 1, 2), (96, 49)) is None
+    >>> reshaped(Layout((96, 7, 7), (1, 2)), (4, 24, 7, 7))
+    Layout(shape=(4, 24, 7, 7), axes=(2, 3))
+    >>> reshaped(Layout((96, 7, 7), (1, 2)), (96, 49)) is None
     True
     """
 
@@ -71,7 +71,7 @@ def reshaped(layout: Layout, shape: tuple[int, ...]) -> Layout | None:
     h, w = (a, b) if layout.h < layout.w else (b, a)
     if h is None or w is None or h == w or math.prod(shape) != math.prod(layout.shape):
         return None
-    return Layout(tuple(shape), h, w)
+    return Layout(tuple(shape), (h, w))
 
 
 def reshape(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
@@ -112,7 +112,7 @@ def permute(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
         raise NotLocal("a permute that moves the batch axis")
     order = [d - 1 for d in dims[1:]]
     shape = tuple(layout.shape[d] for d in order)
-    new = Layout(shape, order.index(layout.h), order.index(layout.w))
+    new = Layout(shape, (order.index(layout.h), order.index(layout.w)))
     before = [a for a in layout.channel_axes if layout.shape[a] > 1]
     after = [order[a] for a in new.channel_axes if shape[a] > 1]
     if before == after:  # only the spatial axes moved: the same relation
@@ -273,7 +273,7 @@ def stack(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     index = axis(int(args["dim"]), len(first.shape) + 2) - 1
     if index < 0:
         raise NotLocal("a stack along the batch axis")
-    out = Layout(ctx.out_shape(node), first.h + (index <= first.h), first.w + (index <= first.w))
+    out = Layout(ctx.out_shape(node), (first.h + (index <= first.h), first.w + (index <= first.w)))
     if out.channel_axes[0] != index:
         raise NotLocal("a stack along an inner channel axis")
     return ctx.emit(node, Concat(), tensors, out)

@@ -36,11 +36,11 @@ def _conv_window(kernel: Size2, stride: Any, padding: Any, dilation: Any) -> Win
     stride_, dilation_ = Size2.of(stride), Size2.of(dilation)
     if isinstance(padding, str):
         if padding == "valid":
-            pad = Padding(0, 0, 0, 0)
+            pad = Padding.zero(2)
         else:  # "same" (stride 1 only, checked by torch): the extra cell goes after
             total_h, total_w = dilation_.h * (kernel.h - 1), dilation_.w * (kernel.w - 1)
             top, left = total_h // 2, total_w // 2
-            pad = Padding(top, total_h - top, left, total_w - left)
+            pad = Padding.sides(top, total_h - top, left, total_w - left)
     else:
         pad = Padding.symmetric(Size2.of(padding))
     return Window(kernel, stride_, dilation_, pad)
@@ -106,7 +106,7 @@ def conv_transpose2d(node: fx.Node, args: dict[str, Any], ctx: Context) -> Trans
     )
     window = Window(
         Size2(kh, kw), Size2(1, 1), dilation,
-        Padding(before.h, after.h, before.w, after.w), False,
+        Padding.sides(before.h, after.h, before.w, after.w), False,
     )  # fmt: skip
     return ctx.emit(
         node, JoinAggregate(ref, bias, window, groups), [inserted], ctx.like(node, source)
@@ -158,7 +158,7 @@ def _adaptive(node: fx.Node, agg: Agg, value: Any, ctx: Context) -> Value:
     if size_in.h % size_out.h == 0 and size_in.w % size_out.w == 0:
         # Uniform windows: adaptive pooling is an ordinary local pool.
         kernel = Size2(size_in.h // size_out.h, size_in.w // size_out.w)
-        window = Window(kernel, kernel, Size2(1, 1), Padding(0, 0, 0, 0))
+        window = Window(kernel, kernel, Size2(1, 1), Padding.zero(2))
         return ctx.emit(node, Pool(agg, window), [source], layout)
     return ctx.emit(node, AdaptivePool(agg, size_out), [source], layout)
 
@@ -221,7 +221,7 @@ def pad(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
         raise NotLocal(f"padding {list(amounts)} (only non-negative padding of H and W)")
     left, right, top, bottom = amounts
     value = args.get("value")
-    op = Pad(Padding(top, bottom, left, right), float(value) if value is not None else 0.0)
+    op = Pad(Padding.sides(top, bottom, left, right), float(value) if value is not None else 0.0)
     return ctx.emit(node, op, [source], ctx.like(node, source))
 
 

@@ -157,7 +157,7 @@ def _plain_text(value: Any) -> str:
     >>> _plain_text((16, 16)), _plain_text(0.5), _plain_text(None)
     ('(16, 16)', '0.5', 'None')
     """
-    return re.sub(r"Size2\(h=(\d+), w=(\d+)\)", r"(\1, \2)", repr(value))
+    return re.sub(r"Size\(([\d, ]+)\)", r"(\1)", repr(value))
 
 
 def _write(folder: JobFolder, table: pa.Table) -> None:
