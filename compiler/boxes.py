@@ -30,12 +30,12 @@ from compiler.ir import (
     State,
     Upsample,
 )
-from compiler.types import Size2, Window
+from compiler.types import Size, Window
 
 # Per-query starts: NumPy while planning, torch tensors on the device while running.
 Starts = TypeVar("Starts", np.ndarray, torch.Tensor)
 
-Origins = tuple[np.ndarray, np.ndarray]  # (y0, x0), int64 arrays of one entry per position
+Origins = tuple[np.ndarray, ...]  # one int64 array per spatial axis, one entry per position
 
 
 def ceil_div(a: np.ndarray, b: int) -> np.ndarray:
@@ -56,19 +56,14 @@ def window_size(size: int, extent: int, stride: int, out_dim: int) -> int:
     return min(math.ceil((size + extent - 1) / stride), out_dim)
 
 
-def output_box(box_in: Size2, window: Window, out: Size2) -> Size2:
-    """The uniform output box of a window operator for an input box (``window_size`` per side)."""
-    extent, stride = window.extent, window.stride
-    return Size2(
-        window_size(box_in.h, extent.h, stride.h, out.h),
-        window_size(box_in.w, extent.w, stride.w, out.w),
-    )
+def output_box(box_in: Size, window: Window, out: Size) -> Size:
+    """The uniform output box of a window operator for an input box (``window_size`` per axis)."""
+    return box_in.map(window_size, window.extent, window.stride, out)
 
 
-def read_size(box: Size2, window: Window) -> Size2:
-    """The read-in window ``K + (W_Ō − 1)·S`` per side that produces an output box."""
-    extent, stride = window.extent, window.stride
-    return Size2(extent.h + (box.h - 1) * stride.h, extent.w + (box.w - 1) * stride.w)
+def read_size(box: Size, window: Window) -> Size:
+    """The read-in window ``K + (W_Ō − 1)·S`` per axis that produces an output box."""
+    return box.map(lambda b, k, s: k + (b - 1) * s, window.extent, window.stride)
 
 
 def window_start(
@@ -115,50 +110,83 @@ def bounding_start(starts: list[np.ndarray], size: int, dim: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Positions:
-    """Top-left corners of the patch, one per query (row-major over the heatmap grid).
+    """The patch's first cell along each spatial axis, one per query (row-major over the
+    heatmap's grid, the last axis fastest).
 
-    A last window that would cross the border is clipped (Captum's convention); ``top`` and
-    ``left`` are the unclipped corners.
+    A last window that would cross the border is clipped (Captum's convention); ``starts`` are
+    the unclipped corners.
     """
 
-    top: np.ndarray
-    left: np.ndarray
-    rows: int
-    cols: int
+    starts: tuple[np.ndarray, ...]
+    grid: tuple[int, ...]  # positions along each axis
 
     @classmethod
-    def grid(cls, image: Size2, patch: Size2, stride: Size2) -> Positions:
-        """Every position: ``i·Sy`` for ``i = 0 … ceil((H − Ph)/Sy)``, and the same along x
-        (Captum's windows). With a stride larger than the patch, which Captum refuses, a last
-        window that would start past the border is dropped.
+    def grid_of(cls, image: Size, patch: Size, stride: Size) -> Positions:
+        """Every position: ``i·S`` for ``i = 0 … ceil((N − P)/S)`` along each axis (Captum's
+        windows). With a stride larger than the patch, which Captum refuses, a last window
+        that would start past the border is dropped.
 
-        >>> p = Positions.grid(Size2(11, 224), Size2(4, 16), Size2(3, 4))
-        >>> p.rows, p.cols, int(p.top[-1]), len(p)
-        (4, 53, 9, 212)
-        >>> Positions.grid(Size2(2, 5), Size2(1, 1), Size2(2, 3)).top.tolist()
+        >>> p = Positions.grid_of(Size(11, 224), Size(4, 16), Size(3, 4))
+        >>> p.grid, int(p.starts[0][-1]), len(p)
+        ((4, 53), 9, 212)
+        >>> Positions.grid_of(Size(2, 5), Size(1, 1), Size(2, 3)).starts[0].tolist()
         [0, 0]
+        >>> Positions.grid_of(Size(8, 8, 8), Size(4, 4, 4), Size(4, 4, 4)).grid
+        (2, 2, 2)
         """
-        rows = min(math.ceil((image.h - patch.h) / stride.h) + 1, math.ceil(image.h / stride.h))
-        cols = min(math.ceil((image.w - patch.w) / stride.w) + 1, math.ceil(image.w / stride.w))
-        tops = np.arange(rows, dtype=np.int64) * stride.h
-        lefts = np.arange(cols, dtype=np.int64) * stride.w
-        top, left = np.meshgrid(tops, lefts, indexing="ij")
-        return cls(top.ravel(), left.ravel(), rows, cols)
+        counts = tuple(
+            min(math.ceil((n - p) / s) + 1, math.ceil(n / s))
+            for n, p, s in zip(image, patch, stride)
+        )
+        axes = [np.arange(c, dtype=np.int64) * s for c, s in zip(counts, stride)]
+        mesh = np.meshgrid(*axes, indexing="ij")
+        return cls(tuple(m.ravel() for m in mesh), counts)
 
     @classmethod
-    def centre(cls, image: Size2, patch: Size2) -> Positions:
+    def centre(cls, image: Size, patch: Size) -> Positions:
         """The one position the theoretical speedup is measured at (research §2.2).
 
-        >>> centre = Positions.centre(Size2(224, 200), Size2(16, 15))
-        >>> centre.top.tolist(), centre.left.tolist(), centre.rows, centre.cols
-        ([104], [92], 1, 1)
+        >>> centre = Positions.centre(Size(224, 200), Size(16, 15))
+        >>> [s.tolist() for s in centre.starts], centre.grid
+        ([[104], [92]], (1, 1))
         """
-        top = np.array([(image.h - patch.h) // 2], dtype=np.int64)
-        left = np.array([(image.w - patch.w) // 2], dtype=np.int64)
-        return cls(top, left, 1, 1)
+        starts = tuple(np.array([(n - p) // 2], dtype=np.int64) for n, p in zip(image, patch))
+        return cls(starts, (1,) * image.d)
+
+    @property
+    def d(self) -> int:
+        return len(self.starts)
+
+    @property
+    def top(self) -> np.ndarray:
+        """The first row of each 2-D position."""
+        return self._axis(0)
+
+    @property
+    def left(self) -> np.ndarray:
+        """The first column of each 2-D position."""
+        return self._axis(1)
+
+    @property
+    def rows(self) -> int:
+        return self._count(0)
+
+    @property
+    def cols(self) -> int:
+        return self._count(1)
+
+    def _axis(self, index: int) -> np.ndarray:
+        if self.d != 2:
+            raise AttributeError(f"{self.d}-D positions have no rows and columns: use .starts")
+        return self.starts[index]
+
+    def _count(self, index: int) -> int:
+        if self.d != 2:
+            raise AttributeError(f"{self.d}-D positions have no rows and columns: use .grid")
+        return self.grid[index]
 
     def __len__(self) -> int:
-        return len(self.top)
+        return len(self.starts[0])
 
 
 @dataclass(frozen=True)
@@ -168,7 +196,7 @@ class Placed:
     around which an approximate cap places the boxes it cuts."""
 
     origins: Origins
-    centre: tuple[np.ndarray, np.ndarray]  # (y, x), float64
+    centre: tuple[np.ndarray, ...]  # per spatial axis, float64
 
 
 def origins_of(
@@ -217,54 +245,53 @@ def node_placement(
     box, size, op = update.box, node.schema.size, node.op
     if isinstance(op, Occlude):
         # A clipped last window shifts inward; the cells it adds keep their image values.
-        top, left = positions.top, positions.left
+        starts = positions.starts
         return Placed(
-            (np.minimum(top, size.h - box.h), np.minimum(left, size.w - box.w)),
-            (
-                (top + np.minimum(top + box.h, size.h)) / 2,
-                (left + np.minimum(left + box.w, size.w)) / 2,
-            ),
+            tuple(np.minimum(s, n - b) for s, n, b in zip(starts, size, box)),
+            tuple((s + np.minimum(s + b, n)) / 2 for s, n, b in zip(starts, size, box)),
         )
     if isinstance(op, (Combine, Concat)):
         boxed = [placed[i.name] for i in inputs if i.name in placed]
         return Placed(
-            (
-                bounding_start([p.origins[0] for p in boxed], box.h, size.h),
-                bounding_start([p.origins[1] for p in boxed], box.w, size.w),
+            tuple(
+                bounding_start([p.origins[a] for p in boxed], box[a], size[a])
+                for a in range(size.d)
             ),
-            (np.mean([p.centre[0] for p in boxed], 0), np.mean([p.centre[1] for p in boxed], 0)),
+            tuple(np.mean([p.centre[a] for p in boxed], 0) for a in range(size.d)),
         )
-    (y0, x0), (cy, cx) = placed[inputs[0].name].origins, placed[inputs[0].name].centre
+    origins, centre = placed[inputs[0].name].origins, placed[inputs[0].name].centre
     if isinstance(op, (JoinAggregate, Pool)):
         window = op.window
-        extent, stride, pad = window.extent, window.stride, window.padding
+        extent, stride, pad = window.extent, window.stride, window.padding.before
         source = inputs[0].update
         assert source is not None and source.box is not None
         exact = output_box(source.box, window, size) if update.cut is not None else box
+        axes = range(size.d)
         return Placed(
-            (
-                _cut_start(y0, cy, extent.h, stride.h, pad.top, exact.h, box.h, size.h),
-                _cut_start(x0, cx, extent.w, stride.w, pad.left, exact.w, box.w, size.w),
+            tuple(
+                _cut_start(
+                    origins[a], centre[a], extent[a], stride[a], pad[a], exact[a], box[a], size[a]
+                )  # fmt: skip
+                for a in axes
             ),
-            (
-                (cy + pad.top - extent.h / 2) / stride.h + 0.5,
-                (cx + pad.left - extent.w / 2) / stride.w + 0.5,
-            ),
+            tuple((centre[a] + pad[a] - extent[a] / 2) / stride[a] + 0.5 for a in axes),
         )
     if isinstance(op, Pad):
+        before = op.padding.before
         return Placed(
-            (y0 + op.padding.top, x0 + op.padding.left), (cy + op.padding.top, cx + op.padding.left)
+            tuple(o + b for o, b in zip(origins, before)),
+            tuple(c + b for c, b in zip(centre, before)),
         )
     if isinstance(op, Upsample):
-        sh, sw = op.scale.h, op.scale.w
+        scale = op.scale
         if op.mode.copies_blocks:
-            origins = (y0 * sh, x0 * sw)
-        else:  # bilinear: from the first output row that reads row y0 − 1
-            origins = (
-                np.clip(y0 * sh - (sh + 1) // 2, 0, size.h - box.h),
-                np.clip(x0 * sw - (sw + 1) // 2, 0, size.w - box.w),
+            moved = tuple(o * s for o, s in zip(origins, scale))
+        else:  # (bi/tri)linear: from the first output cell that reads cell o − 1
+            moved = tuple(
+                np.clip(o * s - (s + 1) // 2, 0, n - b)
+                for o, s, n, b in zip(origins, scale, size, box)
             )
-        return Placed(origins, (cy * sh, cx * sw))
+        return Placed(moved, tuple(c * s for c, s in zip(centre, scale)))
     return placed[inputs[0].name]  # element-wise: the box does not move
 
 

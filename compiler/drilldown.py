@@ -103,7 +103,7 @@ def predicted_speedup(coarse: int, fine: int, ratio: float) -> float:
 
 
 def interpolate(
-    coarse_map: np.ndarray, coarse: int, fine: int, shape: tuple[int, int]
+    coarse_map: np.ndarray, coarse: int, fine: int, shape: tuple[int, ...]
 ) -> np.ndarray:
     """Bilinear interpolation of a stage-1 map ``[..., R1, C1]`` (cell ``k`` at pixel
     ``k·S1``) onto the fine grid ``shape`` (cell ``i`` at pixel ``i·S2``).
@@ -147,7 +147,7 @@ def lowest(values: np.ndarray, fraction: float, exclude: np.ndarray | None = Non
     return mask.reshape(values.shape)
 
 
-def lattice(shape: tuple[int, int], period: float) -> np.ndarray:
+def lattice(shape: tuple[int, ...], period: float) -> np.ndarray:
     """Stage-1 cells of the lattice mode: ``(i + a·j) mod period < 1``, one cell in
     ``period`` (which may be fractional), sheared (``a = 2`` from period 3.5 on) so that the
     samples spread evenly.

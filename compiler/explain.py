@@ -150,7 +150,7 @@ def render(
     optimized: Optimized,
     physical: PhysicalPlan,
     centre: PlanCost,
-    positions: tuple[int, int],
+    positions: tuple[int, ...],
     *,
     verbose: bool = False,
     sql: bool = False,
@@ -186,7 +186,7 @@ def render(
 
 def render_physical(
     physical: PhysicalPlan,
-    positions: tuple[int, int],
+    positions: tuple[int, ...],
     backend: str = "torch reference",
     choices: dict[str, str] | None = None,
 ) -> list[str]:
@@ -195,7 +195,7 @@ def render_physical(
     if batching.capped:
         budget += " (batch capped: no batch buffer above 2³⁰ values)"
     lines = [
-        f"queries {batching.queries} ({positions[0]}×{positions[1]} positions per image), "
+        f"queries {batching.queries} ({'×'.join(map(str, positions))} positions per image), "
         f"batch size {batching.batch_size} → {batching.batches} batches, "
         f"{_bytes(batching.bytes_per_query)} per query{budget}",
     ]

@@ -244,8 +244,8 @@ def test_drilldown_query_counts_follow_the_formula(ratio, target, coarse) -> Non
     plan = kql.compile(model, image.shape, patch=16, stride=4, drilldown=ratio, speedup=target)
     assert plan.settings.coarse == coarse
     result = plan.evaluate(image)
-    fine = Positions.grid(Size2(224, 224), Size2(16, 16), Size2(4, 4))
-    stage1 = len(Positions.grid(Size2(224, 224), Size2(16, 16), Size2(coarse, coarse)))
+    fine = Positions.grid_of(Size2(224, 224), Size2(16, 16), Size2(4, 4))
+    stage1 = len(Positions.grid_of(Size2(224, 224), Size2(16, 16), Size2(coarse, coarse)))
     assert result.queries == stage1 + math.ceil(ratio * len(fine))
     measured = len(fine) / result.queries
     assert measured == pytest.approx(drill.predicted_speedup(coarse, 4, ratio), rel=0.05)

@@ -261,7 +261,7 @@ def _location(details: dict[str, Any]) -> tuple[int | None, int]:
 
 
 def rewrite(
-    statement: Statement, bound: Bound, names: list[str], grids: list[tuple[int, int] | None]
+    statement: Statement, bound: Bound, names: list[str], grids: list[tuple[int, ...] | None]
 ) -> Rewrite:
     """The statement as DuckDB runs it: calls replaced by relation names, heatmaps by the
     aggregate with their grid."""

@@ -76,8 +76,8 @@ class HeatmapPlan(abc.ABC):
         return plan_png(self, path, measured)
 
     @property
-    def grid(self) -> tuple[int, int]:
-        return self.positions.rows, self.positions.cols
+    def grid(self) -> tuple[int, ...]:
+        return self.positions.grid
 
     def run(self, image: Tensor, *, progress: ProgressArg = "auto") -> Tensor:
         """The heatmap ``[rows, cols]`` of a ``[C,H,W]`` image, ``[N, rows, cols]`` of a batch

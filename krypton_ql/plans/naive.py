@@ -41,7 +41,7 @@ def naive_class_heatmap(
     if any(m.training for m in model.modules()):
         raise InvalidInputError("the model is in training mode; call model.eval() first")
     check.same_place(model, images)
-    positions = Positions.grid(Size2(height, width), occlusion.patch, occlusion.stride)
+    positions = Positions.grid_of(Size2(height, width), occlusion.patch, occlusion.stride)
     top = torch.as_tensor(positions.top, device=images.device)
     left = torch.as_tensor(positions.left, device=images.device)
     colour = torch.tensor(occlusion.color, dtype=images.dtype, device=images.device)
@@ -66,7 +66,7 @@ def naive_class_heatmap(
                 scores[index] = values.gather(1, targets[image_index]).squeeze(1)
                 if report is not None:
                     report(int(index[-1]) + 1, total)
-    heatmaps = scores.reshape(len(images), positions.rows, positions.cols)
+    heatmaps = scores.reshape(len(images), *positions.grid)
     return heatmaps[0] if image.dim() == 3 else heatmaps
 
 

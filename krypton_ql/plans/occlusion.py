@@ -57,7 +57,7 @@ class OcclusionPlan(HeatmapPlan):
         )
         check.scored_classes(self.classes, self.occlusion.score)
         image = Size2(self.shape[1], self.shape[2])
-        self.positions = Positions.grid(image, self.occlusion.patch, self.occlusion.stride)
+        self.positions = Positions.grid_of(image, self.occlusion.patch, self.occlusion.stride)
         self.optimized = optimize(self.logical, compile_options, self.positions)
         self.physical = lower(self.optimized.plan)
         if self.backend is Backend.TRITON:  # what the kernels address and a GPU launches

@@ -153,7 +153,7 @@ def test_positions_follow_captum(h, w, ph, pw, sy, sx) -> None:
     """The grid is the oracle's windows (Captum's): ``ceil((D − P)/S) + 1`` per dimension, the
     last clipped, none starting off the image."""
     assume(ph <= h and pw <= w)
-    grid = Positions.grid(Size2(h, w), Size2(ph, pw), Size2(sy, sx))
+    grid = Positions.grid_of(Size2(h, w), Size2(ph, pw), Size2(sy, sx))
     tops, lefts = oracle.window_starts(h, ph, sy), oracle.window_starts(w, pw, sx)
     assert (grid.rows, grid.cols) == (len(tops), len(lefts))
     assert grid.top.tolist() == [t for t in tops for _ in lefts]
