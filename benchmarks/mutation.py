@@ -170,7 +170,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "constant-layout",
         "compiler/importer/walk.py",
-        "canonical = tensor.movedim((1 + layout.h, 1 + layout.w), (-2, -1))",
+        "canonical = tensor.movedim(tuple(1 + a for a in layout.axes), tuple(range(-d, 0)))",
         "canonical = tensor",
         "a channels-last constant (ConvNeXt's layer scale) is not moved into [C, H, W]",
     ),

@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from compiler.types import Agg, Layout, Padding, Schema, Size2, Window
+from compiler.types import Agg, Layout, Padding, Schema, Size, Window
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +40,7 @@ class Input:
 class Occlude:
     """The query's update to the base relation: cells inside the patch take ``color``."""
 
-    patch: Size2
+    patch: Size
     color: tuple[float, ...]
     GLOBAL: ClassVar[bool] = False
 
@@ -91,7 +91,7 @@ class Pool:
         """The divisor every window of an average pool shares, if they all share one (the
         override, or ``kh·kw`` when padding counts and no window hangs over the ceiling).
 
-        >>> window = Window(Size2(3, 3), Size2(1, 1), Size2(1, 1), Padding.sides(1, 1, 1, 1))
+        >>> window = Window(Size(3, 3), Size(1, 1), Size(1, 1), Padding.sides(1, 1, 1, 1))
         >>> Pool(Agg.AVG, window).constant_divisor
         9
         >>> Pool(Agg.AVG, window, count_include_pad=False).constant_divisor is None
@@ -211,7 +211,7 @@ class Upsample:
     transposed convolution's zero insertion): ``O(c, y, x) = A(c, y/s_h, x/s_w)`` where both
     divide, else 0; its boxes are nearest's."""
 
-    scale: Size2
+    scale: Size
     mode: UpsampleMode = UpsampleMode.NEAREST
     GLOBAL: ClassVar[bool] = False
 
@@ -293,7 +293,7 @@ class AdaptivePool:
     """Adaptive pooling to an output grid whose windows are not uniform."""
 
     agg: Agg
-    output: Size2
+    output: Size
     GLOBAL: ClassVar[bool] = True
 
 
@@ -427,11 +427,11 @@ class Update:
 
     state: State
     strategy: Strategy
-    box: Size2 | None = None
-    read: Size2 | None = None
+    box: Size | None = None
+    read: Size | None = None
     # Approximate only: the box is ``cut`` cells per side smaller than the exact one
     # (projective-field thresholding) and placed around the patch's centre inside it.
-    cut: Size2 | None = None
+    cut: Size | None = None
 
     def __str__(self) -> str:
         text = ("≈" if self.cut is not None else "") + self.strategy.value

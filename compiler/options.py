@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from compiler.types import Size2
+from compiler.types import Size
 
 
 class LinearStrategy(enum.Enum):
@@ -20,8 +20,8 @@ class LinearStrategy(enum.Enum):
 class CompileOptions:
     """Everything the compiler needs to know about one occlusion workload."""
 
-    patch: Size2
-    stride: Size2
+    patch: Size
+    stride: Size
     color: tuple[float, ...]
     linear_strategy: LinearStrategy = LinearStrategy.AUTO
     batch_size: int | None = None  # None: from the memory budget

@@ -170,11 +170,11 @@ def _verify_schema(node: Node, inputs: list[Node]) -> None:
         _fail(node, "a pool changes the channel count")
     if isinstance(op, Pad) and first.is_spatial:
         p = op.padding
-        padded = (first.shape[1] + p.top + p.bottom, first.shape[2] + p.left + p.right)
+        padded = tuple(n + b + a for n, b, a in zip(first.size, p.before, p.after))
         if (first.channels, *padded) != out.shape:
             _fail(node, f"pads {first} to {out}")
     if isinstance(op, Upsample) and first.is_spatial:
-        scaled = (first.channels, first.shape[1] * op.scale.h, first.shape[2] * op.scale.w)
+        scaled = (first.channels, *(n * s for n, s in zip(first.size, op.scale)))
         if scaled != out.shape:
             _fail(node, f"upsamples {first} to {out}")
     if isinstance(op, (GlobalAvgPool, AdaptivePool)) and first.channels != out.channels:
@@ -215,7 +215,7 @@ def _verify_update(node: Node, inputs: list[Node]) -> None:
         if update.box is None or not node.schema.is_spatial:
             _fail(node, "a box update needs a spatial schema and a box size")
         size = node.schema.size
-        if not (0 < update.box.h <= size.h and 0 < update.box.w <= size.w):
+        if update.box.d != size.d or not all(0 < b <= n for b, n in zip(update.box, size)):
             _fail(node, f"box {update.box} does not fit the map {size}")
     if update.state is State.CLEAN and any(i.state is not State.CLEAN for i in inputs):
         _fail(node, "is clean but reads an updated input")

@@ -25,7 +25,7 @@ class Exported:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def export(model: nn.Module, input_shape: tuple[int, int, int]) -> Exported:
+def export(model: nn.Module, input_shape: tuple[int, ...]) -> Exported:
     """``torch.export`` of ``model`` for one image of ``input_shape``; a model that does not
     run at that shape, or that export cannot capture, is a ``KryptonError``."""
     if not isinstance(model, nn.Module):

@@ -39,7 +39,7 @@ from compiler.ir import (
     WeightRef,
 )
 from compiler.plan import Plan
-from compiler.types import Layout, Schema, Size2
+from compiler.types import Layout, Schema, Size
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ SKIPPED = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for
 
 
 def import_model(
-    exported: Exported, input_shape: tuple[int, int, int], patch: Size2, color: tuple[float, ...]
+    exported: Exported, input_shape: tuple[int, ...], patch: Size, color: tuple[float, ...]
 ) -> Plan:
     """Translate an exported model into a logical plan for one image of ``input_shape``."""
     program = exported.program
@@ -104,7 +104,7 @@ class ImportContext:
 
     # -- the walk ---------------------------------------------------------------------------
 
-    def walk(self, input_shape: tuple[int, ...], patch: Size2, color: tuple[float, ...]) -> None:
+    def walk(self, input_shape: tuple[int, ...], patch: Size, color: tuple[float, ...]) -> None:
         specs = {spec.arg.name: spec for spec in self.program.graph_signature.input_specs}
         for node in self.program.graph.nodes:
             if node.op == "placeholder":
@@ -123,7 +123,7 @@ class ImportContext:
         node: fx.Node,
         spec: Any,
         shape: tuple[int, ...],
-        patch: Size2,
+        patch: Size,
         color: tuple[float, ...],
     ) -> None:
         if spec.kind is InputKind.USER_INPUT:
@@ -293,7 +293,7 @@ class ImportContext:
         if left.layout is None or right.layout is None:
             raise NotLocal("arithmetic of a feature map and a tensor that is not one")
         a, b = left.layout, right.layout
-        if (a.h, a.w) != (b.h, b.w) or len(a.shape) != len(b.shape):
+        if a.axes != b.axes or len(a.shape) != len(b.shape):
             raise NotLocal(f"arithmetic of feature maps in layouts {a} and {b}")
         ones = (1,) * len(a.channel_shape)
         if a.channel_shape != b.channel_shape and ones not in (a.channel_shape, b.channel_shape):
@@ -339,13 +339,11 @@ class ImportContext:
         channels = tuple(per_image[a] for a in layout.channel_axes)
         if channels not in (layout.channel_shape, (1,) * len(channels)):
             raise NotLocal("a constant that broadcasts over some channel axes only")
-        if per_image[layout.h] not in (1, layout.shape[layout.h]) or per_image[layout.w] not in (
-            1,
-            layout.shape[layout.w],
-        ):
+        if any(per_image[a] not in (1, layout.shape[a]) for a in layout.axes):
             raise NotLocal("a constant that does not cover the map")
-        canonical = tensor.movedim((1 + layout.h, 1 + layout.w), (-2, -1))
-        canonical = canonical.reshape(math.prod(channels), per_image[layout.h], per_image[layout.w])
+        d = layout.d
+        canonical = tensor.movedim(tuple(1 + a for a in layout.axes), tuple(range(-d, 0)))
+        canonical = canonical.reshape(math.prod(channels), *(per_image[a] for a in layout.axes))
         if tuple(canonical.shape) == tuple(constant.tensor.shape):
             ref = self.weight(constant, "a constant")
         else:
@@ -400,7 +398,7 @@ class ImportContext:
     def _check_constant(self, constant: Value, layout: Layout) -> None:
         rank = len(layout.shape) + 1
         shape = (1,) * (rank - len(constant.shape)) + constant.shape
-        if len(shape) == rank and (shape[1 + layout.h] != 1 or shape[1 + layout.w] != 1):
+        if len(shape) == rank and any(shape[1 + a] != 1 for a in layout.axes):
             raise NotLocal("a per-position operator with a constant that varies over space")
 
     def emit(

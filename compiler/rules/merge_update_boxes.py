@@ -14,7 +14,7 @@ from __future__ import annotations
 from compiler import boxes
 from compiler.ir import Combine, Concat, Node, State, Strategy, Update
 from compiler.rules.base import RuleContext, RuleResult, full_update_with_projections
-from compiler.types import Size2
+from compiler.types import Size
 
 
 def merge_update_boxes(node: Node, ctx: RuleContext) -> RuleResult:
@@ -29,11 +29,12 @@ def merge_update_boxes(node: Node, ctx: RuleContext) -> RuleResult:
     if not node.schema.is_spatial or any(_broadcasts(s, node) for s in boxed):
         return full_update_with_projections(node, ctx)  # an updated operand is broadcast
     size = node.schema.size
-    ys = [ctx.origins(s.name)[0] for s in boxed]
-    xs = [ctx.origins(s.name)[1] for s in boxed]
-    heights = [s.update.box.h for s in boxed if s.update and s.update.box]
-    widths = [s.update.box.w for s in boxed if s.update and s.update.box]
-    box = Size2(boxes.bounding_size(ys, heights, size.h), boxes.bounding_size(xs, widths, size.w))
+    origins = [ctx.origins(s.name) for s in boxed]
+    sizes = [s.update.box for s in boxed if s.update and s.update.box]
+    box = Size(*(
+        boxes.bounding_size([o[a] for o in origins], [b[a] for b in sizes], size[a])
+        for a in range(size.d)
+    ))  # fmt: skip
     return node.with_update(Update(State.BOX, Strategy.BOUNDING_BOX, box))  # bbox(Δa, Δb)
 
 

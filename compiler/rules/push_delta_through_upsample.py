@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from compiler.ir import Node, State, Strategy, Update, Upsample
 from compiler.rules.base import RuleContext
-from compiler.types import Size2
 
 
 def push_delta_through_upsample(node: Node, ctx: RuleContext) -> Node | None:
@@ -29,9 +28,9 @@ def push_delta_through_upsample(node: Node, ctx: RuleContext) -> Node | None:
     assert source.update is not None and source.update.box is not None
     box, scale = source.update.box, node.op.scale
     if node.op.mode.copies_blocks:
-        out = Size2(box.h * scale.h, box.w * scale.w)
+        out = box.map(lambda b, s: b * s, scale)
         return node.with_update(Update(State.BOX, Strategy.ELEMENTWISE, out))  # up(Δ)
     size, inner = node.schema.size, source.schema.size
-    out = Size2(min(scale.h * (box.h + 1), size.h), min(scale.w * (box.w + 1), size.w))
-    read = Size2(min(box.h + 2, inner.h), min(box.w + 2, inner.w))
+    out = box.map(lambda b, s, n: min(s * (b + 1), n), scale, size)
+    read = box.map(lambda b, n: min(b + 2, n), inner)
     return node.with_update(Update(State.BOX, Strategy.RECOMPUTE, out, read))  # up(W(V ⊕ Δ))

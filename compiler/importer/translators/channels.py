@@ -32,16 +32,14 @@ def _channel_axis(source: Value, dim: int, what: str) -> int:
     index = axis(int(dim), len(layout.shape) + 1) - 1
     if index < 0:
         raise NotLocal(f"{what} along the batch axis")
-    if index in (layout.h, layout.w):
+    if index in layout.axes:
         raise NotLocal(f"{what} along a spatial axis")
     return index
 
 
 def _without(layout: Layout, removed: list[int], shape: tuple[int, ...]) -> Layout:
     """``layout`` after the channel axes ``removed`` are dropped, the result of ``shape``."""
-    h = layout.h - sum(a < layout.h for a in removed)
-    w = layout.w - sum(a < layout.w for a in removed)
-    return Layout(shape, (h, w))
+    return Layout(shape, tuple(s - sum(a < s for a in removed) for s in layout.axes))
 
 
 # -- layout -------------------------------------------------------------------------------
@@ -64,14 +62,17 @@ def reshaped(layout: Layout, shape: tuple[int, ...]) -> Layout | None:
                 return new
         return None
 
-    # Size-1 axes match in several places: keep the two spatial axes in their order.
-    first, second = sorted((layout.h, layout.w))
-    a = kept(first)
-    b = kept(second, a + 1, a) if a is not None else None
-    h, w = (a, b) if layout.h < layout.w else (b, a)
-    if h is None or w is None or h == w or math.prod(shape) != math.prod(layout.shape):
+    # Size-1 axes match in several places: keep the spatial axes in their order.
+    found: dict[int, int] = {}
+    start, taken = 0, -1
+    for old in sorted(layout.axes):
+        new = kept(old, start, taken)
+        if new is None:
+            return None
+        found[old], start, taken = new, new + 1, new
+    if math.prod(shape) != math.prod(layout.shape):
         return None
-    return Layout(tuple(shape), (h, w))
+    return Layout(tuple(shape), tuple(found[a] for a in layout.axes))
 
 
 def reshape(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
@@ -112,7 +113,7 @@ def permute(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
         raise NotLocal("a permute that moves the batch axis")
     order = [d - 1 for d in dims[1:]]
     shape = tuple(layout.shape[d] for d in order)
-    new = Layout(shape, (order.index(layout.h), order.index(layout.w)))
+    new = Layout(shape, tuple(order.index(a) for a in layout.axes))
     before = [a for a in layout.channel_axes if layout.shape[a] > 1]
     after = [order[a] for a in new.channel_axes if shape[a] > 1]
     if before == after:  # only the spatial axes moved: the same relation
@@ -162,7 +163,7 @@ def layer_norm(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation
     assert source.layout is not None
     count = len(args["normalized_shape"])
     normalized = range(len(source.layout.shape) - count, len(source.layout.shape))
-    if source.layout.h in normalized or source.layout.w in normalized:
+    if any(a in normalized for a in source.layout.axes):
         raise NotLocal("layer norm over the spatial axes")
     return pointwise(node, args, ctx, source)
 
@@ -210,7 +211,7 @@ def spatial_sum(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translatio
     layout = source.layout
     rank = len(layout.shape) + 1
     dims = args.get("dim")
-    if not dims or sorted(axis(int(d), rank) - 1 for d in dims) != sorted((layout.h, layout.w)):
+    if not dims or sorted(axis(int(d), rank) - 1 for d in dims) != sorted(layout.axes):
         return None
     if args.get("dtype") is not None:
         raise NotLocal("a sum with a dtype")
@@ -251,7 +252,7 @@ def cat(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     layouts = [t.layout for t in tensors]
     same = all(
         lay is not None
-        and (lay.h, lay.w) == (first.layout.h, first.layout.w)
+        and lay.axes == first.layout.axes
         and len(lay.shape) == len(first.layout.shape)
         and all(lay.shape[a] == first.layout.shape[a] for a in range(len(lay.shape)) if a != index)
         for lay in layouts
@@ -273,7 +274,7 @@ def stack(node: fx.Node, args: dict[str, Any], ctx: Context) -> Translation:
     index = axis(int(args["dim"]), len(first.shape) + 2) - 1
     if index < 0:
         raise NotLocal("a stack along the batch axis")
-    out = Layout(ctx.out_shape(node), (first.h + (index <= first.h), first.w + (index <= first.w)))
+    out = Layout(ctx.out_shape(node), tuple(a + (index <= a) for a in first.axes))
     if out.channel_axes[0] != index:
         raise NotLocal("a stack along an inner channel axis")
     return ctx.emit(node, Concat(), tensors, out)

@@ -23,7 +23,7 @@ from __future__ import annotations
 from compiler import boxes
 from compiler.ir import JoinAggregate, Node, Pool, State, Strategy, Update
 from compiler.rules.base import RuleContext
-from compiler.types import Size2, round_half_away
+from compiler.types import round_half_away
 
 
 def cap(tau: float, out_dim: int) -> int:
@@ -45,10 +45,10 @@ def threshold_projective_field(node: Node, ctx: RuleContext) -> Node | None:
     assert source.update is not None and source.update.box is not None
     window, box_in, out = node.op.window, source.update.box, node.schema.size
     exact = boxes.output_box(box_in, window, out)
-    limit = Size2(cap(tau, out.h), cap(tau, out.w))
-    if exact.h <= limit.h and exact.w <= limit.w:
-        return None  # under the threshold: the exact rule maintains it
-    box = Size2(min(exact.h, limit.h), min(exact.w, limit.w))
-    cut = Size2(exact.h - box.h, exact.w - box.w)
+    limit = out.map(lambda n: cap(tau, n))
+    if all(e <= c for e, c in zip(exact, limit)):
+        return None  # under the threshold on every axis: the exact rule maintains it
+    box = exact.map(min, limit)
+    cut = exact.map(lambda e, b: e - b, box)
     read = boxes.read_size(box, window)
     return node.with_update(Update(State.BOX, Strategy.RECOMPUTE, box, read, cut))
