@@ -48,6 +48,13 @@ class TorchRunner:
         return "torch reference"
 
 
+def is_planar(step: Step) -> bool:
+    """Whether a step's maps have two spatial axes (what the Triton kernels take); a step of
+    a 1-D or 3-D map runs on the torch reference in every backend."""
+    schema = step.node.schema
+    return not schema.is_spatial or schema.d == 2
+
+
 def triton_launchers() -> dict[KernelId, Launcher]:
     """The Triton backend's table (imported on first use: Triton is optional)."""
     from runtime.kernels import elementwise, gather_combine, gather_conv2d, gather_pool2d
@@ -87,6 +94,8 @@ class TritonRunner(TorchRunner):
     def run(self, step: Step, inputs: list[Value], env: Env) -> Value:
         from runtime.kernels.epilogue import IDENTITY, Epilogue
 
+        if not is_planar(step):  # the kernels are 2-D: other ranks run on the reference
+            return super().run(step, inputs, env)
         segments = self._epilogue(step, env)
         launcher = self.launchers.get(step.kernel)
         if launcher is None:

@@ -65,13 +65,13 @@ class Executor:
         self.runner = runner if runner is not None else TorchRunner()
         device = views[plan.output].device
         self._origins = {
-            name: (torch.as_tensor(y, device=device), torch.as_tensor(x, device=device))
-            for name, (y, x) in origins.items()
+            name: tuple(torch.as_tensor(a, device=device) for a in axes)
+            for name, axes in origins.items()
         }
-        self._top = torch.as_tensor(positions.top, device=device)
-        self._left = torch.as_tensor(positions.left, device=device)
+        self._starts = tuple(torch.as_tensor(a, device=device) for a in positions.starts)
+        self._device = device
         self._positions = len(positions)
-        self._env = Env(views, weights, Batch(*(torch.empty(0),) * 3, {}))
+        self._env = Env(views, weights, Batch(torch.empty(0), (), {}))
         self.queries_run = 0
 
     def run(
@@ -85,7 +85,7 @@ class Executor:
         """Scores ``[N, T, P]`` of the targets ``[N, T]`` at every position (or ``positions``)."""
         count = len(targets)
         chosen = positions if positions is not None else torch.arange(self._positions)
-        chosen = chosen.to(self._top.device)
+        chosen = chosen.to(self._device)
         total = count * len(chosen)
         scores = torch.full(
             (count * self._positions, targets.shape[1]),
@@ -102,7 +102,7 @@ class Executor:
             except Exception as error:  # an allocator's failure halves the batch
                 if not memory.is_allocation_failure(error):
                     raise
-                device = self._top.device
+                device = self._device
                 if size == 1:
                     needed = self.plan.batching.bytes_per_query
                     raise memory.OutOfMemoryError(
@@ -121,8 +121,9 @@ class Executor:
         return scores.view(count, self._positions, -1).permute(0, 2, 1)
 
     def _run_batch(self, image: Tensor, position: Tensor, targets: Tensor, score: Score) -> Tensor:
-        origins = {name: (y[position], x[position]) for name, (y, x) in self._origins.items()}
-        self._env.batch = Batch(image, self._top[position], self._left[position], origins)
+        origins = {name: tuple(a[position] for a in axes) for name, axes in self._origins.items()}
+        starts = tuple(a[position] for a in self._starts)
+        self._env.batch = Batch(image, starts, origins)
         values: dict[str, Patch | Tensor | None] = {}
         for step in self.plan.steps:
             inputs = [values[name] for name in step.node.inputs]

@@ -36,7 +36,7 @@ from compiler.ir import (
     Upsample,
     UpsampleMode,
 )
-from compiler.types import Agg
+from compiler.types import Agg, Size
 from runtime import aten
 from runtime.weights import Weights
 
@@ -68,14 +68,13 @@ def full(node: Node, inputs: list[Tensor], weights: Weights) -> Tensor:
     """``node``'s operator on full tensors with a leading batch axis."""
     op = node.op
     if isinstance(op, JoinAggregate):
-        return conv2d(inputs[0], op, weights, with_padding=True)
+        return conv(inputs[0], op, weights, with_padding=True)
     if isinstance(op, Pool):
-        return pool2d(inputs[0], op, with_padding=True)
+        return pool(inputs[0], op, with_padding=True)
     if isinstance(op, (Map, Scalar, BatchNorm)):
         return elementwise(op, inputs[0], weights)
     if isinstance(op, Pad):
-        p = op.padding
-        return F.pad(inputs[0], (p.left, p.right, p.top, p.bottom), value=op.value)
+        return F.pad(inputs[0], op.padding.torch(), value=op.value)
     if isinstance(op, Combine):
         return ARITH[op.arith](inputs[0], inputs[1])
     if isinstance(op, Concat):
@@ -88,29 +87,31 @@ def full(node: Node, inputs: list[Tensor], weights: Weights) -> Tensor:
 
 
 def region_sum(x: Tensor, op: RegionSum, weights: Weights) -> Tensor:
-    """``scale · Σ_{y,x} A ⊙ W`` of ``[N, C, H, W]`` maps: ``[N, C]`` (``[N, C, 1, 1]`` with
-    keepdim)."""
-    height, width = x.shape[-2:]
+    """``scale · Σ_cells A ⊙ W`` of ``[N, C, *spatial]`` maps: ``[N, C]`` (``[N, C, 1, …]``
+    with keepdim)."""
+    cells = Size(*x.shape[2:])
     if op.weights is not None:
-        x = x * region_weights(op, weights, height, width).to(x.dtype)
-    return x.sum(dim=(-2, -1), keepdim=op.keepdim) * op.scale
+        x = x * region_weights(op, weights, cells).to(x.dtype)
+    return x.sum(dim=tuple(range(2, 2 + cells.d)), keepdim=op.keepdim) * op.scale
 
 
-def region_weights(op: RegionSum, weights: Weights, height: int, width: int) -> Tensor:
-    """A region aggregate's weights as ``[1 or C, H, W]``."""
+def region_weights(op: RegionSum, weights: Weights, cells: Size) -> Tensor:
+    """A region aggregate's weights as ``[1 or C, *spatial]``."""
     assert op.weights is not None
-    return weights[op.weights].reshape(-1, height, width)
+    return weights[op.weights].reshape(-1, *cells)
 
 
 def _global(node: Node, inputs: list[Tensor], weights: Weights) -> Tensor:
     op, x = node.op, inputs[0]
     if isinstance(op, GlobalAvgPool):
-        return x.mean(dim=(2, 3), keepdim=op.keepdim)
+        return x.mean(dim=tuple(range(2, x.dim())), keepdim=op.keepdim)
     if isinstance(op, RegionSum):
         return region_sum(x, op, weights).reshape(len(x), *node.schema.shape)
     if isinstance(op, AdaptivePool):
-        pool = F.adaptive_avg_pool2d if op.agg is Agg.AVG else F.adaptive_max_pool2d
-        return pool(x, (op.output.h, op.output.w))
+        name = "avg" if op.agg is Agg.AVG else "max"
+        adaptive = getattr(F, f"adaptive_{name}_pool{op.output.d}d")
+        result: Tensor = adaptive(x, op.output.dims)
+        return result
     if isinstance(op, Flatten):
         return x.reshape(len(x), -1)  # also one value per image → [N, 1]
     if isinstance(op, Linear):
@@ -125,18 +126,30 @@ def _global(node: Node, inputs: list[Tensor], weights: Weights) -> Tensor:
 
 
 def upsample(x: Tensor, op: Upsample) -> Tensor:
-    """Upsampling by integer factors: nearest repeats each cell ``s_h × s_w`` times, zeros puts
-    it at the block's first cell; bilinear is torch's (``align_corners=False``) on the whole
-    map."""
+    """Upsampling by integer factors along each spatial axis: nearest repeats each cell ``s``
+    times per axis, zeros puts it at the block's first cell; linear is torch's
+    (``align_corners=False``: linear, bilinear, trilinear) on the whole map."""
+    d = op.scale.d
     if op.mode is UpsampleMode.NEAREST:
-        return x.repeat_interleave(op.scale.h, dim=2).repeat_interleave(op.scale.w, dim=3)
+        for a, s in enumerate(op.scale):
+            x = x.repeat_interleave(s, dim=2 + a)
+        return x
     if op.mode is UpsampleMode.ZEROS:
-        out = x.new_zeros(x.shape[0], x.shape[1], x.shape[2] * op.scale.h, x.shape[3] * op.scale.w)
-        out[:, :, :: op.scale.h, :: op.scale.w] = x
+        out = x.new_zeros(*x.shape[:2], *(n * s for n, s in zip(x.shape[2:], op.scale)))
+        out[(slice(None), slice(None), *(slice(None, None, s) for s in op.scale))] = x
         return out
-    size = [x.shape[2] * op.scale.h, x.shape[3] * op.scale.w]
-    scaled: Tensor = torch.ops.aten.upsample_bilinear2d.vec(x, size, False, None)
+    size = [n * s for n, s in zip(x.shape[2:], op.scale)]
+    linear = LINEAR_UPSAMPLING[d]
+    scaled: Tensor = linear(x, size, False, None)
     return scaled
+
+
+# torch's linear upsampling in 1, 2 and 3 axes, as exported models call it
+LINEAR_UPSAMPLING = {
+    1: torch.ops.aten.upsample_linear1d.vec,
+    2: torch.ops.aten.upsample_bilinear2d.vec,
+    3: torch.ops.aten.upsample_trilinear3d.vec,
+}
 
 
 def elementwise(op: Map | Scalar | BatchNorm, x: Tensor, weights: Weights) -> Tensor:
@@ -156,32 +169,43 @@ def elementwise(op: Map | Scalar | BatchNorm, x: Tensor, weights: Weights) -> Te
     )
 
 
-def conv2d(
+def conv(
     x: Tensor, op: JoinAggregate, weights: Weights, *, with_padding: bool, bias: bool = True
 ) -> Tensor:
+    """The convolution of ``[N, C, *spatial]`` maps in their number of spatial axes."""
     w, p = op.window, op.window.padding
     b = weights.get(op.bias) if bias else None
-    padding: tuple[int, int] = (0, 0)
-    if with_padding and p.top == p.bottom and p.left == p.right:
-        padding = (p.top, p.left)
+    padding: tuple[int, ...] = (0,) * w.d
+    if with_padding and p.before == p.after:
+        padding = p.before
     elif with_padding:
-        x = F.pad(x, (p.left, p.right, p.top, p.bottom))
-    return F.conv2d(
-        x,
-        weights[op.weight],
-        b,
-        (w.stride.h, w.stride.w),
-        padding,
-        (w.dilation.h, w.dilation.w),
-        op.groups,
+        x = F.pad(x, p.torch())
+    convolve = CONVOLUTIONS[w.d]
+    result: Tensor = convolve(
+        x, weights[op.weight], b, w.stride.dims, padding, w.dilation.dims, op.groups
     )
+    return result
 
 
-def pool2d(x: Tensor, op: Pool, *, with_padding: bool) -> Tensor:
+CONVOLUTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def pool(x: Tensor, op: Pool, *, with_padding: bool) -> Tensor:
+    """Max or average pooling of ``[N, C, *spatial]`` maps (pools pad alike on both sides).
+    A 1-D average pool runs as a 2-D one of height 1: ``avg_pool1d`` has no divisor
+    override."""
     w = op.window
-    kernel, stride = (w.kernel.h, w.kernel.w), (w.stride.h, w.stride.w)
-    padding = (w.padding.top, w.padding.left) if with_padding else (0, 0)
+    d = w.d
+    padding = w.padding.before if with_padding else (0,) * d
     ceil = w.ceil_mode and with_padding
     if op.agg is Agg.MAX:
-        return F.max_pool2d(x, kernel, stride, padding, (w.dilation.h, w.dilation.w), ceil)
-    return F.avg_pool2d(x, kernel, stride, padding, ceil, op.count_include_pad, op.divisor_override)
+        maximum = getattr(F, f"max_pool{d}d")
+        result: Tensor = maximum(x, w.kernel.dims, w.stride.dims, padding, w.dilation.dims, ceil)
+        return result
+    if d == 1:
+        flat = F.avg_pool2d(x[:, :, None], (1, *w.kernel), (1, *w.stride), (0, *padding), ceil,
+                            op.count_include_pad, op.divisor_override)  # fmt: skip
+        return flat[:, :, 0]
+    average = F.avg_pool2d if d == 2 else F.avg_pool3d
+    return average(x, w.kernel.dims, w.stride.dims, padding, ceil, op.count_include_pad,
+                   op.divisor_override)  # fmt: skip

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from compiler.ir import (
@@ -30,7 +29,7 @@ from compiler.ir import (
     Upsample,
 )
 from compiler.physical import KernelId
-from compiler.types import Agg, Size2
+from compiler.types import Agg, Padding, Size, Window
 from runtime import aten
 from runtime import full as full_ops
 from runtime.values import Env, Patch, Value, gather, gather_view, operands, read_origin
@@ -38,17 +37,16 @@ from runtime.values import Env, Patch, Value, gather, gather_view, operands, rea
 Kernel = Callable[[Node, list[Value], Env], Value]
 
 
-def _box(node: Node) -> Size2:
+def _box(node: Node) -> Size:
     assert node.update is not None and node.update.box is not None
     return node.update.box
 
 
 def _patch(node: Node, values: Tensor, env: Env) -> Patch:
-    y0, x0 = env.batch.origins[node.name]
-    return Patch(values, y0, x0)
+    return Patch(values, *env.batch.origins[node.name])
 
 
-def _map_size(node: Node) -> Size2:
+def _map_size(node: Node) -> Size:
     return node.schema.size
 
 
@@ -61,14 +59,18 @@ def occlude_patch(node: Node, inputs: list[Value], env: Env) -> Value:
     assert isinstance(node.op, Occlude)
     (source,) = node.inputs
     box, batch = _box(node), env.batch
-    y0, x0 = batch.origins[node.name]
-    image = gather_view(env.views[source], batch.image, y0, x0, box)
-    device = image.device
-    rows = (y0[:, None] + torch.arange(box.h, device=device)) >= batch.top[:, None]
-    cols = (x0[:, None] + torch.arange(box.w, device=device)) >= batch.left[:, None]
-    color = torch.tensor(node.op.color, dtype=image.dtype, device=device)[:, None, None]
-    covered = (rows[:, :, None] & cols[:, None, :])[:, None]
-    return Patch(torch.where(covered, color.expand_as(image[0]), image), y0, x0)
+    origin = batch.origins[node.name]
+    image = gather_view(env.views[source], batch.image, origin, box)
+    device, d = image.device, box.d
+    covered = torch.ones((len(image), *box), dtype=torch.bool, device=device)
+    for a, (start, first) in enumerate(zip(origin, batch.starts)):
+        shape = [len(start)] + [1] * d
+        shape[1 + a] = box[a]
+        cells = start[:, None] + torch.arange(box[a], device=device)
+        covered = covered & (cells >= first[:, None]).reshape(shape)
+    color = torch.tensor(node.op.color, dtype=image.dtype, device=device)
+    color = color.reshape(-1, *([1] * d))
+    return Patch(torch.where(covered[:, None], color.expand_as(image[0]), image), *origin)
 
 
 def _window(
@@ -80,35 +82,24 @@ def _window(
     (source,) = node.inputs
     patch = inputs[0]
     assert isinstance(patch, Patch)
-    ry, rx = read_origin(node, env.batch.origins[node.name])
-    map_size = Size2(*env.views[source].shape[2:])
+    read = read_origin(node, env.batch.origins[node.name])
+    map_size = Size(*env.views[source].shape[2:])
     if delta:
-        return gather(
-            None,
-            _difference(source, patch, env),
-            env.batch.image,
-            ry,
-            rx,
-            node.update.read,
-            map_size,
-            0.0,
-        )
-    return gather(
-        env.views[source], patch, env.batch.image, ry, rx, node.update.read, map_size, fill
-    )
+        change = _difference(source, patch, env)
+        return gather(None, change, env.batch.image, read, node.update.read, map_size, 0.0)
+    return gather(env.views[source], patch, env.batch.image, read, node.update.read, map_size, fill)
 
 
 def _difference(source: str, patch: Patch, env: Env) -> Patch:
     """``Δ = patch − view`` over the patch's own box."""
-    size = Size2(*patch.values.shape[2:])
-    before = gather_view(env.views[source], env.batch.image, patch.y0, patch.x0, size)
-    return Patch(patch.values - before, patch.y0, patch.x0)
+    before = gather_view(env.views[source], env.batch.image, patch.origin, patch.size)
+    return Patch(patch.values - before, *patch.origin)
 
 
 def gather_conv2d(node: Node, inputs: list[Value], env: Env) -> Value:
     assert isinstance(node.op, JoinAggregate)
     window = _window(node, inputs, env, 0.0)
-    return _patch(node, full_ops.conv2d(window, node.op, env.weights, with_padding=False), env)
+    return _patch(node, full_ops.conv(window, node.op, env.weights, with_padding=False), env)
 
 
 def gather_pool2d(node: Node, inputs: list[Value], env: Env) -> Value:
@@ -116,35 +107,34 @@ def gather_pool2d(node: Node, inputs: list[Value], env: Env) -> Value:
     fill = float("-inf") if node.op.agg is Agg.MAX else 0.0
     window = _window(node, inputs, env, fill)
     if node.op.agg is Agg.MAX or node.op.constant_divisor is not None:
-        return _patch(node, full_ops.pool2d(window, node.op, with_padding=False), env)
+        return _patch(node, full_ops.pool(window, node.op, with_padding=False), env)
     return _patch(node, _sum_pool(window, node.op) / _divisor(node, env), env)
 
 
 def _sum_pool(window: Tensor, op: Pool) -> Tensor:
     w = op.window
-    return F.avg_pool2d(
-        window, (w.kernel.h, w.kernel.w), (w.stride.h, w.stride.w), divisor_override=1
-    )
+    summed = Pool(Agg.AVG, Window(w.kernel, w.stride, w.dilation, Padding.zero(w.d)), True, 1)
+    return full_ops.pool(window, summed, with_padding=False)
 
 
 def _divisor(node: Node, env: Env) -> Tensor:
     """PyTorch's per-output divisor of an average pool over the box (border windows differ)."""
-    y0, x0 = env.batch.origins[node.name]
-    image = torch.zeros_like(y0)
-    return gather_view(divisor_map(node, env), image, y0, x0, _box(node))
+    origin = env.batch.origins[node.name]
+    image = torch.zeros_like(origin[0])
+    return gather_view(divisor_map(node, env), image, origin, _box(node))
 
 
 def divisor_map(node: Node, env: Env) -> Tensor:
-    """``[1, 1, OH, OW]``: the divisor of every output of an average pool over the full map."""
+    """``[1, 1, *out]``: the divisor of every output of an average pool over the full map."""
     assert isinstance(node.op, Pool)
     divisor = env.cache.get(node.name)
     if divisor is None:
         source = env.views[node.inputs[0]]
         ones = torch.ones(1, 1, *source.shape[2:], dtype=torch.float32, device=source.device)
-        counts = full_ops.pool2d(
+        counts = full_ops.pool(
             ones, Pool(Agg.AVG, node.op.window, node.op.count_include_pad, 1), with_padding=True
         )
-        means = full_ops.pool2d(ones, node.op, with_padding=True)
+        means = full_ops.pool(ones, node.op, with_padding=True)
         divisor = env.cache[node.name] = torch.round(counts / means).to(source.dtype)
     return divisor
 
@@ -170,25 +160,30 @@ def upsample(node: Node, inputs: list[Value], env: Env) -> Value:
 
 
 def gather_upsample(node: Node, inputs: list[Value], env: Env) -> Value:
-    """Bilinear upsampling of a box: gather the ``b + 2`` input rows (and columns) it reads
-    from ``view ⊕ patch``, then blend with torch's source indices (``align_corners=False``)."""
+    """(Bi/tri)linear upsampling of a box: gather the ``b + 2`` input cells along each axis
+    it reads from ``view ⊕ patch``, then blend axis by axis with torch's source indices
+    (``align_corners=False``)."""
     assert isinstance(node.op, Upsample) and node.update is not None
     (source,) = node.inputs
     (patch,) = inputs
     assert isinstance(patch, Patch) and node.update.read is not None
-    oy, ox = env.batch.origins[node.name]
-    box, read = _box(node), node.update.read
-    size = Size2(*env.views[source].shape[2:])
-    rows = _bilinear_axis(oy, box.h, node.op.scale.h, size.h, read.h)
-    cols = _bilinear_axis(ox, box.w, node.op.scale.w, size.w, read.w)
-    window = gather(env.views[source], patch, env.batch.image, rows[0], cols[0], read, size)
-    return _patch(node, _blend(_blend(window.contiguous(), rows, 2), cols, 3), env)
+    box, read, scale = _box(node), node.update.read, node.op.scale
+    size = Size(*env.views[source].shape[2:])
+    axes = [
+        _linear_axis(o, b, s, n, r)
+        for o, b, s, n, r in zip(env.batch.origins[node.name], box, scale, size, read)
+    ]
+    starts = tuple(axis[0] for axis in axes)
+    values = gather(env.views[source], patch, env.batch.image, starts, read, size).contiguous()
+    for a, axis in enumerate(axes):
+        values = _blend(values, axis, 2 + a)
+    return _patch(node, values, env)
 
 
 def _blend(values: Tensor, axis: tuple[Tensor, Tensor, Tensor, Tensor], dim: int) -> Tensor:
     """Linear interpolation along ``dim`` between the cells ``axis`` names per output cell."""
     _, low, high, weight = axis  # [B, L]: local source indices and the weight of ``high``
-    shape = [len(low), 1, 1, 1]
+    shape = [len(low)] + [1] * (values.dim() - 1)
     shape[dim] = low.shape[1]
     extent = list(values.shape)
     extent[dim] = low.shape[1]
@@ -197,7 +192,7 @@ def _blend(values: Tensor, axis: tuple[Tensor, Tensor, Tensor, Tensor], dim: int
     return a + (b - a) * weight.reshape(shape).to(values.dtype)
 
 
-def _bilinear_axis(
+def _linear_axis(
     origin: Tensor, length: int, scale: int, size: int, read: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """For output cells ``origin + [0, length)`` along one axis: the read window's start, and
@@ -221,10 +216,10 @@ def shift(node: Node, inputs: list[Value], env: Env) -> Value:
 
 def _gathered(node: Node, inputs: list[Value], env: Env) -> list[Tensor]:
     """Every operand over the node's bounding box, from ``view ⊕ patch`` (or the view)."""
-    y0, x0 = env.batch.origins[node.name]
+    origin = env.batch.origins[node.name]
     box, map_size, image = _box(node), _map_size(node), env.batch.image
     return [
-        gather(source, patch, image, y0, x0, box, map_size)
+        gather(source, patch, image, origin, box, map_size)
         for source, patch in operands(node, inputs, env)
     ]
 
@@ -245,12 +240,16 @@ def project(node: Node, inputs: list[Value], env: Env) -> Value:
     assert isinstance(patch, Patch)
     (source,) = node.inputs
     result = env.views[source][env.batch.image].clone()
-    h, w = patch.values.shape[2:]
-    device = result.device
-    rows = (patch.y0[:, None] + torch.arange(h, device=device))[:, :, None]
-    cols = (patch.x0[:, None] + torch.arange(w, device=device))[:, None, :]
-    batch = torch.arange(len(rows), device=device)[:, None, None]
-    result[batch, :, rows, cols] = patch.values.permute(0, 2, 3, 1)
+    d, device = patch.size.d, result.device
+    cells: list[Tensor] = []
+    for a, (start, length) in enumerate(zip(patch.origin, patch.size)):
+        shape = [len(start)] + [1] * d
+        shape[1 + a] = length
+        cells.append((start[:, None] + torch.arange(length, device=device)).reshape(shape))
+    batch = torch.arange(len(result), device=device).reshape([-1] + [1] * d)
+    # advanced indices apart (around the channel slice) put their axes first: [B, *box, C]
+    index: tuple[Tensor | slice, ...] = (batch, slice(None), *cells)
+    result[index] = patch.values.permute(0, *range(2, d + 2), 1)
     return result
 
 
@@ -267,14 +266,14 @@ def full(node: Node, inputs: list[Value], env: Env) -> Value:
 
 
 def _view_out(node: Node, env: Env) -> Tensor:
-    y0, x0 = env.batch.origins[node.name]
-    return gather_view(env.views[node.name], env.batch.image, y0, x0, _box(node))
+    return gather_view(env.views[node.name], env.batch.image, env.batch.origins[node.name],
+                       _box(node))  # fmt: skip
 
 
 def delta_conv2d(node: Node, inputs: list[Value], env: Env) -> Value:
     assert isinstance(node.op, JoinAggregate)
     window = _window(node, inputs, env, 0.0, delta=True)
-    change = full_ops.conv2d(window, node.op, env.weights, with_padding=False, bias=False)
+    change = full_ops.conv(window, node.op, env.weights, with_padding=False, bias=False)
     return _patch(node, _view_out(node, env) + change, env)
 
 
@@ -282,7 +281,7 @@ def delta_pool2d(node: Node, inputs: list[Value], env: Env) -> Value:
     assert isinstance(node.op, Pool) and node.op.agg is Agg.AVG
     window = _window(node, inputs, env, 0.0, delta=True)
     if node.op.constant_divisor is not None:
-        change = full_ops.pool2d(window, node.op, with_padding=False)
+        change = full_ops.pool(window, node.op, with_padding=False)
     else:
         change = _sum_pool(window, node.op) / _divisor(node, env)
     return _patch(node, _view_out(node, env) + change, env)
@@ -297,18 +296,19 @@ def delta_elementwise(node: Node, inputs: list[Value], env: Env) -> Value:
     scale = torch.rsqrt(w[op.var] + op.eps)
     if op.weight is not None:
         scale = scale * w[op.weight]
-    change = _difference(node.inputs[0], patch, env).values * scale[:, None, None]
+    shape = (-1, *([1] * patch.size.d))
+    change = _difference(node.inputs[0], patch, env).values * scale.reshape(shape)
     return _patch(node, _view_out(node, env) + change, env)
 
 
 def delta_combine(node: Node, inputs: list[Value], env: Env) -> Value:
     assert isinstance(node.op, Combine)
-    y0, x0 = env.batch.origins[node.name]
+    origin = env.batch.origins[node.name]
     box, result = _box(node), _view_out(node, env)
     for index, (name, value) in enumerate(zip(node.inputs, inputs)):
         if isinstance(value, Patch):
             change = gather(
-                None, _difference(name, value, env), env.batch.image, y0, x0, box, _map_size(node)
+                None, _difference(name, value, env), env.batch.image, origin, box, _map_size(node)
             )
             negative = index == 1 and node.op.arith is Arith.SUB
             result = result - change if negative else result + change
@@ -321,8 +321,9 @@ def delta_global_pool(node: Node, inputs: list[Value], env: Env) -> Value:
     (patch,) = inputs
     assert isinstance(patch, Patch)
     (source,) = node.inputs
-    height, width = env.views[source].shape[2:]
-    change = _difference(source, patch, env).values.sum(dim=(2, 3)) / (height * width)
+    cells = Size(*env.views[source].shape[2:])
+    spatial_dims = tuple(range(2, 2 + cells.d))
+    change = _difference(source, patch, env).values.sum(dim=spatial_dims) / cells.area
     pooled = env.views[node.name][env.batch.image]
     return pooled + change.reshape(pooled.shape)
 
@@ -334,16 +335,16 @@ def delta_region_sum(node: Node, inputs: list[Value], env: Env) -> Value:
     (patch,) = inputs
     assert isinstance(patch, Patch)
     (source,) = node.inputs
-    height, width = env.views[source].shape[2:]
+    cells = Size(*env.views[source].shape[2:])
     change = _difference(source, patch, env)
     values = change.values
     if op.weights is not None:
-        region = full_ops.region_weights(op, env.weights, height, width).to(values.dtype)
-        at = torch.zeros_like(change.y0)
-        size = Size2(*values.shape[2:])
-        values = values * gather_view(region[None], at, change.y0, change.x0, size)
+        region = full_ops.region_weights(op, env.weights, cells).to(values.dtype)
+        at = torch.zeros_like(change.origin[0])
+        values = values * gather_view(region[None], at, change.origin, change.size)
     pooled = env.views[node.name][env.batch.image]
-    return pooled + (values.sum(dim=(2, 3)) * op.scale).reshape(pooled.shape)
+    spatial_dims = tuple(range(2, 2 + cells.d))
+    return pooled + (values.sum(dim=spatial_dims) * op.scale).reshape(pooled.shape)
 
 
 KERNELS: dict[KernelId, Kernel] = {

@@ -30,7 +30,7 @@ from compiler.ir import (
 )
 from compiler.plan import Plan
 from compiler.relational import render
-from compiler.types import Agg, Score
+from compiler.types import Agg, Score, Size
 from runtime import full as full_ops
 from runtime.weights import Weights
 
@@ -156,7 +156,7 @@ def _weights(k: int, node: Node, weights: Weights, views: dict[str, Tensor]) -> 
     if isinstance(op, RegionSum) and op.weights is not None:
         source = views[node.inputs[0]]
         channels, height, width = source.shape[1:]
-        region = full_ops.region_weights(op, weights, height, width).double()
+        region = full_ops.region_weights(op, weights, Size(height, width)).double()
         tables[f"w{k}"] = _cells(region.expand(channels, -1, -1))
     if isinstance(op, Occlude):
         channels = node.schema.shape[0]

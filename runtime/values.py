@@ -1,4 +1,5 @@
-"""Per-query values and the gathers that read ``view ⊕ patch`` windows.
+"""Per-query values and the gathers that read ``view ⊕ patch`` windows, over any number of
+spatial axes.
 
 A per-query value is a ``Patch`` (values of a box of uniform size plus per-query origins), a
 full tensor with a leading batch axis, or ``None`` for a clean node (read its view). Views have
@@ -14,20 +15,38 @@ from torch import Tensor
 
 from compiler import boxes
 from compiler.ir import JoinAggregate, Node, Pool
-from compiler.types import Size2
+from compiler.types import Size
 from runtime.weights import Weights
 
 
-@dataclass
 class Patch:
-    """Values of a per-query box: ``values[b]`` covers rows ``y0[b] …`` and columns ``x0[b] …``."""
+    """Values of a per-query box: ``values[b]`` covers, along spatial axis ``a``, the cells
+    ``origin[a][b] …``. ``Patch(values, y0, x0)`` in 2-D."""
 
-    values: Tensor  # [B, C, h, w]
-    y0: Tensor  # [B] int64
-    x0: Tensor  # [B] int64
+    __slots__ = ("origin", "values")
+
+    def __init__(self, values: Tensor, *origin: Tensor) -> None:
+        self.values = values  # [B, C, *box]
+        self.origin = tuple(origin)  # one [B] int64 tensor per spatial axis
+
+    @property
+    def y0(self) -> Tensor:
+        """The first row of a 2-D box (the Triton kernels' operands)."""
+        assert len(self.origin) == 2, "a 2-D patch's rows"
+        return self.origin[0]
+
+    @property
+    def x0(self) -> Tensor:
+        assert len(self.origin) == 2, "a 2-D patch's columns"
+        return self.origin[1]
+
+    @property
+    def size(self) -> Size:
+        return Size(*self.values.shape[2:])
 
 
 Value = Patch | Tensor | None
+Origin = tuple[Tensor, ...]  # one [B] tensor per spatial axis
 
 
 @dataclass
@@ -35,9 +54,16 @@ class Batch:
     """What kernels know about the queries of the current batch."""
 
     image: Tensor  # [B] image index of each query
-    top: Tensor  # [B] unclipped patch corner
-    left: Tensor
-    origins: dict[str, tuple[Tensor, Tensor]]  # node -> per-query box origin
+    starts: tuple[Tensor, ...]  # per spatial axis: [B] unclipped first cell of the patch
+    origins: dict[str, Origin]  # node -> per-query box origin
+
+    @property
+    def top(self) -> Tensor:
+        return self.starts[0]
+
+    @property
+    def left(self) -> Tensor:
+        return self.starts[1]
 
 
 @dataclass
@@ -50,85 +76,102 @@ class Env:
     cache: dict[str, Tensor] = field(default_factory=dict)  # derived constants, e.g. divisors
 
 
+def _axes(origin: Origin, size: Size) -> list[Tensor]:
+    """Per spatial axis ``a``, the cells ``origin[a][b] + [0, size[a])`` shaped to broadcast
+    over ``[B, *size]``."""
+    d, device = len(origin), origin[0].device
+    cells = []
+    for a, (start, length) in enumerate(zip(origin, size)):
+        shape = [len(start)] + [1] * d
+        shape[1 + a] = length
+        cells.append((start[:, None] + torch.arange(length, device=device)).reshape(shape))
+    return cells
+
+
 def gather(
     view: Tensor | None,
     patch: Patch | None,
     image: Tensor,
-    y0: Tensor,
-    x0: Tensor,
-    size: Size2,
-    map_size: Size2,
+    origin: Origin,
+    size: Size,
+    map_size: Size,
     fill: float = 0.0,
 ) -> Tensor:
-    """``window[b, c, i, j] = (view[image[b]] ⊕ patch[b])[c, y0[b] + i, x0[b] + j]``.
+    """``window[b, c, i…] = (view[image[b]] ⊕ patch[b])[c, origin[b] + i…]``.
 
     Cells outside the map take ``fill`` (the operator's padding); a missing view reads zeros.
-    Works on channels-last rows (one cell's channels are contiguous): one gather from the view,
-    then only the cells inside each query's patch are overwritten. The result is a
-    channels-last ``[B, C, h, w]`` tensor.
+    Works on channels-last cells (one cell's channels are contiguous): one gather from the
+    view, then only the cells inside each query's patch are overwritten. The result is a
+    channels-last ``[B, C, *size]`` tensor.
     """
-    if patch is not None and _same_box(patch, y0, x0, size):
+    if patch is not None and _same_box(patch, origin, size):
         return patch.values
-    device = image.device
-    ys = y0[:, None] + torch.arange(size.h, device=device)  # [B, h]
-    xs = x0[:, None] + torch.arange(size.w, device=device)  # [B, w]
+    cells = _axes(origin, size)
+    d = len(cells)
     if view is not None:
-        rows = _cells(view)
-        window = rows[
-            image[:, None, None],
-            ys.clamp(0, map_size.h - 1)[:, :, None],
-            xs.clamp(0, map_size.w - 1)[:, None, :],
-        ]  # [B, h, w, C]
+        index = [image.reshape([-1] + [1] * d)]
+        index += [c.clamp(0, n - 1) for c, n in zip(cells, map_size)]
+        window = _cells(view)[tuple(index)]  # [B, *size, C]
     else:
         assert patch is not None
-        shape = (len(y0), size.h, size.w, patch.values.shape[1])
-        window = torch.zeros(shape, device=device, dtype=patch.values.dtype)
+        shape = (len(origin[0]), *size, patch.values.shape[1])
+        window = torch.zeros(shape, device=image.device, dtype=patch.values.dtype)
     if patch is not None:
-        _overlay(window, patch, ys, xs)
-    outside = ~(
-        ((ys >= 0) & (ys < map_size.h))[:, :, None] & ((xs >= 0) & (xs < map_size.w))[:, None, :]
-    )
-    if bool(outside.any()):
-        window[outside] = fill
-    return window.permute(0, 3, 1, 2)
+        _overlay(window, patch, cells)
+    inside = None
+    for c, n in zip(cells, map_size):
+        within = (c >= 0) & (c < n)
+        inside = within if inside is None else inside & within
+    assert inside is not None
+    if not bool(inside.all()):
+        window[~inside.expand(window.shape[:-1])] = fill
+    return window.permute(0, d + 1, *range(1, d + 1))
 
 
 def _cells(tensor: Tensor) -> Tensor:
-    """``[N, C, H, W]`` as ``[N, H, W, C]`` (free for channels-last storage)."""
-    return tensor.permute(0, 2, 3, 1)
+    """``[N, C, *spatial]`` as ``[N, *spatial, C]`` (free for channels-last storage)."""
+    d = tensor.dim() - 2
+    return tensor.permute(0, *range(2, d + 2), 1)
 
 
-def _same_box(patch: Patch, y0: Tensor, x0: Tensor, size: Size2) -> bool:
-    h, w = patch.values.shape[2:]
-    return (h, w) == (size.h, size.w) and torch.equal(patch.y0, y0) and torch.equal(patch.x0, x0)
+def _same_box(patch: Patch, origin: Origin, size: Size) -> bool:
+    return patch.size == size and all(torch.equal(p, o) for p, o in zip(patch.origin, origin))
 
 
-def _overlay(window: Tensor, patch: Patch, ys: Tensor, xs: Tensor) -> None:
+def _overlay(window: Tensor, patch: Patch, cells: list[Tensor]) -> None:
     """Overwrite, in place, the window cells that lie in each query's patch."""
-    h, w = patch.values.shape[2:]
-    py, px = ys - patch.y0[:, None], xs - patch.x0[:, None]
-    inside = ((py >= 0) & (py < h))[:, :, None] & ((px >= 0) & (px < w))[:, None, :]
-    b, i, j = inside.nonzero(as_tuple=True)
-    window[b, i, j] = _cells(patch.values)[b, py[b, i], px[b, j]]
+    local = [c - start.reshape(c.shape[:1] + (1,) * (c.dim() - 1)) for c, start in
+             zip(cells, patch.origin)]  # fmt: skip
+    inside = None
+    for offsets, n in zip(local, patch.size):
+        within = (offsets >= 0) & (offsets < n)
+        inside = within if inside is None else inside & within
+    assert inside is not None
+    chosen = inside.expand(window.shape[:-1]).nonzero(as_tuple=True)
+    b, positions = chosen[0], chosen[1:]
+    source = [local[a].expand(window.shape[:-1])[chosen] for a in range(len(local))]
+    window[(b, *positions)] = _cells(patch.values)[(b, *source)]
 
 
-def gather_view(view: Tensor, image: Tensor, y0: Tensor, x0: Tensor, size: Size2) -> Tensor:
+def gather_view(view: Tensor, image: Tensor, origin: Origin, size: Size) -> Tensor:
     """The view over each query's box (boxes always lie inside the map)."""
-    return gather(view, None, image, y0, x0, size, Size2(view.shape[2], view.shape[3]))
+    return gather(view, None, image, origin, size, Size(*view.shape[2:]))
 
 
-def read_origin(node: Node, origin: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    """Read-in window start ``x_R = x_O·S − P`` of a window operator (``boxes.read_window``)."""
+def read_origin(node: Node, origin: Origin) -> Origin:
+    """Read-in window start ``x_R = x_O·S − P`` per axis of a window operator
+    (``boxes.read_window``)."""
     assert isinstance(node.op, (JoinAggregate, Pool)) and node.update and node.update.box
     w, box = node.op.window, node.update.box
-    read_y, _ = boxes.read_window(origin[0], box.h, w.extent.h, w.stride.h, w.padding.top)
-    read_x, _ = boxes.read_window(origin[1], box.w, w.extent.w, w.stride.w, w.padding.left)
-    return read_y, read_x
+    return tuple(
+        boxes.read_window(o, b, e, s, p)[0]
+        for o, b, e, s, p in zip(origin, box, w.extent, w.stride, w.padding.before)
+    )
 
 
 def window_operands(
     node: Node, inputs: list[Value], env: Env
-) -> tuple[Patch, tuple[Tensor, Tensor], tuple[Tensor, Tensor], Size2]:
+) -> tuple[Patch, Origin, Origin, Size]:
     """A boxed window operator's input patch, per-query output origins, read-in origins and
     output box."""
     (patch,) = inputs

@@ -58,9 +58,9 @@ def test_gather_equals_the_loop(channels, height, width, window, box, fill, seed
     )
     image = torch.randint(0, 2, (queries,))
     for source in (patch, None):
-        got = gather(view, source, image, y0, x0, size, Size2(height, width), fill)
+        got = gather(view, source, image, (y0, x0), size, Size2(height, width), fill)
         expected = _loop_reference(view, source, image, y0, x0, size, fill)
         assert torch.equal(got, expected)
-    delta = gather(None, patch, image, y0, x0, size, Size2(height, width), 0.0)
+    delta = gather(None, patch, image, (y0, x0), size, Size2(height, width), 0.0)
     expected = _loop_reference(torch.zeros_like(view), patch, image, y0, x0, size, 0.0)
     assert torch.equal(delta, expected)

@@ -47,11 +47,11 @@ def test_matches_gather_then_combine(arith, channels, patched, broadcast, seed, 
     image = torch.randint(0, 2, (queries,))
     y0 = torch.tensor([data.draw(st.integers(0, size.h - box[0])) for _ in range(queries)])
     x0 = torch.tensor([data.draw(st.integers(0, size.w - box[1])) for _ in range(queries)])
-    a = gather(first[0], patch_a, image, y0, x0, Size2(*box), size)
+    a = gather(first[0], patch_a, image, (y0, x0), Size2(*box), size)
     expected = a
     operands = [first]
     if arith is not None:
-        b = gather(second[0].contiguous(), patch_b, image, y0, x0, Size2(*box), size)
+        b = gather(second[0].contiguous(), patch_b, image, (y0, x0), Size2(*box), size)
         if arith in (Arith.DIV, Arith.RDIV):  # keep divisors away from zero
             a, b = a.abs() + 1, b.abs() + 1
             first = (first[0].abs() + 1, *first[1:])

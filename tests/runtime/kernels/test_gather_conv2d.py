@@ -56,7 +56,7 @@ def test_matches_gather_then_conv(
         dilation * (kernel[0] - 1) + 1 + (out[0] - 1) * stride,
         dilation * (kernel[1] - 1) + 1 + (out[1] - 1) * stride,
     )
-    gathered = gather(view, Patch(patch, py, px), image, ry, rx, window, Size2(height, width))
+    gathered = gather(view, Patch(patch, py, px), image, (ry, rx), window, Size2(height, width))
     expected = F.conv2d(gathered, weight, b, stride, 0, dilation, groups)
     on = lambda t: None if t is None else t.to(KERNEL_DEVICE)  # noqa: E731
     arguments = [on(t) for t in (view, patch, image, ry, rx, py, px, weight, b)]
@@ -76,7 +76,7 @@ def test_output_channels_span_several_tiles_in_each_group() -> None:
     ry, rx = py - torch.tensor([1, 2, 0]), px - torch.tensor([1, 0, 2])
     image = torch.tensor([0, 1, 1])
     weight, bias = torch.randn(36, 20, 3, 3), torch.randn(36)
-    gathered = gather(view, Patch(patch, py, px), image, ry, rx, Size2(5, 4), Size2(7, 6))
+    gathered = gather(view, Patch(patch, py, px), image, (ry, rx), Size2(5, 4), Size2(7, 6))
     expected = F.conv2d(gathered, weight, bias, 1, 0, 1, 2)
     on = lambda t: t.to(KERNEL_DEVICE)  # noqa: E731
     arguments = [on(t) for t in (view, patch, image, ry, rx, py, px, weight, bias)]
@@ -95,7 +95,7 @@ def test_compiled_on_the_gpu_matches() -> None:
     weight = torch.randn(64, 64, 3, 3, device="cuda")
     image = torch.zeros(256, dtype=torch.int64, device="cuda")
     gathered = gather(
-        view, Patch(patch, py, px), image, py - 2, px - 2, Size2(16, 16), Size2(56, 56)
+        view, Patch(patch, py, px), image, (py - 2, px - 2), Size2(16, 16), Size2(56, 56)
     )
     expected = F.conv2d(gathered, weight, None)
     got = kernels.gather_conv2d(

@@ -47,7 +47,9 @@ def test_matches_gather_then_pool(
         dilation * (kernel[1] - 1) + 1 + (out[1] - 1) * stride,
     )
     fill = float("-inf") if mode == "max" else 0.0
-    gathered = gather(view, Patch(patch, py, px), image, ry, rx, window, Size2(height, width), fill)
+    gathered = gather(
+        view, Patch(patch, py, px), image, (ry, rx), window, Size2(height, width), fill
+    )
     if mode == "max":
         expected = F.max_pool2d(gathered, kernel, stride, 0, dilation)
         divisor: float | tuple = 1.0

@@ -45,7 +45,14 @@ def main() -> int:
     image = torch.tensor([0, 1, 2])
     py, px = torch.tensor([1, 2, 3]), torch.tensor([0, 3, 2])
     ry, rx = py - 1, px - 1
-    cells = (compact(view), Patch(compact(patch), py, px), image, ry, rx, Size2(5, 5), Size2(H, W))
+    cells = (
+        compact(view),
+        Patch(compact(patch), py, px),
+        image,
+        (ry, rx),
+        Size2(5, 5),
+        Size2(H, W),
+    )
     window, padded = gather(*cells), gather(*cells, fill=float("-inf"))
     failures = 0
 
