@@ -48,8 +48,8 @@ def naive_seconds(model, image, sample: int, batch: int) -> float:
         start = time.perf_counter()
         for i in range(0, len(chosen), batch):
             batch_images = image[None].expand(len(top[i : i + batch]), -1, -1, -1)
-            occluded = occlude(batch_images, top[i : i + batch], left[i : i + batch],
-                               plan.occlusion.patch, colour)  # fmt: skip
+            corners = [top[i : i + batch], left[i : i + batch]]
+            occluded = occlude(batch_images, corners, plan.occlusion.patch, colour)
             torch.softmax(model(occluded).float(), 1)
         _synchronize(device)
     return (time.perf_counter() - start) * total / len(chosen)

@@ -49,8 +49,7 @@ def naive_block(model, image, plan, positions, batch_size) -> tuple[torch.Tensor
         for i in range(0, len(positions), batch_size):
             batch = occlude(
                 image[None].expand(len(top[i : i + batch_size]), -1, -1, -1),
-                top[i : i + batch_size],
-                left[i : i + batch_size],
+                [top[i : i + batch_size], left[i : i + batch_size]],
                 plan.occlusion.patch,
                 colour,
             )

@@ -28,3 +28,8 @@ class InvalidInputError(KryptonError):
     def __init__(self, message: str, *, option: str | None = None) -> None:
         super().__init__(message)
         self.option = option
+
+
+class ModelInputError(InvalidInputError):
+    """The model does not run on inputs of the shape it was given (the front end adds how to
+    ask for another number of spatial axes, where the shape alone does not say)."""

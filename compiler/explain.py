@@ -79,7 +79,7 @@ def describe(op: Operator) -> str:
         layout = f" in {op.layouts[0]}" if not op.layouts[0].is_standard else ""
         return f"{op.call.name} per position{layout}"
     if isinstance(op, Upsample):
-        return f"{op.mode.value} ×{op.scale}"
+        return f"{op.mode.name_in(op.scale.d)} ×{op.scale}"
     if isinstance(op, Aten):
         return f"{{full from here: {op.name} — {op.why}}}"
     return ""

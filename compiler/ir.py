@@ -200,6 +200,12 @@ class UpsampleMode(enum.Enum):
         """Each input cell lands in one output block (nearest, zeros): boxes scale exactly."""
         return self is not UpsampleMode.BILINEAR
 
+    def name_in(self, d: int) -> str:
+        """The mode's name for maps of ``d`` spatial axes (linear, bilinear, trilinear)."""
+        if self is UpsampleMode.BILINEAR:
+            return {1: "linear", 2: "bilinear", 3: "trilinear"}.get(d, f"{d}-linear")
+        return self.value
+
 
 @dataclass(frozen=True, slots=True)
 class Upsample:

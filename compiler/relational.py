@@ -94,6 +94,11 @@ def render(plan: Plan) -> list[Statement]:
     for k, node in enumerate(nodes):
         if node.update is None:
             raise UnsupportedOperationError(f"node {node.name} has no update form: optimize first")
+        if node.schema.is_spatial and node.schema.d != 2:
+            raise UnsupportedOperationError(
+                f"node {node.name}: the plan as SQL covers maps of rows and columns (y, x); "
+                f"this one has {node.schema.d} spatial axes"
+            )
         if node.state is State.CLEAN:
             continue
         sql = _Renderer(nodes, index, k).render()

@@ -6,13 +6,14 @@ region scores of ``krypton_ql.integrations.segmentation``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Unpack
 
 import torch
 from torch import Tensor, nn
 
-from compiler.errors import InvalidInputError
+from compiler.errors import InvalidInputError, ModelInputError
 from krypton_ql import options as check
 from krypton_ql.integrations import segmentation
 from krypton_ql.options import APPROXIMATE, Options, PlanKeywords
@@ -54,14 +55,16 @@ def occlusion_heatmap(
     predicts as ``target`` — of the class's per-pixel probability (or logit), the map resized
     to the input size as torchvision's heads do (bilinear). For one image, ``target`` may list
     several classes (each with its own default region): ``[T, rows, cols]``, all in one pass."""
-    images = check.images(image)
-    if region is not None or output is not None or segmentation.returns_map(
-        check.model(model), images, output
-    ):  # fmt: skip
-        maps = _by_region(_incremental, _incremental_classes, model, images, patch, progress,
-                          region, output, options)  # fmt: skip
-        return maps[0] if image.dim() == 3 else maps
-    return _incremental(model, image, patch, progress, options)
+    d, keywords = _rank(image, patch, options)
+    images = check.images(image, d=d)
+    with _rank_hint(image, patch, options, d):
+        if region is not None or output is not None or segmentation.returns_map(
+            check.model(model), images, output
+        ):  # fmt: skip
+            maps = _by_region(_incremental, _incremental_classes, model, images, patch, progress,
+                              region, output, keywords)  # fmt: skip
+            return maps[0] if image.dim() == d + 1 else maps
+        return _incremental(model, image, patch, progress, keywords)
 
 
 def naive_heatmap(
@@ -83,13 +86,16 @@ def naive_heatmap(
             f"naive_heatmap re-runs the model exactly: {asked[0]} is an option of the "
             "incremental plan (occlusion_heatmap)", option=asked[0],
         )  # fmt: skip
-    images = check.images(image)
-    if region is not None or output is not None or segmentation.returns_map(
-        check.model(model), images, output
-    ):  # fmt: skip
-        maps = _by_region(_naive, None, model, images, patch, progress, region, output, options)
-        return maps[0] if image.dim() == 3 else maps
-    return _naive(model, image, patch, progress, options)
+    d, keywords = _rank(image, patch, options)
+    images = check.images(image, d=d)
+    with _rank_hint(image, patch, options, d):
+        if region is not None or output is not None or segmentation.returns_map(
+            check.model(model), images, output
+        ):  # fmt: skip
+            maps = _by_region(_naive, None, model, images, patch, progress, region, output,
+                              keywords)  # fmt: skip
+            return maps[0] if image.dim() == d + 1 else maps
+        return _naive(model, image, patch, progress, keywords)
 
 
 def explain(model: nn.Module, input_shape: Any, **options: Any) -> str:
@@ -103,10 +109,44 @@ def explain(model: nn.Module, input_shape: Any, **options: Any) -> str:
 Compute = Callable[[nn.Module, Tensor, Any, ProgressArg, Mapping[str, Any]], Tensor]
 
 
+def _rank(image: Any, patch: Any, options: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+    """The input's number of spatial axes (``check.spatial_rank``), and the options with it
+    stated (so that every plan reads the per-image shape alike)."""
+    rank = image.dim() if isinstance(image, Tensor) else 0
+    if isinstance(image, Tensor) and not 2 <= rank <= 5:
+        raise InvalidInputError(
+            f"image must be a signal, an image or a volume ([C, L], [C, H, W], [C, D, H, W]; "
+            f"with a batch axis in front, one more), got rank {rank} ({list(image.shape)})"
+        )
+    d = check.spatial_rank(rank, patch, options.get("stride"), options.get("spatial_dims"))
+    if isinstance(image, Tensor) and rank not in (d + 1, d + 2):
+        given = "spatial_dims" if options.get("spatial_dims") is not None else "patch"
+        value = options.get("spatial_dims") if given == "spatial_dims" else patch
+        raise InvalidInputError(
+            f"{given} {value!r} gives {d} spatial axes, so the input must have {d + 1} axes "
+            f"(or {d + 2} for a batch); it has {rank}: {list(image.shape)}",
+            option=given,
+        )
+    return d, {**options, "spatial_dims": d}
+
+
+@contextmanager
+def _rank_hint(image: Any, patch: Any, options: Mapping[str, Any], d: int) -> Iterator[None]:
+    """A model that rejects the input's shape, where the number of spatial axes followed from
+    the rank (an int patch), gets told how to ask for another."""
+    try:
+        yield
+    except ModelInputError as error:
+        stated = options.get("spatial_dims") is not None or not isinstance(patch, int)
+        if stated or not isinstance(image, Tensor):
+            raise
+        raise ModelInputError(f"{error}; {check.rank_hint(d)}") from error
+
+
 def _incremental(
     model: nn.Module, image: Tensor, patch: Any, progress: ProgressArg, options: Mapping[str, Any]
 ) -> Tensor:
-    images = check.images(image)
+    images = check.images(image, d=options.get("spatial_dims"))
     plan = build_plan(model, Options.build(tuple(images.shape[1:]), patch=patch, **options))
     return plan.run(image, progress=progress)
 
@@ -114,9 +154,9 @@ def _incremental(
 def _incremental_classes(
     model: nn.Module, image: Tensor, patch: Any, progress: ProgressArg, options: Mapping[str, Any]
 ) -> Tensor:
-    """``[T, rows, cols]``: the heatmaps of one image for the classes ``options["target"]``,
-    in one pass."""
-    images = check.images(image)
+    """``[T, *grid]``: the heatmaps of one input for the classes ``options["target"]``, in one
+    pass."""
+    images = check.images(image, d=options.get("spatial_dims"))
     keywords = dict(options)
     classes = keywords.pop("target")
     plan = build_plan(model, Options.build(tuple(images.shape[1:]), patch=patch, **keywords))

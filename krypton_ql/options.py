@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
 from numbers import Real
 from typing import Any, TypedDict, TypeVar
@@ -19,7 +19,7 @@ import torch
 from compiler.drilldown import DrillDown, DrillDownMode
 from compiler.errors import InvalidInputError
 from compiler.options import CompileOptions, LinearStrategy
-from compiler.types import Score, Size2
+from compiler.types import Score, Size
 from krypton_ql.quality.profile import Profile
 from runtime.measure import ConvChoice
 from runtime.resolve import Backend
@@ -37,8 +37,8 @@ DEFAULT_TARGET = 3.0  # the paper's default drill-down speedup
 class Occlusion:
     """The validated occlusion parameters of one workload."""
 
-    patch: Size2
-    stride: Size2
+    patch: Size
+    stride: Size
     color: tuple[float, ...]
     score: Score
 
@@ -47,19 +47,78 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def size_pair(name: str, value: Any) -> Size2:
-    """An int or an ``(h, w)`` pair of positive ints."""
+SPATIAL_RANKS = (1, 2, 3)  # signals, images, volumes (and clips)
+_RANK_NAMES = {1: "signal [C, L]", 2: "image [C, H, W]", 3: "volume [C, D, H, W]"}
+
+
+def size_of(name: str, value: Any, d: int = 2) -> Size:
+    """An int (the same along every axis) or ``d`` positive ints, one per spatial axis.
+
+    >>> size_of("patch", 4, 3), size_of("patch", (2, 3))
+    (Size(4, 4, 4), Size(2, 3))
+    """
     if _is_int(value):
-        pair = (value, value)
-    elif isinstance(value, Sequence) and len(value) == 2 and all(_is_int(v) for v in value):
-        pair = (value[0], value[1])
+        values: tuple[int, ...] = (value,) * d
+    elif isinstance(value, Sequence) and len(value) == d and all(_is_int(v) for v in value):
+        values = tuple(int(v) for v in value)
     else:
-        raise InvalidInputError(
-            f"{name} must be an int or a pair of ints, got {value!r}", option=name
-        )
-    if min(pair) < 1:
+        axes = "a pair of ints" if d == 2 else f"{d} ints (one per spatial axis)"
+        raise InvalidInputError(f"{name} must be an int or {axes}, got {value!r}", option=name)
+    if min(values) < 1:
         raise InvalidInputError(f"{name} must be at least 1, got {value!r}", option=name)
-    return Size2(int(pair[0]), int(pair[1]))
+    return Size(*values)
+
+
+def spatial_rank(rank: int, patch: Any, stride: Any = None, spatial_dims: Any = None) -> int:
+    """How many spatial axes an input of ``rank`` axes has: ``spatial_dims`` when given, else
+    the length of a ``patch`` (or ``stride``) given as a tuple, else — from an int patch — an
+    image (2) where the rank allows it: ``[C, H, W]`` or a batch ``[N, C, H, W]``. A rank
+    that no image has is read unambiguously: 2 is a signal ``[C, L]``, 5 a batch of volumes.
+
+    >>> spatial_rank(4, 16), spatial_rank(4, (4, 4, 4)), spatial_rank(3, 8, spatial_dims=1)
+    (2, 3, 1)
+    >>> spatial_rank(2, 16), spatial_rank(5, 4)
+    (1, 3)
+    """
+    if spatial_dims is not None:
+        if not _is_int(spatial_dims) or spatial_dims not in SPATIAL_RANKS:
+            raise InvalidInputError(
+                f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}", option="spatial_dims"
+            )
+        return int(spatial_dims)
+    for name, value in (("patch", patch), ("stride", stride)):
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            if not 1 <= len(value) <= 3:
+                raise InvalidInputError(
+                    f"{name} must be an int or one int per spatial axis (1, 2 or 3 of them), "
+                    f"got {value!r}",
+                    option=name,
+                )
+            return len(value)
+    return {2: 1, 3: 2, 4: 2, 5: 3}.get(rank, 2)
+
+
+def rank_hint(d: int) -> str:
+    """How to ask for another number of spatial axes than an int patch implies.
+
+    >>> print(rank_hint(2))
+    an int patch reads it as an image [C, H, W] (or a batch of them); for a signal [C, L] give \
+patch as a tuple of 1 int or spatial_dims=1, for a volume [C, D, H, W] a tuple of 3 ints or \
+spatial_dims=3
+    """
+    others = [k for k in SPATIAL_RANKS if k != d]
+    first, second = (f"{_article(k)} {_RANK_NAMES[k]}" for k in others)
+    one, two = others
+    return (
+        f"an int patch reads it as {_article(d)} {_RANK_NAMES[d]} (or a batch of them); for "
+        f"{first} give patch as a tuple of {one} int{'s' if one > 1 else ''} or "
+        f"spatial_dims={one}, for {second} a tuple of {two} int{'s' if two > 1 else ''} or "
+        f"spatial_dims={two}"
+    )
+
+
+def _article(d: int) -> str:
+    return "an" if _RANK_NAMES[d][0] in "aeiou" else "a"
 
 
 def colour(value: Any, channels: int) -> tuple[float, ...]:
@@ -112,48 +171,56 @@ def score(value: Any) -> Score:
     return choice("score", value, Score)
 
 
-def image_shape(value: Any) -> tuple[int, int, int]:
-    """``(C, H, W)``, or ``(N, C, H, W)`` whose ``N`` is ignored."""
+def image_shape(value: Any, d: int = 2) -> tuple[int, ...]:
+    """``(C, *spatial)`` of ``d`` spatial axes, or ``(N, C, *spatial)`` whose ``N`` is
+    ignored."""
     if isinstance(value, torch.Size | tuple | list) and all(_is_int(v) for v in value):
         dims = tuple(int(v) for v in value)
-        if len(dims) in (3, 4) and min(dims) >= 1:
-            return dims[-3], dims[-2], dims[-1]
-    raise InvalidInputError(f"input_shape must be (C, H, W) of positive ints, got {value!r}")
+        if len(dims) in (d + 1, d + 2) and min(dims) >= 1:
+            return dims[-(d + 1) :]
+    axes = {1: "(C, L)", 2: "(C, H, W)", 3: "(C, D, H, W)"}[d]
+    raise InvalidInputError(f"input_shape must be {axes} of positive ints, got {value!r}")
 
 
 def occlusion(
-    shape: tuple[int, int, int], patch: Any, stride: Any, color: Any, score_: Any
+    shape: tuple[int, ...], patch: Any, stride: Any, color: Any, score_: Any
 ) -> Occlusion:
-    """Validate the occlusion parameters against an image shape ``(C, H, W)``."""
-    channels, height, width = shape
-    patch_size, stride_size = size_pair("patch", patch), size_pair("stride", stride)
-    if patch_size.h > height or patch_size.w > width:
+    """Validate the occlusion parameters against an input shape ``(C, *spatial)``."""
+    channels, cells = shape[0], Size(*shape[1:])
+    patch_size = size_of("patch", patch, cells.d)
+    stride_size = size_of("stride", stride, cells.d)
+    noun = {1: "signal", 2: "image", 3: "volume"}[cells.d]
+    if any(p > n for p, n in zip(patch_size, cells)):
         raise InvalidInputError(
-            f"patch {patch_size} is larger than the {height}×{width} image", option="patch"
+            f"patch {patch_size} is larger than the {cells} {noun}", option="patch"
         )
-    if stride_size.h > height or stride_size.w > width:
+    if any(s > n for s, n in zip(stride_size, cells)):
         raise InvalidInputError(
-            f"stride {stride_size} is larger than the {height}×{width} image (one position "
-            f"per axis needs a stride of at most the image size)",
+            f"stride {stride_size} is larger than the {cells} {noun} (one position per axis "
+            f"needs a stride of at most the {noun}'s size)",
             option="stride",
         )
     return Occlusion(patch_size, stride_size, colour(color, channels), score(score_))
 
 
-def images(value: Any, shape: tuple[int, int, int] | None = None) -> torch.Tensor:
-    """A float tensor ``[C, H, W]`` or ``[N, C, H, W]`` with finite values, as ``[N, C, H, W]``."""
+def images(value: Any, shape: tuple[int, ...] | None = None, d: int | None = None) -> torch.Tensor:
+    """A float tensor ``[C, *spatial]`` or ``[N, C, *spatial]`` of ``d`` spatial axes (those of
+    ``shape``, a compiled ``(C, *spatial)``, when given; else 2) with finite values, as a batch
+    ``[N, C, *spatial]``."""
     if not isinstance(value, torch.Tensor):
         raise InvalidInputError(f"image must be a torch.Tensor, got {type(value).__name__}")
-    if value.dim() not in (3, 4):
+    d = len(shape) - 1 if shape is not None else (2 if d is None else d)
+    if value.dim() not in (d + 1, d + 2):
+        single = {1: "[C, L]", 2: "[C, H, W]", 3: "[C, D, H, W]"}[d]
         raise InvalidInputError(
-            f"image must have shape [C, H, W] or [N, C, H, W], got rank {value.dim()} "
+            f"image must have shape {single} or [N, {single[1:]}, got rank {value.dim()} "
             f"({list(value.shape)})"
         )
     if not value.is_floating_point():
         raise InvalidInputError(f"image must be a floating-point tensor, got {value.dtype}")
     if value.device.type == "meta":
         raise InvalidInputError("image is on the meta device: it has a shape but no values")
-    batch = value if value.dim() == 4 else value.unsqueeze(0)
+    batch = value if value.dim() == d + 2 else value.unsqueeze(0)
     if batch.shape[0] == 0:
         raise InvalidInputError("image batch is empty")
     if not bool(torch.isfinite(batch).all()):
@@ -348,7 +415,7 @@ def target_spec(value: Any) -> int | tuple[int, ...] | None:
 
 
 def drilldown_settings(
-    drilldown: Any, speedup: Any, stride: Size2, mode: Any = DrillDownMode.GRID
+    drilldown: Any, speedup: Any, stride: Size, mode: Any = DrillDownMode.GRID
 ) -> DrillDown | None:
     """Validated drill-down settings, or None when neither option is given."""
     chosen = choice("drilldown_mode", mode, DrillDownMode)
@@ -356,6 +423,12 @@ def drilldown_settings(
     goal = speedup_target(speedup)
     if drilldown is None and speedup is None:
         return None
+    if stride.d != 2:
+        raise InvalidInputError(
+            f"drill-down refines heatmaps of images; this input has {stride.d} spatial axes "
+            "(tau approximates any rank)",
+            option="drilldown" if drilldown is not None else "speedup",
+        )
     if stride.h != stride.w:
         raise InvalidInputError("drill-down needs a square stride (one int)", option="stride")
     assert ratio is not None
@@ -371,7 +444,7 @@ def drilldown_settings(
 
 
 def resolve_ssim(
-    ssim: Any, profile: Any, patch: Size2, tau: Any, drilldown: Any, speedup: Any, mode: Any
+    ssim: Any, profile: Any, patch: Size, tau: Any, drilldown: Any, speedup: Any, mode: Any
 ) -> tuple[float | None, Any, Any, Any]:
     """``(tau, drilldown, speedup, drilldown_mode)`` for an ``ssim`` target from a profile."""
     wanted = fraction("ssim", ssim)
@@ -383,7 +456,7 @@ def resolve_ssim(
             "then pass profile=profile",
             option="ssim",
         )
-    if (profile.patch, profile.patch) != (patch.h, patch.w):
+    if any(p != profile.patch for p in patch):
         raise InvalidInputError(
             f"the profile was tuned at patch {profile.patch}, this workload uses patch {patch}",
             option="patch",
@@ -430,6 +503,7 @@ class PlanKeywords(TypedDict, total=False):
     profile: Any
     drilldown_mode: Any
     guard: Any
+    spatial_dims: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,7 +512,7 @@ class Options:
     public keywords (``kql.compile``'s, documented there). Frozen and hashable, so a session
     keys its compiled plans by it."""
 
-    shape: tuple[int, int, int]  # (C, H, W) of the images
+    shape: tuple[int, ...]  # (C, *spatial) of the images
     occlusion: Occlusion
     target: int | tuple[int, ...] | None = None
     batch_size: int | None = None  # None: from the memory budget
@@ -474,12 +548,18 @@ class Options:
         profile: Any = None,
         drilldown_mode: Any = "grid",
         guard: Any = True,
+        spatial_dims: Any = None,
     ) -> Options:
         """Validate the public keywords — the one place they are declared, with
         ``PlanKeywords`` (``kql.compile``, ``occlusion_heatmap``, ``naive_heatmap``, the query
         language, the Captum drop-in and dataset jobs all take them).
 
-        ``input_shape`` ``(C, H, W)``; ``patch``, ``stride``: an int or ``(h, w)``; ``color``: a
+        ``input_shape`` ``(C, *spatial)`` of one, two or three spatial axes (a signal ``(C,
+        L)``, an image ``(C, H, W)``, a volume or clip ``(C, D, H, W)``; a leading batch axis is
+        ignored); ``patch``, ``stride``: an int or one int per spatial axis; ``spatial_dims``:
+        how many spatial axes there are, where the shape alone does not say (an int patch
+        reads a 3- or 4-axis shape as an image, or a batch of them; a patch given as a tuple
+        says it too — see ``spatial_rank``); ``color``: a
         number or one per channel, in the model's input space (default 0); ``target``: the class
         explained (None: each image's prediction; several for one image); ``score``: ``"prob"``
         (softmax) or ``"logit"``. ``batch_size``, ``memory_budget``: queries per batch (None:
@@ -507,7 +587,8 @@ class Options:
         ``ssim``; default on): check every heatmap against exact scores at a few random
         positions and run the images estimated below the target again at a larger τ, ending at
         exact (``krypton_ql.plans.guarded``; results carry ``ssim_estimate``)."""
-        shape = image_shape(input_shape)
+        rank = len(input_shape) if isinstance(input_shape, Sized) else 0
+        shape = image_shape(input_shape, spatial_rank(rank, patch, stride, spatial_dims))
         workload = occlusion(shape, patch, stride, color, score)
         checked = None
         if not isinstance(guard, bool):
@@ -543,7 +624,8 @@ class Options:
 
     def stage(self, stride: int) -> Options:
         """The same workload, one stage at ``stride`` (a drill-down's coarse stage)."""
-        workload = dataclasses.replace(self.occlusion, stride=Size2(stride, stride))
+        stride_size = Size.of(stride, self.occlusion.stride.d)
+        workload = dataclasses.replace(self.occlusion, stride=stride_size)
         return dataclasses.replace(self, occlusion=workload, drilldown=None)
 
     def compile_options(self, memory_budget: int) -> CompileOptions:

@@ -37,7 +37,12 @@ IMAGE = torch.randn(3, 12, 12)
         (dict(patch=0), "patch must be at least 1"),
         (dict(patch=4, stride=0), "stride must be at least 1"),
         (dict(patch=4, stride=1.5), "stride must be an int"),
-        (dict(patch=(4, 4, 4)), "patch must be an int or a pair"),
+        (
+            dict(patch=(4, 4, 4)),
+            r"patch \(4, 4, 4\) gives 3 spatial axes, so the input must have 4",
+        ),
+        (dict(patch=(4, 4, 4, 4)), "patch must be an int or one int per spatial axis"),
+        (dict(patch=4, stride=(2, 2, 2)), "gives 3 spatial axes"),
         (dict(patch=4, color=(0.0, 1.0)), "color has 2 values but the image has 3"),
         (dict(patch=4, color=float("nan")), "color must be finite"),
         (dict(patch=4, score="probability"), "score must be 'prob' or 'logit'"),
@@ -54,8 +59,9 @@ def test_bad_options(heatmap, kwargs: dict, message: str) -> None:
 @pytest.mark.parametrize(
     ("image", "message"),
     [
-        (torch.randn(12, 12), "rank 2"),
-        (torch.randn(1, 1, 3, 12, 12), "rank 5"),
+        (torch.randn(12, 12), r"reads it as a signal \[C, L\].*spatial_dims=2"),  # rank 2
+        (torch.randn(1, 1, 3, 12, 12), "larger than the 3×12×12 volume"),  # rank 5: volumes
+        (torch.randn(1, 1, 1, 3, 12, 12), "rank 6"),
         (torch.full((3, 12, 12), float("nan")), "NaN"),
         (torch.ones(3, 12, 12, dtype=torch.int64), "floating-point"),
         ([[0.0]], "torch.Tensor"),

@@ -12,7 +12,7 @@ from torch import fx, nn
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
-from compiler.errors import InvalidInputError, UnsupportedOperationError
+from compiler.errors import InvalidInputError, ModelInputError, UnsupportedOperationError
 from compiler.importer.translators import bind
 
 
@@ -44,7 +44,7 @@ def export(model: nn.Module, input_shape: tuple[int, ...]) -> Exported:
     except UnsupportedOperationError:
         raise
     except Exception as error:
-        raise InvalidInputError(
+        raise ModelInputError(
             f"the model does not accept inputs of shape {list(input_shape)}: {_reason(error)}"
         ) from error
     try:

@@ -80,8 +80,9 @@ class HeatmapPlan(abc.ABC):
         return self.positions.grid
 
     def run(self, image: Tensor, *, progress: ProgressArg = "auto") -> Tensor:
-        """The heatmap ``[rows, cols]`` of a ``[C,H,W]`` image, ``[N, rows, cols]`` of a batch
-        (the first target's: the compiled one, else the predicted class)."""
+        """The heatmap ``[*grid]`` (one axis per spatial axis: ``[rows, cols]`` of an image) of
+        one input, ``[N, *grid]`` of a batch (the first target's: the compiled one, else the
+        predicted class)."""
         result = self.evaluate(image, progress=progress)
         heatmaps = result.heatmaps[:, 0]
-        return heatmaps[0] if image.dim() == 3 else heatmaps
+        return heatmaps[0] if image.dim() == self.positions.d + 1 else heatmaps

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from compiler.boxes import Positions
 from compiler.errors import InvalidInputError, UnsupportedOperationError
-from compiler.types import Score, Size2
+from compiler.types import Score, Size
 from krypton_ql import options as check
 from krypton_ql.options import Options, PlanKeywords
 from krypton_ql.plans.base import ProgressArg
@@ -33,17 +33,17 @@ def naive_class_heatmap(
     full re-inference (``kql.naive_heatmap`` takes map-output models too). Of the options,
     those of the occlusion itself apply (stride, colour, target, score, batch size,
     precision); all are validated as the incremental plan validates them."""
-    images = check.images(image)
-    checked = Options.build(tuple(images.shape[1:]), patch=patch, **options)
+    d = options.get("spatial_dims") or check.spatial_rank(image.dim(), patch, options.get("stride"))
+    images = check.images(image, d=d)
+    checked = Options.build(tuple(images.shape[1:]), patch=patch, **{**options, "spatial_dims": d})
     model = check.in_precision(check.model(model), checked.precision)
     images = images.to(checked.precision) if checked.precision is not None else images
-    occlusion, (_, height, width) = checked.occlusion, checked.shape
+    occlusion, cells = checked.occlusion, Size(*checked.shape[1:])
     if any(m.training for m in model.modules()):
         raise InvalidInputError("the model is in training mode; call model.eval() first")
     check.same_place(model, images)
-    positions = Positions.grid_of(Size2(height, width), occlusion.patch, occlusion.stride)
-    top = torch.as_tensor(positions.top, device=images.device)
-    left = torch.as_tensor(positions.left, device=images.device)
+    positions = Positions.grid_of(cells, occlusion.patch, occlusion.stride)
+    starts = [torch.as_tensor(a, device=images.device) for a in positions.starts]
     colour = torch.tensor(occlusion.color, dtype=images.dtype, device=images.device)
     with torch.no_grad():
         logits = _class_scores(_forward(model, images), len(images))
@@ -56,9 +56,8 @@ def naive_class_heatmap(
             for start in range(0, total, size):
                 index = torch.arange(start, min(start + size, total), device=images.device)
                 image_index, position = index // len(positions), index % len(positions)
-                batch = occlude(
-                    images[image_index], top[position], left[position], occlusion.patch, colour
-                )
+                corners = [a[position] for a in starts]
+                batch = occlude(images[image_index], corners, occlusion.patch, colour)
                 output = model(batch)
                 # scores in fp32 whatever the model's precision; one score per image: one class
                 output = output.float().reshape(len(batch), -1)
@@ -67,7 +66,7 @@ def naive_class_heatmap(
                 if report is not None:
                     report(int(index[-1]) + 1, total)
     heatmaps = scores.reshape(len(images), *positions.grid)
-    return heatmaps[0] if image.dim() == 3 else heatmaps
+    return heatmaps[0] if image.dim() == d + 1 else heatmaps
 
 
 def _forward(model: nn.Module, images: Tensor) -> Any:
@@ -97,15 +96,18 @@ def _class_scores(output: Any, count: int) -> Tensor:
     return output
 
 
-def occlude(images: Tensor, top: Tensor, left: Tensor, patch: Size2, colour: Tensor) -> Tensor:
-    """Copies of ``images`` with each one's patch (clipped at the border) set to ``colour``."""
-    height, width = images.shape[2:]
-    rows = torch.arange(height, device=images.device)
-    cols = torch.arange(width, device=images.device)
-    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + patch.h)
-    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + patch.w)
-    mask = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
-    return torch.where(mask, colour[:, None, None], images)
+def occlude(images: Tensor, corners: list[Tensor], patch: Size, colour: Tensor) -> Tensor:
+    """Copies of ``images`` ``[B, C, *spatial]`` with each one's patch (clipped at the border)
+    set to ``colour``: along each axis, the cells from ``corners[a]`` on, ``patch[a]`` of them."""
+    d = len(corners)
+    mask = torch.ones(1, dtype=torch.bool, device=images.device)
+    for a, (first, length) in enumerate(zip(corners, patch)):
+        cells = torch.arange(images.shape[2 + a], device=images.device)
+        inside = (cells >= first[:, None]) & (cells < first[:, None] + length)  # [B, n]
+        shape = [len(first)] + [1] * d
+        shape[1 + a] = images.shape[2 + a]
+        mask = mask & inside.reshape(shape)
+    return torch.where(mask[:, None], colour.reshape(-1, *([1] * d)), images)
 
 
 def _batch_size(model: nn.Module, image: Tensor) -> int:

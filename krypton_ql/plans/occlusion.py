@@ -13,11 +13,11 @@ from torch import Tensor, nn
 from compiler import explain as explain_text
 from compiler.boxes import Positions
 from compiler.cost import PlanCost, plan_cost
-from compiler.errors import InvalidInputError
+from compiler.errors import InvalidInputError, UnsupportedOperationError
 from compiler.importer import export, import_model
 from compiler.lower import lower
 from compiler.pipeline import optimize
-from compiler.types import Size2
+from compiler.types import Size
 from krypton_ql import options as check
 from krypton_ql.options import Options
 from krypton_ql.plans.base import HeatmapPlan, OcclusionResult, ProgressArg
@@ -56,7 +56,7 @@ class OcclusionPlan(HeatmapPlan):
             self.exported, self.shape, self.occlusion.patch, self.occlusion.color
         )
         check.scored_classes(self.classes, self.occlusion.score)
-        image = Size2(self.shape[1], self.shape[2])
+        image = Size(*self.shape[1:])
         self.positions = Positions.grid_of(image, self.occlusion.patch, self.occlusion.stride)
         self.optimized = optimize(self.logical, compile_options, self.positions)
         self.physical = lower(self.optimized.plan)
@@ -102,9 +102,17 @@ class OcclusionPlan(HeatmapPlan):
             self.grid,
             verbose=verbose,
             sql=sql,
-            backend=self.runner.describe(),
+            backend=self._backend_text(),
             choices={name: choice.value for name, choice in self.runner.choices.items()},
         )
+
+    def _backend_text(self) -> str:
+        """What runs the steps; the Triton kernels are 2-D, so other ranks run on the torch
+        reference whatever the backend."""
+        d = len(self.shape) - 1
+        if d == 2 or self.backend is not Backend.TRITON:
+            return self.runner.describe()
+        return f"torch reference (the Triton kernels take 2-D maps; these have {d} axes)"
 
     def evaluate(
         self,
@@ -164,11 +172,15 @@ class OcclusionPlan(HeatmapPlan):
         ``positions``: grid indices to compute (NaN elsewhere)."""
         from runtime import relational
 
+        if len(self.shape) != 3:
+            raise UnsupportedOperationError(
+                f"the plan as SQL covers images (rows and columns); this plan's input has "
+                f"{len(self.shape) - 1} spatial axes"
+            )
         image = check.images(image, self.shape)
-        if image.dim() == 4:
-            if len(image) != 1:
-                raise InvalidInputError("sql_heatmap takes one image [C, H, W]")
-            image = image[0]
+        if len(image) != 1:
+            raise InvalidInputError("sql_heatmap takes one image [C, H, W]")
+        image = image[0]
         chosen = target if target is not None else self.target
         if isinstance(chosen, tuple):
             raise InvalidInputError("sql_heatmap explains one class: give target=")
