@@ -204,7 +204,7 @@ class UpsampleMode(enum.Enum):
         """The mode's name for maps of ``d`` spatial axes (linear, bilinear, trilinear)."""
         if self is UpsampleMode.BILINEAR:
             return {1: "linear", 2: "bilinear", 3: "trilinear"}.get(d, f"{d}-linear")
-        return self.value
+        return str(self.value)
 
 
 @dataclass(frozen=True, slots=True)
