@@ -5,13 +5,18 @@ checks or position grid — so a bug there cannot hide by being shared with the 
 It is deliberately naive: one occluded copy of the image per position, built by slice
 assignment, run through the model in chunks.
 
+Inputs have one, two or three spatial axes (a signal ``[C, L]``, an image ``[C, H, W]``, a
+volume or clip ``[C, D, H, W]``), with a batch axis in front or not; ``patch`` and ``stride`` are
+an int (along every axis) or one int per axis, whose count gives the number of axes
+(``spatial_dims`` says it for int patches; without it an int patch means an image).
+
 Semantics (Captum's ``Occlusion`` windows, the Zeiler–Fergus heatmap value):
 
 - along a dimension of ``size`` cells with patch ``p`` and stride ``s`` the windows start at
   ``i·s`` for ``i = 0 … ceil((size − p)/s)``; a window that runs past the border is clipped
   (only its cells inside the image are occluded) and a window that would start at or past the
   border (possible when ``s > p``) is dropped;
-- cell ``(i, j)`` is the target's softmax probability (``score="prob"``, computed in float64
+- cell ``(i, j, …)`` is the target's softmax probability (``score="prob"``, computed in float64
   from the model's output) or its raw output (``score="logit"``) on the image with the
   window's pixels set to ``color`` (a number, or one number per channel);
 - the target is the class the model predicts on the clean image unless given (an int for
@@ -21,6 +26,7 @@ Semantics (Captum's ``Occlusion`` windows, the Zeiler–Fergus heatmap value):
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,29 +47,37 @@ def window_starts(size: int, patch: int, stride: int) -> list[int]:
     return [i * stride for i in range(count) if i * stride < size]
 
 
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+def _axes(value: int | Sequence[int], d: int) -> tuple[int, ...]:
+    return (value,) * d if isinstance(value, int) else tuple(int(v) for v in value)
+
+
+def rank(patch: int | Sequence[int], spatial_dims: int | None = None) -> int:
+    """The number of spatial axes: stated, else the patch's length, else an image's 2."""
+    if spatial_dims is not None:
+        return spatial_dims
+    return 2 if isinstance(patch, int) else len(patch)
 
 
 def occluded_copies(
     image: Tensor, patch: int | Sequence[int], stride: int | Sequence[int], color
-) -> tuple[Tensor, int, int]:
-    """Every occluded copy of one ``[C, H, W]`` image, row-major over the windows, and the
-    number of window rows and columns."""
-    (ph, pw), (sy, sx) = _pair(patch), _pair(stride)
-    channels, height, width = image.shape
-    fill = torch.as_tensor(color, dtype=image.dtype).reshape(-1, 1, 1)
+) -> tuple[Tensor, tuple[int, ...]]:
+    """Every occluded copy of one ``[C, *spatial]`` input, row-major over the windows (the
+    last axis fastest), and the number of windows along each axis."""
+    d = image.dim() - 1
+    patches, strides = _axes(patch, d), _axes(stride, d)
+    channels = image.shape[0]
+    fill = torch.as_tensor(color, dtype=image.dtype).reshape(-1, *([1] * d))
     if fill.shape[0] not in (1, channels):
         raise ValueError(f"color has {fill.shape[0]} values for {channels} channels")
-    tops, lefts = window_starts(height, ph, sy), window_starts(width, pw, sx)
+    starts = [window_starts(n, p, s) for n, p, s in zip(image.shape[1:], patches, strides)]
     copies = []
-    for top in tops:
-        for left in lefts:
-            occluded = image.clone()
-            region = occluded[:, top : top + ph, left : left + pw]  # slicing clips at the border
-            region[...] = fill.expand(channels, *region.shape[1:])
-            copies.append(occluded)
-    return torch.stack(copies), len(tops), len(lefts)
+    for corner in itertools.product(*starts):
+        occluded = image.clone()
+        cells = tuple(slice(c, c + p) for c, p in zip(corner, patches))  # slices clip
+        region = occluded[(slice(None), *cells)]
+        region[...] = fill.expand(channels, *region.shape[1:])
+        copies.append(occluded)
+    return torch.stack(copies), tuple(len(axis) for axis in starts)
 
 
 def _scores(outputs: Tensor, target: int, score: str) -> Tensor:
@@ -87,7 +101,7 @@ class Outputs:
     """What the model returns on clean and occluded copies of each image."""
 
     clean: Tensor  # [N, K]
-    occluded: Tensor  # [N, rows, cols, K]
+    occluded: Tensor  # [N, *grid, K]
 
     def targets(self, target: int | Sequence[int] | None) -> list[int]:
         """The class of each image's heatmap: given, or predicted on the clean image."""
@@ -98,7 +112,7 @@ class Outputs:
         return [int(t) for t in target]
 
     def heatmap(self, target: int | Sequence[int] | None = None, score: str = "prob") -> Tensor:
-        """``[N, rows, cols]`` scores of each image's target (float64)."""
+        """``[N, *grid]`` scores of each image's target (float64)."""
         chosen = self.targets(target)
         return torch.stack([_scores(o, t, score) for o, t in zip(self.occluded, chosen)])
 
@@ -115,18 +129,20 @@ def run(
     stride: int | Sequence[int] = 1,
     color: float | Sequence[float] = 0.0,
     dtype: torch.dtype | None = None,
+    spatial_dims: int | None = None,
 ) -> Outputs:
-    """The model's outputs on every image of ``[C, H, W]`` or ``[N, C, H, W]`` and on every
-    occluded copy of it. ``dtype`` runs a converted copy of the model on images cast to it (the
-    half-precision baseline)."""
+    """The model's outputs on every input of ``[C, *spatial]`` or ``[N, C, *spatial]`` and on
+    every occluded copy of it. ``dtype`` runs a converted copy of the model on inputs cast to
+    it (the half-precision baseline)."""
     model, image = _in(model, image, dtype)
-    images = image if image.dim() == 4 else image[None]
+    d = rank(patch, spatial_dims)
+    images = image if image.dim() == d + 2 else image[None]
     clean, occluded = [], []
     with torch.no_grad():
         for picture in images:
-            copies, rows, cols = occluded_copies(picture, patch, stride, color)
+            copies, grid = occluded_copies(picture, patch, stride, color)
             outputs = torch.cat([model(chunk) for chunk in copies.split(CHUNK)])
-            occluded.append(outputs.double().reshape(rows, cols, -1))
+            occluded.append(outputs.double().reshape(*grid, -1))
             clean.append(model(picture[None])[0].double().reshape(-1))  # [N]: one class
     return Outputs(torch.stack(clean), torch.stack(occluded))
 
@@ -140,11 +156,13 @@ def heatmap(
     target: int | Sequence[int] | None = None,
     score: str = "prob",
     dtype: torch.dtype | None = None,
+    spatial_dims: int | None = None,
 ) -> Tensor:
-    """The heatmap ``[rows, cols]`` of a ``[C, H, W]`` image (``[N, rows, cols]`` of a batch),
-    in float64."""
-    maps = run(model, image, patch, stride, color, dtype).heatmap(target, score)
-    return maps if image.dim() == 4 else maps[0]
+    """The heatmap ``[*grid]`` of one ``[C, *spatial]`` input (``[N, *grid]`` of a batch), in
+    float64."""
+    d = rank(patch, spatial_dims)
+    maps = run(model, image, patch, stride, color, dtype, d).heatmap(target, score)
+    return maps if image.dim() == d + 2 else maps[0]
 
 
 def clean_score(

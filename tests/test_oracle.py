@@ -111,4 +111,12 @@ def test_the_oracle_imports_nothing_from_the_engine() -> None:
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     engine = {m for m in imported if m.split(".")[0] in ("krypton_ql", "compiler", "runtime")}
     assert not engine, f"the oracle shares code with the engine: {sorted(engine)}"
-    assert imported <= {"__future__", "copy", "math", "collections.abc", "dataclasses", "torch"}
+    assert imported <= {
+        "__future__",
+        "copy",
+        "itertools",
+        "math",
+        "collections.abc",
+        "dataclasses",
+        "torch",
+    }

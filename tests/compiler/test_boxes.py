@@ -188,7 +188,7 @@ def test_every_changed_cell_of_a_plan_lies_in_its_box(case: Case) -> None:
     plan = kql.compile(
         case.model, case.image.shape, patch=case.patch, stride=case.stride, color=case.color
     )
-    copies, _, _ = oracle.occluded_copies(case.image, case.patch, case.stride, case.color)
+    copies, _ = oracle.occluded_copies(case.image, case.patch, case.stride, case.color)
     with torch.no_grad():
         # the clean image as a batch of the same size: the same kernels, so bitwise equal
         # wherever the occlusion changes nothing
