@@ -106,7 +106,7 @@ def kernel_for(node: Node) -> KernelId:
     if strategy is Strategy.RECOMPUTE:
         if isinstance(op, Upsample):
             return KernelId.GATHER_UPSAMPLE
-        return KernelId.GATHER_CONV2D if isinstance(op, JoinAggregate) else KernelId.GATHER_POOL2D
+        return KernelId.GATHER_CONV if isinstance(op, JoinAggregate) else KernelId.GATHER_POOL
     if strategy is Strategy.BOUNDING_BOX:
         return KernelId.GATHER_CONCAT if isinstance(op, Concat) else KernelId.GATHER_COMBINE
     return _delta_kernel(node)
@@ -115,8 +115,8 @@ def kernel_for(node: Node) -> KernelId:
 def _delta_kernel(node: Node) -> KernelId:
     op = node.op
     kernels = (
-        (JoinAggregate, KernelId.DELTA_CONV2D),
-        (Pool, KernelId.DELTA_POOL2D),
+        (JoinAggregate, KernelId.DELTA_CONV),
+        (Pool, KernelId.DELTA_POOL),
         (ELEMENTWISE, KernelId.DELTA_ELEMENTWISE),
         (Combine, KernelId.DELTA_COMBINE),
         (GlobalAvgPool, KernelId.DELTA_GLOBAL_POOL),
@@ -136,7 +136,7 @@ def launch_for(node: Node, kernel: KernelId, batch: int) -> Launch | None:
     assert update is not None
     channels = node.schema.shape[0] if node.schema.shape else 1
     area = update.box.area if update.box is not None else node.schema.numel // max(channels, 1)
-    if kernel in (KernelId.GATHER_CONV2D, KernelId.DELTA_CONV2D):
+    if kernel in (KernelId.GATHER_CONV, KernelId.DELTA_CONV):
         op = node.op
         assert isinstance(op, JoinAggregate)
         reduction = op.in_channels // op.groups * op.window.kernel.area

@@ -15,8 +15,8 @@ class KernelId(enum.Enum):
 
     VIEW = "view"  # nothing to compute: queries read the materialized view
     OCCLUDE = "occlude_patch"  # fill the patch box with the colour (image outside a clip)
-    GATHER_CONV2D = "gather_conv2d"  # gather Window(view ⊕ patch), convolve with padding 0
-    GATHER_POOL2D = "gather_pool2d"  # gather Window(view ⊕ patch), pool with padding 0
+    GATHER_CONV = "gather_conv"  # gather Window(view ⊕ patch), convolve with padding 0
+    GATHER_POOL = "gather_pool"  # gather Window(view ⊕ patch), pool with padding 0
     ELEMENTWISE = "elementwise"  # the map on the patch values
     POINTWISE = "pointwise"  # a per-position ATen call on the patch values (any layout)
     UPSAMPLE = "upsample"  # nearest upsampling of the patch values
@@ -24,8 +24,8 @@ class KernelId(enum.Enum):
     SHIFT = "shift"  # constant padding moves the box; values are unchanged
     GATHER_COMBINE = "gather_combine"  # gather operands over the bounding box, combine
     GATHER_CONCAT = "gather_concat"  # gather operands over the bounding box, concatenate
-    DELTA_CONV2D = "delta_conv2d"  # view_out + conv(Window(0 ⊕ Δ))
-    DELTA_POOL2D = "delta_pool2d"  # view_out + avg_pool(Window(0 ⊕ Δ))
+    DELTA_CONV = "delta_conv"  # view_out + conv(Window(0 ⊕ Δ))
+    DELTA_POOL = "delta_pool"  # view_out + avg_pool(Window(0 ⊕ Δ))
     DELTA_ELEMENTWISE = "delta_elementwise"  # view_out + scale·Δ (batch norm)
     DELTA_COMBINE = "delta_combine"  # view_out + Δa ± Δb over the bounding box
     DELTA_GLOBAL_POOL = "delta_global_pool"  # pooled view + (ΣΔ)/HW

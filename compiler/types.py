@@ -171,6 +171,8 @@ class Padding:
             return str(values.pop())
         if self.d == 2:
             return f"t{self.top} b{self.bottom} l{self.left} r{self.right}"
+        if self.before == self.after:
+            return "×".join(str(v) for v in self.before)
         before = ",".join(str(v) for v in self.before)
         after = ",".join(str(v) for v in self.after)
         return f"b({before}) a({after})"

@@ -137,10 +137,18 @@ def _rank_hint(image: Any, patch: Any, options: Mapping[str, Any], d: int) -> It
     try:
         yield
     except ModelInputError as error:
-        stated = options.get("spatial_dims") is not None or not isinstance(patch, int)
-        if stated or not isinstance(image, Tensor):
+        if not isinstance(image, Tensor):
             raise
-        raise ModelInputError(f"{error}; {check.rank_hint(d)}") from error
+        if options.get("spatial_dims") is not None or not isinstance(patch, int):
+            given = "spatial_dims" if options.get("spatial_dims") is not None else "patch"
+            value = options.get("spatial_dims", patch) if given == "spatial_dims" else patch
+            hint = (
+                f"{given} {value!r} reads it as {d} spatial axes; give one patch size per "
+                f"axis of the model's input"
+            )
+        else:
+            hint = check.rank_hint(d)
+        raise ModelInputError(f"{error}; {hint}") from error
 
 
 def _incremental(

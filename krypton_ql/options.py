@@ -85,9 +85,16 @@ def spatial_rank(rank: int, patch: Any, stride: Any = None, spatial_dims: Any = 
             raise InvalidInputError(
                 f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}", option="spatial_dims"
             )
+        for name, value in (("patch", patch), ("stride", stride)):
+            if _is_sequence(value) and len(value) != spatial_dims:
+                raise InvalidInputError(
+                    f"{name} {tuple(value)!r} has {len(value)} values but spatial_dims="
+                    f"{spatial_dims}: give one per spatial axis (or an int for all)",
+                    option=name,
+                )
         return int(spatial_dims)
     for name, value in (("patch", patch), ("stride", stride)):
-        if isinstance(value, Sequence) and not isinstance(value, str):
+        if _is_sequence(value):
             if not 1 <= len(value) <= 3:
                 raise InvalidInputError(
                     f"{name} must be an int or one int per spatial axis (1, 2 or 3 of them), "
@@ -96,6 +103,10 @@ def spatial_rank(rank: int, patch: Any, stride: Any = None, spatial_dims: Any = 
                 )
             return len(value)
     return {2: 1, 3: 2, 4: 2, 5: 3}.get(rank, 2)
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str)
 
 
 def rank_hint(d: int) -> str:

@@ -53,17 +53,19 @@ def run(call: Call, tensors: list[Tensor], weights: Weights, temps: Sequence[Any
 
 
 def to_model(x: Tensor, layout: Layout) -> Tensor:
-    """A canonical ``[B, C, h, w]`` tensor in the model's layout (any ``h``, ``w``: a box)."""
-    batch, _, h, w = x.shape
-    x = x.reshape(batch, *layout.channel_shape, h, w)
-    return x.movedim((-2, -1), (1 + layout.h, 1 + layout.w))
+    """A canonical ``[B, C, *spatial]`` tensor in the model's layout (any extents: a box)."""
+    spatial = x.shape[x.dim() - layout.d :]
+    x = x.reshape(x.shape[0], *layout.channel_shape, *spatial)
+    last = tuple(range(x.dim() - layout.d, x.dim()))
+    return x.movedim(last, tuple(1 + axis for axis in layout.axes))
 
 
 def to_canonical(y: Tensor, layout: Layout) -> Tensor:
     """The inverse of ``to_model``."""
-    y = y.movedim((1 + layout.h, 1 + layout.w), (-2, -1))
-    batch, h, w = y.shape[0], y.shape[-2], y.shape[-1]
-    return y.reshape(batch, math.prod(y.shape[1:-2]), h, w)
+    last = tuple(range(y.dim() - layout.d, y.dim()))
+    y = y.movedim(tuple(1 + axis for axis in layout.axes), last)
+    spatial = y.shape[y.dim() - layout.d :]
+    return y.reshape(y.shape[0], math.prod(y.shape[1 : y.dim() - layout.d]), *spatial)
 
 
 def pointwise(op: Pointwise, x: Tensor, weights: Weights) -> Tensor:

@@ -60,8 +60,8 @@ def triton_launchers() -> dict[KernelId, Launcher]:
     from runtime.kernels import elementwise, gather_combine, gather_conv2d, gather_pool2d
 
     return {
-        KernelId.GATHER_CONV2D: gather_conv2d.launch,
-        KernelId.GATHER_POOL2D: gather_pool2d.launch,
+        KernelId.GATHER_CONV: gather_conv2d.launch,
+        KernelId.GATHER_POOL: gather_pool2d.launch,
         KernelId.GATHER_COMBINE: gather_combine.launch_combine,
         KernelId.GATHER_CONCAT: gather_combine.launch_concat,
         KernelId.PROJECT: gather_combine.launch_project,
@@ -103,7 +103,7 @@ class TritonRunner(TorchRunner):
         else:  # the first folded segment runs inside the kernel
             first = segments[0] if segments and isinstance(segments[0], Epilogue) else IDENTITY
             rest = segments[1:] if first is not IDENTITY else segments
-            if step.kernel is KernelId.GATHER_CONV2D:
+            if step.kernel is KernelId.GATHER_CONV:
                 value = self._conv(step, inputs, env, first)
             else:
                 value = launcher(step.node, inputs, env, first)
@@ -132,10 +132,10 @@ class TritonRunner(TorchRunner):
         node = step.node
 
         def fused() -> Value:
-            return self.launchers[KernelId.GATHER_CONV2D](node, inputs, env, epilogue)
+            return self.launchers[KernelId.GATHER_CONV](node, inputs, env, epilogue)
 
         def cudnn() -> Value:
-            return self._segment(epilogue, KERNELS[KernelId.GATHER_CONV2D](node, inputs, env), env)
+            return self._segment(epilogue, KERNELS[KernelId.GATHER_CONV](node, inputs, env), env)
 
         choice = self.conv
         if choice is ConvChoice.MEASURE:

@@ -96,13 +96,13 @@ def _difference(source: str, patch: Patch, env: Env) -> Patch:
     return Patch(patch.values - before, *patch.origin)
 
 
-def gather_conv2d(node: Node, inputs: list[Value], env: Env) -> Value:
+def gather_conv(node: Node, inputs: list[Value], env: Env) -> Value:
     assert isinstance(node.op, JoinAggregate)
     window = _window(node, inputs, env, 0.0)
     return _patch(node, full_ops.conv(window, node.op, env.weights, with_padding=False), env)
 
 
-def gather_pool2d(node: Node, inputs: list[Value], env: Env) -> Value:
+def gather_pool(node: Node, inputs: list[Value], env: Env) -> Value:
     assert isinstance(node.op, Pool)
     fill = float("-inf") if node.op.agg is Agg.MAX else 0.0
     window = _window(node, inputs, env, fill)
@@ -270,14 +270,14 @@ def _view_out(node: Node, env: Env) -> Tensor:
                        _box(node))  # fmt: skip
 
 
-def delta_conv2d(node: Node, inputs: list[Value], env: Env) -> Value:
+def delta_conv(node: Node, inputs: list[Value], env: Env) -> Value:
     assert isinstance(node.op, JoinAggregate)
     window = _window(node, inputs, env, 0.0, delta=True)
     change = full_ops.conv(window, node.op, env.weights, with_padding=False, bias=False)
     return _patch(node, _view_out(node, env) + change, env)
 
 
-def delta_pool2d(node: Node, inputs: list[Value], env: Env) -> Value:
+def delta_pool(node: Node, inputs: list[Value], env: Env) -> Value:
     assert isinstance(node.op, Pool) and node.op.agg is Agg.AVG
     window = _window(node, inputs, env, 0.0, delta=True)
     if node.op.constant_divisor is not None:
@@ -350,8 +350,8 @@ def delta_region_sum(node: Node, inputs: list[Value], env: Env) -> Value:
 KERNELS: dict[KernelId, Kernel] = {
     KernelId.VIEW: view,
     KernelId.OCCLUDE: occlude_patch,
-    KernelId.GATHER_CONV2D: gather_conv2d,
-    KernelId.GATHER_POOL2D: gather_pool2d,
+    KernelId.GATHER_CONV: gather_conv,
+    KernelId.GATHER_POOL: gather_pool,
     KernelId.ELEMENTWISE: elementwise,
     KernelId.POINTWISE: pointwise,
     KernelId.UPSAMPLE: upsample,
@@ -359,8 +359,8 @@ KERNELS: dict[KernelId, Kernel] = {
     KernelId.SHIFT: shift,
     KernelId.GATHER_COMBINE: gather_combine,
     KernelId.GATHER_CONCAT: gather_concat,
-    KernelId.DELTA_CONV2D: delta_conv2d,
-    KernelId.DELTA_POOL2D: delta_pool2d,
+    KernelId.DELTA_CONV: delta_conv,
+    KernelId.DELTA_POOL: delta_pool,
     KernelId.DELTA_ELEMENTWISE: delta_elementwise,
     KernelId.DELTA_COMBINE: delta_combine,
     KernelId.DELTA_GLOBAL_POOL: delta_global_pool,

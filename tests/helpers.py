@@ -34,7 +34,7 @@ def calibrate(model: nn.Module, shape: tuple[int, ...], batches: int = 2) -> nn.
     activations), then switch to eval mode."""
     model.train()
     for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.reset_running_stats()
             module.momentum = None  # cumulative average
     with torch.no_grad():
@@ -43,12 +43,14 @@ def calibrate(model: nn.Module, shape: tuple[int, ...], batches: int = 2) -> nn.
     return model.eval()
 
 
-def responsive(model: nn.Module, image: Tensor, spread: float = 4.0) -> nn.Module:
+def responsive(
+    model: nn.Module, image: Tensor, spread: float = 4.0, spatial_dims: int = 2
+) -> nn.Module:
     """Scale the classifier (the last linear or convolution layer) so that the logits on
     ``image`` spread over ``spread`` units: random weights otherwise give near-uniform
     probabilities that occlusion barely moves, and a comparison of those proves nothing."""
-    layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
-    batch = image[None] if image.dim() == 3 else image
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)]
+    batch = image[None] if image.dim() == spatial_dims + 1 else image
     with torch.no_grad():
         std = float(model(batch).std())
         if std == 0.0:  # a classifier initialized at zero (torchvision's ViT heads)
@@ -89,7 +91,8 @@ def assert_matches_oracle(
     if expected is None:
         expected = oracle.run(model, image, patch, stride, color, dtype)
     truth = expected.heatmap(target, score)
-    shape = truth.shape if image.dim() == 4 else truth.shape[1:]
+    batched = image.dim() == truth.dim() + 1  # [N, C, *axes] against a [N, *grid] truth
+    shape = truth.shape if batched else truth.shape[1:]
     assert got.shape == shape, f"heatmap shape {list(got.shape)}, expected {list(shape)}"
     chosen = cells if cells is not None else torch.arange(truth[0].numel())
     truth = truth.reshape(len(truth), -1)[:, chosen]

@@ -24,7 +24,7 @@ CPU_FAILURE = "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't al
 
 def _failing_above(monkeypatch, size: int, error: Exception) -> list[int]:
     calls: list[int] = []
-    original = reference.KERNELS[reference.KernelId.GATHER_CONV2D]
+    original = reference.KERNELS[reference.KernelId.GATHER_CONV]
 
     def flaky(node, inputs, env):
         calls.append(len(env.batch.image))
@@ -32,7 +32,7 @@ def _failing_above(monkeypatch, size: int, error: Exception) -> list[int]:
             raise error
         return original(node, inputs, env)
 
-    monkeypatch.setitem(reference.KERNELS, reference.KernelId.GATHER_CONV2D, flaky)
+    monkeypatch.setitem(reference.KERNELS, reference.KernelId.GATHER_CONV, flaky)
     return calls
 
 

@@ -278,7 +278,7 @@ def _cached_taps_major(env: Env, name: str, weight: Tensor) -> Tensor:
 
 
 def launch(node: Node, inputs: list[Value], env: Env, epilogue: Epilogue = IDENTITY) -> Patch:
-    """A boxed convolution step (``KernelId.GATHER_CONV2D``) with its folded epilogue."""
+    """A boxed convolution step (``KernelId.GATHER_CONV``) with its folded epilogue."""
     op = node.op
     assert isinstance(op, JoinAggregate)
     patch, (y0, x0), (read_y, read_x), box = window_operands(node, inputs, env)

@@ -5,7 +5,7 @@ Rows of a tile are output pixels of all queries (``M = B·OH·OW``), columns are
 tap of the ``KH×KW`` window reads the patch inside the query's box and the shared view outside
 it. Taps outside the map are padding: skipped by a max, zero in a sum. An average divides by a
 constant or by a per-output divisor map (PyTorch's border rule), read at the output's position
-in the map. Twin: ``runtime.reference.gather_pool2d``.
+in the map. Twin: ``runtime.reference.gather_pool``.
 
 A convolution with one input channel per group (depthwise, with channel multiplier ``R``)::
 
@@ -301,7 +301,7 @@ def programs(rows: int, channels: int) -> Grid:
 
 
 def launch(node: Node, inputs: list[Value], env: Env, epilogue: Epilogue = IDENTITY) -> Patch:
-    """A boxed pooling step (``KernelId.GATHER_POOL2D``) with its folded epilogue; an average
+    """A boxed pooling step (``KernelId.GATHER_POOL``) with its folded epilogue; an average
     whose divisor varies (padding not counted) reads the reference's divisor map."""
     op = node.op
     assert isinstance(op, Pool)

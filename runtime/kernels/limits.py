@@ -75,7 +75,7 @@ def _launches(
     launch = step.launch
     assert launch is not None
     node = step.node
-    if step.kernel is KernelId.GATHER_CONV2D:
+    if step.kernel is KernelId.GATHER_CONV:
         op = node.op
         assert isinstance(op, JoinAggregate)
         rows = batch * launch.m
@@ -94,7 +94,7 @@ def _launches(
     rows = batch * (launch.m // max(channels, 1))
     if step.kernel is KernelId.PROJECT:  # the whole map of each query
         rows = batch * (nodes[node.inputs[0]].schema.numel // max(channels, 1))
-    if step.kernel is KernelId.GATHER_POOL2D:
+    if step.kernel is KernelId.GATHER_POOL:
         yield "gather_pool2d_kernel", gather_pool2d.programs(rows, channels), gather_pool2d.CONFIGS
     else:  # combine, concat (one launch per operand, each at most all channels), projection
         grid = gather_combine.programs(rows, channels)

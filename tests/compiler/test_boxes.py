@@ -27,6 +27,8 @@ from runtime.weights import Weights
 from tests import oracle
 from tests.profiles import examples
 from tests.strategies import Case, cnn_cases, pinned_cases
+from tests.strategies_nd import Case as NdCase
+from tests.strategies_nd import nd_cases
 
 
 @st.composite
@@ -185,6 +187,18 @@ PINNED = pinned_cases()
 def test_every_changed_cell_of_a_plan_lies_in_its_box(case: Case) -> None:
     """Run the logical plan on the clean image and on every occluded copy: at every boxed node
     of the rewritten plan, each query's changed cells lie inside that query's box."""
+    assume(_changed_cells_lie_in_their_boxes(case) > 0)
+
+
+@settings(max_examples=examples(30))
+@given(case=st.sampled_from([1, 3]).flatmap(nd_cases))
+def test_boxes_of_signals_and_volumes_are_sound_along_every_axis(case: NdCase) -> None:
+    """The same on 1-D and 3-D networks: each axis of a box bounds the changed cells."""
+    assume(_changed_cells_lie_in_their_boxes(case) > 0)
+
+
+def _changed_cells_lie_in_their_boxes(case: Case | NdCase) -> int:
+    """Checks every boxed node of ``case``'s plan; returns how many (node, query) pairs moved."""
     plan = kql.compile(
         case.model, case.image.shape, patch=case.patch, stride=case.stride, color=case.color
     )
@@ -198,12 +212,14 @@ def test_every_changed_cell_of_a_plan_lies_in_its_box(case: Case) -> None:
     for node in plan.optimized.plan:
         if node.update is None or node.update.state is not State.BOX:
             continue
-        moved = (occluded[node.name] != clean[node.name]).any(dim=1)  # [queries, H, W]
-        y0, x0 = plan.optimized.origins[node.name]
+        moved = (occluded[node.name] != clean[node.name]).any(dim=1)  # [queries, *axes]
+        origins = plan.optimized.origins[node.name]
         box = node.update.box
         for query in moved.nonzero()[:, 0].unique().tolist():
-            ys, xs = moved[query].nonzero().unbind(1)
-            assert y0[query] <= int(ys.min()) and int(ys.max()) < y0[query] + box.h, node.name
-            assert x0[query] <= int(xs.min()) and int(xs.max()) < x0[query] + box.w, node.name
+            cells = moved[query].nonzero()
+            for axis, (origin, extent) in enumerate(zip(origins, box.dims, strict=True)):
+                start = int(origin[query])
+                assert start <= int(cells[:, axis].min()), (node.name, axis)
+                assert int(cells[:, axis].max()) < start + extent, (node.name, axis)
             checked += 1
-    assume(checked > 0)
+    return checked

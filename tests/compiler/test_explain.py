@@ -92,3 +92,35 @@ def test_golden_explain_of_layout_and_fallback_blocks(name: str) -> None:
     if os.environ.get("KRYPTON_UPDATE_GOLDEN"):
         path.write_text(text)
     assert text == path.read_text()
+
+
+class TinyVolumeNet(nn.Module):
+    """A 3-D stem with an anisotropic kernel and stride, a residual block, a trilinear
+    upsampling back to the stem's grid and a global pool: boxes, pads and windows per axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv3d(1, 4, (3, 5, 5), stride=(1, 2, 2), padding=(1, 2, 2))
+        self.bn = nn.BatchNorm3d(4)
+        self.conv = nn.Conv3d(4, 4, 3, padding=1)
+        self.pool = nn.MaxPool3d(2, ceil_mode=True)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn(self.stem(x)))
+        y = F.relu(self.conv(x) + x)
+        y = F.interpolate(self.pool(y), scale_factor=2, mode="trilinear")
+        return self.fc(y.mean((2, 3, 4)))
+
+
+def test_golden_explain_of_a_volume_plan() -> None:
+    """A 3-D plan reads per axis (shapes, kernels, strides, pads and boxes as D×H×W) and says
+    that its steps run on the torch reference."""
+    torch.manual_seed(0)
+    text = kql.explain(
+        TinyVolumeNet().eval(), (1, 8, 16, 16), patch=(2, 4, 4), stride=(2, 4, 4), batch_size=8
+    )
+    path = GOLDEN / "volume_plan.txt"
+    if os.environ.get("KRYPTON_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text()

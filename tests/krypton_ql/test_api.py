@@ -86,7 +86,7 @@ def test_the_default_stride_is_one(method) -> None:
 
 def test_out_of_memory_halves_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    original = reference.KERNELS[reference.KernelId.GATHER_CONV2D]
+    original = reference.KERNELS[reference.KernelId.GATHER_CONV]
 
     def flaky(node, inputs, env):
         calls.append(len(env.batch.image))
@@ -94,7 +94,7 @@ def test_out_of_memory_halves_the_batch(monkeypatch: pytest.MonkeyPatch) -> None
             raise torch.OutOfMemoryError("simulated")
         return original(node, inputs, env)
 
-    monkeypatch.setitem(reference.KERNELS, reference.KernelId.GATHER_CONV2D, flaky)
+    monkeypatch.setitem(reference.KERNELS, reference.KernelId.GATHER_CONV, flaky)
     model, image = small_cnn(), torch.randn(3, 12, 10)
     exact = kql.occlusion_heatmap(model, image, patch=3, stride=2, batch_size=30, progress=False)
     assert_matches_oracle(exact, model, image, patch=3, stride=2)

@@ -56,8 +56,8 @@ def test_each_convolution_implementation(conv: str) -> None:
     image = torch.randn(3, 11, 10, device=KERNEL_DEVICE)
     plan = kql.compile(model, image.shape, patch=3, stride=4, backend="triton", conv=conv)
     text = plan.explain()
-    assert "\nbackend: triton (gather_conv2d, gather_pool2d" in text
-    assert "gather_conv2d      0 → 1 → 2 buffer=" in text  # conv + BN + hardswish fused
+    assert "\nbackend: triton (gather_conv, gather_pool" in text
+    assert "gather_conv        0 → 1 → 2 buffer=" in text  # conv + BN + hardswish fused
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # exact fp32 on a GPU
         exact = plan.run(image, progress=False)
     assert_matches_oracle(exact.cpu(), model.cpu(), image.cpu(), patch=3, stride=4)
