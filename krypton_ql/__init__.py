@@ -24,11 +24,13 @@ from krypton_ql.integrations.datasets import explain_dataset
 from krypton_ql.plans import DrillDownPlan, HeatmapPlan, OcclusionPlan, OcclusionResult
 from krypton_ql.plans.tuning import tune, tuning_images
 from krypton_ql.quality import Profile
+from runtime.fill import Fill
 
 __all__ = [
     "InvalidInputError",
     "KryptonError",
     "DrillDownPlan",
+    "Fill",
     "HeatmapPlan",
     "OcclusionPlan",
     "Profile",

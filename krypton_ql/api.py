@@ -20,6 +20,7 @@ from krypton_ql.options import APPROXIMATE, Options, PlanKeywords
 from krypton_ql.plans.base import HeatmapPlan, ProgressArg
 from krypton_ql.plans.build import build_plan
 from krypton_ql.plans.naive import naive_class_heatmap
+from runtime.fill import Fill
 
 
 def compile(
@@ -40,6 +41,7 @@ def occlusion_heatmap(
     progress: ProgressArg = "auto",
     region: Any = None,
     output: Any = None,
+    fill: Fill | None = None,
     **options: Unpack[PlanKeywords],
 ) -> Tensor:
     """Occlusion heatmap, computed incrementally: ``[rows, cols]`` for ``[C,H,W]``,
@@ -54,17 +56,22 @@ def occlusion_heatmap(
     boolean mask ``[H, W]`` or a box ``(y0, x0, y1, x1)``, default the pixels the clean image
     predicts as ``target`` — of the class's per-pixel probability (or logit), the map resized
     to the input size as torchvision's heads do (bilinear). For one image, ``target`` may list
-    several classes (each with its own default region): ``[T, rows, cols]``, all in one pass."""
+    several classes (each with its own default region): ``[T, rows, cols]``, all in one pass.
+
+    ``fill`` (a ``kql.Fill``) puts other content than ``color`` in the windows: a per-pixel
+    baseline (``Fill.per_pixel``), a function of the window's own values ``x·mul + add``
+    (``Fill.window``), or the window scaled by its mean (``Fill.scaled_by_mean``)."""
     d, keywords = _rank(image, patch, options)
     images = check.images(image, d=d)
     with _rank_hint(image, patch, options, d):
         if region is not None or output is not None or segmentation.returns_map(
             check.model(model), images, output
         ):  # fmt: skip
+            _no_fill(fill)
             maps = _by_region(_incremental, _incremental_classes, model, images, patch, progress,
                               region, output, keywords)  # fmt: skip
             return maps[0] if image.dim() == d + 1 else maps
-        return _incremental(model, image, patch, progress, keywords)
+        return _incremental(model, image, patch, progress, {**keywords, "fill": fill})
 
 
 def naive_heatmap(
@@ -75,6 +82,7 @@ def naive_heatmap(
     progress: ProgressArg = "auto",
     region: Any = None,
     output: Any = None,
+    fill: Fill | None = None,
     **options: Unpack[PlanKeywords],
 ) -> Tensor:
     """``occlusion_heatmap`` by full re-inference of every occluded copy, with the user's
@@ -92,10 +100,11 @@ def naive_heatmap(
         if region is not None or output is not None or segmentation.returns_map(
             check.model(model), images, output
         ):  # fmt: skip
+            _no_fill(fill)
             maps = _by_region(_naive, None, model, images, patch, progress, region, output,
                               keywords)  # fmt: skip
             return maps[0] if image.dim() == d + 1 else maps
-        return _naive(model, image, patch, progress, keywords)
+        return _naive(model, image, patch, progress, {**keywords, "fill": fill})
 
 
 def explain(model: nn.Module, input_shape: Any, **options: Any) -> str:
@@ -155,8 +164,18 @@ def _incremental(
     model: nn.Module, image: Tensor, patch: Any, progress: ProgressArg, options: Mapping[str, Any]
 ) -> Tensor:
     images = check.images(image, d=options.get("spatial_dims"))
-    plan = build_plan(model, Options.build(tuple(images.shape[1:]), patch=patch, **options))
-    return plan.run(image, progress=progress)
+    keywords = dict(options)
+    fill = keywords.pop("fill", None)
+    plan = build_plan(model, Options.build(tuple(images.shape[1:]), patch=patch, **keywords))
+    return plan.run(image, progress=progress, fill=fill)
+
+
+def _no_fill(fill: Fill | None) -> None:
+    if fill is not None:
+        raise InvalidInputError(
+            "fill= takes models that score classes; a map-output model's windows take color=",
+            option="fill",
+        )
 
 
 def _incremental_classes(

@@ -21,6 +21,7 @@ from compiler.errors import InvalidInputError
 from compiler.options import CompileOptions, LinearStrategy
 from compiler.types import Score, Size
 from krypton_ql.quality.profile import Profile
+from runtime.fill import Fill
 from runtime.measure import ConvChoice
 from runtime.resolve import Backend
 
@@ -107,6 +108,17 @@ def spatial_rank(rank: int, patch: Any, stride: Any = None, spatial_dims: Any = 
 
 def _is_sequence(value: Any) -> bool:
     return isinstance(value, Sequence) and not isinstance(value, str)
+
+
+def fill(value: Any) -> Fill:
+    """A ``kql.Fill`` (``runtime.fill``): the windows' content beyond a colour."""
+    if not isinstance(value, Fill):
+        raise InvalidInputError(
+            f"fill must be a kql.Fill (Fill.per_pixel, Fill.window, Fill.scaled_by_mean), got "
+            f"{type(value).__name__}",
+            option="fill",
+        )
+    return value
 
 
 def rank_hint(d: int) -> str:

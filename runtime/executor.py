@@ -16,6 +16,7 @@ from compiler.types import Score
 from runtime import full as full_ops
 from runtime import memory
 from runtime.backends import Runner, TorchRunner
+from runtime.fill import Fill
 from runtime.values import Batch, Env, Patch
 from runtime.weights import Weights
 
@@ -60,6 +61,7 @@ class Executor:
         origins: dict[str, Origins],
         positions: Positions,
         runner: Runner | None = None,
+        fill: Fill | None = None,
     ):
         self.plan = plan
         self.runner = runner if runner is not None else TorchRunner()
@@ -71,7 +73,7 @@ class Executor:
         self._starts = tuple(torch.as_tensor(a, device=device) for a in positions.starts)
         self._device = device
         self._positions = len(positions)
-        self._env = Env(views, weights, Batch(torch.empty(0), (), {}))
+        self._env = Env(views, weights, Batch(torch.empty(0), (), {}), fill=fill)
         self.queries_run = 0
 
     def run(

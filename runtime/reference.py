@@ -32,7 +32,16 @@ from compiler.physical import KernelId
 from compiler.types import Agg, Padding, Size, Window
 from runtime import aten
 from runtime import full as full_ops
-from runtime.values import Env, Patch, Value, gather, gather_view, operands, read_origin
+from runtime.values import (
+    Env,
+    Patch,
+    Value,
+    cells_of,
+    gather,
+    gather_view,
+    operands,
+    read_origin,
+)
 
 Kernel = Callable[[Node, list[Value], Env], Value]
 
@@ -55,22 +64,23 @@ def view(node: Node, inputs: list[Value], env: Env) -> Value:
 
 
 def occlude_patch(node: Node, inputs: list[Value], env: Env) -> Value:
-    """Patch box cells take the colour where the (possibly clipped) window covers them."""
+    """Patch box cells take the colour (or ``env.fill``'s content) where the (possibly
+    clipped) window covers them."""
     assert isinstance(node.op, Occlude)
     (source,) = node.inputs
     box, batch = _box(node), env.batch
     origin = batch.origins[node.name]
     image = gather_view(env.views[source], batch.image, origin, box)
-    device, d = image.device, box.d
-    covered = torch.ones((len(image), *box), dtype=torch.bool, device=device)
-    for a, (start, first) in enumerate(zip(origin, batch.starts)):
-        shape = [len(start)] + [1] * d
-        shape[1 + a] = box[a]
-        cells = start[:, None] + torch.arange(box[a], device=device)
-        covered = covered & (cells >= first[:, None]).reshape(shape)
-    color = torch.tensor(node.op.color, dtype=image.dtype, device=device)
-    color = color.reshape(-1, *([1] * d))
-    return Patch(torch.where(covered[:, None], color.expand_as(image[0]), image), *origin)
+    cells = cells_of(origin, box)
+    covered = torch.ones((len(image), *box), dtype=torch.bool, device=image.device)
+    for axis, first in zip(cells, batch.starts):
+        covered = covered & (axis >= first.reshape(axis.shape[:1] + (1,) * (axis.dim() - 1)))
+    if env.fill is not None:
+        content = env.fill.cells(image, batch.image, batch.starts, cells, covered)
+    else:
+        colour = torch.tensor(node.op.color, dtype=image.dtype, device=image.device)
+        content = colour.reshape(-1, *([1] * box.d)).expand_as(image[0])
+    return Patch(torch.where(covered[:, None], content, image), *origin)
 
 
 def _window(

@@ -16,6 +16,7 @@ from torch import Tensor
 from compiler import boxes
 from compiler.ir import JoinAggregate, Node, Pool
 from compiler.types import Size
+from runtime.fill import Fill
 from runtime.weights import Weights
 
 
@@ -74,9 +75,10 @@ class Env:
     weights: Weights
     batch: Batch
     cache: dict[str, Tensor] = field(default_factory=dict)  # derived constants, e.g. divisors
+    fill: Fill | None = None  # the occluded windows' content, when not the plan's colour
 
 
-def _axes(origin: Origin, size: Size) -> list[Tensor]:
+def cells_of(origin: Origin, size: Size) -> list[Tensor]:
     """Per spatial axis ``a``, the cells ``origin[a][b] + [0, size[a])`` shaped to broadcast
     over ``[B, *size]``."""
     d, device = len(origin), origin[0].device
@@ -106,7 +108,7 @@ def gather(
     """
     if patch is not None and _same_box(patch, origin, size):
         return patch.values
-    cells = _axes(origin, size)
+    cells = cells_of(origin, size)
     d = len(cells)
     if view is not None:
         index = [image.reshape([-1] + [1] * d)]

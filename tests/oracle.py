@@ -58,8 +58,26 @@ def rank(patch: int | Sequence[int], spatial_dims: int | None = None) -> int:
     return 2 if isinstance(patch, int) else len(patch)
 
 
+@dataclass(frozen=True)
+class Content:
+    """What a window holds besides a colour, in plain terms: each occluded cell becomes
+    ``x·mul + add + baseline`` — ``mul`` and ``add`` tensors over the window (read from its
+    first cell; None: 0), ``baseline`` a tensor over the input (``[C or 1, *spatial]``, or
+    with a batch axis one per input; None: 0) — or with ``by_mean`` ``x`` times the mean of
+    the window's cells over every channel."""
+
+    mul: Tensor | None = None
+    add: Tensor | None = None
+    baseline: Tensor | None = None
+    by_mean: bool = False
+
+
 def occluded_copies(
-    image: Tensor, patch: int | Sequence[int], stride: int | Sequence[int], color
+    image: Tensor,
+    patch: int | Sequence[int],
+    stride: int | Sequence[int],
+    color,
+    content: Content | None = None,
 ) -> tuple[Tensor, tuple[int, ...]]:
     """Every occluded copy of one ``[C, *spatial]`` input, row-major over the windows (the
     last axis fastest), and the number of windows along each axis."""
@@ -75,9 +93,29 @@ def occluded_copies(
         occluded = image.clone()
         cells = tuple(slice(c, c + p) for c, p in zip(corner, patches))  # slices clip
         region = occluded[(slice(None), *cells)]
-        region[...] = fill.expand(channels, *region.shape[1:])
+        if content is None:
+            region[...] = fill.expand(channels, *region.shape[1:])
+        else:
+            region[...] = _content(region.clone(), cells, content)
         copies.append(occluded)
     return torch.stack(copies), tuple(len(axis) for axis in starts)
+
+
+def _content(region: Tensor, cells: tuple[slice, ...], content: Content) -> Tensor:
+    """A window's new values under ``content`` (``region``: its clean values, clipped)."""
+    if content.by_mean:
+        return region * region.mean()
+    extent = tuple(slice(0, n) for n in region.shape[1:])  # the clipped window's own cells
+    value = torch.zeros_like(region)
+    if content.mul is not None:
+        mul = content.mul.to(region.dtype)
+        value = region * (mul[(..., *extent)] if mul.dim() else mul)
+    if content.add is not None:
+        add = content.add.to(region.dtype)
+        value = value + (add[(..., *extent)] if add.dim() else add)
+    if content.baseline is not None:
+        value = value + content.baseline.to(region.dtype)[(..., *cells)]
+    return value
 
 
 def _scores(outputs: Tensor, target: int, score: str) -> Tensor:
@@ -130,17 +168,28 @@ def run(
     color: float | Sequence[float] = 0.0,
     dtype: torch.dtype | None = None,
     spatial_dims: int | None = None,
+    content: Content | None = None,
 ) -> Outputs:
     """The model's outputs on every input of ``[C, *spatial]`` or ``[N, C, *spatial]`` and on
     every occluded copy of it. ``dtype`` runs a converted copy of the model on inputs cast to
-    it (the half-precision baseline)."""
+    it (the half-precision baseline); ``content`` replaces the colour (a baseline with a
+    batch axis gives each input its row)."""
     model, image = _in(model, image, dtype)
     d = rank(patch, spatial_dims)
     images = image if image.dim() == d + 2 else image[None]
     clean, occluded = [], []
     with torch.no_grad():
-        for picture in images:
-            copies, grid = occluded_copies(picture, patch, stride, color)
+        for n, picture in enumerate(images):
+            own = content
+            if content is not None and content.baseline is not None:
+                rows = content.baseline.dim() == d + 2
+                baseline = (
+                    content.baseline[n if content.baseline.shape[0] > 1 else 0]
+                    if rows
+                    else content.baseline
+                )
+                own = Content(content.mul, content.add, baseline, content.by_mean)
+            copies, grid = occluded_copies(picture, patch, stride, color, own)
             outputs = torch.cat([model(chunk) for chunk in copies.split(CHUNK)])
             occluded.append(outputs.double().reshape(*grid, -1))
             clean.append(model(picture[None])[0].double().reshape(-1))  # [N]: one class

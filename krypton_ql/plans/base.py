@@ -15,6 +15,7 @@ from typing import Any
 from torch import Tensor
 
 from compiler.boxes import Positions
+from runtime.fill import Fill
 
 ProgressArg = bool | str | Callable[[int, int], None]  # True, False, "auto" or a callback
 
@@ -23,7 +24,7 @@ ProgressArg = bool | str | Callable[[int, int], None]  # True, False, "auto" or 
 class OcclusionResult:
     """Everything one run computed."""
 
-    heatmaps: Tensor  # [N, T, rows, cols]: scores with the patch at each position
+    heatmaps: Tensor  # [N, T, *grid]: scores with the patch at each position
     base: Tensor  # [N, T]: scores on the clean images
     targets: Tensor  # [N, T]: the class of each score
     queries: int  # occlusion queries executed
@@ -64,9 +65,11 @@ class HeatmapPlan(abc.ABC):
         positions: Tensor | None = None,
         progress: ProgressArg = "auto",
         reuse_clean: bool = False,
+        fill: Fill | None = None,
     ) -> OcclusionResult:
         """Scores of every target at every position (or the ``positions`` given);
-        ``reuse_clean`` keeps the clean forward's views for the next call on the same images."""
+        ``reuse_clean`` keeps the clean forward's views for the next call on the same images;
+        ``fill`` (``kql.Fill``) replaces the colour as the windows' content."""
 
     def explain_png(self, path: Any, measured: float | None = None) -> Any:
         """The plan as a picture (``krypton_ql.render.plan_png``): each layer's update box to
@@ -79,10 +82,12 @@ class HeatmapPlan(abc.ABC):
     def grid(self) -> tuple[int, ...]:
         return self.positions.grid
 
-    def run(self, image: Tensor, *, progress: ProgressArg = "auto") -> Tensor:
+    def run(
+        self, image: Tensor, *, progress: ProgressArg = "auto", fill: Fill | None = None
+    ) -> Tensor:
         """The heatmap ``[*grid]`` (one axis per spatial axis: ``[rows, cols]`` of an image) of
         one input, ``[N, *grid]`` of a batch (the first target's: the compiled one, else the
-        predicted class)."""
-        result = self.evaluate(image, progress=progress)
+        predicted class); ``fill`` as in ``evaluate``."""
+        result = self.evaluate(image, progress=progress, fill=fill)
         heatmaps = result.heatmaps[:, 0]
         return heatmaps[0] if image.dim() == self.positions.d + 1 else heatmaps

@@ -19,6 +19,7 @@ from compiler import drilldown as drill
 from compiler.drilldown import DrillDown, DrillDownMode
 from krypton_ql import options as check
 from krypton_ql.plans.base import HeatmapPlan, OcclusionResult, ProgressArg
+from runtime.fill import Fill
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class DrillDownPlan(HeatmapPlan):
         positions: Tensor | None = None,
         progress: ProgressArg = "auto",
         reuse_clean: bool = False,
+        fill: Fill | None = None,
     ) -> OcclusionResult:
         """Scores at every fine cell: sampled cells exact (or τ), the rest reconstructed.
         Drill-down plans the whole grid (its selection needs it): cells outside ``positions``
@@ -103,11 +105,12 @@ class DrillDownPlan(HeatmapPlan):
                 positions=_cells(known),
                 progress=progress,
                 reuse_clean=reuse_clean,
+                fill=fill,
             )
         else:
             assert self.coarse is not None
             first = self.coarse.evaluate(
-                images, targets=targets, progress=progress, reuse_clean=reuse_clean
+                images, targets=targets, progress=progress, reuse_clean=reuse_clean, fill=fill
             )
         stage1 = first.heatmaps.detach().float().cpu().numpy()  # [N, T, rows', cols']
         heatmaps = np.empty((*stage1.shape[:2], *shape))
@@ -126,6 +129,7 @@ class DrillDownPlan(HeatmapPlan):
                 targets=first.targets[n : n + 1],
                 positions=_cells(mask),
                 progress=progress,
+                fill=None if fill is None else fill.select(slice(n, n + 1), images.dim() - 2),
             )
             exact = second.heatmaps[0].detach().float().cpu().numpy()
             for t, values in enumerate(estimate):

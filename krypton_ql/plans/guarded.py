@@ -21,10 +21,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from krypton_ql import options as check
 from krypton_ql.options import Options
 from krypton_ql.plans.base import HeatmapPlan, OcclusionResult, ProgressArg
 from krypton_ql.plans.occlusion import OcclusionPlan
 from krypton_ql.quality import metrics as quality
+from runtime.fill import Fill
 
 MIN_SAMPLES = 16  # exact positions sampled per heatmap, at the least
 
@@ -87,17 +89,19 @@ class GuardedPlan(HeatmapPlan):
         positions: Tensor | None = None,
         progress: ProgressArg = "auto",
         reuse_clean: bool = False,
+        fill: Fill | None = None,
     ) -> OcclusionResult:
         first = self.inner.evaluate(image, targets=targets, positions=positions,
-                                    progress=progress, reuse_clean=reuse_clean)  # fmt: skip
-        images = image if image.dim() == 4 else image[None]
+                                    progress=progress, reuse_clean=reuse_clean,
+                                    fill=fill)  # fmt: skip
+        images = check.images(image, self.options.shape)
         heatmaps = first.heatmaps.clone()
         count, kinds = heatmaps.shape[:2]
         cells = np.arange(heatmaps[0, 0].numel()) if positions is None else positions.cpu().numpy()
         rng = np.random.default_rng(0)
         chosen = np.sort(rng.choice(cells, self.sample_size(len(cells)), replace=False))
         exact = self.plan(1.0).evaluate(images, targets=first.targets, progress=False,
-                                        positions=torch.as_tensor(chosen))  # fmt: skip
+                                        positions=torch.as_tensor(chosen), fill=fill)  # fmt: skip
         truth = exact.heatmaps.reshape(count, kinds, -1)[:, :, chosen].float().cpu().numpy()
         base = first.base.float().cpu().numpy()
         queries = first.queries + exact.queries
@@ -109,8 +113,10 @@ class GuardedPlan(HeatmapPlan):
                 break
             rerun.update(failing)
             index = torch.as_tensor(failing)
-            again = self.plan(tau).evaluate(images[index], targets=first.targets[index],
-                                            positions=positions, progress=False)  # fmt: skip
+            again = self.plan(tau).evaluate(
+                images[index], targets=first.targets[index], positions=positions, progress=False,
+                fill=None if fill is None else fill.select(index, images.dim() - 2),
+            )  # fmt: skip
             queries += again.queries
             heatmaps[index] = again.heatmaps.to(heatmaps.dtype)
             if tau >= 1.0:

@@ -18,6 +18,7 @@ from krypton_ql import options as check
 from krypton_ql.options import Options, PlanKeywords
 from krypton_ql.plans.base import ProgressArg
 from krypton_ql.progress import progress_callback
+from runtime.fill import Fill
 from runtime.memory import default_budget
 
 
@@ -27,6 +28,7 @@ def naive_class_heatmap(
     *,
     patch: Any,
     progress: ProgressArg = "auto",
+    fill: Fill | None = None,
     **options: Unpack[PlanKeywords],
 ) -> Tensor:
     """``[rows, cols]`` (``[N, rows, cols]`` for a batch) of a model with class scores, by
@@ -42,6 +44,8 @@ def naive_class_heatmap(
     if any(m.training for m in model.modules()):
         raise InvalidInputError("the model is in training mode; call model.eval() first")
     check.same_place(model, images)
+    if fill is not None:
+        check.fill(fill).check(checked.shape, tuple(occlusion.patch), len(images))
     positions = Positions.grid_of(cells, occlusion.patch, occlusion.stride)
     starts = [torch.as_tensor(a, device=images.device) for a in positions.starts]
     colour = torch.tensor(occlusion.color, dtype=images.dtype, device=images.device)
@@ -57,7 +61,8 @@ def naive_class_heatmap(
                 index = torch.arange(start, min(start + size, total), device=images.device)
                 image_index, position = index // len(positions), index % len(positions)
                 corners = [a[position] for a in starts]
-                batch = occlude(images[image_index], corners, occlusion.patch, colour)
+                batch = occlude(images[image_index], corners, occlusion.patch, colour,
+                                fill, image_index)  # fmt: skip
                 output = model(batch)
                 # scores in fp32 whatever the model's precision; one score per image: one class
                 output = output.float().reshape(len(batch), -1)
@@ -96,18 +101,32 @@ def _class_scores(output: Any, count: int) -> Tensor:
     return output
 
 
-def occlude(images: Tensor, corners: list[Tensor], patch: Size, colour: Tensor) -> Tensor:
+def occlude(
+    images: Tensor,
+    corners: list[Tensor],
+    patch: Size,
+    colour: Tensor,
+    fill: Fill | None = None,
+    image_index: Tensor | None = None,
+) -> Tensor:
     """Copies of ``images`` ``[B, C, *spatial]`` with each one's patch (clipped at the border)
-    set to ``colour``: along each axis, the cells from ``corners[a]`` on, ``patch[a]`` of them."""
+    set to ``colour`` (or ``fill``'s content; ``image_index``: each copy's input, for a
+    per-input baseline): along each axis, the cells from ``corners[a]`` on, ``patch[a]``."""
     d = len(corners)
     mask = torch.ones(1, dtype=torch.bool, device=images.device)
+    cells = []
     for a, (first, length) in enumerate(zip(corners, patch)):
-        cells = torch.arange(images.shape[2 + a], device=images.device)
-        inside = (cells >= first[:, None]) & (cells < first[:, None] + length)  # [B, n]
-        shape = [len(first)] + [1] * d
+        shape = [1] * (d + 1)
         shape[1 + a] = images.shape[2 + a]
-        mask = mask & inside.reshape(shape)
-    return torch.where(mask[:, None], colour.reshape(-1, *([1] * d)), images)
+        axis = torch.arange(images.shape[2 + a], device=images.device).reshape(shape)
+        start = first.reshape(-1, *([1] * d))
+        mask = mask & (axis >= start) & (axis < start + length)
+        cells.append(axis)
+    if fill is None:
+        return torch.where(mask[:, None], colour.reshape(-1, *([1] * d)), images)
+    which = image_index if image_index is not None else torch.arange(len(images))
+    content = fill.cells(images, which, tuple(corners), cells, mask)
+    return torch.where(mask[:, None], content, images)
 
 
 def _batch_size(model: nn.Module, image: Tensor) -> int:

@@ -25,6 +25,7 @@ from krypton_ql.progress import progress_callback
 from runtime import memory
 from runtime.backends import runner_for
 from runtime.executor import Executor, materialize, select_scores
+from runtime.fill import Fill
 from runtime.memory import default_budget
 from runtime.resolve import Backend, resolve
 from runtime.weights import Weights
@@ -122,6 +123,7 @@ class OcclusionPlan(HeatmapPlan):
         positions: Tensor | None = None,
         progress: ProgressArg = "auto",
         reuse_clean: bool = False,
+        fill: Fill | None = None,
     ) -> OcclusionResult:
         """Scores of every target at every position (or the ``positions`` given).
 
@@ -129,9 +131,12 @@ class OcclusionPlan(HeatmapPlan):
         to ``compile``, else the predicted class); ``positions`` indexes the row-major grid.
         ``reuse_clean``: keep the clean forward's views and reuse them when the next call has
         the same images (a session's statements over one image set); it holds one set of
-        views in memory.
+        views in memory. ``fill`` (``kql.Fill``): the windows' content instead of the
+        colour — a per-pixel baseline, ``x·mul + add`` over the window, or the window's mean.
         """
         images = check.images(image, self.shape)
+        if fill is not None:
+            check.fill(fill).check(self.shape, tuple(self.occlusion.patch), len(images))
         if self.dtype is not None:
             images = images.to(self.dtype)
         check.same_place(self.model, images)
@@ -156,6 +161,7 @@ class OcclusionPlan(HeatmapPlan):
                 self.optimized.origins,
                 self.positions,
                 self.runner,
+                fill,
             )
             total = len(images) * (len(positions) if positions is not None else len(self.positions))
             with progress_callback(progress, total, "occlusion") as report:
