@@ -12,36 +12,41 @@ Semantics are Captum's (research/peers.md §1.3): windows at ``i·s`` per dimens
 function returns (usually logits); each pixel's attribution is the average ``diff`` over the
 windows that cover it; the result has the input's shape (every channel holds the same values).
 
-Accelerated: a 4-D image batch (or a tuple of one, with the window, strides and baselines in
-tuples of one, as Captum takes them), an ``nn.Module`` in eval mode that ``torch.export`` can
-capture, a window that spans all channels, a baseline that — broadcast to the input as Captum
-broadcasts it — is constant inside each channel (a number, ``[C, 1, 1]``, per example
-``[N, C, 1, 1]``: one plan per distinct colour), and a target per example — or none, for a
-forward function that returns one score per example, such as the usual segmentation wrapper
+Accelerated: one input batch ``[N, C, *spatial]`` of one, two or three spatial axes — signals
+``[N, C, T]``, images ``[N, C, H, W]``, volumes and clips ``[N, C, D, H, W]`` — (or a tuple of
+one, with the window, strides and baselines in tuples of one, as Captum takes them), an
+``nn.Module`` in eval mode that ``torch.export`` can capture, any window (one that spans part
+of the channels slides along them too: one evaluation of the same plan per channel position),
+any baseline Captum broadcasts to the input (a number, per channel, per pixel, per example:
+the windows take the baseline's values, ``kql.Fill``), and a target per example — or none, for
+a forward function that returns one score per example, such as the usual segmentation wrapper
 ``model(x)["out"][:, c].mul(mask).sum((1, 2))`` (its masked sum is a region aggregate the
-engine maintains by its delta over each window's box). Anything else —
-several inputs, a model in training mode or one the engine cannot import, a baseline that
-varies inside a channel — is handed to Captum itself with a logged warning when captum is
-installed, and raises ``UnsupportedOperationError`` (saying why) when it is not. Arguments
-Captum rejects are rejected alike, with errors that are also ``AssertionError`` /
-``IndexError`` where Captum's are (``CaptumAssertionError``, ``CaptumIndexError``); float64
-inputs give float32 attributions, as Captum's do. ``perturbations_per_eval`` is accepted and
-validated but batches are sized from memory; ``attribute_future`` raises
-``NotImplementedError`` as Captum's does.
+engine maintains by its delta over each window's box). Anything else — several inputs, a
+model in training mode or one the engine cannot import, additional forward arguments — is
+handed to Captum itself with a logged warning when captum is installed, and raises
+``UnsupportedOperationError`` (saying why) when it is not. Arguments Captum rejects are
+rejected alike, with errors that are also ``AssertionError`` / ``IndexError`` where Captum's
+are (``CaptumAssertionError``, ``CaptumIndexError``); float64 inputs give float32
+attributions, as Captum's do. ``perturbations_per_eval`` is accepted and validated but
+batches are sized from memory; ``attribute_future`` raises ``NotImplementedError`` as
+Captum's does.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from compiler.errors import InvalidInputError, KryptonError, UnsupportedOperationError
 from krypton_ql.options import Options
 from krypton_ql.plans.build import build_plan
+from runtime.fill import Fill
 
 log = logging.getLogger(__name__)
 
@@ -96,44 +101,36 @@ class Occlusion:
         reason = _unsupported(self.forward_func, images, target)
         if reason is None:
             _verify(images, window_shape, stride_shape, target)
-            if int(window_shape[0]) != images.shape[1]:
-                reason = "the window does not span every channel"
+            reason = _baseline_reason(baseline, images.shape)
         reason = reason or ("additional_forward_args" if additional_forward_args else None)
-        colours = None
-        if reason is None:
-            colours, reason = _colours(baseline, images.shape)
         if reason is not None:
             return self._delegate(reason, arguments)
-        assert colours is not None
-        window = (int(window_shape[1]), int(window_shape[2]))
-        stride = _stride_pair(stride_shape, window, (images.shape[2], images.shape[3]))
+        window = tuple(int(w) for w in window_shape)
+        steps = _strides(stride_shape, window, tuple(images.shape[1:]))
         targets = _targets(0 if target is None else target, len(images), images.device)
-        attributions = torch.empty(images.shape, dtype=_result_dtype(images.dtype))
-        attributions = attributions.to(images.device)
-        for colour, chosen in colours:  # one plan per distinct baseline colour
-            try:
-                options = Options.build(
-                    tuple(images.shape[1:]), patch=window, stride=stride, color=colour,
-                    score="logit",
-                )  # fmt: skip
-                plan = build_plan(self.forward_func, options)
-            except CaptumAssertionError:
-                raise
-            except KryptonError as error:  # a model the engine cannot take: Captum can
-                return self._delegate(str(error), arguments)
-            if target is None and plan.classes != 1:
-                return self._delegate(
-                    f"no target, and the model has {plan.classes} outputs per example "
-                    "(the engine explains one)", arguments,
-                )  # fmt: skip
-            if int(targets.max()) >= plan.classes or int(targets.min()) < 0:
-                raise CaptumIndexError(
-                    f"target {targets.flatten().tolist()} is outside the model's "
-                    f"{plan.classes} outputs"
-                )
-            self.last_plan, self.delegated = plan, None
-            part = _attribute(plan, images[chosen], targets[chosen], window, show_progress)
-            attributions[chosen] = part.to(attributions.dtype)
+        try:
+            options = Options.build(
+                tuple(images.shape[1:]), patch=window[1:], stride=steps[1:],
+                color=0.0 if baseline is None else _number(baseline, 0.0), score="logit",
+                spatial_dims=images.dim() - 2,
+            )  # fmt: skip
+            plan = build_plan(self.forward_func, options)
+        except CaptumAssertionError:
+            raise
+        except KryptonError as error:  # a model the engine cannot take: Captum can
+            return self._delegate(str(error), arguments)
+        if target is None and plan.classes != 1:
+            return self._delegate(
+                f"no target, and the model has {plan.classes} outputs per example "
+                "(the engine explains one)", arguments,
+            )  # fmt: skip
+        if int(targets.max()) >= plan.classes or int(targets.min()) < 0:
+            raise CaptumIndexError(
+                f"target {targets.flatten().tolist()} is outside the model's {plan.classes} outputs"
+            )
+        self.last_plan, self.delegated = plan, None
+        attributions = _attribute(plan, images, targets, window, steps[0], baseline, show_progress)
+        attributions = attributions.to(_result_dtype(images.dtype))
         return (attributions,) if isinstance(inputs, tuple) else attributions
 
     def attribute_future(self) -> None:
@@ -158,18 +155,78 @@ class Occlusion:
 
 
 def _attribute(
-    plan: Any, images: Tensor, targets: Tensor, window: tuple[int, int], progress: Any
+    plan: Any,
+    images: Tensor,
+    targets: Tensor,
+    window: tuple[int, ...],
+    channel_stride: int,
+    baseline: Any,
+    progress: Any,
 ) -> Tensor:
-    """Captum's attributions from the plan's heatmaps: each pixel's mean ``diff`` over the
-    windows that cover it."""
-    result = plan.evaluate(images, targets=targets, progress=progress)
-    diff = result.base[:, 0, None, None] - result.heatmaps[:, 0]  # [N, rows, cols]
-    height, width = images.shape[2:]
-    rows = _coverage(plan.positions.top[:: plan.grid[1]], window[0], height, diff)
-    cols = _coverage(plan.positions.left[: plan.grid[1]], window[1], width, diff)
-    total = torch.einsum("ry,nrc,cx->nyx", rows, diff, cols)
-    count = rows.sum(0)[:, None] * cols.sum(0)[None, :]
-    return (total / count)[:, None].expand(-1, images.shape[1], -1, -1)
+    """Captum's attributions from the plan's heatmaps: each cell's mean ``diff`` over the
+    windows that cover it. A window over part of the channels runs the plan once per channel
+    position, its fill keeping the other channels."""
+    channels, spatial = images.shape[1], tuple(images.shape[2:])
+    starts = captum_starts(channels, window[0], channel_stride)
+    coverage = [
+        _coverage(np.unique(axis), size, extent, images)
+        for axis, size, extent in zip(plan.positions.starts, window[1:], spatial)
+    ]
+    total = torch.zeros(images.shape, dtype=torch.float64, device=images.device)
+    per_channel = torch.zeros(channels, dtype=torch.float64, device=images.device)
+    for first in starts:
+        inside = torch.zeros(channels, dtype=torch.bool, device=images.device)
+        inside[first : first + window[0]] = True
+        fill = _fill(baseline, inside, images)
+        result = plan.evaluate(images, targets=targets, progress=progress, fill=fill)
+        diff = (result.base[:, 0, *([None] * len(spatial))] - result.heatmaps[:, 0]).double()
+        spread = diff  # [N, *grid] → [N, *spatial]: each window's diff over the cells it covers
+        for axis, cover in enumerate(coverage):
+            spread = torch.tensordot(spread, cover.double(), dims=([1 + axis], [0])).movedim(
+                -1, 1 + axis
+            )
+        total[:, inside] += spread[:, None]
+        per_channel[inside] += 1
+    count = per_channel.reshape(-1, *([1] * len(spatial)))
+    for axis, cover in enumerate(coverage):
+        shape = [1] * len(spatial)
+        shape[axis] = spatial[axis]
+        count = count * cover.sum(0).double().reshape(shape)
+    return total / count
+
+
+def captum_starts(extent: int, window: int, stride: int) -> list[int]:
+    """Captum's window starts along one axis: ``i·s`` for ``i = 0 … ceil((D − w)/s)``.
+
+    >>> captum_starts(3, 1, 1), captum_starts(3, 3, 3), captum_starts(5, 2, 2)
+    ([0, 1, 2], [0], [0, 2, 4])
+    """
+    return [i * stride for i in range(math.ceil((extent - window) / stride) + 1)]
+
+
+def _fill(baseline: Any, inside: Tensor, images: Tensor) -> Fill | None:
+    """The windows' content: the baseline (broadcast to the input, as Captum broadcasts it) in
+    the channels ``inside`` the window, the clean values in the others; None where the plan's
+    colour already is it (a number over every channel)."""
+    if bool(inside.all()) and (baseline is None or _number(baseline, None) is not None):
+        return None
+    d = images.dim() - 2
+    values = torch.zeros((), dtype=images.dtype) if baseline is None else baseline
+    values = torch.as_tensor(values, dtype=images.dtype).to(images.device)
+    values = values.reshape((1,) * (d + 2 - values.dim()) + tuple(values.shape))
+    mask = inside.to(images.dtype).reshape(1, -1, *([1] * d))
+    keep = (~inside).to(images.dtype).reshape(-1, *([1] * d))
+    return Fill(mul=keep, baseline=values * mask)
+
+
+def _number(baseline: Any, default: Any) -> Any:
+    """A baseline that is one number (a Python number or a one-element tensor), else
+    ``default``."""
+    if isinstance(baseline, int | float) and not isinstance(baseline, bool):
+        return float(baseline)
+    if isinstance(baseline, Tensor) and baseline.numel() == 1:
+        return float(baseline)
+    return default
 
 
 def _result_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -201,8 +258,8 @@ def _unsupported(forward: Any, inputs: Any, target: Any) -> str | None:
     """Why the engine cannot take this call (None: it can)."""
     if not isinstance(forward, nn.Module):
         return "the forward function is not an nn.Module"
-    if not isinstance(inputs, Tensor) or inputs.dim() != 4:
-        return "the input is not one [N, C, H, W] tensor"
+    if not isinstance(inputs, Tensor) or not 3 <= inputs.dim() <= 5:
+        return "the input is not one [N, C, *spatial] tensor of 1, 2 or 3 spatial axes"
     if any(module.training for module in forward.modules()):
         return "the model is in training mode"
     if isinstance(target, Sequence) and any(isinstance(t, Sequence) for t in target):
@@ -241,44 +298,30 @@ def _verify(images: Tensor, window: Any, strides: Any, target: Any) -> None:
         raise CaptumAssertionError("Target list length does not match output!")
 
 
-def _stride_pair(strides: Any, window: tuple[int, int], extent: tuple[int, int]) -> tuple[int, int]:
-    """The spatial strides; 1 along an axis the window spans whole (one position either way).
+def _strides(strides: Any, window: tuple[int, ...], extent: tuple[int, ...]) -> tuple[int, ...]:
+    """The strides along the channel and spatial axes; 1 along an axis the window spans whole
+    (one position either way).
 
-    >>> _stride_pair((3, 40, 4), (32, 8), (32, 32)), _stride_pair(8, (16, 16), (32, 32))
-    ((1, 4), (8, 8))
+    >>> _strides((3, 40, 4), (3, 32, 8), (3, 32, 32)), _strides(8, (1, 16, 16), (3, 32, 32))
+    ((1, 1, 4), (8, 8, 8))
     """
-    if strides is None:
-        return 1, 1
-    pair = (strides, strides) if isinstance(strides, int) else (int(strides[1]), int(strides[2]))
-    return tuple(1 if w == e else s for s, w, e in zip(pair, window, extent))  # type: ignore[return-value]
+    steps = (1,) * len(window) if strides is None else strides
+    steps = (steps,) * len(window) if isinstance(steps, int) else tuple(int(s) for s in steps)
+    return tuple(1 if w == e else s for s, w, e in zip(steps, window, extent))
 
 
-def _colours(baselines: Any, shape: torch.Size) -> tuple[Any, str | None]:
-    """``[(colour, images)]``: the fill colour (a number or one per channel) of each group of
-    images, from a baseline broadcast to the input's shape as Captum broadcasts it; a reason
-    instead when the baseline varies inside a channel (not an occlusion colour)."""
-    every = torch.arange(shape[0])
-    if baselines is None:
-        return [(0.0, every)], None
-    if isinstance(baselines, (int, float)) and not isinstance(baselines, bool):
-        return [(float(baselines), every)], None
-    if not isinstance(baselines, Tensor) or baselines.dim() > 4:
-        return None, "the baseline is not a number or a tensor"
-    values = baselines.detach().float().cpu()
+def _baseline_reason(baselines: Any, shape: torch.Size) -> str | None:
+    """Why a baseline cannot be a fill (None: it can): Captum broadcasts a number or a tensor
+    to the input."""
+    if baselines is None or _number(baselines, None) is not None:
+        return None
+    if not isinstance(baselines, Tensor) or baselines.dim() > len(shape):
+        return "the baseline is not a number or a tensor"
     try:
-        torch.broadcast_shapes(values.shape, shape)
+        torch.broadcast_shapes(tuple(baselines.shape), tuple(shape))
     except RuntimeError:
-        return None, f"the baseline's shape {list(values.shape)} does not broadcast to the input"
-    values = values.reshape((1,) * (4 - values.dim()) + tuple(values.shape))
-    if not bool((values == values[:, :, :1, :1]).all()):
-        return None, "the baseline varies inside a channel"
-    per_image = values[:, :, 0, 0].expand(shape[0], shape[1])  # [N, C]
-    groups = []
-    for row in torch.unique(per_image, dim=0):
-        chosen = (per_image == row).all(1).nonzero().flatten()
-        colour = float(row[0]) if bool((row == row[0]).all()) else tuple(row.tolist())
-        groups.append((colour, chosen))
-    return groups, None
+        return f"the baseline's shape {list(baselines.shape)} does not broadcast to the input"
+    return None
 
 
 def _targets(target: Any, count: int, device: torch.device) -> Tensor:

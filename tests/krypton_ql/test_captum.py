@@ -81,18 +81,15 @@ def test_what_it_cannot_accelerate_goes_to_captum_with_a_warning(caplog) -> None
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(4, 3)).eval()  # fmt: skip
     images = torch.randn(1, 3, 8, 8)
-    arguments = dict(sliding_window_shapes=(1, 3, 3), strides=(1, 2, 2), target=1)
-    ours = Occlusion(model)
+    function = Occlusion(lambda x: model(x) * 2)  # a forward function that is not a module
     with caplog.at_level(logging.WARNING, logger="krypton_ql.captum"):
-        got = ours.attribute(images, **arguments)
-    assert "the window does not span every channel" in caplog.text
-    assert ours.delegated == "the window does not span every channel"
-    expected = captum.Occlusion(model).attribute(images, **arguments)
-    assert torch.equal(got, expected)
-    # a forward function that is not a module
-    function = Occlusion(lambda x: model(x) * 2)
-    function.attribute(images, sliding_window_shapes=(3, 3, 3), target=0)
+        got = function.attribute(images, sliding_window_shapes=(3, 3, 3), target=0)
     assert function.delegated == "the forward function is not an nn.Module"
+    assert "the forward function is not an nn.Module" in caplog.text
+    expected = captum.Occlusion(lambda x: model(x) * 2).attribute(
+        images, sliding_window_shapes=(3, 3, 3), target=0
+    )
+    assert torch.equal(got, expected)
 
 
 def test_an_unexportable_model_is_delegated(caplog) -> None:
@@ -207,17 +204,16 @@ def test_calls_captum_takes_are_accelerated_and_equal_captum(arguments) -> None:
     _assert_close(got, expected, model, inputs[0] if isinstance(inputs, tuple) else inputs)
 
 
-def test_a_baseline_is_broadcast_as_captum_broadcasts_it(caplog) -> None:
+def test_a_baseline_is_broadcast_as_captum_broadcasts_it() -> None:
     """A 1-D baseline of length C is broadcast along the width (W = C here): it varies inside
-    each channel, so the call goes to Captum and returns Captum's numbers."""
+    each channel — a per-pixel baseline, accelerated, with Captum's numbers."""
     model, images = _small(), torch.rand(1, 3, 3, 3)
     ours = Occlusion(model)
     arguments = dict(sliding_window_shapes=(3, 2, 2), baselines=torch.tensor([0.0, 10.0, 20.0]),
                      target=0)  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="krypton_ql.captum"):
-        got = ours.attribute(images, **arguments)
-    assert ours.delegated == "the baseline varies inside a channel"
-    assert torch.equal(got, captum.Occlusion(model).attribute(images, **arguments))
+    got = ours.attribute(images, **arguments)
+    assert ours.delegated is None
+    _assert_close(got, captum.Occlusion(model).attribute(images, **arguments), model, images)
 
 
 def test_a_model_in_training_mode_is_delegated() -> None:
@@ -227,3 +223,37 @@ def test_a_model_in_training_mode_is_delegated() -> None:
     assert ours.delegated == "the model is in training mode"
     expected = captum.Occlusion(model).attribute(X, sliding_window_shapes=(3, 2, 2), target=0)
     assert torch.equal(got, expected)
+
+
+def _model(d: int, channels: int = 3) -> nn.Module:
+    torch.manual_seed(d)
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[d]
+    pool = {1: nn.AdaptiveMaxPool1d, 2: nn.AdaptiveMaxPool2d, 3: nn.AdaptiveMaxPool3d}[d]
+    return nn.Sequential(conv(channels, 4, 3, padding=1), nn.ReLU(), pool(1), nn.Flatten(),
+                         nn.Linear(4, 3)).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("d", "shape", "window", "strides", "baselines"),
+    [
+        (1, (2, 3, 40), (3, 6), (3, 4), None),
+        (1, (2, 3, 40), (1, 6), (1, 5), torch.randn(2, 3, 40)),  # per example, per pixel
+        (3, (1, 2, 6, 7, 8), (2, 3, 3, 4), (2, 2, 3, 2), 0.5),
+        (3, (2, 2, 6, 6, 6), (1, 2, 3, 3), (1, 2, 2, 2), torch.randn(2, 1, 1, 6)),
+        (2, (2, 3, 9, 8), (2, 3, 3), (1, 2, 2), torch.randn(3, 9, 8)),  # channel windows
+        (2, (1, 3, 9, 8), (3, 4, 3), (3, 2, 2), torch.randn(1, 1, 9, 8)),  # a blurred copy
+    ],
+    ids=["signal", "signal-channels-baseline", "volume", "volume-channels",
+         "image-channels-baseline", "image-per-pixel"],
+)  # fmt: skip
+def test_every_rank_window_and_baseline_captum_takes(d, shape, window, strides, baselines):
+    """Signals, volumes, windows over part of the channels and per-pixel baselines are
+    accelerated and give Captum's numbers."""
+    images = torch.randn(*shape)
+    model = _model(d, shape[1])
+    arguments = dict(sliding_window_shapes=window, strides=strides, baselines=baselines,
+                     target=[1] * shape[0])  # fmt: skip
+    ours = Occlusion(model)
+    got = ours.attribute(images, **arguments)
+    assert ours.delegated is None
+    _assert_close(got, captum.Occlusion(model).attribute(images, **arguments), model, images)
