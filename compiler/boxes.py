@@ -143,6 +143,19 @@ class Positions:
         return cls(tuple(m.ravel() for m in mesh), counts)
 
     @classmethod
+    def product(cls, axes: tuple[tuple[int, ...], ...]) -> Positions:
+        """Every combination of the given starts along each axis (row-major, the last axis
+        fastest): a sliding-window placement such as MONAI's, whose last window is moved back
+        to end at the border.
+
+        >>> p = Positions.product(((0, 4, 6), (0, 5)))
+        >>> p.grid, [s.tolist() for s in p.starts]
+        ((3, 2), [[0, 0, 4, 4, 6, 6], [0, 5, 0, 5, 0, 5]])
+        """
+        mesh = np.meshgrid(*[np.asarray(a, dtype=np.int64) for a in axes], indexing="ij")
+        return cls(tuple(m.ravel() for m in mesh), tuple(len(a) for a in axes))
+
+    @classmethod
     def centre(cls, image: Size, patch: Size) -> Positions:
         """The one position the theoretical speedup is measured at (research §2.2).
 

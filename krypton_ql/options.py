@@ -42,6 +42,9 @@ class Occlusion:
     stride: Size
     color: tuple[float, ...]
     score: Score
+    # Explicit window starts per axis (their product is the grid) instead of the stride's:
+    # a placement such as MONAI's sliding windows (``Options.at_starts``).
+    starts: tuple[tuple[int, ...], ...] | None = None
 
 
 def _is_int(value: Any) -> bool:
@@ -644,6 +647,23 @@ class Options:
             drilldown_settings(drilldown, speedup, workload.stride, drilldown_mode),
             checked,
         )
+
+    def at_starts(self, starts: Sequence[Sequence[int]]) -> Options:
+        """The same workload with windows at every combination of ``starts`` (one increasing
+        sequence per spatial axis, each window inside the input) instead of the stride's."""
+        patch, spatial = self.occlusion.patch, self.shape[1:]
+        axes = tuple(tuple(int(v) for v in axis) for axis in starts)
+        if len(axes) != patch.d:
+            raise InvalidInputError(f"starts must give {patch.d} axes, got {len(axes)}")
+        for axis, (values, p, n) in enumerate(zip(axes, patch, spatial)):
+            if not values or list(values) != sorted(set(values)) or values[0] < 0:
+                raise InvalidInputError(f"starts along axis {axis} must increase from ≥ 0")
+            if values[-1] + p > n:
+                raise InvalidInputError(
+                    f"a window at {values[-1]} of size {p} runs past axis {axis} ({n} cells)"
+                )
+        workload = dataclasses.replace(self.occlusion, starts=axes)
+        return dataclasses.replace(self, occlusion=workload, drilldown=None)
 
     def stage(self, stride: int) -> Options:
         """The same workload, one stage at ``stride`` (a drill-down's coarse stage)."""

@@ -28,7 +28,7 @@ LAYERS = (
     ("integrations",),
     ("dsl",),
     ("api",),
-    ("*", "captum"),  # the public names and the drop-in's documented import path
+    ("*", "captum", "monai"),  # the public names and the drop-ins' documented import paths
     ("apps",),
 )
 

@@ -58,7 +58,10 @@ class OcclusionPlan(HeatmapPlan):
         )
         check.scored_classes(self.classes, self.occlusion.score)
         image = Size(*self.shape[1:])
-        self.positions = Positions.grid_of(image, self.occlusion.patch, self.occlusion.stride)
+        if self.occlusion.starts is not None:
+            self.positions = Positions.product(self.occlusion.starts)
+        else:
+            self.positions = Positions.grid_of(image, self.occlusion.patch, self.occlusion.stride)
         self.optimized = optimize(self.logical, compile_options, self.positions)
         self.physical = lower(self.optimized.plan)
         if self.backend is Backend.TRITON:  # what the kernels address and a GPU launches
