@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -115,8 +116,8 @@ def _broadcasts(name: str, value: Tensor, shape: tuple[int, ...], rank: int) -> 
             f"{name} has {value.dim()} axes; it must broadcast to {list(shape[-rank:])}"
         )
     try:
-        torch.broadcast_shapes(tuple(value.shape), shape[len(shape) - rank :])
-    except RuntimeError:
+        np.broadcast_shapes(tuple(value.shape), shape[len(shape) - rank :])
+    except ValueError:
         raise InvalidInputError(
             f"{name} of shape {list(value.shape)} does not broadcast to {list(shape[-rank:])}"
         ) from None
