@@ -482,7 +482,7 @@ def resolve_ssim(
             "then pass profile=profile",
             option="ssim",
         )
-    if any(p != profile.patch for p in patch):
+    if not profile.fits(tuple(patch)):
         raise InvalidInputError(
             f"the profile was tuned at patch {profile.patch}, this workload uses patch {patch}",
             option="patch",

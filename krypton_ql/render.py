@@ -75,8 +75,8 @@ def overlay_png(
     heatmap: Tensor,
     base: float | None,
     title: str,
-    patch: tuple[int, int],
-    stride: tuple[int, int],
+    patch: tuple[int, ...],
+    stride: tuple[int, ...],
     region: Tensor | None = None,
 ) -> Path:
     """Write ``photo`` ([3,H,W] in [0,1]) beside the heatmap overlay, with a colour bar;
@@ -109,8 +109,8 @@ def comparison_png(
     approx: Tensor,
     base: float | None,
     labels: tuple[str, str],
-    patch: tuple[int, int],
-    stride: tuple[int, int],
+    patch: tuple[int, ...],
+    stride: tuple[int, ...],
     region: Tensor | None = None,
 ) -> Path:
     """Exact and approximate heatmaps side by side on the same colour scale (the paper's
@@ -132,6 +132,89 @@ def comparison_png(
         fontsize=10,
     )
     figure.colorbar(shown, ax=axes[1], fraction=0.046)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _grey(values: Tensor) -> Tensor:
+    """A slice or signal's first channel scaled to [0, 1] (a flat one is mid-grey)."""
+    values = values.float().cpu()
+    low, high = float(values.min()), float(values.max())
+    return (values - low) / (high - low) if high > low else torch.full_like(values, 0.5)
+
+
+def montage_png(
+    path: str | Path,
+    volume: Tensor,
+    heatmap: Tensor,
+    base: float | None,
+    title: str,
+    patch: tuple[int, ...],
+    stride: tuple[int, ...],
+    slices: int = 8,
+) -> Path:
+    """A volume heatmap ``[D', H', W']`` as a montage: up to ``slices`` heatmap slices along the
+    first axis, evenly spaced, each over the input slice at its windows' centre (``volume``
+    ``[C, D, H, W]``, its first channel in grey), with one colour bar (the paper's limits
+    around ``base``, as ``overlay_png``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    depth = heatmap.shape[0]
+    count = min(slices, depth)
+    chosen = sorted({round(i * (depth - 1) / max(count - 1, 1)) for i in range(count)})
+    columns = min(4, len(chosen))
+    rows = -(-len(chosen) // columns)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(2.6 * columns + 0.8, 2.6 * rows + 0.5), squeeze=False,
+        constrained_layout=True,
+    )  # fmt: skip
+    span = limits(base, heatmap)
+    shown = None
+    for axis, cell in zip(axes.flat, chosen):
+        centre = min(volume.shape[1] - 1, int(cell * stride[0] + (patch[0] - 1) / 2))
+        photo = _grey(volume[0, centre]).expand(3, -1, -1)
+        shown = _draw(axis, photo, heatmap[cell], span, patch[1:], stride[1:])
+        axis.set_title(f"slice {cell} (voxel {centre})", fontsize=8)
+    for axis in list(axes.flat)[len(chosen) :]:
+        axis.axis("off")
+    figure.suptitle(title, fontsize=10)
+    assert shown is not None  # a heatmap has at least one slice
+    figure.colorbar(shown, ax=axes, fraction=0.03)
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
+
+
+def signal_png(
+    path: str | Path,
+    signal: Tensor,
+    heatmap: Tensor,
+    base: float | None,
+    title: str,
+    patch: int,
+    stride: int,
+) -> Path:
+    """A signal heatmap ``[L']`` under its signal ``[C, L]`` (every channel, offset): the
+    heatmap as a colour strip and a line, cell ``i`` at its window's centre."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure, axes = plt.subplots(2, 1, figsize=(9, 4.4), sharex=True, constrained_layout=True)
+    values = signal.float().cpu()
+    for channel, trace in enumerate(values[:12]):
+        axes[0].plot(_grey(trace).numpy() + channel, linewidth=0.6, color="black")
+    axes[0].set_title(title, fontsize=10)
+    axes[0].set_yticks([])
+    centres = [i * stride + (patch - 1) / 2 for i in range(heatmap.shape[0])]
+    low, high = limits(base, heatmap[None])
+    strip = axes[1].imshow(
+        heatmap.float().cpu().numpy()[None], cmap="jet_r", vmin=low, vmax=high, aspect="auto",
+        extent=(centres[0] - stride / 2, centres[-1] + stride / 2, low, high), alpha=0.55,
+    )  # fmt: skip
+    axes[1].plot(centres, heatmap.float().cpu().numpy(), color="black", linewidth=0.8)
+    caption = "probability with the window here (red: dropped)" if base is not None else "value"
+    axes[1].set_title(caption, fontsize=10)
+    figure.colorbar(strip, ax=axes[1], fraction=0.046)
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path

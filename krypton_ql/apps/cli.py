@@ -252,8 +252,17 @@ def _session_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="a DuckDB file that keeps created tables (default: in memory)",
     )
-    parser.add_argument("--images", nargs="+", metavar="PATH", help="image files or folders")
-    parser.add_argument("--model", default=None, help="efficientnet_lite0 (default)")
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        metavar="PATH",
+        help="image files, NIfTI volumes (.nii, .nii.gz), .npy arrays ([C, *spatial]), or folders",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="efficientnet_lite0 (default), or FILE.pt2: any model saved with torch.export.save",
+    )
     parser.add_argument("--arch", help="a torchvision architecture, with --weights")
     parser.add_argument("--weights", help="a local state dict for --arch")
     parser.add_argument(
@@ -277,7 +286,7 @@ def _session(args: argparse.Namespace):
     """A session with the chosen model (also as ``model``) and ``--images`` as ``images``."""
     import krypton_ql as kql
     from compiler.errors import InvalidInputError
-    from krypton_ql import models, photos
+    from krypton_ql import models, photos, volumes
 
     if args.max_pixels is not None:
         if args.max_pixels < 1:
@@ -293,12 +302,16 @@ def _session(args: argparse.Namespace):
         classes = models.architecture_classes(args.arch, module)
         name, transform = args.arch, models.imagenet_transform(size)
         display = models.imagenet_unnormalize
+    elif args.model and args.model.endswith(".pt2"):  # any model, saved with torch.export
+        module, transform, display = models.exported_model(args.model), None, models.rescale
+        name, classes = "model", None
     else:
         name = args.model or "efficientnet_lite0"
         if name != "efficientnet_lite0":
             raise InvalidInputError(
                 f"unknown model {name!r}: the built-in model is efficientnet_lite0; for a "
-                "torchvision architecture give --arch NAME --weights FILE"
+                "torchvision architecture give --arch NAME --weights FILE, for any other model "
+                "a file saved with torch.export.save (--model FILE.pt2)"
             )
         module, transform, display = models.efficientnet_lite0(), models.preprocess, None
         classes = models.imagenet_classes()
@@ -308,7 +321,7 @@ def _session(args: argparse.Namespace):
     for path in args.images or []:
         path = Path(path)
         if path.is_dir():
-            files += photos.image_files(path)
+            files += sorted(photos.image_files(path) + volumes.volume_files(path))
         elif path.is_file():
             files.append(path)
         else:

@@ -1,6 +1,10 @@
-"""What ``kql query`` writes: each heatmap as ``.npy`` and as a picture over its photo (exact
+"""What ``kql query`` writes: each heatmap as ``.npy`` and as a picture over its input (exact
 beside approximate with ``--compare-exact``), the rows as CSV and Parquet, staged beside the
-output folder and moved in when all are written (a run leaves complete results or none)."""
+output folder and moved in when all are written (a run leaves complete results or none).
+
+A volume's heatmap is also written as NIfTI on the input's voxel grid with the input's affine
+(each voxel: the window whose centre is nearest), to overlay on the scan in any NIfTI viewer,
+and its picture is a montage of slices; a signal's is a strip under the signal."""
 
 from __future__ import annotations
 
@@ -79,10 +83,9 @@ class _Writer:
         wrapper = getattr(plan, "model", None)  # a map-output model's region scores
         self.wrapper = wrapper if isinstance(wrapper, segmentation.RegionScores) else None
         occlusion = plan.occlusion if plan is not None else None
-        self.geometry: tuple[tuple[int, int], tuple[int, int]] | None = None
+        self.geometry: tuple[tuple[int, ...], tuple[int, ...]] | None = None
         if occlusion is not None:
-            patch = (occlusion.patch.h, occlusion.patch.w)
-            self.geometry = patch, (occlusion.stride.h, occlusion.stride.w)
+            self.geometry = tuple(occlusion.patch), tuple(occlusion.stride)
         columns = result.columns
         self.image_column = columns.index("image") if "image" in columns else None
         self.class_column = columns.index("class") if "class" in columns else None
@@ -101,8 +104,51 @@ class _Writer:
         self.written.append(self.out / f"{stem}.npy")
         picture = self.session.input_image(image) if self.image_column is not None else None
         if picture is not None and self.geometry is not None:
-            self._pictures(stem, image, row, name, picture, value, exact)
+            if value.dim() == 3 and picture.dim() == 4:
+                self._volume(stem, image, row, name, picture, value)
+            elif value.dim() == 1 and picture.dim() == 2:
+                self._signal(stem, image, row, name, picture, value)
+            elif value.dim() == 2 and picture.dim() == 3:
+                self._pictures(stem, image, row, name, picture, value, exact)
         return f"{stem}.npy"
+
+    def _title(self, image: str, row: tuple, name: str) -> str:
+        if self.class_column is not None:
+            return f"{image}, class {row[self.class_column]}: {name}"
+        return f"{image}: {name}"
+
+    def _volume(
+        self, stem: str, image: str, row: tuple, name: str, picture: Any, value: Any
+    ) -> None:
+        """A volume heatmap as NIfTI on the input's grid (with its affine) and a montage."""
+        import numpy as np
+
+        from krypton_ql import render, volumes
+
+        assert self.geometry is not None
+        patch, stride = self.geometry
+        source = self.session.input_source(image)
+        affine = source.affine if isinstance(source, volumes.VolumeFile) else np.eye(4)
+        voxels = volumes.on_input_grid(value, tuple(picture.shape[1:]), patch, stride)
+        self.written.append(volumes.write_nifti(self.out / f"{stem}.nii.gz", voxels, affine))
+        scores = self._clean_scores(image, picture)
+        base = _clean_score(self.outline, name, scores, row, self.class_column)
+        title = self._title(image, row, name)
+        path = self.out / f"{stem}.png"
+        self.written.append(render.montage_png(path, picture, value, base, title, patch, stride))
+
+    def _signal(
+        self, stem: str, image: str, row: tuple, name: str, picture: Any, value: Any
+    ) -> None:
+        from krypton_ql import render
+
+        assert self.geometry is not None
+        (patch,), (stride,) = self.geometry
+        scores = self._clean_scores(image, picture)
+        base = _clean_score(self.outline, name, scores, row, self.class_column)
+        title = self._title(image, row, name)
+        path = self.out / f"{stem}.png"
+        self.written.append(render.signal_png(path, picture, value, base, title, patch, stride))
 
     def _pictures(
         self, stem: str, image: str, row: tuple, name: str, picture: Any, value: Any, exact: Any
@@ -116,9 +162,7 @@ class _Writer:
         if self.wrapper is not None:
             chosen = row[self.class_column] if self.class_column is not None else scores.argmax()
             region = self.wrapper.weights[0, int(chosen)] > 0
-        title = f"{image}: {name}"
-        if self.class_column is not None:
-            title = f"{image}, class {row[self.class_column]}: {name}"
+        title = self._title(image, row, name)
         photo = self.display(picture)
         self.written.append(render.overlay_png(self.out / f"{stem}.png", photo, value, base,
                                                title, *self.geometry, region=region))  # fmt: skip

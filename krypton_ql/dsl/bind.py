@@ -30,9 +30,9 @@ from krypton_ql import options
 from krypton_ql.dsl.errors import QueryError
 from krypton_ql.dsl.parse import Statement, calls, fail, position
 
-COLUMNS = ("image", "row", "col", "y", "x", "class", "label", "prob", "base_prob", "drop",
-           "ssim_estimate")  # fmt: skip
-POSITION_COLUMNS = frozenset({"row", "col", "y", "x"})
+COLUMNS = ("image", "row", "col", "y", "x", "slice", "z", "class", "label", "prob", "base_prob",
+           "drop", "ssim_estimate")  # fmt: skip
+POSITION_COLUMNS = frozenset({"row", "col", "y", "x", "slice", "z"})
 CLASS_COLUMNS = frozenset({"class", "label"})
 APPROXIMATE = options.APPROXIMATE
 OPTIONS = frozenset(

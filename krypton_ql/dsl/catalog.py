@@ -2,8 +2,10 @@
 
 A model is a registered module (or the built-in one, loaded on first use) with an optional
 transform for raw photos and class names; an image set holds tensors in the model's input
-space, or photos (files, the sample photos) that the model's transform reads when a statement
-needs them; a user table is registered in the session's DuckDB.
+space (signals ``[C, L]``, images ``[C, H, W]``, volumes ``[C, D, H, W]``), arrays from NIfTI and
+``.npy`` files (read as they are: ``krypton_ql.volumes``), or photos (files, the sample photos)
+that the model's transform reads when a statement needs them; a user table is registered in the
+session's DuckDB.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from compiler.errors import InvalidInputError
 from krypton_ql.dsl.engine import Engine
 from krypton_ql.dsl.errors import QueryError
 from krypton_ql.photos import PhotoFile, image_files
+from krypton_ql.volumes import VolumeFile, is_volume, stem, volume_files
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ def versions(images: Images, names: Sequence[str]) -> tuple[Any, ...]:
     def version(item: Any) -> Any:
         if isinstance(item, Tensor):
             return fingerprint.tensor_version(item)
-        if isinstance(item, PhotoFile):
+        if isinstance(item, PhotoFile | VolumeFile):
             return fingerprint.file_stamp(item.path)
         return fingerprint.name_of(item)
 
@@ -68,16 +71,21 @@ def versions(images: Images, names: Sequence[str]) -> tuple[Any, ...]:
 
 
 def image_set(images: Any) -> Images:
-    """A tensor ``[N,C,H,W]`` or a list of tensors (named by index), or image files or a
-    folder of them (named by file stem)."""
+    """A batch tensor ``[N, C, H, W]`` or ``[N, C, D, H, W]`` or a list of tensors ``[C,
+    *spatial]`` (named by index), or image, NIfTI or ``.npy`` files or a folder of them (named
+    by file stem)."""
     if isinstance(images, Tensor):
-        if images.dim() != 4:
-            raise InvalidInputError("an image tensor must have shape [N, C, H, W]")
+        if images.dim() not in (4, 5):
+            raise InvalidInputError(
+                "an image tensor is a batch: [N, C, H, W] images or [N, C, D, H, W] volumes, got "
+                f"shape {list(images.shape)} (one input: a list of one tensor; signals [C, L]: "
+                "a list of them)"
+            )
         return Images({str(i): images[i] for i in range(len(images))})
     if isinstance(images, (str, Path)) and Path(images).is_dir():
-        files = image_files(Path(images))
+        files = sorted(image_files(Path(images)) + volume_files(Path(images)))
         if not files:
-            raise InvalidInputError(f"no image files in {images}")
+            raise InvalidInputError(f"no image, NIfTI or .npy files in {images}")
         return Images(_by_stem(files), raw=True)
     if isinstance(images, (list, tuple)) and images and all(isinstance(i, Tensor) for i in images):
         return Images({str(i): t for i, t in enumerate(images)})
@@ -88,7 +96,8 @@ def image_set(images: Any) -> Images:
             raise InvalidInputError(f"no such image files: {missing or paths}")
         return Images(_by_stem(paths), raw=True)
     raise InvalidInputError(
-        "register_images takes a tensor [N,C,H,W], a list of tensors, image files or a folder"
+        "register_images takes a tensor [N, C, *spatial], a list of tensors, image, NIfTI or "
+        ".npy files, or a folder of them"
     )
 
 
@@ -97,22 +106,28 @@ def _by_stem(paths: list[Path]) -> dict[str, Any]:
     named: dict[str, Any] = {}
     first: dict[str, Path] = {}
     for path in paths:
-        if path.stem in first:
+        name = stem(path)
+        if name in first:
             raise InvalidInputError(
-                f"two image files are both named {path.stem!r}: {first[path.stem]} and {path} "
+                f"two image files are both named {name!r}: {first[name]} and {path} "
                 "(images are named by file stem; rename one)"
             )
-        first[path.stem] = path
-        named[path.stem] = PhotoFile(path)
+        first[name] = path
+        named[name] = VolumeFile(path) if is_volume(path) else PhotoFile(path)
     return named
 
 
 def load(images: Images, name: str, model: Model, text: str) -> Tensor:
-    """Image ``name`` as the model's input: a tensor as it is, a photo through the model's
-    transform (errors point at the statement ``text``)."""
+    """Image ``name`` as the model's input: a tensor or an array file as it is, a photo through
+    the model's transform (errors point at the statement ``text``)."""
     item = images.items[name]
     if not images.raw:
         return item
+    if isinstance(item, VolumeFile):
+        try:
+            return item()
+        except InvalidInputError as error:
+            raise QueryError(f"image {name!r}: {error}", text, 0) from None
     if model.transform is None:
         raise QueryError(
             "this model has no transform for image files; register it with transform=…", text, 0

@@ -29,14 +29,15 @@ from krypton_ql.dsl.bind import Bound
 from krypton_ql.dsl.errors import QueryError
 from krypton_ql.dsl.parse import Statement, fail
 
-# heatmap(v) becomes kql_heatmap(row, col, v, rows, cols): one struct per group with the grid
-# (NULL where the statement cannot tell it) and the group's cells, in row-major order.
+# heatmap(v) becomes kql_heatmap(slice, row, col, v, rank, slices, rows, cols): one struct per
+# group with the grid's number of axes and its size along each (NULL where the statement cannot
+# tell them) and the group's cells, in row-major order.
 HEATMAP = "kql_heatmap"
 _MACROS = (
-    f"CREATE OR REPLACE TEMP MACRO {HEATMAP}(r, c, v, nr, nc) AS struct_pack("
-    "kql_rows := any_value(nr), kql_cols := any_value(nc), "
-    "kql_cells := list(struct_pack(kql_row := r, kql_col := c, kql_value := CAST(v AS FLOAT)) "
-    "ORDER BY r, c))",
+    f"CREATE OR REPLACE TEMP MACRO {HEATMAP}(s, r, c, v, nd, ns, nr, nc) AS struct_pack("
+    "kql_rank := any_value(nd), kql_slices := any_value(ns), kql_rows := any_value(nr), "
+    "kql_cols := any_value(nc), kql_cells := list(struct_pack(kql_slice := s, kql_row := r, "
+    "kql_col := c, kql_value := CAST(v AS FLOAT)) ORDER BY s, r, c))",
 )
 # What a sandboxed connection runs: queries (DESCRIBE, SHOW, SUMMARIZE, VALUES and FROM-first
 # statements are SELECTs to DuckDB) and EXPLAIN; EXPLAIN ANALYZE is refused, as it runs them.
@@ -280,9 +281,13 @@ def rewrite(
         prefix = f"{heatmap.qualifier}." if heatmap.qualifier else ""
         start, end = heatmap.span
         open_paren = statement.text.index("(", start)
-        sizes = f"{grid[0]}, {grid[1]}" if grid else "NULL, NULL"
+        sizes = "NULL, NULL, NULL, NULL"
+        if grid:
+            padded = (1,) * (3 - len(grid)) + tuple(grid)
+            sizes = ", ".join(str(n) for n in (len(grid), *padded))
+        columns = "".join(f"{prefix}{name}, " for name in ("slice", "row", "col"))
         try:
-            edited.replace(start, open_paren + 1, f"{HEATMAP}({prefix}row, {prefix}col, ")
+            edited.replace(start, open_paren + 1, f"{HEATMAP}({columns}")
             edited.replace(end - 1, end, f", {sizes})")
         except ValueError:
             raise fail(

@@ -14,13 +14,14 @@ from torch import Tensor
 
 from krypton_ql.dsl.errors import QueryError
 
-_HEATMAP_FIELDS = ("kql_rows", "kql_cols", "kql_cells")
+_HEATMAP_FIELDS = ("kql_rank", "kql_slices", "kql_rows", "kql_cols", "kql_cells")
 
 
 class Result:
     """The rows a statement produced. ``heatmaps`` stacks the one heatmap column, if any;
     ``arrow()``, ``df()`` and ``to_parquet()`` hand the rows to other tools (heatmaps as
-    ``[rows, cols]`` float32 arrays in ``df()``, as lists of cells in Arrow and Parquet)."""
+    float32 arrays in ``df()`` — ``[rows, cols]`` of an image, ``[slices, rows, cols]`` of a
+    volume, ``[cols]`` of a signal — as lists of cells in Arrow and Parquet)."""
 
     def __init__(
         self,
@@ -43,8 +44,8 @@ class Result:
 
     @cached_property
     def rows(self) -> list[tuple[Any, ...]]:
-        """Python values; a heatmap cell is a ``[rows, cols]`` float32 tensor (NaN where no
-        position was computed)."""
+        """Python values; a heatmap cell is a float32 tensor with one axis per spatial axis of
+        its scan (NaN where no position was computed)."""
         columns = [
             self._grids[i] if i in self._grids else column.to_pylist()
             for i, column in enumerate(self._table.columns)
@@ -57,7 +58,8 @@ class Result:
 
     @property
     def heatmaps(self) -> Tensor | None:
-        """``[rows, H, W]`` when the query has exactly one heatmap column, else None."""
+        """The heatmaps stacked (``[rows, *grid]``) when the query has exactly one heatmap
+        column, else None."""
         if len(self._heatmap_columns) != 1 or not len(self):
             return None
         grids = [g for g in self._grids[self._heatmap_columns[0]] if g is not None]
@@ -94,13 +96,15 @@ class Result:
     def _tensors(self, index: int) -> list[Tensor | None]:
         """One column of heatmap structs as tensors (vectorised over the column's cells)."""
         column = self._table.column(index).combine_chunks()
-        rows = column.field("kql_rows").to_pylist()  # None: the statement could not tell
-        cols = column.field("kql_cols").to_pylist()
+        ranks = column.field("kql_rank").to_pylist()  # None: the statement could not tell
+        sizes = [column.field(f"kql_{axis}").to_pylist() for axis in ("slices", "rows", "cols")]
         cells = column.field("kql_cells")
         offsets = cells.offsets.to_numpy()
         flat = cells.flatten()
-        row = flat.field("kql_row").to_numpy(zero_copy_only=False)
-        col = flat.field("kql_col").to_numpy(zero_copy_only=False)
+        coordinates = [
+            flat.field(f"kql_{axis}").to_numpy(zero_copy_only=False)
+            for axis in ("slice", "row", "col")
+        ]
         value = flat.field("kql_value").to_numpy(zero_copy_only=False).astype(np.float32)
         out: list[Tensor | None] = []
         for i in range(len(column)):
@@ -108,19 +112,23 @@ class Result:
                 out.append(None)
                 continue
             part = slice(offsets[i], offsets[i + 1])
-            r, c, v = row[part], col[part], value[part]
-            height = rows[i] if rows[i] is not None else int(r.max(initial=-1)) + 1
-            width = cols[i] if cols[i] is not None else int(c.max(initial=-1)) + 1
-            if len(r) and (r.min() < 0 or c.min() < 0 or r.max() >= height or c.max() >= width):
+            at = [c[part].astype(np.int64) for c in coordinates]
+            shape = tuple(
+                size[i] if size[i] is not None else int(c.max(initial=-1)) + 1
+                for size, c in zip(sizes, at)
+            )
+            if len(value[part]) and any(c.min() < 0 or c.max() >= n for c, n in zip(at, shape)):
                 raise QueryError(
-                    f"heatmap(): a cell lies outside the {height}×{width} grid of its scan"
+                    "heatmap(): a cell lies outside the "
+                    f"{'×'.join(str(n) for n in shape[3 - (ranks[i] or 3) :])} grid of its scan"
                 )
-            grid = np.full((height, width), np.nan, dtype=np.float32)
-            flat_index = r.astype(np.int64) * width + c.astype(np.int64)
+            grid = np.full(shape, np.nan, dtype=np.float32)
+            flat_index = np.ravel_multi_index(tuple(at), shape) if len(value[part]) else at[0]
             if len(np.unique(flat_index)) != len(flat_index):
                 raise self._heatmap_error or QueryError("heatmap() needs one row per position")
-            grid.reshape(-1)[flat_index] = v
-            out.append(torch.from_numpy(grid))
+            grid.reshape(-1)[flat_index] = value[part]
+            rank = ranks[i] if ranks[i] is not None else (3 if shape[0] > 1 else 2)
+            out.append(torch.from_numpy(grid.reshape(shape[3 - rank :])))
         return out
 
     def _cells(self, limit: int = 20) -> list[list[str]]:

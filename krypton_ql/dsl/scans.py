@@ -1,7 +1,10 @@
 """The occlusion relation of one scan as an Arrow table, and a session's cache of them.
 
 Rows: one per image × class × computed position, in that order. Columns and types:
-``image`` VARCHAR, ``row``/``col``/``y``/``x``/``class`` BIGINT, ``label`` VARCHAR, ``prob``,
+``image`` VARCHAR, ``row``/``col``/``y``/``x``/``slice``/``z``/``class`` BIGINT (the window's
+grid index and first pixel along each axis: ``row``/``y`` down, ``col``/``x`` across, and
+``slice``/``z`` along a volume's first axis — 0 for images and signals; a signal is one row,
+``row`` = ``y`` = 0), ``label`` VARCHAR, ``prob``,
 ``base_prob``, ``drop`` FLOAT (float32, the dtype of ``kql.occlusion_heatmap``; ``drop`` is
 ``base_prob - prob`` in float32), ``ssim_estimate`` FLOAT (with ``ssim => …``: the quality
 guard's estimate of the image's heatmap SSIM against exact, 1 where it ran exactly; else NULL).
@@ -23,6 +26,8 @@ SCHEMA = pa.schema(
         ("col", pa.int64()),
         ("y", pa.int64()),
         ("x", pa.int64()),
+        ("slice", pa.int64()),
+        ("z", pa.int64()),
         ("class", pa.int64()),
         ("label", pa.string()),
         ("prob", pa.float32()),
@@ -101,6 +106,8 @@ def build(
         "col": spread(grid["col"][positions], (0, 1)),
         "y": spread(grid["y"][positions], (0, 1)),
         "x": spread(grid["x"][positions], (0, 1)),
+        "slice": spread(grid["slice"][positions], (0, 1)),
+        "z": spread(grid["z"][positions], (0, 1)),
         "class": classes,
         "label": pa.DictionaryArray.from_arrays(classes, np.asarray(named, dtype=object)).cast(
             pa.string()

@@ -82,6 +82,7 @@ class Session:
         self.last_cached = 0  # occlusion calls of the last statement answered from the cache
         self.last_reruns = 0  # images the quality guard (ssim => …) ran again, last statement
         self._last_inputs: dict[str, Tensor] = {}
+        self._last_sources: dict[str, Any] = {}  # image name → what was registered
         self._last_source: tuple[catalog.Images, catalog.Model, tuple[str, ...]] | None = None
         self._scratch: tempfile.TemporaryDirectory[str] | None = None  # jobs' default out
         self._plans: dict[tuple[Any, Options], HeatmapPlan] = {}  # compiled plans, reused
@@ -136,8 +137,11 @@ class Session:
         return entry.profile
 
     def register_images(self, name: str, images: Any) -> list[str]:
-        """Register a tensor ``[N,C,H,W]`` or a list of tensors (named by index), or image files
-        or a folder of them (named by file stem). Returns the image names."""
+        """Register a batch tensor ``[N, C, H, W]`` or ``[N, C, D, H, W]`` or a list of tensors
+        ``[C, *spatial]`` (signals, images or volumes; named by index), or image files, NIfTI
+        volumes and ``.npy`` arrays or a folder of them (named by file stem;
+        ``krypton_ql.volumes`` says how arrays are read).
+        Returns the image names."""
         entry = catalog.image_set(images)
         self._generation += 1
         entry.generation = self._generation
@@ -303,6 +307,12 @@ class Session:
         self.last_timings = clock.split("duckdb")
         return result
 
+    def input_source(self, name: str) -> Any:
+        """What image ``name`` of the last statement was registered as: a tensor, a
+        ``krypton_ql.photos.PhotoFile`` or a ``krypton_ql.volumes.VolumeFile`` (with the
+        affine a volume heatmap is written with); None if none."""
+        return self._last_sources.get(name)
+
     def input_image(self, name: str) -> Tensor | None:
         """The model input the last statement computed for image ``name`` (None if none)."""
         if name not in self._last_inputs and self._last_source is not None:
@@ -462,6 +472,7 @@ class Session:
         versions = catalog.versions(image_set, names)
         request = scans.Request(key, tuple(names), classes, positions, versions)
         self._last_inputs = dict(zip(loaded, tensors))
+        self._last_sources = {name: image_set.items[name] for name in names}
         self._last_source = (image_set, model, tuple(names)) if lazy else None
         prepared = _Prepared(scan, plan, request, images, targets, len(image_set.items),
                              module=module, options=options)  # fmt: skip
@@ -519,6 +530,8 @@ class Session:
                 )
             keywords["profile"] = profile
         try:
+            # One input [C, *spatial] per image: its number of axes is the rank, never a guess.
+            keywords.setdefault("spatial_dims", images.dim() - 2)
             options = Options.build(tuple(images.shape[1:]), **keywords)
             key = (fingerprint.versions(module), options)
             plan = self._plans.get(key) or build_plan(module, options)
@@ -669,9 +682,16 @@ class _Clock:
 
 
 def _grid(plan: HeatmapPlan) -> dict[str, np.ndarray]:
-    rows, cols = plan.grid
-    row, col = np.divmod(np.arange(rows * cols), cols)
-    return {"row": row, "col": col, "y": plan.positions.top, "x": plan.positions.left}
+    """Each position's coordinate columns: grid index and first pixel per axis (``slice``/``z``
+    along a volume's first axis, ``row``/``y`` down, ``col``/``x`` across; 0 on absent axes)."""
+    grid, starts = tuple(plan.grid), plan.positions.starts
+    index = np.unravel_index(np.arange(int(np.prod(grid))), grid)
+    zeros = np.zeros(int(np.prod(grid)), dtype=np.int64)
+    axes = (("slice", "z"), ("row", "y"), ("col", "x"))
+    columns = {name: zeros for pair in axes for name in pair}
+    for (cell, start), axis, first in zip(axes[3 - len(grid) :], index, starts):
+        columns[cell], columns[start] = axis.astype(np.int64), np.asarray(first, dtype=np.int64)
+    return columns
 
 
 def _with_hint(error: QueryError, session: Session) -> QueryError:

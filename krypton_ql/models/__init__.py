@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -232,6 +233,50 @@ def _as_tensor(photo: np.ndarray | Tensor) -> Tensor:
             raise ValueError(f"expected an H×W×3 RGB photo, got shape {photo.shape}")
         return torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).float() / 255.0
     return photo.float()
+
+
+def exported_model(path: str) -> torch.nn.Module:
+    """A model saved with ``torch.export.save`` (a ``.pt2`` file), as a module: any
+    architecture, 1-D, 2-D or 3-D, without its Python code. Its inputs are tensors (arrays from
+    ``.npy`` or NIfTI files): it has no photo transform."""
+    from compiler.errors import InvalidInputError
+
+    try:
+        program = torch.export.load(path)
+    except FileNotFoundError:
+        raise InvalidInputError(f"no such model file: {path}") from None
+    except Exception as error:  # a zip that is not an exported program, a newer format
+        raise InvalidInputError(
+            f"{path} is not a model saved with torch.export.save: {error}"
+        ) from None
+    return _Exported(program.module())
+
+
+class _Exported(torch.nn.Module):
+    """An exported program's module as a model: its graph was fixed in the mode it was
+    exported in, so ``eval()``/``train()`` (which the exported module refuses) change nothing."""
+
+    def __init__(self, program: torch.nn.Module) -> None:
+        super().__init__()
+        for module in program.modules():  # fixed at export; the flag only says so
+            module.training = False
+        self.program = program
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.program(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> _Exported:
+        self.training = False  # the exported graph runs as it was exported
+        return self
+
+
+def rescale(image: Tensor) -> Tensor:
+    """Any input to [0, 1] for pictures: three channels as RGB, else the first in grey, each
+    stretched over its own range."""
+    shown = image[:3] if image.shape[0] == 3 else image[:1].expand(3, *image.shape[1:])
+    low = shown.amin(dim=tuple(range(1, shown.dim())), keepdim=True)
+    high = shown.amax(dim=tuple(range(1, shown.dim())), keepdim=True)
+    return ((shown - low) / (high - low).clamp_min(1e-12)).clamp(0.0, 1.0)
 
 
 def unnormalize(image: Tensor) -> Tensor:

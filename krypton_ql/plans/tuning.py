@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from compiler.errors import InvalidInputError
+from compiler.types import Size
 from krypton_ql import options as check
 from krypton_ql import quality
 from krypton_ql.options import Options
@@ -60,8 +61,9 @@ def tune(
     sample_images: Tensor | None = None,
     *,
     ssim: float = 0.9,
-    patch: int = 16,
-    stride: int = 4,
+    patch: int | tuple[int, ...] = 16,
+    stride: int | tuple[int, ...] = 4,
+    spatial_dims: int | None = None,
     taus: tuple[float, ...] = TAUS,
     criterion: str = "min",
     drilldown: float | None = None,
@@ -72,7 +74,10 @@ def tune(
 ) -> Profile:
     """Measure how τ (and, with ``drilldown=r``, drill-down speedup targets) trade quality on
     ``sample_images`` ``[N, C, H, W]`` (default: ``tuning_images()``, 24 photos through the
-    built-in model's preprocessing), and return the profile ``ssim=`` queries read.
+    built-in model's preprocessing) — or signals ``[N, C, L]`` and volumes ``[N, C, D, H, W]``,
+    whose spatial axes ``patch``, ``stride`` or ``spatial_dims`` state as ``kql.compile``
+    reads them — and return the profile ``ssim=`` queries read. A volume's SSIM is 3-D
+    (``quality.ssim``: a 7×7×7 window).
 
     Every τ of ``taus`` is measured (SSIM need not fall as τ falls: a larger τ can be the
     worse one), each against the exact heatmaps computed once; the profile chooses the
@@ -82,20 +87,32 @@ def tune(
     candidate with its margin. With ``drilldown``,
     speedup targets are tried from the largest down at the chosen τ until one meets ``ssim``.
     """
-    images = tuning_images() if sample_images is None else check.images(sample_images)
+    if sample_images is None:
+        images = tuning_images()
+    else:
+        rank = sample_images.dim() if isinstance(sample_images, Tensor) else 0
+        d = check.spatial_rank(rank, patch, stride, spatial_dims)
+        images = check.images(sample_images, d=d)
     target = check.fraction("ssim", ssim)
     assert target is not None
     if criterion not in ("min", "mean"):
         raise InvalidInputError(f"criterion must be 'min' or 'mean', got {criterion!r}")
     shape = tuple(images.shape[1:])
+    d = images.dim() - 2
 
     def compile_plan(**keywords: Any) -> HeatmapPlan:
-        return build_plan(model, Options.build(shape, patch=patch, stride=stride, **keywords))
+        built = Options.build(shape, patch=patch, stride=stride, spatial_dims=d, **keywords)
+        return build_plan(model, built)
 
-    exact = compile_plan(**options).run(images)
+    exact_plan = compile_plan(**options)
+    exact = exact_plan.run(images)
     if not 0 <= margin < 1:
         raise InvalidInputError(f"margin must be in [0, 1), got {margin!r}")
-    profile = Profile(patch, stride, criterion, drilldown_mode=drilldown_mode, margin=margin)
+    workload = exact_plan.occlusion
+    profile = Profile(
+        _per_axis(workload.patch), _per_axis(workload.stride), criterion,
+        drilldown_mode=drilldown_mode, margin=margin,
+    )  # fmt: skip
     profile.taus["1"] = [1.0] * len(images)
     for tau in sorted(taus, reverse=True):
         key = f"{tau:g}"
@@ -118,3 +135,9 @@ def tune(
             if profile.score(scores) >= target:
                 break
     return profile
+
+
+def _per_axis(size: Size) -> int | list[int]:
+    """A profile's patch or stride: an int where every axis has it, else one per axis."""
+    values = [int(v) for v in size]
+    return values[0] if len(set(values)) == 1 else values

@@ -1,6 +1,12 @@
 """How close an approximate heatmap is to the exact one: SSIM, Spearman rank correlation and
-the overlap of the most important regions. Every function takes two ``[rows, cols]`` heatmaps
-(tensors or arrays), the exact one first.
+the overlap of the most important regions. Every function takes two heatmaps of one shape —
+``[L]`` of a signal, ``[rows, cols]`` of an image, ``[D, H, W]`` of a volume or clip — (tensors
+or arrays), the exact one first.
+
+SSIM is scikit-image's ``structural_similarity`` in as many axes as the heatmap has: on a
+volume heatmap its local statistics are taken over a 7×7×7 window (a 3-D SSIM, not a mean over
+slices), on a signal over 7 cells; a heatmap smaller than 7 cells along an axis uses the
+largest odd window that fits every axis.
 """
 
 from __future__ import annotations
@@ -15,15 +21,19 @@ def _array(heatmap: Tensor | np.ndarray) -> np.ndarray:
     if isinstance(heatmap, Tensor):
         heatmap = heatmap.detach().float().cpu().numpy()
     array = np.asarray(heatmap, dtype=np.float64)
-    if array.ndim != 2:
-        raise ValueError(f"a heatmap is [rows, cols], got shape {array.shape}")
+    if not 1 <= array.ndim <= 3:
+        raise InvalidInputError(
+            f"a heatmap has one, two or three axes ([L], [rows, cols], [D, H, W]), got shape "
+            f"{list(array.shape)}"
+        )
     return array
 
 
 def ssim(exact: Tensor | np.ndarray, approx: Tensor | np.ndarray) -> float:
     """Structural similarity (scikit-image's ``structural_similarity``) with ``data_range``
-    the exact heatmap's range and the default 7×7 window (smaller for tiny heatmaps).
-    1 means identical. A flat exact heatmap gives 1 if the approximation is equal, else 0.
+    the exact heatmap's range and the default window of 7 cells per axis (7×7 on an image,
+    7×7×7 on a volume; smaller for tiny heatmaps). 1 means identical. A flat exact heatmap
+    gives 1 if the approximation is equal, else 0.
 
     >>> a = np.arange(64.0).reshape(8, 8)
     >>> ssim(a, a), round(ssim(a, a[::-1]), 2)
@@ -32,10 +42,9 @@ def ssim(exact: Tensor | np.ndarray, approx: Tensor | np.ndarray) -> float:
     from skimage.metrics import structural_similarity
 
     e, a = _array(exact), _array(approx)
-    if e.ndim != 2 or e.shape != a.shape:
+    if e.shape != a.shape:
         raise InvalidInputError(
-            f"SSIM compares two heatmaps of one shape [rows, cols], got {list(e.shape)} and "
-            f"{list(a.shape)}"
+            f"SSIM compares two heatmaps of one shape, got {list(e.shape)} and {list(a.shape)}"
         )
     span = float(e.max() - e.min())
     if span == 0:
@@ -43,7 +52,9 @@ def ssim(exact: Tensor | np.ndarray, approx: Tensor | np.ndarray) -> float:
     side = min(e.shape)
     window = min(7, side if side % 2 else side - 1)
     if window < 3:
-        raise InvalidInputError(f"SSIM needs a heatmap of at least 3×3 cells, got {list(e.shape)}")
+        raise InvalidInputError(
+            f"SSIM needs a heatmap of at least 3 cells along every axis, got {list(e.shape)}"
+        )
     return float(structural_similarity(e, a, data_range=span, win_size=window))
 
 

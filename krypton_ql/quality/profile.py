@@ -18,8 +18,8 @@ class Profile:
     the exact one; optionally the same for drill-down speedup targets at the chosen τ.
     Serializable (``to_json`` / ``from_json`` / ``save`` / ``load``)."""
 
-    patch: int
-    stride: int
+    patch: int | list[int]  # an int, or one per spatial axis where they differ
+    stride: int | list[int]
     criterion: str  # how one number is made of the samples' SSIMs: "min" or "mean"
     taus: dict[str, list[float]] = field(default_factory=dict)  # τ → SSIM per sample
     drilldown_ratio: float | None = None
@@ -30,6 +30,15 @@ class Profile:
     # only just meets the target on the sample is re-run for many new images, at more than
     # the cost of exact; 0 chooses the smallest τ that meets the target at all.
     margin: float = 0.02
+
+    def fits(self, patch: tuple[int, ...]) -> bool:
+        """Whether this profile was tuned at ``patch`` (one int per spatial axis).
+
+        >>> Profile(16, 8, "min").fits((16, 16, 16)), Profile([2, 8, 8], 4, "min").fits((8, 8, 8))
+        (True, False)
+        """
+        tuned = self.patch if isinstance(self.patch, list) else [self.patch] * len(patch)
+        return list(patch) == list(tuned)
 
     def score(self, values: list[float]) -> float:
         return float(np.min(values) if self.criterion == "min" else np.mean(values))

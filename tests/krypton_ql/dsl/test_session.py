@@ -188,8 +188,8 @@ def test_built_in_model_and_photos_need_no_setup() -> None:
     [
         ("SELECT y FROM occlusion(scans, cnn, patch => 4,, stride => 2)", "missing", 1, 48),
         (
-            "SELECT y\nFROM occlusion(scans, cnn, patch => 4)\nWHERE z > 1",
-            'Binder Error: Referenced column "z" not found',
+            "SELECT y\nFROM occlusion(scans, cnn, patch => 4)\nWHERE q > 1",
+            'Binder Error: Referenced column "q" not found',
             3,
             7,
         ),
