@@ -114,3 +114,27 @@ def test_naive_re_inference_occludes_every_rank() -> None:
                             (_volume_model(), torch.randn(1, 6, 7, 8), (2, 3, 2))):  # fmt: skip
         naive = kql.naive_heatmap(model, x, patch=patch, stride=2, color=0.3, progress=False)
         assert_matches_oracle(naive, model, x, patch=patch, stride=2, color=0.3)
+
+
+def test_what_stays_two_dimensional_refuses_other_ranks_by_name() -> None:
+    """The plan as SQL and drill-down name the rank they do not cover; τ takes any rank."""
+    plan = kql.compile(_volume_model(), (1, 8, 8, 8), patch=4, stride=4, spatial_dims=3)
+    refusal = "no relational form: node input: the plan as SQL covers maps of rows and columns"
+    assert refusal in plan.explain(sql=True)
+    with pytest.raises(kql.KryptonError, match="this plan's input has 3 spatial axes"):
+        plan.sql_heatmap(torch.rand(1, 8, 8, 8))
+    with pytest.raises(kql.KryptonError, match="drill-down refines heatmaps of images"):
+        kql.compile(_signal_model(), (2, 32), patch=4, stride=2, drilldown=0.5)
+    assert "≈" in kql.compile(_signal_model(), (2, 32), patch=4, stride=2, tau=0.1).explain()
+
+
+def test_volume_views_that_do_not_fit_end_in_the_memory_error(monkeypatch) -> None:
+    """The clean volume's views are checked before the clean forward, and the error says how
+    much memory they need and how much there is."""
+    from runtime import memory
+
+    plan = kql.compile(_volume_model(), (1, 16, 16, 16), patch=4, stride=4, spatial_dims=3)
+    views = memory.view_bytes(plan.physical, 1, 4)
+    monkeypatch.setattr(memory, "available", lambda device: views // 2)
+    with pytest.raises(memory.OutOfMemoryError, match=r"views of 1 image\(s\).*is available"):
+        plan.run(torch.rand(1, 16, 16, 16), progress=False)

@@ -29,6 +29,9 @@ Semantics are MONAI's, computed with MONAI's own utilities where it has them:
 Keyword arguments of the call go to the model, as MONAI passes them. The incremental plan
 scores every window in one batched pass, so ``n_batch`` (MONAI's windows per forward) is
 accepted but batches are sized from memory; ``verbose`` shows a progress bar as MONAI's does.
+One keyword beyond MONAI's: ``tau`` (default 1, exact) caps every layer's update box at
+``round(τ·side)`` per axis (projective-field thresholding, as ``kql.compile``'s ``tau``): faster
+and approximate; ``kql.tune`` measures what SSIM a τ keeps on sample volumes.
 A callable ``mode`` (which MONAI 1.6's own predictor then rejects with a ``RuntimeError``),
 or a model the engine cannot import, is handed to MONAI's own ``OcclusionSensitivity`` with a
 logged warning (``delegated`` says why). Plans are kept between calls on the same model,
@@ -47,6 +50,7 @@ from torch import Tensor, nn
 
 from compiler.errors import KryptonError, UnsupportedOperationError
 from krypton_ql import fingerprint
+from krypton_ql import options as check
 from krypton_ql.options import Options
 from krypton_ql.plans.base import HeatmapPlan
 from krypton_ql.plans.build import build_plan
@@ -75,9 +79,13 @@ class OcclusionSensitivity:
         mode: str | float | Callable = "gaussian",
         overlap: float = 0.6,
         activate: bool | Callable = True,
+        *,
+        tau: float = 1.0,
     ) -> None:
         if isinstance(mode, str) and mode not in MODES:
             raise NotImplementedError
+        check.fraction("tau", tau)  # krypton-ql's own option: refused here, not at the call
+        self.tau = float(tau)
         self.nn_module, self.mask_size, self.n_batch = nn_module, mask_size, n_batch
         self.verbose, self.mode, self.overlap, self.activate = verbose, mode, overlap, activate
         self.last_plan: Any = None  # the plan of the last accelerated call (for explain())
@@ -112,7 +120,7 @@ class OcclusionSensitivity:
             slices = _windows(region, mask, self.overlap, d)
             starts = tuple(tuple(sorted({s[a].start + low[a] for s in slices})) for a in range(d))
             key = (fingerprint.versions(self.nn_module), tuple(x.shape), x.dtype, x.device,
-                   mask, starts, colour)  # fmt: skip
+                   mask, starts, colour, self.tau)  # fmt: skip
             try:
                 plan = self._plan(key, model, kwargs)
             except KryptonError as error:  # a model the engine cannot take: MONAI can
@@ -136,9 +144,9 @@ class OcclusionSensitivity:
         call's when the same, so repeated calls on one model and shape compile once."""
         if not kwargs and self._cached is not None and self._cached[0] == key:
             return self._cached[1]
-        _, shape, _, _, mask, starts, colour = key
+        _, shape, _, _, mask, starts, colour, tau = key
         options = Options.build(
-            shape[1:], patch=mask, color=colour, score="logit", spatial_dims=len(mask)
+            shape[1:], patch=mask, color=colour, score="logit", spatial_dims=len(mask), tau=tau
         ).at_starts(starts)
         plan = build_plan(model, options)
         self._cached = None if kwargs else (key, plan)
