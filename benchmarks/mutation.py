@@ -51,8 +51,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "pad-origin",
         "compiler/boxes.py",
-        "(y0 + op.padding.top, x0 + op.padding.left), (cy",
-        "(y0, x0), (cy",
+        "tuple(o + b for o, b in zip(origins, before)),",
+        "tuple(o for o, b in zip(origins, before)),",
         "a Pad node's box does not move by its top/left padding",
     ),
     Mutation(
@@ -72,9 +72,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "grid-drops-clipped-window",
         "compiler/boxes.py",
-        "rows = min(math.ceil((image.h - patch.h) / stride.h) + 1, math.ceil(image.h / stride.h))",
-        "rows = (image.h - patch.h) // stride.h + 1",
-        "the position grid drops the clipped last window along y",
+        "min(math.ceil((n - p) / s) + 1, math.ceil(n / s))",
+        "(n - p) // s + 1",
+        "the position grid drops the clipped last window along every axis",
     ),
     Mutation(
         "window-size-one-less",
@@ -114,9 +114,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "read-origin-left-pad",
         "runtime/values.py",
-        "read_y, _ = boxes.read_window(origin[0], box.h, w.extent.h, w.stride.h, w.padding.top)",
-        "read_y, _ = boxes.read_window(origin[0], box.h, w.extent.h, w.stride.h, w.padding.left)",
-        "the read-in window's row start uses the left padding",
+        "for o, b, e, s, p in zip(origin, box, w.extent, w.stride, w.padding.before)",
+        "for o, b, e, s, p in zip(origin, box, w.extent, w.stride, w.padding.before[::-1])",
+        "the read-in window's start along each axis uses another axis's padding",
     ),
     Mutation(
         "fold-nonzero-pad",
@@ -135,16 +135,16 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "global-pool-square",
         "runtime/reference.py",
-        "/ (height * width)",
-        "/ (height * height)",
-        "the incremental global average pool divides by H² instead of H·W",
+        "values.sum(dim=spatial_dims) / cells.area",
+        "values.sum(dim=spatial_dims) / cells[0] ** cells.d",
+        "the incremental global average pool divides by H^d instead of the map's cells",
     ),
     Mutation(
         "occlude-clipped-rows",
         "runtime/reference.py",
-        "rows = (y0[:, None] + torch.arange(box.h, device=device)) >= batch.top[:, None]",
-        "rows = (y0[:, None] + torch.arange(box.h, device=device)) >= y0[:, None]",
-        "a clipped last window occludes the rows its inward shift adds",
+        "covered = covered & (axis >= first.reshape(",
+        "covered = covered | (axis >= first.reshape(",
+        "a clipped last window occludes the cells its inward shift adds",
     ),
     Mutation(
         "conv-kernel-channel-tile",
@@ -156,9 +156,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "upsample-origin",
         "compiler/boxes.py",
-        "origins = (y0 * sh, x0 * sw)",
-        "origins = (y0 * sh, x0)",
-        "an upsampled box does not move by the factor along x",
+        "moved = tuple(o * s for o, s in zip(origins, scale))",
+        "moved = tuple(o * s for o, s in zip(origins, (*scale[:-1], 1)))",
+        "an upsampled box does not move by the factor along the last axis",
     ),
     Mutation(
         "shuffle-is-free",

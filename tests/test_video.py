@@ -1,6 +1,7 @@
 """torchvision's video classifiers (random weights, calibrated batch norms, a classifier scaled
 so that occlusion moves the scores) occluded by space-time boxes: exact against the
-independent oracle."""
+independent oracle, judged in fp64 (these deep 3-D networks' fp32 references differ from each
+other by more than the fp32 limit: r2plus1d_18's fp32 oracle is 1.7e-5 off fp64)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def test_video_classifiers_equal_the_oracle(build) -> None:
         got = kql.occlusion_heatmap(model, clip, patch=BOX, stride=BOX, score=score,
                                     progress=False)  # fmt: skip
         assert got.shape == (2, 4, 4)
-        assert_matches_oracle(got, model, clip, patch=BOX, stride=BOX, score=score)
+        assert_matches_oracle(got, model, clip, patch=BOX, stride=BOX, score=score, fp64=True)
 
 
 def test_a_video_plan_saves_work_and_says_where_it_runs() -> None:
