@@ -156,6 +156,18 @@ class Positions:
         return cls(tuple(m.ravel() for m in mesh), tuple(len(a) for a in axes))
 
     @classmethod
+    def listed(cls, starts: tuple[tuple[int, ...], ...]) -> Positions:
+        """Windows at the given first cells, one per query (``starts[a][q]`` along axis
+        ``a``), in no grid: the regions of ``compiler.regions``; their grid is ``(queries,)``.
+
+        >>> p = Positions.listed(((3, 0), (1, 7)))
+        >>> p.grid, len(p), [s.tolist() for s in p.starts]
+        ((2,), 2, [[3, 0], [1, 7]])
+        """
+        arrays = tuple(np.asarray(a, dtype=np.int64) for a in starts)
+        return cls(arrays, (len(arrays[0]),))
+
+    @classmethod
     def centre(cls, image: Size, patch: Size) -> Positions:
         """The one position the theoretical speedup is measured at (research §2.2).
 

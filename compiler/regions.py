@@ -3,13 +3,14 @@ feature of Captum's ``feature_mask``, an object) inside the label's bounding box
 
 An incremental plan needs one update box size per plan, so regions are grouped into
 **buckets** by box size: along each axis a region's bounding-box side is rounded up to the next
-size of a geometric ladder (``ladder``: ratio ``r``, sizes 1, 2, 3, 5, 8, 12, 18, 27, 41, …
-for r = 1.5), and every region of one bucket runs in one plan whose patch is the bucket's box,
-placed to contain the region's bounding box (moved back from the border where it would cross
-it). Cells of the box outside the region keep their values, so a larger box is exact and only
-costs work: ``Buckets.waste`` is the share of the boxes' cells beyond the bounding boxes. The
-ratio bounds both: at most ``log_r(side)`` sizes per axis (plans), at most a factor ``r`` per
-axis of wasted cells; ``benchmarks/ablation.py`` measures the trade-off.
+side of a ladder (``ladder``: sides with few significant bits, at most a ratio ``r`` apart —
+1, 2, 3, 4, 6, 8, 12, 16, 24, … for r = 1.5), and buckets are then merged, the pair that adds
+the fewest cells first, down to ``max_plans``. Every region of a bucket runs in one plan whose
+patch is the bucket's box, placed to contain the region's bounding box (moved back from the
+border where it would cross it). Cells of the box outside the region keep their values, so a
+larger box is exact and only costs work: ``Buckets.waste`` is the share of the boxes' cells
+beyond the bounding boxes. Fewer plans cost fewer compiles and batch setups and more wasted
+cells; ``benchmarks/ablation.py`` measures the trade-off.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ import numpy as np
 from compiler.errors import InvalidInputError
 
 DEFAULT_RATIO = 1.5
+# Plans per label image at most: each plan pays a compile and the setup of its batches, worth
+# tens of queries on a CPU, so buckets are merged (the pair that adds the fewest cells first)
+# down to this many; ``benchmarks/ablation.py`` measures the trade-off.
+DEFAULT_MAX_PLANS = 4
 
 
 @dataclass(frozen=True)
@@ -66,18 +71,26 @@ def regions_of(labels: np.ndarray, spatial: int) -> Regions:
 
 
 def ladder(extent: int, ratio: float = DEFAULT_RATIO) -> list[int]:
-    """Box sides along an axis of ``extent`` cells: 1, then each ``ceil(previous·ratio)`` (at
-    least one more), ending at ``extent``.
+    """Box sides along an axis of ``extent`` cells: the numbers up to ``extent`` with at most
+    ``b`` significant bits, ``b = 1 − log2(ratio − 1)`` rounded (ratio 2: powers of two; 1.5:
+    1, 2, 3, 4, 6, 8, 12, 16, 24, …; 1.25: 1 … 8, 10, 12, 14, 16, 20, …), so that each side is
+    at most ``ratio`` times the one before and every power of two is a side (block-shaped
+    regions fit exactly); ``extent`` ends the ladder.
 
     >>> ladder(40), ladder(10, 2.0)
-    ([1, 2, 3, 5, 8, 12, 18, 27, 40], [1, 2, 4, 8, 10])
+    ([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 40], [1, 2, 4, 8, 10])
+    >>> ladder(20, 1.25)
+    [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20]
     """
     if not ratio > 1:
         raise InvalidInputError(f"the bucket ratio must be > 1, got {ratio!r}")
-    sides = [1]
-    while sides[-1] < extent:
-        sides.append(min(extent, max(sides[-1] + 1, math.ceil(sides[-1] * ratio))))
-    return sides
+    bits = max(1, round(1 - math.log2(min(ratio, 2.0) - 1)))
+    return [*(n for n in range(1, extent) if _significant_bits(n) <= bits), extent]
+
+
+def _significant_bits(n: int) -> int:
+    """Bits from the highest set bit to the lowest: 12 (1100) has 2."""
+    return n.bit_length() - (n & -n).bit_length() + 1
 
 
 @dataclass(frozen=True)
@@ -130,9 +143,21 @@ class Buckets:
         return "\n".join(lines)
 
 
-def bucketize(regions: Regions, extent: tuple[int, ...], ratio: float = DEFAULT_RATIO) -> Buckets:
+def bucketize(
+    regions: Regions,
+    extent: tuple[int, ...],
+    ratio: float = DEFAULT_RATIO,
+    max_plans: int | None = DEFAULT_MAX_PLANS,
+) -> Buckets:
     """Group ``regions`` of an input of ``extent`` cells per spatial axis by box size, the
-    largest boxes first."""
+    largest boxes first: sides rounded up the ``ladder`` of ``ratio``, then — while there are
+    more than ``max_plans`` (None: no limit) — the two buckets whose merge (a box as large as
+    both along every axis) adds the fewest cells are merged.
+
+    >>> r = regions_of(np.array([[0, 0, 1], [2, 0, 1]]), 2)
+    >>> [b.box for b in bucketize(r, (2, 3), max_plans=2).buckets]
+    [(2, 2), (2, 1)]
+    """
     steps = [np.asarray(ladder(n, ratio)) for n in extent]
     rounded = [
         step[np.searchsorted(step, size)] for step, size in zip(steps, regions.sizes)
@@ -140,6 +165,10 @@ def bucketize(regions: Regions, extent: tuple[int, ...], ratio: float = DEFAULT_
     keys: dict[tuple[int, ...], list[int]] = {}
     for index, box in enumerate(zip(*(r.tolist() for r in rounded))):
         keys.setdefault(tuple(box), []).append(index)
+    if max_plans is not None and max_plans < 1:
+        raise InvalidInputError(f"max_plans must be at least 1, got {max_plans!r}")
+    while max_plans is not None and len(keys) > max_plans:
+        _merge_cheapest(keys)
     buckets = []
     for box in sorted(keys, key=lambda b: (-math.prod(b), b)):
         members = np.asarray(keys[box])
@@ -151,3 +180,22 @@ def bucketize(regions: Regions, extent: tuple[int, ...], ratio: float = DEFAULT_
     bounding = int(np.sum(np.prod(np.stack(regions.sizes), axis=0))) if len(regions) else 0
     boxes = sum(b.area * len(b.members) for b in buckets)
     return Buckets(tuple(buckets), bounding, boxes)
+
+
+def _merge_cheapest(keys: dict[tuple[int, ...], list[int]]) -> None:
+    """Merge the two buckets of ``keys`` (box → members) whose union box adds the fewest
+    cells over their members."""
+    boxes = sorted(keys)
+    best: tuple[int, tuple[int, ...], tuple[int, ...]] | None = None
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            union = tuple(max(x, y) for x, y in zip(a, b))
+            size = math.prod(union)
+            added = len(keys[a]) * (size - math.prod(a)) + len(keys[b]) * (size - math.prod(b))
+            if best is None or added < best[0]:
+                best = (added, a, b)
+    assert best is not None
+    _, a, b = best
+    union = tuple(max(x, y) for x, y in zip(a, b))
+    members = keys.pop(a) + keys.pop(b) + keys.pop(union, [])
+    keys[union] = sorted(members)

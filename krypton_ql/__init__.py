@@ -13,8 +13,8 @@ model), and beside them ``photos`` (decoding), ``render`` (pictures), ``progress
 ['compile', 'connect', 'datasets', 'explain']
 """
 
-from krypton_ql import models, quality
-from krypton_ql.api import compile, explain, naive_heatmap, occlusion_heatmap
+from krypton_ql import models, quality, segments
+from krypton_ql.api import ablation_scores, compile, explain, naive_heatmap, occlusion_heatmap
 from krypton_ql.dsl.errors import QueryError
 from krypton_ql.dsl.result import Result
 from krypton_ql.dsl.session import Session, connect
@@ -39,6 +39,7 @@ __all__ = [
     "Result",
     "Session",
     "UnsupportedOperationError",
+    "ablation_scores",
     "compile",
     "connect",
     "datasets",
@@ -48,6 +49,7 @@ __all__ = [
     "naive_heatmap",
     "occlusion_heatmap",
     "quality",
+    "segments",
     "tune",
     "tuning_images",
 ]

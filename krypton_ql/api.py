@@ -20,6 +20,7 @@ from krypton_ql.options import APPROXIMATE, Options, PlanKeywords
 from krypton_ql.plans.base import HeatmapPlan, ProgressArg
 from krypton_ql.plans.build import build_plan
 from krypton_ql.plans.naive import naive_class_heatmap
+from krypton_ql.plans.regions import DEFAULT_MAX_PLANS, DEFAULT_RATIO, AblationResult, ablate
 from runtime.fill import Fill
 
 
@@ -105,6 +106,77 @@ def naive_heatmap(
                               keywords)  # fmt: skip
             return maps[0] if image.dim() == d + 1 else maps
         return _naive(model, image, patch, progress, {**keywords, "fill": fill})
+
+
+def ablation_scores(
+    model: nn.Module,
+    images: Tensor,
+    segments: Any,
+    *,
+    color: Any = 0.0,
+    fill: Fill | None = None,
+    target: Any = None,
+    score: str = "prob",
+    spatial_dims: int | None = None,
+    progress: ProgressArg = "auto",
+    batch_size: int | None = None,
+    bucket_ratio: float = DEFAULT_RATIO,
+    max_plans: int | None = DEFAULT_MAX_PLANS,
+    backend: str = "auto",
+) -> AblationResult:
+    """Each segment of ``segments`` hidden in turn, computed incrementally: an
+    ``AblationResult`` with the target's score per image × segment (``.scores`` ``[N, 1, S]``,
+    ``.drops`` = clean − ablated, ``.ids`` the segment labels) and ``.maps()`` painting a
+    value on each segment's pixels.
+
+    ``images``: ``[C, *spatial]`` or ``[N, C, *spatial]`` (``spatial_dims`` where the rank
+    could be read two ways, as ``occlusion_heatmap`` reads it); ``segments``: integer labels
+    ``[*spatial]`` shared by every image, ``[N, *spatial]`` one per image, or broadcastable to
+    the input (per channel) — ``krypton_ql.segments`` makes them with scikit-image. A segment
+    may have any shape (thin, disconnected, touching the border); it runs in the plan of its
+    bounding box's size bucket (``bucket_ratio``: how far apart the box sizes are;
+    ``max_plans``: how many plans at most, merging the buckets that waste least — see
+    ``compiler.regions``; ``.describe()`` lists the plans). The segment's pixels take
+    ``color`` (or ``fill``'s content: a per-pixel baseline with ``Fill.per_pixel``), the rest
+    of its box keeps the image. ``target``: a class, one per image, or None for each image's
+    prediction; ``score``: ``"prob"`` or ``"logit"``. Exact."""
+    labels = torch.as_tensor(segments) if not isinstance(segments, Tensor) else segments
+    d = spatial_dims or _segment_rank(images, labels)
+    batch = check.images(images, d=d)
+    if labels.dim() == d + 1 and len(labels) == len(batch):
+        labels = labels[:, None]  # [N, *spatial]: one label image per input
+    targets = None
+    if target is not None:
+        targets = check.targets(check.target_spec(target), len(batch), 1 << 62,
+                                torch.zeros(len(batch), dtype=torch.long)).cpu()  # fmt: skip
+    return ablate(
+        model, batch, labels, fill=fill, color=color, targets=targets, score=score,
+        ratio=bucket_ratio, max_plans=max_plans, progress=progress, batch_size=batch_size,
+        backend=backend,
+    )  # fmt: skip
+
+
+def _segment_rank(images: Any, labels: Tensor) -> int:
+    """The spatial axes of ``images`` that ``labels`` cover whole: one input ``[C, *spatial]``
+    or a batch ``[N, C, *spatial]`` whose last axes the labels match (an image where both
+    readings fit).
+
+    >>> _segment_rank(torch.zeros(2, 2, 40), torch.zeros(40)), _segment_rank(
+    ...     torch.zeros(3, 8, 8), torch.zeros(8, 8))
+    (1, 2)
+    """
+    rank = images.dim() if isinstance(images, Tensor) else 0
+    fits = [
+        d for d in (rank - 1, rank - 2)
+        if 1 <= d <= 3 and labels.dim() >= d and labels.shape[-d:] == images.shape[-d:]
+    ]  # fmt: skip
+    if not fits:
+        raise InvalidInputError(
+            f"segments of shape {list(labels.shape)} do not cover the spatial axes of inputs "
+            f"{list(getattr(images, 'shape', []))}: give one label per cell ([*spatial], or "
+            "[N, *spatial] per input), or say spatial_dims="
+        )
+    return 2 if 2 in fits else fits[0]
 
 
 def explain(model: nn.Module, input_shape: Any, **options: Any) -> str:

@@ -45,6 +45,9 @@ class Occlusion:
     # Explicit window starts per axis (their product is the grid) instead of the stride's:
     # a placement such as MONAI's sliding windows (``Options.at_starts``).
     starts: tuple[tuple[int, ...], ...] | None = None
+    # One window per query at these first cells (``starts[a][q]`` along axis ``a``), in no
+    # grid: regions of any shape, each in its bucket's box (``Options.at_windows``).
+    windows: tuple[tuple[int, ...], ...] | None = None
 
 
 def _is_int(value: Any) -> bool:
@@ -663,6 +666,24 @@ class Options:
                     f"a window at {values[-1]} of size {p} runs past axis {axis} ({n} cells)"
                 )
         workload = dataclasses.replace(self.occlusion, starts=axes)
+        return dataclasses.replace(self, occlusion=workload, drilldown=None)
+
+    def at_windows(self, starts: Sequence[Sequence[int]]) -> Options:
+        """The same workload with one window per query at ``starts`` (one sequence per spatial
+        axis, the queries' first cells; each window inside the input)."""
+        patch, spatial = self.occlusion.patch, self.shape[1:]
+        axes = tuple(tuple(int(v) for v in axis) for axis in starts)
+        if len(axes) != patch.d or len({len(a) for a in axes}) != 1 or not axes[0]:
+            raise InvalidInputError(
+                f"windows need one first cell per query along each of {patch.d} axes"
+            )
+        for axis, (values, p, n) in enumerate(zip(axes, patch, spatial)):
+            if min(values) < 0 or max(values) + p > n:
+                raise InvalidInputError(
+                    f"a window of size {p} at {min(values)}…{max(values)} leaves axis {axis} "
+                    f"({n} cells)"
+                )
+        workload = dataclasses.replace(self.occlusion, windows=axes)
         return dataclasses.replace(self, occlusion=workload, drilldown=None)
 
     def stage(self, stride: int) -> Options:

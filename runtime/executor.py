@@ -125,7 +125,7 @@ class Executor:
     def _run_batch(self, image: Tensor, position: Tensor, targets: Tensor, score: Score) -> Tensor:
         origins = {name: tuple(a[position] for a in axes) for name, axes in self._origins.items()}
         starts = tuple(a[position] for a in self._starts)
-        self._env.batch = Batch(image, starts, origins)
+        self._env.batch = Batch(image, starts, origins, position)
         values: dict[str, Patch | Tensor | None] = {}
         for step in self.plan.steps:
             inputs = [values[name] for name in step.node.inputs]

@@ -12,6 +12,10 @@ A ``Fill`` gives each occluded cell ``x·mul + add``, where ``x`` is the cell's 
   channel (MONAI 1.6's ``mean_patch``, which multiplies by the mean rather than replacing by
   it: see ``krypton_ql.integrations.monai``).
 
+``in_regions(labels, ids)`` narrows any fill to a region of any shape: query ``q`` changes
+only the cells of its window whose label is ``ids[q]`` (a superpixel, a feature of Captum's
+``feature_mask``); the window's other cells keep their values (``compiler.regions``).
+
 Only the input layer sees the content — every later layer takes the occluded input's change as
 it takes a colour's — so no delta rule depends on it. A window clipped at the border keeps its
 cells inside the input, indexed from its (unclipped) first cell.
@@ -39,6 +43,8 @@ class Fill:
     add: Tensor | None = None  # [C or 1, *patch]
     baseline: Tensor | None = None  # [N or 1, C or 1, *spatial], at the cell's place
     by_mean: bool = False  # x · the mean of the window's clean cells over every channel
+    labels: Tensor | None = None  # [N or 1, C or 1, *spatial] integer label of each cell
+    ids: Tensor | None = None  # [positions] the label each position's query changes
 
     @classmethod
     def per_pixel(cls, values: Tensor) -> Fill:
@@ -59,12 +65,21 @@ class Fill:
         """Each occluded cell becomes ``x·m``, ``m`` the mean of the window's clean cells."""
         return cls(by_mean=True)
 
+    def in_regions(self, labels: Tensor, ids: Tensor) -> Fill:
+        """This fill, only on the cells whose label (``labels``: integers broadcast to the
+        input ``[N, C, *spatial]``) is the query's ``ids[position]``."""
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+            raise InvalidInputError(f"region labels must be integers, got {labels.dtype}")
+        return dataclasses.replace(self, labels=labels.detach(), ids=ids.detach().long())
+
     def check(self, shape: tuple[int, ...], patch: tuple[int, ...], count: int) -> None:
         """That the tensors fit inputs of per-input ``shape`` ``(C, *spatial)`` (``count`` of
         them) and windows of ``patch``."""
         channels, d = shape[0], len(patch)
         if self.baseline is not None:
             _broadcasts("baseline", self.baseline, (count, *shape), d + 2)
+        if self.labels is not None:
+            _broadcasts("the region labels", self.labels, (count, *shape), d + 2)
         for name, value in (("mul", self.mul), ("add", self.add)):
             if value is not None:
                 _broadcasts(f"the window's {name}", value, (channels, *patch), d + 1)
@@ -72,10 +87,13 @@ class Fill:
     def select(self, index: Tensor | slice, d: int) -> Fill:
         """The fill of the inputs ``index`` picks, of ``d`` spatial axes (a baseline with a
         batch axis keeps their rows)."""
-        baseline = self.baseline
-        if baseline is None or baseline.dim() != d + 2 or baseline.shape[0] == 1:
-            return self
-        return dataclasses.replace(self, baseline=baseline[index])
+
+        def rows(values: Tensor | None) -> Tensor | None:
+            if values is None or values.dim() != d + 2 or values.shape[0] == 1:
+                return values
+            return values[index]
+
+        return dataclasses.replace(self, baseline=rows(self.baseline), labels=rows(self.labels))
 
     def cells(
         self,
@@ -84,11 +102,30 @@ class Fill:
         starts: tuple[Tensor, ...],
         cells: list[Tensor],
         covered: Tensor,
+        position: Tensor | None = None,
     ) -> Tensor:
         """The occluded values of ``x`` ``[B, C, *box]``: query ``b``'s cells sit at
         ``cells[a]`` along each axis (broadcasting over ``[B, *box]``) of input ``image[b]``,
         its window starts at ``starts[a][b]``; ``covered`` ``[B, *box]`` marks the cells in the
-        window (only those are read for the window's mean)."""
+        window (only those are read for the window's mean); ``position`` ``[B]``: each query's
+        position (what a region fill reads its label from)."""
+        value = self._content(x, image, starts, cells, covered)
+        if self.labels is None:
+            return value
+        assert self.ids is not None and position is not None, "a region fill needs positions"
+        ids = self.ids.to(x.device)[position.to(x.device)]
+        label = _at(self.labels, image, cells, x, exact=True)
+        inside = label == ids.reshape(-1, *([1] * (len(cells) + 1)))
+        return torch.where(inside, value, x)
+
+    def _content(
+        self,
+        x: Tensor,
+        image: Tensor,
+        starts: tuple[Tensor, ...],
+        cells: list[Tensor],
+        covered: Tensor,
+    ) -> Tensor:
         d = len(cells)
         if self.by_mean:
             inside = covered[:, None].to(x.dtype)
@@ -123,18 +160,20 @@ def _broadcasts(name: str, value: Tensor, shape: tuple[int, ...], rank: int) -> 
         ) from None
 
 
-def _at(values: Tensor, image: Tensor, cells: list[Tensor], like: Tensor) -> Tensor:
+def _at(
+    values: Tensor, image: Tensor, cells: list[Tensor], like: Tensor, exact: bool = False
+) -> Tensor:
     """``values`` (``[N or 1, C or 1, *spatial]``, fewer leading axes broadcast) at each
-    query's cells: ``[B, C, *box]``."""
+    query's cells: ``[B, C, *box]`` (in ``like``'s dtype, or their own with ``exact``)."""
     d = len(cells)
-    values = values.to(like.device, like.dtype)
+    values = values.to(like.device) if exact else values.to(like.device, like.dtype)
     values = values.reshape((1,) * (d + 2 - values.dim()) + tuple(values.shape))
     which = image if values.shape[0] > 1 else torch.zeros_like(image)
     index = [which.reshape(-1, *([1] * d))]
     index += [c.clamp(0, n - 1) if n > 1 else torch.zeros_like(c) for c, n in
               zip(cells, values.shape[2:])]  # fmt: skip
     picked = values.movedim(1, -1)[tuple(index)]  # [B, *box, C or 1]
-    return picked.movedim(-1, 1).expand_as(like)
+    return picked.movedim(-1, 1).expand(like.shape)
 
 
 def _window_values(values: Tensor | None, offsets: list[Tensor], like: Tensor) -> Tensor:

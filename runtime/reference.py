@@ -76,7 +76,7 @@ def occlude_patch(node: Node, inputs: list[Value], env: Env) -> Value:
     for axis, first in zip(cells, batch.starts):
         covered = covered & (axis >= first.reshape(axis.shape[:1] + (1,) * (axis.dim() - 1)))
     if env.fill is not None:
-        content = env.fill.cells(image, batch.image, batch.starts, cells, covered)
+        content = env.fill.cells(image, batch.image, batch.starts, cells, covered, batch.position)
     else:
         colour = torch.tensor(node.op.color, dtype=image.dtype, device=image.device)
         content = colour.reshape(-1, *([1] * box.d)).expand_as(image[0])

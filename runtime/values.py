@@ -57,6 +57,7 @@ class Batch:
     image: Tensor  # [B] image index of each query
     starts: tuple[Tensor, ...]  # per spatial axis: [B] unclipped first cell of the patch
     origins: dict[str, Origin]  # node -> per-query box origin
+    position: Tensor | None = None  # [B] index of each query's position in the plan
 
     @property
     def top(self) -> Tensor:

@@ -19,7 +19,7 @@ PACKAGES = ("compiler", "runtime", "krypton_ql")
 # krypton_ql's parts, lowest first: a module imports only from its own part or lower ones.
 # A part is a module or package name under krypton_ql ("*" is krypton_ql/__init__ itself).
 LAYERS = (
-    ("errors", "progress", "fingerprint", "photos", "volumes"),
+    ("errors", "progress", "fingerprint", "photos", "volumes", "segments"),
     ("models",),
     ("quality",),
     ("options",),

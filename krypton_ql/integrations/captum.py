@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from compiler.errors import InvalidInputError, KryptonError, UnsupportedOperationError
 from krypton_ql.options import Options
 from krypton_ql.plans.build import build_plan
+from krypton_ql.plans.regions import ablate
 from runtime.fill import Fill
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,11 @@ class CaptumAssertionError(InvalidInputError, AssertionError):
 
 class CaptumIndexError(InvalidInputError, IndexError):
     """A target outside the model's outputs (Captum: an ``IndexError``)."""
+
+
+class CaptumRuntimeError(InvalidInputError, RuntimeError):
+    """A feature mask or baseline that does not broadcast to the input (Captum: torch's
+    ``RuntimeError``)."""
 
 
 class Occlusion:
@@ -152,6 +158,231 @@ class Occlusion:
         )
         self.last_plan, self.delegated = None, reason
         return CaptumOcclusion(self.forward_func).attribute(**arguments)
+
+
+class FeatureAblation:
+    """``captum.attr.FeatureAblation`` with krypton-ql's incremental engine underneath: each
+    feature of ``feature_mask`` (a region of any shape) is one query whose update is the
+    feature's cells inside its bounding box; queries run in plans grouped by box size
+    (``krypton_ql.plans.regions``, ``compiler.regions``).
+
+    Captum's semantics: the features are the mask's distinct ids; feature ``j`` is ablated —
+    its elements set to the baseline — in every example at once, and each element of feature
+    ``j`` gets ``F(x)[t] − F(x with j ablated)[t]`` on what the model returns; the mask and the
+    baselines broadcast to the input as Captum broadcasts them (a mask per example, per
+    channel; ``feature_mask=None``: every element its own feature).
+
+    Accelerated: one input tensor ``[N, C, *spatial]`` (1 to 3 spatial axes, or a tuple of
+    one), an ``nn.Module`` in eval mode that the engine imports, an integer mask (or floats
+    holding integers), a number or tensor baseline, a target per example (or none for one
+    output per example), and at least one feature smaller than the whole input. Anything else
+    — several inputs, ``additional_forward_args``, extra keyword arguments, every feature
+    spanning the whole input — and ``attribute_future`` run on Captum's own class with a
+    logged reason (``delegated``). Arguments Captum rejects are rejected alike and as its
+    exception types. ``perturbations_per_eval`` is validated; batches are sized from memory.
+    ``last_result`` holds the last accelerated call's ``AblationResult`` (its buckets say
+    which plans ran).
+    """
+
+    def __init__(self, forward_func: Any):
+        self.forward_func = forward_func
+        self.last_result: Any = None
+        self.delegated: str | None = None
+
+    def attribute(
+        self,
+        inputs: Any,
+        baselines: Any = None,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        feature_mask: Any = None,
+        perturbations_per_eval: int = 1,
+        show_progress: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Captum's ``FeatureAblation.attribute``: attributions of the input's shape."""
+        arguments = dict(
+            inputs=inputs, baselines=baselines, target=target,
+            additional_forward_args=additional_forward_args, feature_mask=feature_mask,
+            perturbations_per_eval=perturbations_per_eval, show_progress=show_progress,
+            **kwargs,
+        )  # fmt: skip
+        single = _single_ablation(inputs, baselines, feature_mask)
+        if single is None:
+            return self._delegate("several inputs (a tuple of tensors)", arguments)
+        images, baseline, mask = single
+        reason = _unsupported(self.forward_func, images, target)
+        reason = reason or ("additional_forward_args" if additional_forward_args is not None
+                            else None)  # fmt: skip
+        reason = reason or (f"keyword arguments {sorted(kwargs)}" if kwargs else None)
+        reason = reason or _baseline_reason(baseline, images.shape)
+        reason = reason or _mask_reason(mask)
+        if reason is not None:
+            if not isinstance(perturbations_per_eval, int) or perturbations_per_eval < 1:
+                raise CaptumAssertionError(
+                    "Perturbations per evaluation must be an integer and at least 1."
+                )
+            return self._delegate(reason, arguments)
+        labels = _feature_labels(mask, images)
+        if baseline is not None and _number(baseline, None) is None:
+            _broadcast_or_raise(baseline, images, "baseline")
+        if not isinstance(perturbations_per_eval, int) or perturbations_per_eval < 1:
+            raise CaptumAssertionError(
+                "Perturbations per evaluation must be an integer and at least 1."
+            )
+        if isinstance(target, list) and len(target) != len(images):
+            raise CaptumAssertionError("Target list length does not match output!")
+        targets = _targets(0 if target is None else target, len(images), images.device)
+        if _all_global(labels, images):
+            return self._delegate(
+                "no feature is spatially local (every feature spans the whole input)", arguments
+            )
+        outputs = _model_outputs(self.forward_func, images)
+        if outputs is None:
+            return self._delegate("the model does not return one tensor of scores", arguments)
+        if target is None and outputs != 1:
+            return self._delegate(
+                f"no target, and the model has {outputs} outputs per example (the engine "
+                "explains one)", arguments,
+            )  # fmt: skip
+        if int(targets.max()) >= outputs or int(targets.min()) < 0:
+            raise CaptumIndexError(
+                f"target {targets.flatten().tolist()} is outside the model's {outputs} outputs"
+            )
+        colour, fill = 0.0, None
+        if baseline is not None and _number(baseline, None) is None:
+            fill = Fill.per_pixel(torch.as_tensor(baseline, dtype=images.dtype))
+        elif baseline is not None:
+            colour = float(_number(baseline, 0.0))
+        try:
+            result = ablate(
+                self.forward_func, images, labels, fill=fill, color=colour,
+                targets=targets if target is not None else None, score="logit",
+                progress=show_progress,
+            )  # fmt: skip
+        except CaptumAssertionError:
+            raise
+        except KryptonError as error:  # a model the engine cannot take: Captum can
+            return self._delegate(str(error), arguments)
+        self.last_result, self.delegated = result, None
+        drops = torch.nan_to_num(result.drops, nan=0.0)
+        attributions = result.maps(drops)[:, 0].expand(images.shape)
+        dtype = _output_dtype(self.forward_func, images.dtype)
+        attributions = attributions.to(images.device, dtype).contiguous()
+        return (attributions,) if isinstance(inputs, tuple) else attributions
+
+    def attribute_future(self, *args: Any, **kwargs: Any) -> Any:
+        """Captum's own ``attribute_future`` (a forward function that returns futures)."""
+        from captum.attr import FeatureAblation as CaptumFeatureAblation
+
+        self.last_result, self.delegated = None, "attribute_future"
+        log.warning(
+            "krypton_ql.captum.FeatureAblation cannot accelerate attribute_future; running "
+            "captum.attr.FeatureAblation instead"
+        )
+        return CaptumFeatureAblation(self.forward_func).attribute_future(*args, **kwargs)
+
+    def _delegate(self, reason: str, arguments: dict) -> Any:
+        try:
+            from captum.attr import FeatureAblation as CaptumFeatureAblation
+        except ImportError:
+            raise UnsupportedOperationError(
+                f"krypton_ql.captum.FeatureAblation cannot accelerate this call ({reason}), "
+                "and captum is not installed to run it"
+            ) from None
+        log.warning(
+            "krypton_ql.captum.FeatureAblation cannot accelerate this call (%s); running "
+            "captum.attr.FeatureAblation instead",
+            reason,
+        )
+        self.last_result, self.delegated = None, reason
+        return CaptumFeatureAblation(self.forward_func).attribute(**arguments)
+
+
+def _single_ablation(inputs: Any, baselines: Any, mask: Any) -> tuple | None:
+    """``(images, baseline, mask)`` of one input tensor, unwrapped from Captum's one-element
+    tuples; None for several inputs."""
+    if not isinstance(inputs, tuple):
+        return inputs, baselines, mask
+    if len(inputs) != 1:
+        return None
+
+    def unwrap(value: Any) -> Any:
+        return value[0] if isinstance(value, tuple) and len(value) == 1 else value
+
+    return inputs[0], unwrap(baselines), unwrap(mask)
+
+
+def _mask_reason(mask: Any) -> str | None:
+    """Why a feature mask cannot be regions (None: it can)."""
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        return f"the feature mask is a {type(mask).__name__}, not a tensor"
+    if mask.dtype.is_complex:
+        return "a complex feature mask"
+    if mask.dtype.is_floating_point and not bool((mask == mask.round()).all()):
+        return "the feature mask holds ids that are not integers"
+    return None
+
+
+def _feature_labels(mask: Tensor | None, images: Tensor) -> Tensor:
+    """The feature ids as integer labels ``[N or 1, C or 1, *spatial]`` (Captum's default
+    without a mask: every element of an example its own feature); a mask that does not
+    broadcast to the input raises what Captum's ablation raises."""
+    if mask is None:
+        return torch.arange(images[0].numel(), device=images.device).reshape(images[:1].shape)
+    labels = mask.to(images.device)
+    labels = (
+        labels.long() if labels.dtype.is_floating_point or labels.dtype == torch.bool else labels
+    )
+    _broadcast_or_raise(labels, images, "feature mask")
+    return labels.reshape((1,) * (images.dim() - labels.dim()) + tuple(labels.shape))
+
+
+def _broadcast_or_raise(value: Any, images: Tensor, name: str) -> None:
+    shape = tuple(torch.as_tensor(value).shape)
+    try:
+        np.broadcast_shapes(shape, tuple(images.shape))
+        if len(shape) > images.dim():
+            raise ValueError
+    except ValueError:
+        raise CaptumRuntimeError(
+            f"the {name} of shape {list(shape)} does not broadcast to the input "
+            f"{list(images.shape)}"
+        ) from None
+
+
+def _all_global(labels: Tensor, images: Tensor) -> bool:
+    """Whether every feature's bounding box is the whole input."""
+    from compiler.regions import regions_of
+
+    spatial = tuple(images.shape[2:])
+    if all(n == 1 for n in spatial):
+        return False  # one cell: a feature is as local as it can be
+    for group in labels:
+        regions = regions_of(group.cpu().numpy(), len(spatial))
+        if any(bool((size < n).any()) for size, n in zip(regions.sizes, spatial)):
+            return False
+    return True
+
+
+def _model_outputs(model: Any, images: Tensor) -> int | None:
+    """Outputs per example of the model (one forward of the first example); None when it
+    does not return one tensor with a batch axis."""
+    with torch.no_grad():
+        output = model(images[:1])
+    if not isinstance(output, Tensor) or output.dim() == 0 or len(output) != 1:
+        return None
+    return int(output[0].numel())
+
+
+def _output_dtype(model: Any, dtype: torch.dtype) -> torch.dtype:
+    """The dtype of Captum's attributions: the model's output's (its parameters')."""
+    for parameter in model.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    return dtype
 
 
 def _attribute(
@@ -349,4 +580,7 @@ def _coverage(starts: Any, size: int, extent: int, like: Tensor) -> Tensor:
     return covered.to(like.dtype)
 
 
-__all__ = ["CaptumAssertionError", "CaptumIndexError", "KryptonError", "Occlusion"]
+__all__ = [
+    "CaptumAssertionError", "CaptumIndexError", "CaptumRuntimeError", "FeatureAblation",
+    "KryptonError", "Occlusion",
+]  # fmt: skip

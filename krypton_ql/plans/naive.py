@@ -62,7 +62,7 @@ def naive_class_heatmap(
                 image_index, position = index // len(positions), index % len(positions)
                 corners = [a[position] for a in starts]
                 batch = occlude(images[image_index], corners, occlusion.patch, colour,
-                                fill, image_index)  # fmt: skip
+                                fill, image_index, position)  # fmt: skip
                 output = model(batch)
                 # scores in fp32 whatever the model's precision; one score per image: one class
                 output = output.float().reshape(len(batch), -1)
@@ -108,10 +108,12 @@ def occlude(
     colour: Tensor,
     fill: Fill | None = None,
     image_index: Tensor | None = None,
+    position: Tensor | None = None,
 ) -> Tensor:
     """Copies of ``images`` ``[B, C, *spatial]`` with each one's patch (clipped at the border)
     set to ``colour`` (or ``fill``'s content; ``image_index``: each copy's input, for a
-    per-input baseline): along each axis, the cells from ``corners[a]`` on, ``patch[a]``."""
+    per-input baseline; ``position``: each copy's position, for a region fill): along each
+    axis, the cells from ``corners[a]`` on, ``patch[a]``."""
     d = len(corners)
     mask = torch.ones(1, dtype=torch.bool, device=images.device)
     cells = []
@@ -125,7 +127,7 @@ def occlude(
     if fill is None:
         return torch.where(mask[:, None], colour.reshape(-1, *([1] * d)), images)
     which = image_index if image_index is not None else torch.arange(len(images))
-    content = fill.cells(images, which, tuple(corners), cells, mask)
+    content = fill.cells(images, which, tuple(corners), cells, mask, position)
     return torch.where(mask[:, None], content, images)
 
 

@@ -3,6 +3,8 @@ its execution (one clean forward that materializes the views, then batches of qu
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 from typing import Any
 
@@ -36,14 +38,18 @@ log = logging.getLogger(__name__)
 class OcclusionPlan(HeatmapPlan):
     """A compiled occlusion workload for images of one shape. Build it with ``compile``."""
 
-    def __init__(self, model: nn.Module, options: Options):
-        """``options`` of one stage (no drill-down)."""
+    def __init__(self, model: nn.Module, options: Options, exported: Any = None):
+        """``options`` of one stage (no drill-down); ``exported``: the model's program at this
+        shape when the caller exported it already (several plans of one model and shape)."""
         check.model(model)
         if options.drilldown is not None:
             raise InvalidInputError("an OcclusionPlan runs one stage; kql.compile plans both")
         self.options = options
         self.dtype = options.precision
         self._clean: tuple[Tensor, dict[str, Tensor]] | None = None
+        # Views the clean forward keeps beyond this plan's own: those of other plans that
+        # take them with ``share_clean`` (the buckets of ``plans.regions``).
+        self.extra_views: frozenset[str] = frozenset()
         self.clean_forwards_reused = 0  # evaluate(reuse_clean=True) calls that ran no forward
         model = check.in_precision(model, self.dtype)
         self.model, self.shape, self.target = model, options.shape, options.target
@@ -52,13 +58,15 @@ class OcclusionPlan(HeatmapPlan):
         self.backend = resolve(options.backend, device.type)
         self.runner = runner_for(self.backend, options.conv)
         compile_options = options.compile_options(default_budget(device))
-        self.exported = export(model, self.shape)
+        self.exported = exported if exported is not None else export(model, self.shape)
         self.logical = import_model(
             self.exported, self.shape, self.occlusion.patch, self.occlusion.color
         )
         check.scored_classes(self.classes, self.occlusion.score)
         image = Size(*self.shape[1:])
-        if self.occlusion.starts is not None:
+        if self.occlusion.windows is not None:
+            self.positions = Positions.listed(self.occlusion.windows)
+        elif self.occlusion.starts is not None:
             self.positions = Positions.product(self.occlusion.starts)
         else:
             self.positions = Positions.grid_of(image, self.occlusion.patch, self.occlusion.stride)
@@ -68,11 +76,10 @@ class OcclusionPlan(HeatmapPlan):
             from runtime.kernels import limits
 
             limits.check(self.physical, cuda=device.type == "cuda")
-        centre = Positions.centre(image, self.occlusion.patch)
-        self.centre_cost: PlanCost = plan_cost(
-            self.logical, optimize(self.logical, compile_options, centre).plan
-        )
+        self._compile_options = compile_options
         batching = self.physical.batching
+        if not log.isEnabledFor(logging.INFO):  # the message computes the theoretical speedup
+            return
         log.info(
             "compiled %s: %d nodes → %d steps (%d element-wise fused), %d queries in batches "
             "of %d, theoretical speedup %.2f×, backend %s%s",
@@ -86,6 +93,14 @@ class OcclusionPlan(HeatmapPlan):
             self.runner.describe(),
             f", τ = {options.tau:g} (≈)" if options.tau < 1 else "",
         )
+
+    @functools.cached_property
+    def centre_cost(self) -> PlanCost:
+        """FMAs of full re-inference and of the incremental plan, patch at the image centre
+        (computed when first asked: a second rewrite of the plan)."""
+        centre = Positions.centre(Size(*self.shape[1:]), self.occlusion.patch)
+        optimized = optimize(self.logical, self._compile_options, centre)
+        return plan_cost(self.logical, optimized.plan)
 
     @property
     def theoretical_speedup(self) -> float:
@@ -204,6 +219,19 @@ class OcclusionPlan(HeatmapPlan):
             chosen=None if positions is None else np.asarray(positions, dtype=np.int64),
         )
 
+    def share_clean(self, other: OcclusionPlan, images: Tensor) -> bool:
+        """Take ``other``'s kept clean views of ``images`` (evaluated with ``reuse_clean``) when
+        this plan's nodes are the same and those views hold every view this plan reads, so
+        that its next ``evaluate(images, reuse_clean=True)`` runs no clean forward."""
+        kept = other._clean
+        if kept is None or not torch.equal(kept[0], images):
+            return False
+        same = [n.name for n in self.physical.nodes] == [n.name for n in other.physical.nodes]
+        if not same or not self.physical.views <= kept[1].keys():
+            return False
+        self._clean = kept
+        return True
+
     def _views(self, images: Tensor, weights: Weights, reuse: bool) -> dict[str, Tensor]:
         """The clean forward's views of ``images`` (one forward per image set when reusing)."""
         kept = self._clean
@@ -221,7 +249,11 @@ class OcclusionPlan(HeatmapPlan):
         needed = memory.view_bytes(self.physical, len(images), element)
         views = memory.allocating(
             "computing the clean forward's views", needed, images.device,
-            lambda: materialize(self.physical, images, weights),
+            lambda: materialize(
+                dataclasses.replace(self.physical, views=self.physical.views | self.extra_views),
+                images,
+                weights,
+            ),
         )  # fmt: skip
         self._clean = (images.clone(), views) if reuse else None
         return views
