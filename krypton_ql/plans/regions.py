@@ -9,6 +9,9 @@ any ``kql.Fill``); cells of a region's box outside the region keep their values.
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +22,7 @@ from torch import Tensor, nn
 from compiler.errors import InvalidInputError
 from compiler.importer import export
 from compiler.regions import DEFAULT_MAX_PLANS, DEFAULT_RATIO, Buckets, bucketize, regions_of
+from krypton_ql import fingerprint
 from krypton_ql import options as check
 from krypton_ql.options import Options
 from krypton_ql.plans.base import ProgressArg
@@ -79,8 +83,9 @@ def ablate(
     label image for every input, ``[1, 1, *spatial]``, or one per input, per channel) filled
     in turn: ``color`` (or ``fill``'s content) on the region's cells, the model scored on
     ``targets`` ``[N, T]`` (None: each input's prediction). ``ratio`` and ``max_plans``: how
-    regions are bucketed (``compiler.regions.bucketize``). The model is exported once and the
-    clean forward runs once per label image; each bucket compiles its own plan."""
+    regions are bucketed (``compiler.regions.bucketize``). The model is exported once (and kept
+    for the next calls while its weights are unchanged) and the clean forward runs once per
+    label image; each bucket compiles its own plan."""
     d = images.dim() - 2
     if not 1 <= d <= 3:
         raise InvalidInputError(
@@ -94,7 +99,7 @@ def ablate(
         (slice(n, n + 1), labels[n : n + 1]) for n in range(len(images))
     ]  # fmt: skip
     ids = torch.from_numpy(np.unique(labels.cpu().numpy()))
-    exported = export(model, shape)
+    exported = _exported(model, shape)
     state = _Scores(len(images), len(ids), targets)
     all_buckets = []
     for rows, group in groups:
@@ -152,6 +157,29 @@ class _Scores:
         self.known[rows] = True
         self.base[rows] = result.base.float().cpu()
         self.scores[rows, :, index] = result.heatmaps.float().cpu()
+
+
+_EXPORTS: OrderedDict[Hashable, tuple[weakref.ref, Any]] = OrderedDict()
+_EXPORTS_KEPT = 4
+
+
+def _exported(model: nn.Module, shape: tuple[int, ...]) -> Any:
+    """The model's exported program at ``shape``, kept for the next calls on the same model
+    while none of its parameters or buffers changes (``fingerprint.versions``: in place,
+    replaced or a mode switch), for the last few models: a feature-ablation loop over a data
+    loader exports once."""
+    parameter = next(iter(model.parameters()), None)
+    place = (parameter.dtype, parameter.device) if parameter is not None else None
+    key = (fingerprint.versions(model), shape, place)
+    held = _EXPORTS.get(key)
+    if held is not None and held[0]() is model:
+        _EXPORTS.move_to_end(key)
+        return held[1]
+    exported = export(model, shape)
+    _EXPORTS[key] = (weakref.ref(model), exported)
+    while len(_EXPORTS) > _EXPORTS_KEPT:
+        _EXPORTS.popitem(last=False)
+    return exported
 
 
 def _share_views(plans: list[OcclusionPlan]) -> None:
