@@ -155,8 +155,10 @@ def bucketize(
     both along every axis) adds the fewest cells are merged.
 
     >>> r = regions_of(np.array([[0, 0, 1], [2, 0, 1]]), 2)
-    >>> [b.box for b in bucketize(r, (2, 3), max_plans=2).buckets]
-    [(2, 2), (2, 1)]
+    >>> for bucket in bucketize(r, (2, 3), max_plans=2).buckets:
+    ...     print(bucket.box, bucket.members.tolist())
+    (2, 2) [0]
+    (2, 1) [1, 2]
     """
     steps = [np.asarray(ladder(n, ratio)) for n in extent]
     rounded = [

@@ -5,12 +5,13 @@ Where things live: ``api`` (the functions below), ``options`` (every option, val
 ``plans/`` (how a heatmap is computed), ``quality/`` (how close approximation comes),
 ``dsl/`` (the query language), ``integrations/`` (Captum, segmentation, datasets and Ray),
 ``apps/`` (the ``kql`` command, its shell, the demo, the explorer), ``models/`` (the built-in
-model), and beside them ``photos`` (decoding), ``render`` (pictures), ``progress``,
+model), and beside them ``photos`` (decoding), ``volumes`` (NIfTI and ``.npy`` arrays),
+``segments`` (superpixels for ``ablation_scores``), ``render`` (pictures), ``progress``,
 ``fingerprint`` (cache keys) and ``errors``.
 
 >>> import krypton_ql as kql
 >>> sorted(n for n in kql.__all__ if not n[0].isupper())[:4]
-['compile', 'connect', 'datasets', 'explain']
+['ablation_scores', 'compile', 'connect', 'datasets']
 """
 
 from krypton_ql import models, quality, segments
