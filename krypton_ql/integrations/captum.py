@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -255,11 +256,12 @@ class FeatureAblation:
         elif baseline is not None:
             colour = float(_number(baseline, 0.0))
         try:
-            result = ablate(
-                self.forward_func, images, labels, fill=fill, color=colour,
-                targets=targets if target is not None else None, score="logit",
-                progress=show_progress,
-            )  # fmt: skip
+            with _captum_progress(show_progress, "Feature Ablation attribution") as report:
+                result = ablate(
+                    self.forward_func, images, labels, fill=fill, color=colour,
+                    targets=targets if target is not None else None, score="logit",
+                    progress=report if report is not None else False,
+                )  # fmt: skip
         except CaptumAssertionError:
             raise
         except KryptonError as error:  # a model the engine cannot take: Captum can
@@ -297,6 +299,27 @@ class FeatureAblation:
         )
         self.last_result, self.delegated = None, reason
         return CaptumFeatureAblation(self.forward_func).attribute(**arguments)
+
+
+@contextmanager
+def _captum_progress(show: bool, label: str) -> Iterator[Any]:
+    """A callback that drives one bar labelled as Captum labels its own (``label: 100%`` once,
+    at the end), or None without ``show_progress``."""
+    if not show:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc=label, total=1)
+
+    def report(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield report
+    finally:
+        bar.close()
 
 
 def _single_ablation(inputs: Any, baselines: Any, mask: Any) -> tuple | None:

@@ -101,6 +101,9 @@ def ablate(
     ids = torch.from_numpy(np.unique(labels.cpu().numpy()))
     exported = _exported(model, shape)
     state = _Scores(len(images), len(ids), targets)
+    total = sum(int(np.unique(group.cpu().numpy()).size) for _, group in groups) * (
+        len(images) if labels.shape[0] == 1 else 1)  # fmt: skip
+    report = _Cumulative(progress, total) if callable(progress) else None
     all_buckets = []
     for rows, group in groups:
         regions = regions_of(group[0].cpu().numpy(), d)
@@ -122,7 +125,8 @@ def ablate(
             if number:
                 plan.share_clean(plans[0], images[rows].to(plans[0].dtype or images.dtype))
             result = plan.evaluate(
-                images[rows], targets=state.targets(rows, images.device), progress=progress,
+                images[rows], targets=state.targets(rows, images.device),
+                progress=report.next(result_queries=state.queries) if report else progress,
                 fill=content.in_regions(group, region_ids), reuse_clean=True,
             )  # fmt: skip
             state.add(rows, result, torch.from_numpy(where[bucket.members]))
@@ -131,6 +135,17 @@ def ablate(
     return AblationResult(
         state.scores, state.base, state.chosen, ids, labels, all_buckets, state.queries
     )
+
+
+class _Cumulative:
+    """One ``(done, total)`` callback over every plan's queries (each plan reports its own)."""
+
+    def __init__(self, callback: Any, total: int) -> None:
+        self.callback, self.total = callback, total
+
+    def next(self, result_queries: int) -> Any:
+        offset = result_queries
+        return lambda done, _total: self.callback(offset + done, self.total)
 
 
 class _Scores:

@@ -117,3 +117,15 @@ def test_what_captum_rejects_is_rejected_alike() -> None:
             CaptumFeatureAblation(model).attribute(x, **arguments)
         with pytest.raises(error):
             FeatureAblation(model).attribute(x, **arguments)
+
+
+def test_show_progress_draws_one_bar_as_captum_labels_it(capsys) -> None:
+    """Every plan's queries advance one bar, labelled as Captum's, that ends at 100% once."""
+    torch.manual_seed(5)
+    model, x = small_cnn(), torch.rand(2, 3, 12, 12)
+    mask = _blocks(12, 12, 4)
+    mask[0, 0] = 50  # a one-cell feature: a second plan
+    ours = FeatureAblation(model)
+    ours.attribute(x, target=0, feature_mask=mask, show_progress=True)
+    assert len(ours.last_result.buckets[0].buckets) == 2
+    assert capsys.readouterr().err.count("Feature Ablation attribution: 100%") == 1
