@@ -91,7 +91,7 @@ def run(name: str, count: int, ppes: list[int], plans: list[int]) -> list[dict]:
         rows.append(row)
         for limit in plans:
             result, seconds = _timed(lambda limit=limit, image=image, labels=labels: ablate(
-                model, image, labels, targets=torch.tensor([[TARGET]]), score="logit",
+                model, image, labels, target=TARGET, score="logit",
                 max_plans=limit))  # fmt: skip
             trade = {"model": name, "photo": photo, "segments": len(result.ids),
                      "max_plans": limit, "plans": len(result.buckets[0].buckets),

@@ -145,12 +145,8 @@ def ablation_scores(
     batch = check.images(images, d=d)
     if labels.dim() == d + 1 and len(labels) == len(batch):
         labels = labels[:, None]  # [N, *spatial]: one label image per input
-    targets = None
-    if target is not None:
-        targets = check.targets(check.target_spec(target), len(batch), 1 << 62,
-                                torch.zeros(len(batch), dtype=torch.long)).cpu()  # fmt: skip
     return ablate(
-        model, batch, labels, fill=fill, color=color, targets=targets, score=score,
+        model, batch, labels, fill=fill, color=color, target=target, score=score,
         ratio=bucket_ratio, max_plans=max_plans, progress=progress, batch_size=batch_size,
         backend=backend,
     )  # fmt: skip

@@ -112,6 +112,11 @@ class _Writer:
                 self._pictures(stem, image, row, name, picture, value, exact)
         return f"{stem}.npy"
 
+    def _base(self, image: str, picture: Any, row: tuple, name: str) -> float | None:
+        """The clean score a heatmap's colours are relative to (``_clean_score``)."""
+        scores = self._clean_scores(image, picture)
+        return _clean_score(self.outline, name, scores, row, self.class_column)
+
     def _title(self, image: str, row: tuple, name: str) -> str:
         if self.class_column is not None:
             return f"{image}, class {row[self.class_column]}: {name}"
@@ -131,11 +136,9 @@ class _Writer:
         affine = source.affine if isinstance(source, volumes.VolumeFile) else np.eye(4)
         voxels = volumes.on_input_grid(value, tuple(picture.shape[1:]), patch, stride)
         self.written.append(volumes.write_nifti(self.out / f"{stem}.nii.gz", voxels, affine))
-        scores = self._clean_scores(image, picture)
-        base = _clean_score(self.outline, name, scores, row, self.class_column)
-        title = self._title(image, row, name)
-        path = self.out / f"{stem}.png"
-        self.written.append(render.montage_png(path, picture, value, base, title, patch, stride))
+        base, title = self._base(image, picture, row, name), self._title(image, row, name)
+        self.written.append(render.montage_png(self.out / f"{stem}.png", picture, value, base,
+                                               title, patch, stride))  # fmt: skip
 
     def _signal(
         self, stem: str, image: str, row: tuple, name: str, picture: Any, value: Any
@@ -144,11 +147,9 @@ class _Writer:
 
         assert self.geometry is not None
         (patch,), (stride,) = self.geometry
-        scores = self._clean_scores(image, picture)
-        base = _clean_score(self.outline, name, scores, row, self.class_column)
-        title = self._title(image, row, name)
-        path = self.out / f"{stem}.png"
-        self.written.append(render.signal_png(path, picture, value, base, title, patch, stride))
+        base, title = self._base(image, picture, row, name), self._title(image, row, name)
+        self.written.append(render.signal_png(self.out / f"{stem}.png", picture, value, base,
+                                              title, patch, stride))  # fmt: skip
 
     def _pictures(
         self, stem: str, image: str, row: tuple, name: str, picture: Any, value: Any, exact: Any

@@ -259,7 +259,8 @@ class FeatureAblation:
             with _captum_progress(show_progress, "Feature Ablation attribution") as report:
                 result = ablate(
                     self.forward_func, images, labels, fill=fill, color=colour,
-                    targets=targets if target is not None else None, score="logit",
+                    target=None if target is None else tuple(targets.flatten().tolist()),
+                    score="logit",
                     progress=report if report is not None else False,
                 )  # fmt: skip
         except CaptumAssertionError:

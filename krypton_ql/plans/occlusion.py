@@ -232,6 +232,10 @@ class OcclusionPlan(HeatmapPlan):
         self._clean = kept
         return True
 
+    def forget_clean(self) -> None:
+        """Drop the clean views kept by ``evaluate(reuse_clean=True)`` or ``share_clean``."""
+        self._clean = None
+
     def _views(self, images: Tensor, weights: Weights, reuse: bool) -> dict[str, Tensor]:
         """The clean forward's views of ``images`` (one forward per image set when reusing)."""
         kept = self._clean

@@ -71,7 +71,7 @@ def ablate(
     *,
     fill: Fill | None = None,
     color: Any = 0.0,
-    targets: Tensor | None = None,
+    target: Any = None,
     score: str = "prob",
     ratio: float = DEFAULT_RATIO,
     max_plans: int | None = DEFAULT_MAX_PLANS,
@@ -82,7 +82,8 @@ def ablate(
     """Each region of ``labels`` (integers broadcast to ``images`` ``[N, C, *spatial]``: one
     label image for every input, ``[1, 1, *spatial]``, or one per input, per channel) filled
     in turn: ``color`` (or ``fill``'s content) on the region's cells, the model scored on
-    ``targets`` ``[N, T]`` (None: each input's prediction). ``ratio`` and ``max_plans``: how
+    ``target`` (a class, one per input, or None: each input's prediction; the plans check it
+    against the model's classes). ``ratio`` and ``max_plans``: how
     regions are bucketed (``compiler.regions.bucketize``). The model is exported once (and kept
     for the next calls while its weights are unchanged) and the clean forward runs once per
     label image; each bucket compiles its own plan."""
@@ -92,6 +93,7 @@ def ablate(
             f"regions need inputs [N, C, *spatial] of 1 to 3 spatial axes, got {list(images.shape)}"
         )
     check.model(model)
+    target = check.target_spec(target)
     labels = _labels(labels, images)
     spatial = tuple(int(n) for n in images.shape[2:])
     shape = tuple(int(n) for n in images.shape[1:])
@@ -100,20 +102,23 @@ def ablate(
     ]  # fmt: skip
     ids = torch.from_numpy(np.unique(labels.cpu().numpy()))
     exported = _exported(model, shape)
-    state = _Scores(len(images), len(ids), targets)
-    total = sum(int(np.unique(group.cpu().numpy()).size) for _, group in groups) * (
-        len(images) if labels.shape[0] == 1 else 1)  # fmt: skip
-    report = _Cumulative(progress, total) if callable(progress) else None
+    state = _Scores(len(images), len(ids))
+    per_group = [regions_of(group[0].cpu().numpy(), d) for _, group in groups]
+    inputs = len(images) if len(groups) == 1 else 1  # the inputs each label image serves
+    report = None
+    if callable(progress):
+        report = _Cumulative(progress, sum(len(r) for r in per_group) * inputs)
     all_buckets = []
-    for rows, group in groups:
-        regions = regions_of(group[0].cpu().numpy(), d)
+    for (rows, group), regions in zip(groups, per_group):
         buckets = bucketize(regions, spatial, ratio, max_plans)
         all_buckets.append(buckets)
         where = np.searchsorted(ids.numpy(), regions.ids)
+        chosen = target if len(groups) == 1 or not isinstance(target, tuple) else (
+            target[rows.start],)  # fmt: skip
         plans = [
             OcclusionPlan(model, Options.build(
-                shape, patch=bucket.box, color=color, score=score, batch_size=batch_size,
-                backend=backend, spatial_dims=d,
+                shape, patch=bucket.box, color=color, target=chosen, score=score,
+                batch_size=batch_size, backend=backend, spatial_dims=d,
             ).at_windows([a.tolist() for a in bucket.starts]), exported)
             for bucket in buckets.buckets
         ]  # fmt: skip
@@ -126,12 +131,12 @@ def ablate(
                 plan.share_clean(plans[0], images[rows].to(plans[0].dtype or images.dtype))
             result = plan.evaluate(
                 images[rows], targets=state.targets(rows, images.device),
-                progress=report.next(result_queries=state.queries) if report else progress,
+                progress=report.after(state.queries) if report else progress,
                 fill=content.in_regions(group, region_ids), reuse_clean=True,
             )  # fmt: skip
             state.add(rows, result, torch.from_numpy(where[bucket.members]))
         for plan in plans:
-            plan._clean = None  # the views of this label image are no longer needed
+            plan.forget_clean()  # the views of this label image are no longer needed
     return AblationResult(
         state.scores, state.base, state.chosen, ids, labels, all_buckets, state.queries
     )
@@ -143,24 +148,20 @@ class _Cumulative:
     def __init__(self, callback: Any, total: int) -> None:
         self.callback, self.total = callback, total
 
-    def next(self, result_queries: int) -> Any:
-        offset = result_queries
-        return lambda done, _total: self.callback(offset + done, self.total)
+    def after(self, done_before: int) -> Any:
+        """The callback of the next plan, whose queries follow ``done_before`` others."""
+        return lambda done, _total: self.callback(done_before + done, self.total)
 
 
 class _Scores:
     """What ``ablate`` gathers from its plans: scores, clean scores, the targets chosen (the
     first plan's predictions serve an input's other plans) and the queries run."""
 
-    def __init__(self, count: int, regions: int, targets: Tensor | None) -> None:
-        kinds = 1 if targets is None else targets.shape[1]
-        self.scores = torch.full((count, kinds, regions), float("nan"))
-        self.base = torch.full((count, kinds), float("nan"))
-        self.chosen = torch.zeros((count, kinds), dtype=torch.int64)
+    def __init__(self, count: int, regions: int) -> None:
+        self.scores = torch.full((count, 1, regions), float("nan"))
+        self.base = torch.full((count, 1), float("nan"))
+        self.chosen = torch.zeros((count, 1), dtype=torch.int64)
         self.known = torch.zeros(count, dtype=torch.bool)
-        if targets is not None:
-            self.chosen[:] = targets.cpu().long()
-            self.known[:] = True
         self.queries = 0
 
     def targets(self, rows: slice, device: torch.device) -> Tensor | None:
