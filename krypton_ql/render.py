@@ -102,6 +102,49 @@ def overlay_png(
     return path
 
 
+def segments_png(
+    path: str | Path,
+    photo: Tensor,
+    painted: Tensor,
+    labels: Tensor,
+    base: float | None,
+    title: str,
+) -> Path:
+    """Write ``photo`` ([3,H,W] in [0,1]) with its segments outlined beside the segments
+    painted with their values (``painted`` ``[H, W]``, NaN on segments with no value; colour
+    limits as ``overlay_png``'s), the outlines drawn over both."""
+    from skimage.segmentation import find_boundaries
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    edges = find_boundaries(labels.cpu().numpy(), mode="inner")
+    picture = photo.permute(1, 2, 0).cpu().numpy().copy()
+    outlined = picture.copy()
+    outlined[edges] = (1.0, 1.0, 0.0)  # yellow borders
+    figure, axes = plt.subplots(1, 2, figsize=(9, 4.4), constrained_layout=True)
+    axes[0].imshow(outlined)
+    axes[0].set_title(f"{title} ({int(labels.unique().numel())} segments)", fontsize=10)
+    values = painted.float().cpu()
+    known = values[~torch.isnan(values)]
+    span = limits(base, known if known.numel() else torch.zeros(1))
+    axes[1].imshow(picture)
+    shown = axes[1].imshow(values.numpy(), cmap="jet_r" if base is not None else "jet",
+                           alpha=0.6, vmin=span[0], vmax=span[1] if span[1] > span[0] else
+                           span[0] + 1e-6, interpolation="nearest")  # fmt: skip
+    border = torch.zeros(*edges.shape, 4)
+    border[torch.from_numpy(edges)] = torch.tensor([0.0, 0.0, 0.0, 0.8])
+    axes[1].imshow(border.numpy(), interpolation="nearest")
+    caption = "probability with the segment hidden (red: dropped)" if base is not None else (
+        "value per segment")  # fmt: skip
+    axes[1].set_title(caption, fontsize=10)
+    for axis in axes:
+        axis.axis("off")
+    figure.colorbar(shown, ax=axes[1], fraction=0.046)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def comparison_png(
     path: str | Path,
     photo: Tensor,

@@ -92,6 +92,38 @@ def read(path: Path) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
 
 
+def read_labels(path: str | Path) -> np.ndarray:
+    """A label image as integers, laid out as ``read`` lays out an input's spatial axes: a
+    NIfTI volume ``[X, Y, Z]``, an ``.npy`` array as stored, or a picture file (a PNG of
+    labels, one channel). Whole-valued floats (NIfTI label maps often store them) become
+    integers; other values are refused."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if path.name.lower().endswith(NIFTI_SUFFIXES):
+        data = np.asarray(_nifti(path).dataobj)
+    elif path.name.lower().endswith(".npy"):
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise InvalidInputError(f"{path} is not a NumPy .npy array: {error}") from None
+    else:
+        try:
+            with Image.open(path) as picture:
+                data = np.asarray(picture)
+        except (OSError, UnidentifiedImageError) as error:
+            raise InvalidInputError(f"cannot read the label image {path}: {error}") from None
+        if data.ndim == 3:
+            raise InvalidInputError(
+                f"{path}: a label image has one channel, this one {data.shape[2]}"
+            )
+    if np.issubdtype(data.dtype, np.floating):
+        if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
+            raise InvalidInputError(f"{path}: labels are whole numbers, got fractions")
+        data = data.astype(np.int64)
+    return data
+
+
 def _nifti(path: Path):  # nibabel's image (untyped)
     import nibabel
 

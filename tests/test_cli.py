@@ -393,3 +393,38 @@ def test_query_with_the_local_engine_runs_the_scan_as_a_job(photos: Path, tmp_pa
     assert "(0 occlusion queries)" in capsys.readouterr().out
     assert cli.main([*common, "--workers", "2"]) == 2  # workers without an engine
     assert "workers= needs engine='local' or engine='ray'" in capsys.readouterr().err
+
+
+def test_a_segment_query_writes_painted_segments_with_their_outlines(tmp_path: Path, capsys):
+    """``--segments NAME=FILE`` registers a label image; a segment scan's heatmap is written
+    as ``.npy`` (the Python API's map) and as a picture with the segments outlined."""
+    from PIL import Image
+
+    import krypton_ql as kql
+    from krypton_ql import models
+    from krypton_ql.apps.cli import main
+
+    torch.manual_seed(0)
+    model = torchvision.models.squeezenet1_1().eval()
+    torch.save(model.state_dict(), tmp_path / "squeezenet.pt")
+    io.imsave(tmp_path / "cup.png", data.coffee())
+    labels = (np.arange(224)[:, None] // 56) * 4 + np.arange(224)[None, :] // 56  # 16 tiles
+    labels[100:110, :] = 20  # a thin band across every tile
+    Image.fromarray(labels.astype(np.uint8)).save(tmp_path / "tiles.png")
+    out = tmp_path / "out"
+    sql = ("SELECT image, heatmap(drop) AS d, count(*) AS segments FROM occlusion(images, "
+           "model, segments => 'tiles') GROUP BY image")  # fmt: skip
+    arguments = ["--arch", "squeezenet1_1", "--weights", str(tmp_path / "squeezenet.pt"),
+                 "--images", str(tmp_path / "cup.png"), "--segments",
+                 f"tiles={tmp_path / 'tiles.png'}"]  # fmt: skip
+    assert main(["query", sql, "--out", str(out), *arguments]) == 0
+    with open(out / "results.csv") as file:
+        rows = list(csv.reader(file))
+    assert rows[1] == ["cup", "cup_d.npy", "17"]
+    image = models.imagenet_transform(224)(data.coffee())
+    expected = kql.ablation_scores(model, image, torch.from_numpy(labels), progress=False)
+    assert np.allclose(np.load(out / "cup_d.npy"), expected.maps()[0, 0, 0].numpy(), atol=1e-5)
+    assert (out / "cup_d.png").stat().st_size > 10_000
+    capsys.readouterr()
+    assert main(["query", sql, *arguments[:6], "--segments", "tiles"]) == 2
+    assert "write NAME=LABEL_FILE" in capsys.readouterr().err

@@ -274,6 +274,15 @@ def _session_arguments(parser: argparse.ArgumentParser) -> None:
         "image in the model's input pixels (non-zero = inside) or a box; repeatable",
     )
     parser.add_argument(
+        "--segments",
+        action="append",
+        default=[],
+        metavar="NAME=LABELS",
+        help="a label image (PNG, .npy or NIfTI of integers, the model input's size) used by "
+        "every image as segments => 'NAME'; a segment scan can also cut each image itself "
+        "(segments => 'slic', n_segments => 100); repeatable",
+    )
+    parser.add_argument(
         "--max-pixels",
         type=int,
         default=None,
@@ -333,6 +342,15 @@ def _session(args: argparse.Namespace):
     for text in args.region:
         name, region = _region(text)
         session.register_region(name, region)
+    for text in args.segments:
+        name, equals, path = text.partition("=")
+        if not equals or not name.strip() or not path.strip():
+            raise InvalidInputError(
+                f"--segments {text!r}: write NAME=LABEL_FILE (then segments => 'NAME')"
+            )
+        if not Path(path).is_file():
+            raise InvalidInputError(f"--segments {text!r}: no such file {path}")
+        session.register_segments(name.strip(), path.strip())
     return session, module, display or models.unnormalize
 
 

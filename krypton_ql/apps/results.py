@@ -103,7 +103,11 @@ class _Writer:
         np.save(self.out / f"{stem}.npy", value.numpy())
         self.written.append(self.out / f"{stem}.npy")
         picture = self.session.input_image(image) if self.image_column is not None else None
-        if picture is not None and self.geometry is not None:
+        labels = self.session.segments_of(image) if self.image_column is not None else None
+        if picture is not None and labels is not None and tuple(value.shape) == tuple(labels.shape):
+            if value.dim() == 2 and picture.dim() == 3:
+                self._segments(stem, image, row, name, picture, value, labels)
+        elif picture is not None and self.geometry is not None:
             if value.dim() == 3 and picture.dim() == 4:
                 self._volume(stem, image, row, name, picture, value)
             elif value.dim() == 1 and picture.dim() == 2:
@@ -172,6 +176,16 @@ class _Writer:
                 self.out / f"{stem}_vs_exact.png", photo, exact, value, base,
                 ("exact", "approximate"), *self.geometry, region=region,
             ))  # fmt: skip
+
+    def _segments(
+        self, stem: str, image: str, row: tuple, name: str, picture: Any, value: Any, labels: Any
+    ) -> None:
+        """A segment heatmap: the photo with its segments outlined beside the painted values."""
+        from krypton_ql import render
+
+        base, title = self._base(image, picture, row, name), self._title(image, row, name)
+        self.written.append(render.segments_png(self.out / f"{stem}.png", self.display(picture),
+                                                value, labels, base, title))  # fmt: skip
 
     def _clean_scores(self, image: str, picture: Any) -> Any:
         import torch

@@ -33,6 +33,9 @@ from krypton_ql.dsl.parse import Statement, calls, fail, position
 COLUMNS = ("image", "row", "col", "y", "x", "slice", "z", "class", "label", "prob", "base_prob",
            "drop", "ssim_estimate")  # fmt: skip
 POSITION_COLUMNS = frozenset({"row", "col", "y", "x", "slice", "z"})
+# A segment scan's columns (segments => …): one row per image × class × segment.
+SEGMENT_COLUMNS = ("image", "segment", "area", "z", "y", "x", "depth", "height", "width",
+                   "class", "label", "prob", "base_prob", "drop")  # fmt: skip
 CLASS_COLUMNS = frozenset({"class", "label"})
 APPROXIMATE = options.APPROXIMATE
 OPTIONS = frozenset(
@@ -52,6 +55,14 @@ OPTIONS = frozenset(
         "guard",
     }
 )
+# Options of a segment scan: the segmentation (a scikit-image method or a registered label
+# image set) and its parameters, and how segments are bucketed into plans.
+SEGMENTATION = frozenset(
+    {"n_segments", "compactness", "sigma", "scale", "min_size", "markers", "kernel_size",
+     "max_dist", "ratio", "bucket_ratio", "max_plans"}
+)  # fmt: skip
+SEGMENT_OPTIONS = frozenset({"segments", "color", "target", "score", "batch_size", "backend"})
+_PATCH_ONLY = (OPTIONS | APPROXIMATE) - SEGMENT_OPTIONS
 _VOLATILE = {"random", "uuid", "gen_random_uuid", "setseed", "nextval", "now", "current_time"}
 
 
@@ -71,6 +82,15 @@ class Scan:
     class_filters: list[exp.Expression] = field(default_factory=list)  # class/label only
     class_bounds: list[exp.Expression] = field(default_factory=list)  # kept unless FALSE
     reads_class: bool = False  # some conjunct reads class or label: the classes follow from it
+
+    @property
+    def segmented(self) -> bool:
+        """Whether the call ablates segments (``segments => …``) rather than sliding a patch."""
+        return "segments" in self.options
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return SEGMENT_COLUMNS if self.segmented else COLUMNS
 
 
 @dataclass
@@ -143,6 +163,7 @@ def _scan(function: exp.Anonymous, span: tuple[int, int], text: str) -> Scan:
     )
     for argument in arguments[2:]:
         _option(argument, scan, text)
+    _check_kind(scan, text)
     _push_down(scan, table, text)
     return scan
 
@@ -203,8 +224,8 @@ def _option(node: exp.Expression, scan: Scan, text: str) -> None:
     name = str(node.this.name if hasattr(node.this, "name") else node.this).lower()
     if name in scan.options:
         raise fail(f"option '{name}' is given twice", node, text)
-    if name not in OPTIONS and name not in APPROXIMATE:
-        known = ", ".join(sorted(OPTIONS | APPROXIMATE))
+    if name not in OPTIONS | APPROXIMATE | SEGMENT_OPTIONS | SEGMENTATION:
+        known = ", ".join(sorted(OPTIONS | APPROXIMATE | SEGMENT_OPTIONS | SEGMENTATION))
         raise fail(f"unknown option '{name}' (options: {known})", node, text)
     value = node.expression
     if isinstance(value, exp.Tuple | exp.Paren):
@@ -215,6 +236,40 @@ def _option(node: exp.Expression, scan: Scan, text: str) -> None:
     scan.option_nodes[name] = node
     if name in APPROXIMATE:
         _check_range(name, scan.options[name], node, text)
+
+
+def _check_kind(scan: Scan, text: str) -> None:
+    """A call slides a patch or ablates segments, and takes only that kind's options."""
+    if scan.segmented:
+        for name in sorted(set(scan.options) & _PATCH_ONLY):
+            raise fail(
+                f"option '{name}' slides a patch: a segment scan (segments => …) takes "
+                f"{', '.join(sorted(SEGMENT_OPTIONS | SEGMENTATION))}",
+                scan.option_nodes[name],
+                text,
+            )
+        if not isinstance(scan.options["segments"], str):
+            raise fail(
+                "segments => is a scikit-image method ('slic', 'felzenszwalb', 'quickshift', "
+                "'watershed') or the name of registered segments",
+                scan.option_nodes["segments"],
+                text,
+            )
+        plans, ratio = scan.options.get("max_plans", 1), scan.options.get("bucket_ratio", 2)
+        if not isinstance(plans, int) or isinstance(plans, bool) or plans < 1:
+            raise fail(f"max_plans must be at least 1, got {plans!r}",
+                       scan.option_nodes["max_plans"], text)  # fmt: skip
+        if not isinstance(ratio, int | float) or isinstance(ratio, bool) or not ratio > 1:
+            raise fail(f"bucket_ratio must be a number > 1, got {ratio!r}",
+                       scan.option_nodes["bucket_ratio"], text)  # fmt: skip
+        return
+    for name in sorted(set(scan.options) & SEGMENTATION):
+        raise fail(
+            f"option '{name}' belongs to a segment scan: add segments => 'slic' (or another "
+            "segmentation)",
+            scan.option_nodes[name],
+            text,
+        )
 
 
 def _check_range(name: str, value: Any, node: exp.Expression, text: str) -> None:
@@ -255,10 +310,10 @@ def _push_down(scan: Scan, table: exp.Table, text: str) -> None:
     for predicate in conjuncts(select.args["where"].this):
         if _reads_class(predicate, scan.qualifier, alone):
             scan.reads_class = True
-        columns = _own_columns(predicate, scan.qualifier, alone)
+        columns = _own_columns(predicate, scan.qualifier, alone, scan.columns)
         if not columns:
             continue
-        if columns <= POSITION_COLUMNS:
+        if columns <= POSITION_COLUMNS and not scan.segmented:
             scan.position_filters.append(predicate)
         elif columns == {"image"}:
             scan.image_filters.append(predicate)
@@ -292,7 +347,9 @@ def _class_bound(predicate: exp.Expression) -> exp.Expression:
     return bound
 
 
-def _own_columns(predicate: exp.Expression, qualifier: str, alone: bool) -> set[str]:
+def _own_columns(
+    predicate: exp.Expression, qualifier: str, alone: bool, known: tuple[str, ...] = COLUMNS
+) -> set[str]:
     """The columns ``predicate`` reads when it reads the scan's columns only and can be
     evaluated on its own; empty otherwise."""
     if any(
@@ -305,7 +362,7 @@ def _own_columns(predicate: exp.Expression, qualifier: str, alone: bool) -> set[
     for column in predicate.find_all(exp.Column):
         name = str(column.name).lower()
         ours = str(column.table) == qualifier if column.table else alone
-        if not ours or name not in COLUMNS:
+        if not ours or name not in known:
             return set()
         names.add(name)
     return names

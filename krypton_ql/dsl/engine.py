@@ -33,11 +33,18 @@ from krypton_ql.dsl.parse import Statement, fail
 # group with the grid's number of axes and its size along each (NULL where the statement cannot
 # tell them) and the group's cells, in row-major order.
 HEATMAP = "kql_heatmap"
+# Over a segment scan, heatmap(v) becomes kql_segment_heatmap(image, segment, v, scan): the
+# group's (segment, value) pairs, which the result paints on the scan's label image.
+SEGMENT_HEATMAP = "kql_segment_heatmap"
 _MACROS = (
     f"CREATE OR REPLACE TEMP MACRO {HEATMAP}(s, r, c, v, nd, ns, nr, nc) AS struct_pack("
     "kql_rank := any_value(nd), kql_slices := any_value(ns), kql_rows := any_value(nr), "
     "kql_cols := any_value(nc), kql_cells := list(struct_pack(kql_slice := s, kql_row := r, "
     "kql_col := c, kql_value := CAST(v AS FLOAT)) ORDER BY s, r, c))",
+    f"CREATE OR REPLACE TEMP MACRO {SEGMENT_HEATMAP}(i, g, v, k) AS struct_pack("
+    "kql_scan := any_value(k), kql_first_image := min(i), kql_last_image := max(i), "
+    "kql_segments := list(struct_pack(kql_segment := g, kql_value := CAST(v AS FLOAT)) "
+    "ORDER BY g))",
 )
 # What a sandboxed connection runs: queries (DESCRIBE, SHOW, SUMMARIZE, VALUES and FROM-first
 # statements are SELECTs to DuckDB) and EXPLAIN; EXPLAIN ANALYZE is refused, as it runs them.
@@ -275,6 +282,12 @@ def rewrite(
         edited.replace(*scan.span, name + alias)
     known = {g for g in grids if g is not None}
     for heatmap in bound.heatmaps:
+        index = heatmap.scan
+        if index is None and len(bound.scans) == 1:
+            index = 0
+        if index is not None and bound.scans[index].segmented:
+            _segment_heatmap(edited, statement, heatmap, index)
+            continue
         grid = grids[heatmap.scan] if heatmap.scan is not None else None
         if grid is None and len(known) == 1:
             grid = next(iter(known))
@@ -294,6 +307,18 @@ def rewrite(
                 "heatmap() cannot hold this expression", heatmap.node, statement.text
             ) from None
     return edited
+
+
+def _segment_heatmap(edited: Rewrite, statement: Statement, heatmap: Any, scan: int) -> None:
+    """``heatmap(v)`` over a segment scan: the group's segments and values, painted later."""
+    prefix = f"{heatmap.qualifier}." if heatmap.qualifier else ""
+    start, end = heatmap.span
+    open_paren = statement.text.index("(", start)
+    try:
+        edited.replace(start, open_paren + 1, f"{SEGMENT_HEATMAP}({prefix}image, {prefix}segment, ")
+        edited.replace(end - 1, end, f", {scan})")
+    except ValueError:
+        raise fail("heatmap() cannot hold this expression", heatmap.node, statement.text) from None
 
 
 def heatmap_error(statement: Statement, bound: Bound) -> QueryError:

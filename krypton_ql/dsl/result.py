@@ -15,6 +15,7 @@ from torch import Tensor
 from krypton_ql.dsl.errors import QueryError
 
 _HEATMAP_FIELDS = ("kql_rank", "kql_slices", "kql_rows", "kql_cols", "kql_cells")
+_SEGMENT_FIELDS = ("kql_scan", "kql_first_image", "kql_last_image", "kql_segments")
 
 
 class Result:
@@ -29,14 +30,20 @@ class Result:
         plan: str,
         heatmap_error: QueryError | None = None,
         total_rows: int | None = None,
+        segments: list[dict[str, Tensor] | None] | None = None,
     ) -> None:
         self._table = table if table is not None else pa.table({})
         # Rows the statement produced, of which this result holds the first len(self).
         self.total_rows = self._table.num_rows if total_rows is None else total_rows
         self._plan = plan
         self._heatmap_error = heatmap_error
+        self._segments = segments or []  # per scan: image → its label image (segment scans)
         self._heatmap_columns = [i for i, f in enumerate(self._table.schema) if _is_heatmap(f.type)]
-        self._grids = {i: self._tensors(i) for i in self._heatmap_columns}
+        self._grids = {
+            i: self._painted(i) if _is_segment_heatmap(self._table.schema[i].type) else
+            self._tensors(i)
+            for i in self._heatmap_columns
+        }  # fmt: skip
 
     @property
     def columns(self) -> list[str]:
@@ -131,6 +138,45 @@ class Result:
             out.append(torch.from_numpy(grid.reshape(shape[3 - rank :])))
         return out
 
+    def _painted(self, index: int) -> list[Tensor | None]:
+        """One column of segment heatmaps: each group's values painted on its image's label
+        image (NaN on the segments the group has no row for)."""
+        out: list[Tensor | None] = []
+        for cell in self._table.column(index).to_pylist():
+            if cell is None or cell["kql_scan"] is None:
+                out.append(None)
+                continue
+            first, last = cell["kql_first_image"], cell["kql_last_image"]
+            if first != last:
+                raise QueryError(
+                    "heatmap() over segments paints one image: GROUP BY image (and class) "
+                    f"(a group holds {first!r} and {last!r})"
+                )
+            scan = int(cell["kql_scan"])
+            labels = self._segments[scan] if scan < len(self._segments) else None
+            if labels is None or first not in labels:
+                raise QueryError(f"heatmap(): no segments of image {first!r} in this statement")
+            label = labels[first]
+            ids = np.asarray([p["kql_segment"] for p in cell["kql_segments"]], dtype=np.int64)
+            values = np.asarray(
+                [
+                    np.nan if p["kql_value"] is None else p["kql_value"]
+                    for p in cell["kql_segments"]
+                ],
+                dtype=np.float32,
+            )
+            if len(np.unique(ids)) != len(ids):
+                raise QueryError("heatmap() over segments needs one row per segment: GROUP BY "
+                                 "image (and class)")  # fmt: skip
+            flat = label.reshape(-1).numpy()
+            where = np.searchsorted(ids, flat).clip(max=max(len(ids) - 1, 0))
+            painted = np.full(flat.shape, np.nan, dtype=np.float32)
+            if len(ids):
+                hit = ids[where] == flat
+                painted[hit] = values[where[hit]]
+            out.append(torch.from_numpy(painted.reshape(tuple(label.shape))))
+        return out
+
     def _cells(self, limit: int = 20) -> list[list[str]]:
         return [[_cell(value) for value in row] for row in self.rows[:limit]]
 
@@ -153,10 +199,15 @@ class Result:
 
 
 def _is_heatmap(kind: pa.DataType) -> bool:
-    return (
-        pa.types.is_struct(kind)
-        and tuple(kind.field(i).name for i in range(kind.num_fields)) == _HEATMAP_FIELDS
-    )
+    return pa.types.is_struct(kind) and _fields(kind) in (_HEATMAP_FIELDS, _SEGMENT_FIELDS)
+
+
+def _is_segment_heatmap(kind: pa.DataType) -> bool:
+    return pa.types.is_struct(kind) and _fields(kind) == _SEGMENT_FIELDS
+
+
+def _fields(kind: pa.DataType) -> tuple[str, ...]:
+    return tuple(kind.field(i).name for i in range(kind.num_fields))
 
 
 def _cell(value: Any) -> str:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from compiler.errors import InvalidInputError
 from krypton_ql import fingerprint
-from krypton_ql.dsl import catalog, jobs, pushdown, scans
+from krypton_ql.dsl import catalog, jobs, pushdown, scans, segment_scans
 from krypton_ql.dsl.bind import Bound, Scan, bind
 from krypton_ql.dsl.engine import Engine, Rewrite, heatmap_error, rewrite
 from krypton_ql.dsl.errors import QueryError
@@ -57,6 +57,7 @@ class _Prepared:
     module: nn.Module | None = None  # what the plan compiled, with its options
     options: Options | None = None
     job: jobs.Job | None = None  # a dataset job's Parquet, which DuckDB reads
+    labels: list[Tensor] | None = None  # a segment scan's label image per requested image
 
 
 class Session:
@@ -88,6 +89,9 @@ class Session:
         self._plans: dict[tuple[Any, Options], HeatmapPlan] = {}  # compiled plans, reused
         self._wrappers: dict[tuple, Any] = {}  # map-output models: probes, region scores
         self._regions: dict[str, Any] = {}  # region => 'name': boolean masks and boxes
+        self._segments: dict[str, dict[str, Tensor]] = {}  # segments => 'name': label images
+        self._made_segments: dict[Any, Tensor] = {}  # segments => 'slic' …, per image version
+        self._last_segments: dict[str, Tensor] = {}  # image → labels, last segment scan
         self.cache = scans.Cache()
         self._generation = 0
         # Seconds the last statement spent parsing, binding and validating ("parse"), loading
@@ -177,6 +181,26 @@ class Session:
         if not isinstance(name, str) or not name:
             raise InvalidInputError(f"a region's name must be a non-empty string, got {name!r}")
         self._regions[name] = segmentation.as_region(region)  # wrappers are keyed by content
+
+    def register_segments(self, name: str, labels: Any) -> None:
+        """Make label images available to queries as ``segments => 'name'`` (each label one
+        segment to hide): a mapping of image names to label images, or one label image for
+        every image — tensors or arrays of integers ``[*spatial]`` (the model input's spatial
+        axes), or label files (PNG, ``.npy``, NIfTI). ``krypton_ql.segments`` makes them from
+        scikit-image segmentations or a segmentation model's instances."""
+        if not isinstance(name, str) or not name:
+            raise InvalidInputError(f"segments' name must be a non-empty string, got {name!r}")
+        from krypton_ql.segments import METHODS
+
+        if name in METHODS:
+            raise InvalidInputError(f"{name!r} names a segmentation method: choose another name")
+        self._segments[name] = segment_scans.register(labels)
+        self.cache.clear()
+
+    def segments_of(self, image: str) -> Tensor | None:
+        """The labels the last statement's segment scan cut image ``image`` into (None: it
+        ran none over that image)."""
+        return self._last_segments.get(image)
 
     def regions(self) -> list[str]:
         """The registered regions' names."""
@@ -274,6 +298,14 @@ class Session:
             self._catalog(scan, statement)
         self._validate(statement, bound, names, cancel)
         clock.split("parse")
+        for scan in bound.scans:
+            if scan.segmented and job is not None:
+                raise fail(
+                    "a segment scan runs in this process: leave out engine= (dataset jobs "
+                    "scan patches)",
+                    scan.option_nodes["segments"],
+                    statement.text,
+                )
         prepared = [self._prepare(scan, statement, lazy=job is not None) for scan in bound.scans]
         grids = [p.plan.grid if p.plan is not None else None for p in prepared]
         count = len(prepared)
@@ -281,15 +313,15 @@ class Session:
             self._describe(p, statement, i, count, _sql_plan) for i, p in enumerate(prepared)
         )
         plans = [p.plan for p in prepared if p.plan is not None]
-        if plans:
-            self.last_plan = plans[-1]
+        if plans or any(scan.segmented for scan in bound.scans):
+            self.last_plan = plans[-1] if plans else None
         clock.split("prepare")
         if statement.explain:
             self.last_timings = clock.times
             return Result(pa.table({"plan": [explanation]}), explanation)
         for item in prepared:
             if job is None or item.table is not None:
-                self._compute(item, progress)
+                self._compute(item, progress, statement)
             else:
                 self._run_job(item, statement, job, progress)
         clock.split("scan")
@@ -303,7 +335,10 @@ class Session:
                 self.engine.unregister(name)
                 self.engine.unregister(f"{name}_images")
                 self.engine.connection.execute(f"DROP VIEW IF EXISTS {name}")
-        result = Result(rows.table, explanation, heatmap_error(statement, bound), rows.total)
+        painted = [dict(zip(p.request.names, p.labels)) if p.labels is not None else None
+                   for p in prepared]  # fmt: skip
+        result = Result(rows.table, explanation, heatmap_error(statement, bound), rows.total,
+                        segments=painted)  # fmt: skip
         self.last_timings = clock.split("duckdb")
         return result
 
@@ -393,7 +428,8 @@ class Session:
         images = f"{name}_images"
         source = item.job.source(images) if item.job is not None else None
         if source is None:
-            self.engine.register(name, item.table if item.table is not None else scans.empty())
+            table = item.table if item.table is not None else _empty(item.scan)
+            self.engine.register(name, table)
             return
         self.engine.register(images, pa.table({"image": list(item.request.names)}))
         self.engine.connection.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {source}")
@@ -417,8 +453,8 @@ class Session:
         columns and functions, GROUP BY mistakes and type errors of the plan surface first."""
         edited = rewrite(statement, bound, names, [None] * len(names))
         try:
-            for name in names:
-                self.engine.register(name, scans.empty())
+            for name, scan in zip(names, bound.scans):
+                self.engine.register(name, _empty(scan))
             self.engine.run(edited, explain_only=True, cancel=cancel)
         except QueryError as error:
             raise _with_hint(error, self) from None
@@ -436,6 +472,8 @@ class Session:
         """Resolve a scan: images (with the image pushdown), plan, classes, positions, and the
         cache's answer if it has one. ``lazy``: load only the first image (a dataset job's
         workers load the others)."""
+        if scan.segmented:
+            return self._prepare_segments(scan, statement)
         model, image_set = self._model(scan, statement), self._catalog(scan, statement)
         names = pushdown.image_names(self.engine, scan, statement, list(image_set.items))
         loaded = names[:1] if lazy else names
@@ -479,9 +517,77 @@ class Session:
         prepared.table = None if lazy else self.cache.find(request)
         return prepared
 
-    def _compute(self, item: _Prepared, progress: Any) -> None:
+    def _prepare_segments(self, scan: Scan, statement: Statement) -> _Prepared:
+        """Resolve a segment scan: images (with the image pushdown), each image's label image,
+        the classes, and the cache's answer if it has one."""
+        model, image_set = self._model(scan, statement), self._catalog(scan, statement)
+        names = pushdown.image_names(self.engine, scan, statement, list(image_set.items))
+        tensors = [catalog.load(image_set, name, model, statement.text) for name in names]
+        if len({tuple(t.shape) for t in tensors}) > 1:
+            shapes = sorted({tuple(t.shape) for t in tensors})
+            raise fail(f"the images of '{scan.images}' differ in shape: {shapes}",
+                       scan.call.expressions[0], statement.text)  # fmt: skip
+        if not tensors:
+            request = scans.Request(None, (), None, np.zeros(0, dtype=np.int64))
+            return _Prepared(scan, None, request, torch.empty(0), None, len(image_set.items),
+                             segment_scans.empty())  # fmt: skip
+        images = torch.stack(tensors)
+        module = model.get()
+        probe = ("returns a map", fingerprint.versions(module), tuple(images.shape[1:]))
+        if probe not in self._wrappers:
+            from krypton_ql.integrations import segmentation
+
+            self._wrappers[probe] = segmentation.returns_map(module, images)
+        if self._wrappers[probe]:
+            raise fail(
+                "segments => … hides segments from a classifier's score; a model that returns "
+                "a map is explained per region with patch => …",
+                scan.option_nodes["segments"],
+                statement.text,
+            )
+        versions = catalog.versions(image_set, names)
+        labels = segment_scans.label_images(scan, statement, names, images, self._segments,
+                                            self._made_segments, versions)  # fmt: skip
+        count_key = ("classes", fingerprint.versions(module), tuple(images.shape[1:]))
+        if count_key not in self._wrappers:
+            with torch.no_grad():
+                self._wrappers[count_key] = int(module(images[:1]).shape[-1])
+        classes = pushdown.classes(self.engine, scan, statement, self._wrappers[count_key],
+                                   model.classes)  # fmt: skip
+        method = scan.options["segments"]
+        registered = id(self._segments[method]) if method in self._segments else None
+        settings = tuple(sorted((k, repr(v)) for k, v in scan.options.items()))
+        key = (scan.model, fingerprint.versions(module), scan.images, image_set.generation,
+               registered, settings)  # fmt: skip
+        ids = np.unique(np.concatenate([label.reshape(-1).numpy() for label in labels]))
+        request = scans.Request(key, tuple(names), classes, ids.astype(np.int64), versions)
+        self._last_inputs = dict(zip(names, tensors))
+        self._last_sources = {name: image_set.items[name] for name in names}
+        self._last_source = None
+        self._last_segments = dict(zip(names, labels))
+        prepared = _Prepared(scan, None, request, images, None, len(image_set.items),
+                             module=module, labels=labels)  # fmt: skip
+        prepared.table = self.cache.find(request)
+        return prepared
+
+    def _compute(self, item: _Prepared, progress: Any, statement: Statement) -> None:
         if item.table is not None:
-            self.last_cached += item.plan is not None
+            self.last_cached += item.plan is not None or item.labels is not None
+            return
+        if item.labels is not None:
+            assert item.module is not None
+            try:
+                results, queries = segment_scans.compute(item.module, item.images, item.labels,
+                                                         item.request.classes, item.scan,
+                                                         progress)  # fmt: skip
+            except InvalidInputError as error:
+                node = item.scan.option_nodes.get(error.option or "", item.scan.call)
+                raise fail(str(error), node, statement.text) from None
+            self.last_queries += queries
+            relation = segment_scans.build(item.request.names, results, item.labels,
+                                           self._models[item.scan.model].classes)  # fmt: skip
+            self.cache.add(item.request, relation)
+            item.table = relation.table
             return
         assert item.plan is not None
         positions = torch.as_tensor(item.request.positions, dtype=torch.int64)
@@ -614,7 +720,7 @@ class Session:
         self, item: _Prepared, statement: Statement, index: int, count: int, sql: bool
     ) -> str:
         scan, request = item.scan, item.request
-        if item.plan is None:
+        if item.plan is None and item.labels is None:
             return f"== pushdown ==\nimages: 0 of {item.registered}: nothing to compute\n"
         filters = " AND ".join(p.sql() for p in scan.position_filters) or "none"
         classes = list(request.classes) if request.classes is not None else "predicted"
@@ -624,6 +730,13 @@ class Session:
             else "== pushdown =="
         )
         cached = "yes (computed by an earlier statement)" if item.table is not None else "no"
+        if item.labels is not None:
+            return (
+                f"{title}\nclasses: {classes}\n"
+                f"images: {len(request.names)} of {item.registered} ({', '.join(request.names)})\n"
+                f"cached: {cached}\n\n" + segment_scans.describe(scan, request.names, item.labels)
+            )
+        assert item.plan is not None
         return (
             f"{title}\n"
             f"positions: {len(request.positions)} of {len(item.plan.positions)} "
@@ -632,6 +745,11 @@ class Session:
             f"images: {len(request.names)} of {item.registered} ({', '.join(request.names)})\n"
             f"cached: {cached}\n\n" + item.plan.explain(verbose=statement.verbose, sql=sql)
         )
+
+
+def _empty(scan: Scan) -> pa.Table:
+    """The relation's schema with no rows, for a patch or a segment scan."""
+    return segment_scans.empty() if scan.segmented else scans.empty()
 
 
 def _without_approximation(bound: Bound) -> Bound:
