@@ -23,6 +23,7 @@ from krypton_ql.errors import InvalidInputError, KryptonError, UnsupportedOperat
 from krypton_ql.integrations import datasets
 from krypton_ql.integrations.datasets import explain_dataset
 from krypton_ql.plans import DrillDownPlan, HeatmapPlan, OcclusionPlan, OcclusionResult
+from krypton_ql.plans.cache import PLANS as plan_cache
 from krypton_ql.plans.tuning import tune, tuning_images
 from krypton_ql.quality import Profile
 from runtime.fill import Fill
@@ -49,6 +50,7 @@ __all__ = [
     "models",
     "naive_heatmap",
     "occlusion_heatmap",
+    "plan_cache",
     "quality",
     "segments",
     "tune",

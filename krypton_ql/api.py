@@ -19,6 +19,7 @@ from krypton_ql.integrations import segmentation
 from krypton_ql.options import APPROXIMATE, Options, PlanKeywords
 from krypton_ql.plans.base import HeatmapPlan, ProgressArg
 from krypton_ql.plans.build import build_plan
+from krypton_ql.plans.cache import PLANS
 from krypton_ql.plans.naive import naive_class_heatmap
 from krypton_ql.plans.regions import DEFAULT_MAX_PLANS, DEFAULT_RATIO, AblationResult, ablate
 from runtime.fill import Fill
@@ -180,7 +181,12 @@ def explain(model: nn.Module, input_shape: Any, **options: Any) -> str:
     after every rule; ``sql``: with the plan as SQL)."""
     verbose = options.pop("verbose", False)
     sql = options.pop("sql", False)
-    return compile(model, input_shape, **options).explain(verbose=verbose, sql=sql)
+    patch = options.pop("patch", None)
+    built = Options.build(input_shape, patch=patch, **options)
+    uses = PLANS.uses(model, built)
+    kept = f"kept, served {uses} call{'s' if uses != 1 else ''}" if uses else "none kept yet"
+    text = build_plan(model, built).explain(verbose=verbose, sql=sql)
+    return f"{text.rstrip()}\n\n== plan cache ==\n{kept} (kql.plan_cache)\n"
 
 
 Compute = Callable[[nn.Module, Tensor, Any, ProgressArg, Mapping[str, Any]], Tensor]
@@ -234,8 +240,9 @@ def _incremental(
     images = check.images(image, d=options.get("spatial_dims"))
     keywords = dict(options)
     fill = keywords.pop("fill", None)
-    plan = build_plan(model, Options.build(tuple(images.shape[1:]), patch=patch, **keywords))
-    return plan.run(image, progress=progress, fill=fill)
+    built = Options.build(tuple(images.shape[1:]), patch=patch, **keywords)
+    with PLANS.borrow(model, built) as plan:
+        return plan.run(image, progress=progress, fill=fill)
 
 
 def _no_fill(fill: Fill | None) -> None:
@@ -254,9 +261,10 @@ def _incremental_classes(
     images = check.images(image, d=options.get("spatial_dims"))
     keywords = dict(options)
     classes = keywords.pop("target")
-    plan = build_plan(model, Options.build(tuple(images.shape[1:]), patch=patch, **keywords))
+    built = Options.build(tuple(images.shape[1:]), patch=patch, **keywords)
     table = torch.tensor([classes], device=images.device)
-    return plan.evaluate(images, targets=table, progress=progress).heatmaps[0]
+    with PLANS.borrow(model, built) as plan:
+        return plan.evaluate(images, targets=table, progress=progress).heatmaps[0]
 
 
 def _naive(

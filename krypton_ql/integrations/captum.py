@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import numpy as np
@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from compiler.errors import InvalidInputError, KryptonError, UnsupportedOperationError
 from krypton_ql.options import Options
-from krypton_ql.plans.build import build_plan
+from krypton_ql.plans.cache import PLANS
 from krypton_ql.plans.regions import ablate
 from runtime.fill import Fill
 
@@ -115,17 +115,26 @@ class Occlusion:
         window = tuple(int(w) for w in window_shape)
         steps = _strides(stride_shape, window, tuple(images.shape[1:]))
         targets = _targets(0 if target is None else target, len(images), images.device)
-        try:
-            options = Options.build(
-                tuple(images.shape[1:]), patch=window[1:], stride=steps[1:],
-                color=0.0 if baseline is None else _number(baseline, 0.0), score="logit",
-                spatial_dims=images.dim() - 2,
-            )  # fmt: skip
-            plan = build_plan(self.forward_func, options)
-        except CaptumAssertionError:
-            raise
-        except KryptonError as error:  # a model the engine cannot take: Captum can
-            return self._delegate(str(error), arguments)
+        with ExitStack() as held:
+            try:
+                options = Options.build(
+                    tuple(images.shape[1:]), patch=window[1:], stride=steps[1:],
+                    color=0.0 if baseline is None else _number(baseline, 0.0), score="logit",
+                    spatial_dims=images.dim() - 2,
+                )  # fmt: skip
+                plan = held.enter_context(PLANS.borrow(self.forward_func, options))
+            except CaptumAssertionError:
+                raise
+            except KryptonError as error:  # a model the engine cannot take: Captum can
+                return self._delegate(str(error), arguments)
+            return self._accelerated(plan, images, targets, target, window, steps, baseline,
+                                     show_progress, inputs, arguments)  # fmt: skip
+
+    def _accelerated(
+        self, plan: Any, images: Tensor, targets: Tensor, target: Any, window: tuple[int, ...],
+        steps: tuple[int, ...], baseline: Any, show_progress: bool, inputs: Any, arguments: dict,
+    ) -> Any:  # fmt: skip
+        """The attributions by ``plan`` (the checks that need its class count first)."""
         if target is None and plan.classes != 1:
             return self._delegate(
                 f"no target, and the model has {plan.classes} outputs per example "

@@ -40,6 +40,7 @@ class HeatmapPlan(abc.ABC):
     """A compiled occlusion workload for images of one shape."""
 
     positions: Positions  # the patch positions, row-major over the heatmap grid
+    from_cache: bool = False  # handed out by the plan cache (krypton_ql.plans.cache) again
     occlusion: Any  # the checked geometry: patch, stride, color, score
 
     @property

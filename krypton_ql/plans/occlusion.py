@@ -16,13 +16,14 @@ from compiler import explain as explain_text
 from compiler.boxes import Positions
 from compiler.cost import PlanCost, plan_cost
 from compiler.errors import InvalidInputError, UnsupportedOperationError
-from compiler.importer import export, import_model
+from compiler.importer import import_model
 from compiler.lower import lower
 from compiler.pipeline import optimize
 from compiler.types import Size
 from krypton_ql import options as check
 from krypton_ql.options import Options
 from krypton_ql.plans.base import HeatmapPlan, OcclusionResult, ProgressArg
+from krypton_ql.plans.exports import exported as kept_export
 from krypton_ql.progress import progress_callback
 from runtime import memory
 from runtime.backends import runner_for
@@ -58,7 +59,7 @@ class OcclusionPlan(HeatmapPlan):
         self.backend = resolve(options.backend, device.type)
         self.runner = runner_for(self.backend, options.conv)
         compile_options = options.compile_options(default_budget(device))
-        self.exported = exported if exported is not None else export(model, self.shape)
+        self.exported = exported if exported is not None else kept_export(model, self.shape)
         self.logical = import_model(
             self.exported, self.shape, self.occlusion.patch, self.occlusion.color
         )

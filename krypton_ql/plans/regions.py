@@ -9,9 +9,6 @@ any ``kql.Fill``); cells of a region's box outside the region keep their values.
 
 from __future__ import annotations
 
-import weakref
-from collections import OrderedDict
-from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,11 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from compiler.errors import InvalidInputError
-from compiler.importer import export
 from compiler.regions import DEFAULT_MAX_PLANS, DEFAULT_RATIO, Buckets, bucketize, regions_of
-from krypton_ql import fingerprint
 from krypton_ql import options as check
 from krypton_ql.options import Options
+from krypton_ql.plans import exports
 from krypton_ql.plans.base import ProgressArg
 from krypton_ql.plans.occlusion import OcclusionPlan
 from runtime.fill import Fill
@@ -101,7 +97,7 @@ def ablate(
         (slice(n, n + 1), labels[n : n + 1]) for n in range(len(images))
     ]  # fmt: skip
     ids = torch.from_numpy(np.unique(labels.cpu().numpy()))
-    exported = _exported(model, shape)
+    exported = exports.exported(model, shape)
     state = _Scores(len(images), len(ids))
     per_group = [regions_of(group[0].cpu().numpy(), d) for _, group in groups]
     inputs = len(images) if len(groups) == 1 else 1  # the inputs each label image serves
@@ -173,29 +169,6 @@ class _Scores:
         self.known[rows] = True
         self.base[rows] = result.base.float().cpu()
         self.scores[rows, :, index] = result.heatmaps.float().cpu()
-
-
-_EXPORTS: OrderedDict[Hashable, tuple[weakref.ref, Any]] = OrderedDict()
-_EXPORTS_KEPT = 4
-
-
-def _exported(model: nn.Module, shape: tuple[int, ...]) -> Any:
-    """The model's exported program at ``shape``, kept for the next calls on the same model
-    while none of its parameters or buffers changes (``fingerprint.versions``: in place,
-    replaced or a mode switch), for the last few models: a feature-ablation loop over a data
-    loader exports once."""
-    parameter = next(iter(model.parameters()), None)
-    place = (parameter.dtype, parameter.device) if parameter is not None else None
-    key = (fingerprint.versions(model), shape, place)
-    held = _EXPORTS.get(key)
-    if held is not None and held[0]() is model:
-        _EXPORTS.move_to_end(key)
-        return held[1]
-    exported = export(model, shape)
-    _EXPORTS[key] = (weakref.ref(model), exported)
-    while len(_EXPORTS) > _EXPORTS_KEPT:
-        _EXPORTS.popitem(last=False)
-    return exported
 
 
 def _share_views(plans: list[OcclusionPlan]) -> None:
