@@ -17,11 +17,17 @@ False
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Hashable, Iterable
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
+
+
+# Held while torch.export traces a model (it swaps the module's parameters for fake tensors
+# until it returns) and while a key is read from one: a thread never reads a half-exported model.
+MODEL_LOCK = threading.RLock()
 
 
 def tensor_version(tensor: Tensor) -> Hashable:
@@ -37,12 +43,14 @@ def tensor_version(tensor: Tensor) -> Hashable:
 def versions(module: nn.Module) -> Hashable:
     """A key that changes whenever a parameter or buffer of ``module`` is changed in place,
     replaced, added or removed (``module.train()``/``eval()`` included)."""
-    tensors: Iterable[tuple[str, Tensor]] = [
-        *module.named_parameters(remove_duplicate=False),
-        *module.named_buffers(remove_duplicate=False),
-    ]
-    modes = tuple(m.training for m in module.modules())
-    return (id(module), modes, tuple((n, tensor_version(t)) for n, t in tensors if t is not None))
+    with MODEL_LOCK:
+        tensors: Iterable[tuple[str, Tensor]] = [
+            *module.named_parameters(remove_duplicate=False),
+            *module.named_buffers(remove_duplicate=False),
+        ]
+        modes = tuple(m.training for m in module.modules())
+        found = tuple((n, tensor_version(t)) for n, t in tensors if t is not None)
+    return (id(module), modes, found)
 
 
 def weights_digest(module: nn.Module) -> str:

@@ -17,7 +17,6 @@ from krypton_ql import fingerprint
 EXPORTS_KEPT = 4
 _EXPORTS: OrderedDict[Hashable, tuple[weakref.ref, Any]] = OrderedDict()
 _EXPORTS_LOCK = threading.Lock()
-_EXPORTING = threading.Lock()
 
 
 def place(model: nn.Module) -> Any:
@@ -29,7 +28,7 @@ def exported(model: nn.Module, shape: tuple[int, ...]) -> Any:
     """The model's exported program at ``shape``, kept while none of its parameters or buffers
     changes, for the last ``EXPORTS_KEPT`` models and shapes."""
     key = (fingerprint.versions(model), tuple(shape), place(model))
-    with _EXPORTING:  # torch.export is not thread-safe: one export at a time
+    with fingerprint.MODEL_LOCK:  # torch.export is not thread-safe: one export at a time
         with _EXPORTS_LOCK:
             held = _EXPORTS.get(key)
             if held is not None and held[0]() is model:
