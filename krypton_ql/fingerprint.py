@@ -24,7 +24,6 @@ from typing import Any
 
 from torch import Tensor, nn
 
-
 # Held while torch.export traces a model (it swaps the module's parameters for fake tensors
 # until it returns) and while a key is read from one: a thread never reads a half-exported model.
 MODEL_LOCK = threading.RLock()
