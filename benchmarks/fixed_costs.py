@@ -15,7 +15,7 @@ Per model (ResNet18 and VGG16 with random weights, the pretrained EfficientNet-L
   against Captum's own at its best ``perturbations_per_eval``.
 
     python -m benchmarks.fixed_costs [--models resnet18,vgg16,efficientnet_lite0]
-                                     [--json benchmarks/fixed_costs.json]
+                                     [--ppe 8,32] [--json benchmarks/fixed_costs.json]
 """
 
 from __future__ import annotations
@@ -156,8 +156,10 @@ def captum_loop(model: torch.nn.Module, name: str, ppes: tuple[int, ...] = (8, 3
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet18,vgg16,efficientnet_lite0")
+    parser.add_argument("--ppe", default="8,32", help="Captum's perturbations_per_eval to try")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
+    ppes = tuple(int(p) for p in args.ppe.split(","))
     rows = []
     for name in args.models.split(","):
         model = _model(name)
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
             row = {"model": name, "grid": grid, "phases_s": phases(model, image, stride)}
             print(json.dumps(row), flush=True)
             rows.append(row)
-        row = {"model": name, "loop": loop(model, name, 32), "captum": captum_loop(model, name)}
+        row = {"model": name, "loop": loop(model, name, 32), "captum": captum_loop(model, name, ppes)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     if args.json:
