@@ -169,7 +169,11 @@ def main(argv: list[str] | None = None) -> None:
             row = {"model": name, "grid": grid, "phases_s": phases(model, image, stride)}
             print(json.dumps(row), flush=True)
             rows.append(row)
-        row = {"model": name, "loop": loop(model, name, 32), "captum": captum_loop(model, name, ppes)}
+        row = {
+            "model": name,
+            "loop": loop(model, name, 32),
+            "captum": captum_loop(model, name, ppes),
+        }
         print(json.dumps(row), flush=True)
         rows.append(row)
     if args.json:
