@@ -91,6 +91,11 @@ def cells_of(origin: Origin, size: Size) -> list[Tensor]:
     return cells
 
 
+# On a CPU, maps of at least this many channels are gathered by copying each query's slice
+# (``_sliced``): 1.6–2.7× faster than advanced indexing at 256–512 channels, slower at 64.
+SLICED_CHANNELS = 128
+
+
 def gather(
     view: Tensor | None,
     patch: Patch | None,
@@ -109,6 +114,11 @@ def gather(
     """
     if patch is not None and _same_box(patch, origin, size):
         return patch.values
+    if view is not None and view.device.type == "cpu" and view.shape[1] >= SLICED_CHANNELS:
+        window = _sliced(view, image, origin, size, map_size, fill)
+        if patch is not None:
+            _overlay(window, patch, cells_of(origin, size))
+        return window.permute(0, len(size) + 1, *range(1, len(size) + 1))
     cells = cells_of(origin, size)
     d = len(cells)
     if view is not None:
@@ -129,6 +139,27 @@ def gather(
     if not bool(inside.all()):
         window[~inside.expand(window.shape[:-1])] = fill
     return window.permute(0, d + 1, *range(1, d + 1))
+
+
+def _sliced(
+    view: Tensor, image: Tensor, origin: Origin, size: Size, map_size: Size, fill: float
+) -> Tensor:
+    """``[B, *size, C]``: each query's box of its image's view, copied slice by slice (on a
+    CPU, faster than one advanced-indexing gather for wide channels); cells outside the map
+    take ``fill`` (the view is padded by what the boxes overhang)."""
+    starts = [axis.tolist() for axis in origin]
+    before = [max(0, -min(first)) for first in starts]
+    after = [max(0, max(first) + side - n) for first, side, n in zip(starts, size, map_size)]
+    if any(before) or any(after):
+        widths = [w for b, a in zip(reversed(before), reversed(after)) for w in (b, a)]
+        view = torch.nn.functional.pad(view, widths, value=fill)
+    cells = _cells(view)
+    window = torch.empty((len(image), *size, cells.shape[-1]), dtype=view.dtype)
+    for b, source in enumerate(image.tolist()):
+        read = tuple(slice(first[b] + pad, first[b] + pad + side)
+                     for first, pad, side in zip(starts, before, size))  # fmt: skip
+        window[b] = cells[(source, *read)]
+    return window
 
 
 def _cells(tensor: Tensor) -> Tensor:

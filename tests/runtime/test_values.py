@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from compiler.types import Size2
+from runtime import values
 from runtime.values import Patch, gather
 
 
@@ -35,9 +36,22 @@ def _loop_reference(view, patch, image, y0, x0, size, fill):
     box=st.integers(1, 3),
     fill=st.sampled_from([0.0, float("-inf")]),
     seed=st.integers(0, 999),
+    sliced=st.booleans(),
     data=st.data(),
 )
-def test_gather_equals_the_loop(channels, height, width, window, box, fill, seed, data) -> None:
+def test_gather_equals_the_loop(
+    channels, height, width, window, box, fill, seed, sliced, data
+) -> None:
+    """Both CPU paths: advanced indexing, and each query's slice copied (wide maps)."""
+    threshold = values.SLICED_CHANNELS
+    values.SLICED_CHANNELS = 1 if sliced else 1 << 30
+    try:
+        _check_gather(channels, height, width, window, box, fill, seed, data)
+    finally:
+        values.SLICED_CHANNELS = threshold
+
+
+def _check_gather(channels, height, width, window, box, fill, seed, data) -> None:
     torch.manual_seed(seed)
     queries = data.draw(st.integers(1, 5))
     view = torch.randn(2, channels, height, width).contiguous(memory_format=torch.channels_last)
