@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -45,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from compiler.errors import InvalidInputError, KryptonError, UnsupportedOperationError
+from krypton_ql import fingerprint
 from krypton_ql.options import Options
 from krypton_ql.plans.cache import PLANS
 from krypton_ql.plans.regions import ablate
@@ -401,13 +404,29 @@ def _all_global(labels: Tensor, images: Tensor) -> bool:
 
 
 def _model_outputs(model: Any, images: Tensor) -> int | None:
-    """Outputs per example of the model (one forward of the first example); None when it
-    does not return one tensor with a batch axis."""
+    """Outputs per example of the model (one forward of the first example, kept per model
+    version and input shape for an ``nn.Module``); None when it does not return one tensor
+    with a batch axis."""
+    key = None
+    if isinstance(model, nn.Module):
+        key = (fingerprint.versions(model), tuple(images.shape[1:]), str(images.dtype),
+               str(images.device))  # fmt: skip
+        held = _OUTPUTS.get(key)
+        if held is not None and held[0]() is model:
+            return held[1]
     with torch.no_grad():
         output = model(images[:1])
-    if not isinstance(output, Tensor) or output.dim() == 0 or len(output) != 1:
-        return None
-    return int(output[0].numel())
+    count = None
+    if isinstance(output, Tensor) and output.dim() > 0 and len(output) == 1:
+        count = int(output[0].numel())
+    if key is not None:
+        _OUTPUTS[key] = (weakref.ref(model), count)
+        while len(_OUTPUTS) > 16:
+            _OUTPUTS.popitem(last=False)
+    return count
+
+
+_OUTPUTS: OrderedDict[Any, tuple[weakref.ref, int | None]] = OrderedDict()
 
 
 def _output_dtype(model: Any, dtype: torch.dtype) -> torch.dtype:
