@@ -42,6 +42,20 @@ class Regions:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def subset(self, keep: np.ndarray) -> Regions:
+        """The regions whose label is in ``keep``.
+
+        >>> regions_of(np.array([[0, 1], [2, 2]]), 2).subset(np.array([2, 0])).ids.tolist()
+        [0, 2]
+        """
+        chosen = np.isin(self.ids, keep)
+        return Regions(
+            self.ids[chosen],
+            tuple(a[chosen] for a in self.starts),
+            tuple(a[chosen] for a in self.sizes),
+            self.cells[chosen],
+        )
+
 
 def regions_of(labels: np.ndarray, spatial: int) -> Regions:
     """The regions of an integer label array whose last ``spatial`` axes are spatial (leading

@@ -34,6 +34,7 @@ COLUMNS = ("image", "row", "col", "y", "x", "slice", "z", "class", "label", "pro
            "drop", "ssim_estimate")  # fmt: skip
 POSITION_COLUMNS = frozenset({"row", "col", "y", "x", "slice", "z"})
 # A segment scan's columns (segments => …): one row per image × class × segment.
+SEGMENT_POSITION = frozenset({"segment", "area", "z", "y", "x", "depth", "height", "width"})
 SEGMENT_COLUMNS = ("image", "segment", "area", "z", "y", "x", "depth", "height", "width",
                    "class", "label", "prob", "base_prob", "drop")  # fmt: skip
 CLASS_COLUMNS = frozenset({"class", "label"})
@@ -313,8 +314,8 @@ def _push_down(scan: Scan, table: exp.Table, text: str) -> None:
         columns = _own_columns(predicate, scan.qualifier, alone, scan.columns)
         if not columns:
             continue
-        if columns <= POSITION_COLUMNS and not scan.segmented:
-            scan.position_filters.append(predicate)
+        if columns <= (SEGMENT_POSITION if scan.segmented else POSITION_COLUMNS):
+            scan.position_filters.append(predicate)  # positions, or a segment scan's segments
         elif columns == {"image"}:
             scan.image_filters.append(predicate)
         elif columns <= CLASS_COLUMNS:

@@ -81,6 +81,25 @@ def positions(
     return np.asarray(chosen, dtype=np.int64)
 
 
+def segments(
+    engine: Engine, scan: Scan, statement: Statement, table: pa.Table
+) -> np.ndarray | None:
+    """Rows of ``table`` (one per image × segment: its ``segment``, ``area`` and bounding-box
+    columns) that satisfy the segment predicates, as a boolean mask; None when there are none
+    (every segment is computed)."""
+    if not scan.position_filters:
+        return None
+    engine.register("kql_segments", table.append_column("kql_i", pa.array(
+        np.arange(table.num_rows))))  # fmt: skip
+    try:
+        chosen = _filter(engine, statement, scan.position_filters, "SELECT * FROM kql_segments", [])
+    finally:
+        engine.unregister("kql_segments")
+    mask = np.zeros(table.num_rows, dtype=bool)
+    mask[np.asarray(chosen, dtype=np.int64)] = True
+    return mask
+
+
 def _not_false(predicate: exp.Expression) -> exp.Expression:
     """``NOT ((predicate) IS FALSE)``: true or unknown."""
     return exp.Not(

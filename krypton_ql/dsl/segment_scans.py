@@ -37,6 +37,7 @@ SCHEMA = pa.schema(
     + [(name, pa.float32()) for name in ("prob", "base_prob", "drop")]
 )
 _BUCKETING = frozenset({"bucket_ratio", "max_plans"})
+_GEOMETRY = ("image", "segment", "area", "z", "y", "x", "depth", "height", "width")
 
 
 def empty() -> pa.Table:
@@ -139,6 +140,33 @@ def _label_image(value: Any, image: str) -> Tensor:
     return labels
 
 
+def geometry(names: Sequence[str], labels: Sequence[Tensor]) -> pa.Table:
+    """One row per image × segment: the image, the label, its area and bounding box (what a
+    segment predicate reads)."""
+    parts: dict[str, list[Any]] = {name: [] for name in _GEOMETRY}
+    for name, label in zip(names, labels):
+        regions = regions_of(label.cpu().numpy(), label.dim())
+        parts["image"].append(np.full(len(regions), name, dtype=object))
+        parts["segment"].append(regions.ids.astype(np.int64))
+        parts["area"].append(regions.cells.astype(np.int64))
+        for column, values in _box(regions, label.dim()).items():
+            parts[column].append(values)
+    return pa.table({
+        name: pa.array(np.concatenate(parts[name]) if parts[name] else [],
+                       type=SCHEMA.field(name).type)
+        for name in _GEOMETRY
+    })  # fmt: skip
+
+
+def kept(names: Sequence[str], table: pa.Table, mask: np.ndarray | None) -> list[np.ndarray] | None:
+    """Per image, the labels a segment pushdown ``mask`` (over ``geometry``'s rows) keeps."""
+    if mask is None:
+        return None
+    images = np.asarray(table.column("image").to_pylist(), dtype=object)
+    ids = table.column("segment").to_numpy()
+    return [ids[mask & (images == name)] for name in names]
+
+
 def compute(
     module: torch.nn.Module,
     images: Tensor,
@@ -146,6 +174,7 @@ def compute(
     classes: tuple[int, ...] | None,
     scan: Scan,
     progress: Any,
+    only: list[np.ndarray] | None = None,
 ) -> tuple[list[Any], int]:
     """Every segment of each image hidden in turn, per class (None: each image's prediction):
     the ``AblationResult`` of each class and the queries run."""
@@ -160,7 +189,8 @@ def compute(
         keywords["color"] = float(keywords["color"])
     for target in classes if classes is not None else (None,):
         results.append(ablate(module, images, stacked, target=target, ratio=ratio,
-                              max_plans=plans, progress=progress, **keywords))  # fmt: skip
+                              max_plans=plans, progress=progress, only=only,
+                              **keywords))  # fmt: skip
     return results, sum(r.queries for r in results)
 
 
@@ -169,14 +199,20 @@ def build(
     results: Sequence[Any],
     labels: Sequence[Tensor],
     classes: Sequence[str] | None,
+    only: list[np.ndarray] | None = None,
 ) -> Relation:
-    """The relation of ``compute``'s results: image × class × segment."""
+    """The relation of ``compute``'s results: image × class × segment (``only``: per image,
+    the segments computed)."""
     spatial = labels[0].dim()
     parts: dict[str, list[np.ndarray]] = {name: [] for name in SCHEMA.names}
     image_index: list[np.ndarray] = []
     segment_ids: list[np.ndarray] = []
     for n, (name, label) in enumerate(zip(names, labels)):
         regions = regions_of(label.cpu().numpy(), spatial)
+        if only is not None:
+            regions = regions.subset(only[n])
+        if not len(regions):  # every segment of this image filtered out: no rows
+            continue
         box = _box(regions, spatial)
         for result in results:
             where = np.searchsorted(result.ids.numpy(), regions.ids)
@@ -223,7 +259,12 @@ def _box(regions: Regions, spatial: int) -> dict[str, np.ndarray]:
     return columns
 
 
-def describe(scan: Scan, names: Sequence[str], labels: Sequence[Tensor]) -> str:
+def describe(
+    scan: Scan,
+    names: Sequence[str],
+    labels: Sequence[Tensor],
+    only: list[np.ndarray] | None = None,
+) -> str:
     """The plans a segment scan runs: its segmentation, then per image its buckets (box size
     and segment count) and the wasted area, without running anything."""
     ratio, plans = bucketing(scan)
@@ -239,10 +280,17 @@ def describe(scan: Scan, names: Sequence[str], labels: Sequence[Tensor]) -> str:
         f"bucketing: box sides {ratio}× apart at most, {plans or 'any number of'} plans "
         "at most per image",
     ]
-    for name, label in zip(names, labels):
+    if only is not None:
+        filters = " AND ".join(p.sql() for p in scan.position_filters)
+        lines.append(f"segments computed: those where {filters}")
+    for n, (name, label) in enumerate(zip(names, labels)):
         regions = regions_of(label.cpu().numpy(), label.dim())
+        total = len(regions)
+        if only is not None:
+            regions = regions.subset(only[n])
         buckets = bucketize(regions, tuple(label.shape), ratio, plans)
-        lines.append(f"{name}: {len(regions)} segments")
+        counted = f"{len(regions)} of {total}" if only is not None else f"{total}"
+        lines.append(f"{name}: {counted} segments")
         lines.extend(f"  {line}" for line in buckets.describe().splitlines())
     lines.append(
         "each plan hides its segments one per query: the segment's pixels take the colour, the "

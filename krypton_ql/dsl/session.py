@@ -58,6 +58,7 @@ class _Prepared:
     options: Options | None = None
     job: jobs.Job | None = None  # a dataset job's Parquet, which DuckDB reads
     labels: list[Tensor] | None = None  # a segment scan's label image per requested image
+    keep: list[np.ndarray] | None = None  # per image, the segments its pushdown keeps
 
 
 class Session:
@@ -556,17 +557,22 @@ class Session:
                                    model.classes)  # fmt: skip
         method = scan.options["segments"]
         registered = id(self._segments[method]) if method in self._segments else None
+        table = segment_scans.geometry(names, labels)
+        keep = segment_scans.kept(names, table, pushdown.segments(self.engine, scan, statement,
+                                                                 table))  # fmt: skip
         settings = tuple(sorted((k, repr(v)) for k, v in scan.options.items()))
+        filters = tuple(sorted(p.sql() for p in scan.position_filters))  # rows hold only these
         key = (scan.model, fingerprint.versions(module), scan.images, image_set.generation,
-               registered, settings)  # fmt: skip
-        ids = np.unique(np.concatenate([label.reshape(-1).numpy() for label in labels]))
+               registered, settings, filters)  # fmt: skip
+        chosen = keep if keep is not None else [label.reshape(-1).numpy() for label in labels]
+        ids = np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
         request = scans.Request(key, tuple(names), classes, ids.astype(np.int64), versions)
         self._last_inputs = dict(zip(names, tensors))
         self._last_sources = {name: image_set.items[name] for name in names}
         self._last_source = None
         self._last_segments = dict(zip(names, labels))
         prepared = _Prepared(scan, None, request, images, None, len(image_set.items),
-                             module=module, labels=labels)  # fmt: skip
+                             module=module, labels=labels, keep=keep)  # fmt: skip
         prepared.table = self.cache.find(request)
         return prepared
 
@@ -579,13 +585,14 @@ class Session:
             try:
                 results, queries = segment_scans.compute(item.module, item.images, item.labels,
                                                          item.request.classes, item.scan,
-                                                         progress)  # fmt: skip
+                                                         progress, item.keep)  # fmt: skip
             except InvalidInputError as error:
                 node = item.scan.option_nodes.get(error.option or "", item.scan.call)
                 raise fail(str(error), node, statement.text) from None
             self.last_queries += queries
             relation = segment_scans.build(item.request.names, results, item.labels,
-                                           self._models[item.scan.model].classes)  # fmt: skip
+                                           self._models[item.scan.model].classes,
+                                           item.keep)  # fmt: skip
             self.cache.add(item.request, relation)
             item.table = relation.table
             return
@@ -734,7 +741,8 @@ class Session:
             return (
                 f"{title}\nclasses: {classes}\n"
                 f"images: {len(request.names)} of {item.registered} ({', '.join(request.names)})\n"
-                f"cached: {cached}\n\n" + segment_scans.describe(scan, request.names, item.labels)
+                f"cached: {cached}\n\n"
+                + segment_scans.describe(scan, request.names, item.labels, item.keep)
             )
         assert item.plan is not None
         return (

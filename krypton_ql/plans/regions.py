@@ -74,6 +74,7 @@ def ablate(
     progress: ProgressArg = False,
     batch_size: int | None = None,
     backend: str = "auto",
+    only: list[np.ndarray] | None = None,
 ) -> AblationResult:
     """Each region of ``labels`` (integers broadcast to ``images`` ``[N, C, *spatial]``: one
     label image for every input, ``[1, 1, *spatial]``, or one per input, per channel) filled
@@ -82,7 +83,8 @@ def ablate(
     against the model's classes). ``ratio`` and ``max_plans``: how
     regions are bucketed (``compiler.regions.bucketize``). The model is exported once (and kept
     for the next calls while its weights are unchanged) and the clean forward runs once per
-    label image; each bucket compiles its own plan."""
+    label image; each bucket compiles its own plan. ``only``: per label image, the labels to
+    compute (the others' scores stay NaN)."""
     d = images.dim() - 2
     if not 1 <= d <= 3:
         raise InvalidInputError(
@@ -100,6 +102,10 @@ def ablate(
     exported = exports.exported(model, shape)
     state = _Scores(len(images), len(ids))
     per_group = [regions_of(group[0].cpu().numpy(), d) for _, group in groups]
+    if only is not None:
+        if len(only) != len(per_group):
+            raise InvalidInputError(f"only= needs one label set per label image ({len(per_group)})")
+        per_group = [regions.subset(keep) for regions, keep in zip(per_group, only)]
     inputs = len(images) if len(groups) == 1 else 1  # the inputs each label image serves
     report = None
     if callable(progress):
@@ -174,6 +180,8 @@ class _Scores:
 def _share_views(plans: list[OcclusionPlan]) -> None:
     """Let the first plan's clean forward keep every view the others read (when their nodes
     are the same), so that they take its views instead of running their own."""
+    if not plans:  # every region of this label image was left out (``only``)
+        return
     names = [n.name for n in plans[0].physical.nodes]
     if all([n.name for n in p.physical.nodes] == names for p in plans[1:]):
         union = frozenset().union(*(p.physical.views for p in plans[1:]))

@@ -234,3 +234,25 @@ def test_signals_and_volumes_with_registered_labels(spatial) -> None:
         assert list(row[2:5]) == [0] * pad + first
         assert list(row[5:8]) == [1] * pad + [b - a + 1 for a, b in zip(first, last)]
         assert row[8] == pytest.approx(score, abs=1e-4)
+
+
+def test_segment_predicates_choose_the_segments_computed(session) -> None:
+    """``WHERE segment IN (…)`` or ``area > …`` is pushed into the scan: only those segments
+    run, and the rows equal the full scan's."""
+    everything = session.sql(
+        f"SELECT image, segment, area, prob FROM {SCAN} ORDER BY image, segment", progress=False
+    ).rows
+    chosen = [row for row in everything if row[1] in (1, 3) or row[2] > 40]
+    query = (f"SELECT image, segment, area, prob FROM {SCAN} WHERE (segment IN (1, 3) OR "
+             "area > 40) AND image IN ('0', '1') ORDER BY image, segment")  # fmt: skip
+    result = session.sql(query, progress=False)
+    assert session.last_queries == len(chosen) and 0 < len(chosen) < len(everything)
+    assert [r[:3] for r in result.rows] == [r[:3] for r in chosen]
+    assert [r[3] for r in result.rows] == pytest.approx([r[3] for r in chosen], abs=1e-6)
+    text = session.explain(query)
+    assert "segments computed: those where" in text
+    assert (
+        f"0: {sum(r[0] == '0' for r in chosen)} of {sum(r[0] == '0' for r in everything)}" in text
+    )
+    nothing = session.sql(f"SELECT count(*) FROM {SCAN} WHERE area < 0", progress=False)
+    assert nothing.rows == [(0,)] and session.last_queries == 0
