@@ -244,3 +244,57 @@ def test_run_requests_are_checked() -> None:
         RunRequest.parse({"image": "a", "region": [1, 2, 3]}, "photos")
     with pytest.raises(kql.KryptonError, match="ssim target"):
         RunRequest.parse({"image": "a", "mode": "ssim", "value": 1}, "photos")
+
+
+def test_a_segment_run_hides_each_superpixel(tmp_path) -> None:
+    """``hide="segments"``: the painted map equals ``kql.ablation_scores`` on the same SLIC
+    superpixels, the statement it shows computes the same map, downloads hold one row per
+    segment, and requests that mix segments with patch-only choices are refused."""
+    from krypton_ql import segments
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    smooth = torch.nn.functional.interpolate(torch.from_numpy(rng.random((1, 3, 4, 4))),
+                                             size=(32, 32), mode="bilinear")[0]  # fmt: skip
+    Image.fromarray((smooth.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(
+        tmp_path / "c.png"
+    )
+    session = kql.connect()
+    model = small_cnn()
+    session.register_model("model", model, transform=_to_input, classes=["w", "x", "y", "z"])
+    session.register_images("images", str(tmp_path))
+    explorer = Explorer(session, "images", lambda image: image, ["model"])
+    try:
+        client = _client(explorer, raise_server_exceptions=False)
+        run, events = _run(client, image="c", hide="segments", segments=12, color=0.5)
+        kinds = [e["type"] for e in events]
+        assert kinds[0] == "start" and kinds[-1] == "done" and "cells" in kinds, events[-1]
+        start = events[0]
+        painted = _received(events[:1] + [
+            {**e, "index": list(range(32 * 32))} for e in events if e["type"] == "cells"
+        ], 32, 32)  # fmt: skip
+        image = explorer.image("c")
+        labels = segments.segment(image, "slic", n_segments=12)
+        assert start["positions"] == len(labels.unique()) > 3
+        expected = kql.ablation_scores(model, image, labels, color=0.5, progress=False)
+        np.testing.assert_allclose(painted, expected.maps(expected.scores)[0, 0, 0].numpy(),
+                                   rtol=1e-5, atol=1e-6)  # fmt: skip
+        result = session.sql(start["sql"], progress=False)  # the statement the page shows
+        np.testing.assert_allclose(result.heatmaps[0].numpy(), painted, rtol=1e-5, atol=1e-6)
+        lines = client.get(f"/api/runs/{run}/heatmap.csv").text.strip().splitlines()
+        assert lines[0] == "segment,area,prob,drop" and len(lines) == 1 + start["positions"]
+        assert sum(int(line.split(",")[1]) for line in lines[1:]) == 32 * 32
+        png = client.get(f"/api/runs/{run}/heatmap.png")
+        assert png.content[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "regions in" in client.get(f"/api/runs/{run}/plan.txt").text
+        assert client.get(f"/api/runs/{run}/plan.png").status_code == 400
+        for options, message in (
+            (dict(image="c", hide="segments", mode="tau", value=0.5), "exact mode"),
+            (dict(image="c", hide="segments", region=[0, 0, 8, 8]), "whole photo"),
+            (dict(image="c", hide="segments", segments=1), "between 2 and 2000"),
+            (dict(image="c", hide="circles"), "hide must be one of"),
+        ):
+            response = client.post("/api/runs", json=options)
+            assert response.status_code == 400 and message in response.json()["error"], options
+    finally:
+        explorer.close()

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import krypton_ql as kql
-from krypton_ql import models
+from krypton_ql import models, segments
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
@@ -269,3 +269,33 @@ def test_a_page_closed_mid_stream_leaves_the_server_serving(browser, server) -> 
     assert state["finished"] and state["cancelled"]  # the server stopped the orphaned run
     with urllib.request.urlopen(server + "api/config", timeout=30) as response:
         assert response.status == 200 and b"chelsea" in response.read()
+
+
+def test_a_segment_run_in_the_browser_equals_ablation_scores(page, tmp_path) -> None:
+    page.select_option("#photo", "coffee")
+    page.wait_for_function("document.querySelector('#target').options.length > 1")
+    page.check("input[name=hide][value=segments]")
+    assert page.is_disabled("#patch") and page.is_disabled("input[name=mode][value=tau]")
+    page.fill("#segments", "30")
+    page.click("#run")
+    assert _wait_status(page, ("done", "error")) == "done", page.inner_text("#error")
+    rows, cols = page.evaluate("[window.kql.rows, window.kql.cols]")
+    values = np.array(page.evaluate("Array.from(window.kql.values, v => isNaN(v) ? null : v)"),
+                      dtype=float).reshape(rows, cols)  # fmt: skip
+    image = models.preprocess(models.sample_photo("coffee"))
+    labels = segments.segment(image, "slic", n_segments=30)
+    expected = kql.ablation_scores(models.efficientnet_lite0(), image, labels, progress=False)
+    np.testing.assert_allclose(values, expected.maps(expected.scores)[0, 0, 0].numpy(),
+                               rtol=1e-4, atol=1e-6)  # fmt: skip
+    assert "segments => 'slic', n_segments => 30" in page.inner_text("#statement")
+    box = page.locator("#draw-canvas").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    assert "superpixel hidden" in page.inner_text("#tooltip")
+    with page.expect_download() as download:
+        page.click("#dl-png")
+    saved = tmp_path / "segments.png"
+    download.value.save_as(saved)
+    assert saved.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and saved.stat().st_size > 10_000
+    page.click("#plan-details summary")
+    page.wait_for_function("document.querySelector('#plan-text').textContent.length > 0")
+    assert "regions in" in page.inner_text("#plan-text")

@@ -190,6 +190,17 @@ class Api:
             buffer = io.BytesIO()
             np.save(buffer, heatmap.numpy())
             return _attachment(buffer.getvalue(), "application/octet-stream", f"{stem}.npy")
+        if kind == "csv" and run.labels is not None:  # a segment run: one row per segment
+            text = io.StringIO()
+            writer = csv.writer(text)
+            writer.writerow(["segment", "area", "prob", "drop"])
+            flat, values = run.labels.reshape(-1).numpy(), heatmap.reshape(-1).numpy()
+            for segment in np.unique(flat):
+                where = flat == segment
+                value = float(values[where][0])
+                writer.writerow([int(segment), int(where.sum()), f"{value:.6g}",
+                                 f"{run.base - value:.6g}"])  # fmt: skip
+            return _attachment(text.getvalue().encode(), "text/csv", f"{stem}.csv")
         if kind == "csv":
             text = io.StringIO()
             writer = csv.writer(text)
@@ -207,6 +218,10 @@ class Api:
 
     async def plan_picture(self, request: Request) -> Response:
         run = self.explorer.run(request.path_params["run"])
+        if run.labels is not None:  # a segment run: its bucket plans, as text
+            if request.path_params["kind"] == "txt":
+                return PlainTextResponse(run.buckets or "the segments are being bucketed …")
+            raise InvalidInputError("a segment run's plans are listed as text (plan.txt)")
         if run.plan is None:
             raise InvalidInputError("the run has no plan yet")
         if request.path_params["kind"] == "txt":
@@ -256,9 +271,15 @@ def _attachment(data: bytes, media: str, filename: str) -> Response:
 
 
 def _overlay(run: Any) -> bytes:
-    from krypton_ql.render import overlay_png
+    from krypton_ql.render import overlay_png, segments_png
 
     patch, stride = run.request.patch, run.request.stride
+    title = f"{run.request.image}: {run.label} (p = {run.base:.3f})"
+    if run.labels is not None:  # a segment run: the segments outlined and painted
+        with tempfile.TemporaryDirectory() as folder:
+            path = segments_png(Path(folder) / "heatmap.png", run.photo, run.heatmap,
+                                run.labels, run.base, title)  # fmt: skip
+            return path.read_bytes()
     with tempfile.TemporaryDirectory() as folder:
         path = overlay_png(
             Path(folder) / "heatmap.png", run.photo, run.heatmap, run.base,

@@ -276,6 +276,9 @@ class Explorer:
         request = run.request
         started = time.perf_counter()
         image = self.image(request.page_name, request.model)
+        if request.hide == "segments":
+            self._compute_segments(run, put, image, started)
+            return
         plan = self.plan(request, tuple(image.shape))
         model = self.session.model(request.model)
         with torch.no_grad():
@@ -307,6 +310,63 @@ class Explorer:
         # (the clean forward included), not the compilation or the naive timing itself.
         run.summary = {"elapsed": elapsed, "compute_seconds": computing, "queries": queries,
                        "naive_seconds": naive, "speedup": naive / computing}  # fmt: skip
+        put({"type": "done", **run.summary})
+
+    def _compute_segments(
+        self, run: Run, put: Callable[[dict[str, Any]], None], image: Tensor, started: float
+    ) -> None:
+        """A segment run: the photo's SLIC superpixels (as ``segments => 'slic'`` cuts them),
+        each hidden in turn (``plans.regions.ablate``), the painted map sent as one grid of
+        pixels (patch 1, stride 1)."""
+        from krypton_ql import segments
+        from krypton_ql.plans.regions import ablate
+
+        request = run.request
+        if image.dim() != 3:
+            raise InvalidInputError("segments are cut from pictures [C, H, W]")
+        model = self.session.model(request.model)
+        with torch.no_grad():
+            logits = model.get()(image[None].float())[0]
+        classes = logits.shape[0]
+        target = int(logits.argmax()) if request.target is None else request.target
+        if not 0 <= target < classes:
+            raise InvalidInputError(f"class {target} is not one of the model's {classes}")
+        labels = segments.segment(image, "slic", n_segments=request.segments)
+        count = int(labels.max()) + 1
+        naive = self._naive_seconds(request.model, model.get(), image) * count
+        prepared = time.perf_counter()
+        run.label, run.labels = _label(model.classes, target), labels
+        run.base = float(torch.softmax(logits, 0)[target])
+        run.photo = self.display(image).clamp(0, 1)
+        rows, cols = labels.shape
+        put({
+            "type": "start", "run": run.id, "rows": rows, "cols": cols, "positions": count,
+            "class": target, "label": run.label, "base": run.base, "patch": 1, "stride": 1,
+            "hide": "segments", "sql": statement(request, target), "naive_seconds": naive,
+            "theoretical_speedup": None, "mode": "exact", "prepare_seconds": prepared - started,
+        })  # fmt: skip
+
+        def report(done: int, total: int) -> None:
+            if run.cancelled.is_set():
+                raise Cancelled
+            put({"type": "progress", "done": done, "total": total,
+                 "elapsed": time.perf_counter() - started})  # fmt: skip
+
+        try:
+            result = ablate(model.get(), image[None], labels[None, None], color=request.color,
+                            target=target, score="prob", progress=report)  # fmt: skip
+        except Cancelled:
+            put({"type": "cancelled", "done": 0, "elapsed": time.perf_counter() - started})
+            return
+        painted = result.maps(result.scores)[0, 0, 0].float().cpu()
+        run.heatmap, run.buckets = painted, result.describe()
+        put({"type": "cells", "index": None, "values": painted.reshape(-1).tolist(),
+             "done": count, "total": count, "queries": result.queries,
+             "elapsed": time.perf_counter() - started, "stage": 0})  # fmt: skip
+        elapsed, computing = time.perf_counter() - started, time.perf_counter() - prepared
+        run.summary = {"elapsed": elapsed, "compute_seconds": computing,
+                       "queries": result.queries, "naive_seconds": naive,
+                       "speedup": naive / computing}  # fmt: skip
         put({"type": "done", **run.summary})
 
     def _naive_seconds(self, name: str, module: Any, image: Tensor) -> float:

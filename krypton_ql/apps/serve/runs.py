@@ -19,6 +19,7 @@ from torch import Tensor
 from compiler.errors import InvalidInputError
 
 MODES = ("exact", "tau", "ssim")
+HIDES = ("patches", "segments")  # a patch slid over a grid, or each SLIC superpixel in turn
 UPLOADS = "uploads"  # the image set of the photos uploaded to this server
 MAX_CELLS = 250_000  # positions in one run (patch 1 stride 1 on 500×500)
 
@@ -28,7 +29,9 @@ class RunRequest:
     """One heatmap the page asks for: an image (of the server's image set or the uploads), the
     model, the occlusion options, the class (None: the predicted one), the mode (``exact``,
     ``tau`` with ``value`` = τ, ``ssim`` with ``value`` = the target) and an optional region
-    ``(y0, x0, y1, x1)`` in input pixels (half-open): the positions whose patch centre is in it."""
+    ``(y0, x0, y1, x1)`` in input pixels (half-open): the positions whose patch centre is in it.
+    ``hide="segments"`` hides each of about ``segments`` SLIC superpixels in turn instead of a
+    patch (exact, the whole photo)."""
 
     image: str
     images: str
@@ -40,6 +43,8 @@ class RunRequest:
     mode: str = "exact"
     value: float | None = None
     region: tuple[int, int, int, int] | None = None
+    hide: str = "patches"
+    segments: int = 100
 
     @classmethod
     def parse(cls, data: Any, images: str) -> RunRequest:
@@ -61,6 +66,18 @@ class RunRequest:
             raise InvalidInputError(f"tau must be in (0, 1], got {value}")
         if mode == "ssim" and not (value is not None and 0 < value < 1):
             raise InvalidInputError(f"an ssim target must be in (0, 1), got {value}")
+        hide = data.get("hide", "patches")
+        if hide not in HIDES:
+            raise InvalidInputError(f"hide must be one of {', '.join(HIDES)}, got {hide!r}")
+        segments = _integer(data.get("segments", 100), "segments")
+        if hide == "segments" and not 2 <= segments <= 2000:
+            raise InvalidInputError(f"segments must be between 2 and 2000, got {segments}")
+        if hide == "segments" and mode != "exact":
+            raise InvalidInputError("segments are hidden exactly: choose the exact mode")
+        if hide == "segments" and data.get("region") is not None:
+            raise InvalidInputError(
+                "a region restricts patch positions; segments cover the whole photo"
+            )
         target = data.get("target")
         region = data.get("region")
         if region is not None:
@@ -78,6 +95,8 @@ class RunRequest:
             mode=mode,
             value=value,
             region=region,
+            hide=hide,
+            segments=segments,
         )
 
     @property
@@ -127,6 +146,8 @@ def statement(request: RunRequest, target: int) -> str:
     GROUP BY image, class, label
     """
     options = [f"patch => {request.patch}", f"stride => {request.stride}"]
+    if request.hide == "segments":
+        options = ["segments => 'slic'", f"n_segments => {request.segments}"]
     if request.color != 0.0:
         options.append(f"color => {request.color:g}")
     if request.mode == "tau":
@@ -196,6 +217,8 @@ class Run:
     base: float | None = None
     label: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
+    labels: Tensor | None = None  # a segment run's superpixels ([H, W] labels)
+    buckets: str = ""  # a segment run's plans (AblationResult.describe)
 
     def cancel(self) -> None:
         self.cancelled.set()

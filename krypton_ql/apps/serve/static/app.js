@@ -214,7 +214,7 @@ function drawHeatmap() {
   const canvas = $("heat-canvas");
   const target = canvas.getContext("2d");
   target.clearRect(0, 0, canvas.width, canvas.height);
-  target.imageSmoothingEnabled = cols > 1 && rows > 1;
+  target.imageSmoothingEnabled = cols > 1 && rows > 1 && !state.segments;  // segments: crisp
   // Cell (i, j) is drawn at its patch centre, one stride wide (as kql.render draws it).
   const left = (patch / 2 - stride / 2) * SCALE, top = (patch / 2 - stride / 2) * SCALE;
   target.drawImage(cells, left, top, cols * stride * SCALE, rows * stride * SCALE);
@@ -244,8 +244,11 @@ function hover(event) {
     return;
   }
   const value = state.values[row * cols + col];
-  tip.textContent = `cell (${row}, ${col}), patch at (${row * stride}, ${col * stride}): ` +
-    `prob ${value.toFixed(4)}, drop ${(state.base - value).toFixed(4)}`;
+  tip.textContent = state.segments
+    ? `pixel (${row}, ${col}), its superpixel hidden: ` +
+      `prob ${value.toFixed(4)}, drop ${(state.base - value).toFixed(4)}`
+    : `cell (${row}, ${col}), patch at (${row * stride}, ${col * stride}): ` +
+      `prob ${value.toFixed(4)}, drop ${(state.base - value).toFixed(4)}`;
   tip.style.left = `${event.offsetX + 14}px`;
   tip.style.top = `${event.offsetY + 14}px`;
   tip.hidden = false;
@@ -257,11 +260,15 @@ let source = null;
 
 function options() {
   const mode = document.querySelector("input[name=mode]:checked").value;
+  const hide = document.querySelector("input[name=hide]:checked").value;
   const body = {
     image: $("photo").value, model: $("model").value, patch: Number($("patch").value),
     stride: Number($("stride").value), color: Number($("color").value), mode,
     target: $("target").value === "" ? null : Number($("target").value), region: state.region,
   };
+  if (hide === "segments") {
+    Object.assign(body, {hide, segments: Number($("segments").value), region: null});
+  }
   if (mode !== "exact") body.value = Number($("value").value);
   return body;
 }
@@ -295,7 +302,10 @@ function onEvent(kind, event) {
   state.events++;
   if (kind === "start") {
     Object.assign(state, {rows: event.rows, cols: event.cols, base: event.base,
-      patch: event.patch, stride: event.stride});
+      patch: event.patch, stride: event.stride, segments: event.hide === "segments"});
+    $("bar-caption").textContent = state.segments
+      ? "probability with the pixel's superpixel hidden (red: dropped)"
+      : "probability with the patch here (red: dropped)";
     state.values = new Float64Array(event.rows * event.cols).fill(NaN);
     state.computed = new Uint8Array(event.rows * event.cols);
     state.wanted = new Uint8Array(event.rows * event.cols);
@@ -306,14 +316,17 @@ function onEvent(kind, event) {
     $("copy").disabled = $("use-statement").disabled = false;
     $("n-class").textContent = `${event.label} (${event.class}), p = ${event.base.toFixed(4)}`;
     $("n-naive").textContent = `${event.naive_seconds.toFixed(2)} s`;
-    $("n-theory").textContent = `${event.theoretical_speedup.toFixed(2)}×`;
+    $("n-theory").textContent = event.theoretical_speedup === null ? "–"
+      : `${event.theoretical_speedup.toFixed(2)}×`;
     $("n-ssim").textContent = event.mode === "ssim" ? "(after the run)" : "–";
     $("progress").max = event.positions;
-    $("status-text").textContent = `0 of ${event.positions} positions`;
+    $("status-text").textContent = `0 of ${event.positions} ${unit()}`;
     state.wanted.fill(1);
     showPlan();
   } else if (kind === "cells") {
-    event.index.forEach((index, i) => {
+    // A segment run sends every pixel at once (index null: all of them, in order).
+    const indices = event.index === null ? event.values.map((_, i) => i) : event.index;
+    indices.forEach((index, i) => {
       state.values[index] = event.values[i] === null ? NaN : event.values[i];
       state.computed[index] = 1;
     });
@@ -331,13 +344,15 @@ function onEvent(kind, event) {
     progress(Object.assign({done: state.total}, event));
     $("n-speedup").textContent = `${event.speedup.toFixed(2)}× (${event.compute_seconds.toFixed(2)} s ` +
       `of occlusion work, after ${state.prepareSeconds.toFixed(2)} s preparing)`;
-    finish("done", `Done: ${state.total} positions in ${event.elapsed.toFixed(2)} s.`);
+    finish("done", `Done: ${state.total} ${unit()} in ${event.elapsed.toFixed(2)} s.`);
   } else if (kind === "cancelled") {
-    finish("cancelled", `Cancelled after ${event.done} positions.`);
+    finish("cancelled", `Cancelled after ${event.done} ${unit()}.`);
   } else if (kind === "error") {
     finish("error", event.message);
   }
 }
+
+function unit() { return state.segments ? "superpixels" : "positions"; }
 
 function markWanted() {
   // Only the region's cells are shown: a cell is wanted once it or a lattice cell is computed.
@@ -357,7 +372,7 @@ function progress(event) {
   if (event.queries !== undefined) $("n-queries").textContent = event.queries.toLocaleString();
   if (event.elapsed !== undefined) $("n-elapsed").textContent = `${event.elapsed.toFixed(2)} s`;
   if (event.done !== undefined) {
-    $("status-text").textContent = `${event.done} of ${state.total} positions` +
+    $("status-text").textContent = `${event.done} of ${state.total} ${unit()}` +
       (event.stage === 0 ? " (coarse first)" : "");
   }
 }
@@ -385,9 +400,10 @@ async function cancelRun() {
 
 function showPlan() {
   const picture = $("plan-picture");
+  $("plan-text").textContent = "";
+  if (state.segments) { picture.hidden = true; return; }  // its bucket plans: as text only
   picture.src = api(`/api/runs/${state.run}/plan.png`);
   picture.hidden = false;
-  $("plan-text").textContent = "";
 }
 
 async function planText() {
@@ -471,6 +487,20 @@ for (const radio of document.querySelectorAll("input[name=mode]")) {
     const mode = document.querySelector("input[name=mode]:checked").value;
     $("value").disabled = mode === "exact";
     if (mode !== "exact") $("value").value = state.config.defaults[mode];
+  });
+}
+for (const radio of document.querySelectorAll("input[name=hide]")) {
+  radio.addEventListener("change", () => {
+    // Segments are hidden exactly over the whole photo: no patch, stride, region or τ.
+    const segments = document.querySelector("input[name=hide]:checked").value === "segments";
+    $("segments").disabled = !segments;
+    $("patch").disabled = $("stride").disabled = segments;
+    for (const mode of document.querySelectorAll("input[name=mode]")) {
+      mode.disabled = segments && mode.value !== "exact";
+      if (segments && mode.value === "exact") mode.checked = true;
+    }
+    $("value").disabled = segments || $("value").disabled;
+    if (segments) { state.region = null; drawRegion(); }
   });
 }
 const draw = $("draw-canvas");
