@@ -195,12 +195,12 @@ class Api:
             writer = csv.writer(text)
             writer.writerow(["segment", "area", "prob", "drop"])
             flat, values = run.labels.reshape(-1).numpy(), heatmap.reshape(-1).numpy()
-            base = float(run.base or 0.0)  # set with the heatmap
+            clean = float(run.base or 0.0)  # set with the heatmap
             for segment in np.unique(flat):
                 where = flat == segment
                 value = float(values[where][0])
                 writer.writerow([int(segment), int(where.sum()), f"{value:.6g}",
-                                 f"{base - value:.6g}"])  # fmt: skip
+                                 f"{clean - value:.6g}"])  # fmt: skip
             return _attachment(text.getvalue().encode(), "text/csv", f"{stem}.csv")
         if kind == "csv":
             text = io.StringIO()
