@@ -23,8 +23,10 @@ a forward function that returns one score per example, such as the usual segment
 ``model(x)["out"][:, c].mul(mask).sum((1, 2))`` (its masked sum is a region aggregate the
 engine maintains by its delta over each window's box). Anything else — several inputs, a
 model in training mode or one the engine cannot import, additional forward arguments — is
-handed to Captum itself with a logged warning when captum is installed, and raises
-``UnsupportedOperationError`` (saying why) when it is not. Arguments Captum rejects are
+handed to Captum itself with a logged warning. The drop-ins are subclasses of Captum's classes:
+what Captum's wrappers ask of an attribution method (``NoiseTunnel``: ``multiplies_by_inputs``,
+``has_convergence_delta()``, ``attribute.__wrapped__``) is there, and settings made on the
+instance (``use_weights``) hold for the calls handed to Captum. Arguments Captum rejects are
 rejected alike, with errors that are also ``AssertionError`` / ``IndexError`` where Captum's
 are (``CaptumAssertionError``, ``CaptumIndexError``); float64 inputs give float32
 attributions, as Captum's do. ``perturbations_per_eval`` is accepted and validated but
@@ -34,6 +36,7 @@ Captum's does.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import weakref
@@ -44,9 +47,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from captum.attr import FeatureAblation as CaptumFeatureAblation
+from captum.attr import Occlusion as CaptumOcclusion
 from torch import Tensor, nn
 
-from compiler.errors import InvalidInputError, KryptonError, UnsupportedOperationError
+from compiler.errors import InvalidInputError, KryptonError
 from krypton_ql import fingerprint
 from krypton_ql.options import Options
 from krypton_ql.plans.cache import PLANS
@@ -70,14 +75,27 @@ class CaptumRuntimeError(InvalidInputError, RuntimeError):
     ``RuntimeError``)."""
 
 
-class Occlusion:
-    """``captum.attr.Occlusion`` with krypton-ql's incremental engine underneath."""
+def _unwrappable(method: Any) -> Any:
+    """Captum wraps its attribution methods (its usage log), and ``NoiseTunnel`` calls the
+    unwrapped one (``attribute.__wrapped__``): ours are wrapped alike."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+class Occlusion(CaptumOcclusion):
+    """``captum.attr.Occlusion`` with krypton-ql's incremental engine underneath (a subclass
+    of Captum's: what Captum's wrappers such as ``NoiseTunnel`` ask of it is Captum's)."""
 
     def __init__(self, forward_func: Any):
-        self.forward_func = forward_func
+        super().__init__(forward_func)
         self.last_plan: Any = None  # the plan of the last accelerated call (for explain())
         self.delegated: str | None = None  # why the last call went to Captum, if it did
 
+    @_unwrappable
     def attribute(
         self,
         inputs: Any,
@@ -152,28 +170,17 @@ class Occlusion:
         attributions = attributions.to(_result_dtype(images.dtype))
         return (attributions,) if isinstance(inputs, tuple) else attributions
 
-    def attribute_future(self) -> None:
-        """Not implemented, as in Captum's ``Occlusion``."""
-        raise NotImplementedError("attribute_future is not implemented for Occlusion")
-
     def _delegate(self, reason: str, arguments: dict) -> Any:
-        try:
-            from captum.attr import Occlusion as CaptumOcclusion
-        except ImportError:
-            raise UnsupportedOperationError(
-                f"krypton_ql.captum.Occlusion cannot accelerate this call ({reason}), and "
-                "captum is not installed to run it"
-            ) from None
         log.warning(
             "krypton_ql.captum.Occlusion cannot accelerate this call (%s); running "
             "captum.attr.Occlusion instead",
             reason,
         )
         self.last_plan, self.delegated = None, reason
-        return CaptumOcclusion(self.forward_func).attribute(**arguments)
+        return super().attribute(**arguments)  # Captum's, with this instance's settings
 
 
-class FeatureAblation:
+class FeatureAblation(CaptumFeatureAblation):
     """``captum.attr.FeatureAblation`` with krypton-ql's incremental engine underneath: each
     feature of ``feature_mask`` (a region of any shape) is one query whose update is the
     feature's cells inside its bounding box; queries run in plans grouped by box size
@@ -198,10 +205,11 @@ class FeatureAblation:
     """
 
     def __init__(self, forward_func: Any):
-        self.forward_func = forward_func
+        super().__init__(forward_func)
         self.last_result: Any = None
         self.delegated: str | None = None
 
+    @_unwrappable
     def attribute(
         self,
         inputs: Any,
@@ -288,30 +296,21 @@ class FeatureAblation:
 
     def attribute_future(self, *args: Any, **kwargs: Any) -> Any:
         """Captum's own ``attribute_future`` (a forward function that returns futures)."""
-        from captum.attr import FeatureAblation as CaptumFeatureAblation
-
         self.last_result, self.delegated = None, "attribute_future"
         log.warning(
             "krypton_ql.captum.FeatureAblation cannot accelerate attribute_future; running "
             "captum.attr.FeatureAblation instead"
         )
-        return CaptumFeatureAblation(self.forward_func).attribute_future(*args, **kwargs)
+        return super().attribute_future(*args, **kwargs)
 
     def _delegate(self, reason: str, arguments: dict) -> Any:
-        try:
-            from captum.attr import FeatureAblation as CaptumFeatureAblation
-        except ImportError:
-            raise UnsupportedOperationError(
-                f"krypton_ql.captum.FeatureAblation cannot accelerate this call ({reason}), "
-                "and captum is not installed to run it"
-            ) from None
         log.warning(
             "krypton_ql.captum.FeatureAblation cannot accelerate this call (%s); running "
             "captum.attr.FeatureAblation instead",
             reason,
         )
         self.last_result, self.delegated = None, reason
-        return CaptumFeatureAblation(self.forward_func).attribute(**arguments)
+        return super().attribute(**arguments)  # Captum's, with this instance's settings
 
 
 @contextmanager

@@ -129,3 +129,43 @@ def test_show_progress_draws_one_bar_as_captum_labels_it(capsys) -> None:
     ours.attribute(x, target=0, feature_mask=mask, show_progress=True)
     assert len(ours.last_result.buckets[0].buckets) == 2
     assert capsys.readouterr().err.count("Feature Ablation attribution: 100%") == 1
+
+
+def test_the_drop_ins_are_what_captums_wrappers_take() -> None:
+    """Captum's wrappers and test helpers ask an attribution method for ``multiplies_by_inputs``,
+    ``has_convergence_delta()`` and the unwrapped ``attribute.__wrapped__`` (``NoiseTunnel``);
+    the drop-ins are subclasses of Captum's classes, so what Captum asks of them is there, and
+    settings made on the instance (``use_weights``) reach Captum when a call is handed to it."""
+    from captum.attr import NoiseTunnel
+    from captum.attr import Occlusion as CaptumOcclusion
+
+    from krypton_ql.captum import Occlusion
+
+    torch.manual_seed(7)
+    model, images = small_cnn(), torch.rand(2, 3, 12, 12)
+    labels = torch.arange(144).reshape(1, 1, 12, 12) // 36
+    for ours, theirs in ((FeatureAblation(model), CaptumFeatureAblation(model)),
+                         (Occlusion(model), CaptumOcclusion(model))):  # fmt: skip
+        assert isinstance(ours, type(theirs)) and ours.multiplies_by_inputs
+        assert ours.has_convergence_delta() is False and callable(ours.attribute.__wrapped__)
+    # NoiseTunnel over an accelerated call equals NoiseTunnel over Captum's (the same noise).
+    for ours, theirs, options in (
+        (FeatureAblation(model), CaptumFeatureAblation(model), {"feature_mask": labels}),
+        (Occlusion(model), CaptumOcclusion(model),
+         {"sliding_window_shapes": (3, 4, 4), "strides": (3, 4, 4)}),
+    ):  # fmt: skip
+        torch.manual_seed(1)
+        got = NoiseTunnel(ours).attribute(images, nt_samples=3, stdevs=0.1, target=1, **options)
+        assert ours.delegated is None, ours.delegated
+        torch.manual_seed(1)
+        expected = NoiseTunnel(theirs).attribute(images, nt_samples=3, stdevs=0.1, target=1,
+                                                 **options)  # fmt: skip
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    # use_weights on the instance reaches Captum on a delegated call (one feature per column).
+    flat = nn.Sequential(nn.Linear(3, 2)).eval()
+    inputs, mask = torch.rand(2, 3), torch.tensor([[0, 0, 1], [1, 1, 0]])
+    ours, theirs = FeatureAblation(flat), CaptumFeatureAblation(flat)
+    ours.use_weights = theirs.use_weights = True
+    torch.testing.assert_close(ours.attribute(inputs, target=0, feature_mask=mask),
+                               theirs.attribute(inputs, target=0, feature_mask=mask))  # fmt: skip
+    assert ours.delegated is not None
