@@ -61,6 +61,39 @@ def output_box(box_in: Size, window: Window, out: Size) -> Size:
     return box_in.map(window_size, window.extent, window.stride, out)
 
 
+def fitted_box(origins: Origins, box_in: Size, window: Window, out: Size) -> Size:
+    """The output box of a window operator that covers every query's changed outputs: per
+    axis, the widest ``[first, last]`` over the queries of the outputs whose window meets the
+    query's input box ``[o, o + b)`` (clipped to the map). Never wider than ``output_box``;
+    narrower where every query's box meets the border, or where the queries' alignment with
+    the stride leaves the uniform bound's last cell unused.
+
+    A 2×2 pool of stride 2 over 4-wide boxes: the uniform bound is 3 outputs, but boxes that
+    all start on even cells change 2 (rows; one odd start needs 3: columns). A 3×3 convolution
+    of 4-wide boxes changes 6 outputs inside the map, 5 against either border (columns):
+
+    >>> from compiler.types import Padding
+    >>> pool = Window(Size(2, 2), Size(2, 2), Size(1, 1), Padding.zero(2))
+    >>> fitted_box((np.array([0, 8]), np.array([2, 5])), Size(4, 4), pool, Size(8, 8))
+    Size(2, 3)
+    >>> conv = Window(Size(3, 3), Size(1, 1), Size(1, 1), Padding((1, 1), (1, 1)))
+    >>> fitted_box((np.array([5, 9]), np.array([0, 12])), Size(4, 4), conv, Size(16, 16))
+    Size(6, 5)
+    """
+    uniform = output_box(box_in, window, out)
+    sizes = []
+    for axis, (starts, b, n) in enumerate(zip(origins, box_in, out)):
+        if len(starts) == 0:
+            sizes.append(uniform[axis])
+            continue
+        extent, stride = window.extent[axis], window.stride[axis]
+        pad = window.padding.before[axis]
+        first = np.maximum(ceil_div(starts + pad - extent + 1, stride), 0)
+        last = np.minimum((starts + b - 1 + pad) // stride, n - 1)
+        sizes.append(int(min(uniform[axis], max(1, int(np.max(last - first)) + 1))))
+    return Size(*sizes)
+
+
 def read_size(box: Size, window: Window) -> Size:
     """The read-in window ``K + (W_Ō − 1)·S`` per axis that produces an output box."""
     return box.map(lambda b, k, s: k + (b - 1) * s, window.extent, window.stride)
