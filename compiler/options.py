@@ -28,3 +28,6 @@ class CompileOptions:
     memory_budget: int | None = None  # bytes for per-query buffers; None: no limit
     images: int = 1  # images per run; queries = images × positions
     tau: float = 1.0  # projective-field threshold; 1 is exact (rules/approx)
+    # Fit each window operator's box to the queries (boxes.fitted_box); False: the uniform
+    # bound, which the paper's analysis and the theoretical speedup at the centre count.
+    fit_boxes: bool = True

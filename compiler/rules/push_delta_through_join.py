@@ -4,9 +4,9 @@ Identity (research §2.3): a convolution or pooling group-by changes only for th
 window meets the input box; recomputing exactly those groups from the read-in window of
 ``view ⊕ patch`` (out-of-range cells are padding) gives the new values. The box size is the
 widest over the queries of the outputs whose window meets the query's input box, clipped to
-the map (``boxes.fitted_box``): at most the uniform bound ``min(ceil((W + K − 1)/S), W_O)``,
-less when every query's box meets a border or the queries' alignment with the stride leaves
-that bound's last cell unused.
+the map (``boxes.fitted_box``): at most the uniform bound ``min(ceil((W + K − 1)/S), W_O)``
+(which ``CompileOptions.fit_boxes=False`` keeps), less when every query's box meets a border
+or the queries' alignment with the stride leaves that bound's last cell unused.
 Preconditions: the input is boxed. Recompute is the default for every window operator; the
 linear ones may switch to the delta form in the cost stage.
 """
@@ -25,8 +25,10 @@ def push_delta_through_join(node: Node, ctx: RuleContext) -> Node | None:
     if source.state is not State.BOX:
         return None
     assert source.update is not None and source.update.box is not None
-    box = boxes.fitted_box(
-        ctx.origins(source.name), source.update.box, node.op.window, node.schema.size
-    )  # the widest of the queries' changed outputs, clipped to the map
+    box = boxes.output_box(source.update.box, node.op.window, node.schema.size)
+    if ctx.options.fit_boxes:  # the widest of the queries' changed outputs, in the map
+        box = boxes.fitted_box(
+            ctx.origins(source.name), source.update.box, node.op.window, node.schema.size
+        )
     read = boxes.read_size(box, node.op.window)
     return node.with_update(Update(State.BOX, Strategy.RECOMPUTE, box, read))  # Γ(W(V⊕Δ)⋈K)

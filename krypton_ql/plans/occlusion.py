@@ -104,9 +104,11 @@ class OcclusionPlan(HeatmapPlan):
     @functools.cached_property
     def centre_cost(self) -> PlanCost:
         """FMAs of full re-inference and of the incremental plan, patch at the image centre
-        (computed when first asked: a second rewrite of the plan)."""
+        (computed when first asked: a second rewrite of the plan), with the uniform boxes the
+        paper counts (``CompileOptions.fit_boxes=False``)."""
         centre = Positions.centre(Size(*self.shape[1:]), self.occlusion.patch)
-        optimized = optimize(self.logical, self._compile_options, centre)
+        uniform = dataclasses.replace(self._compile_options, fit_boxes=False)  # as the paper
+        optimized = optimize(self.logical, uniform, centre)
         return plan_cost(self.logical, optimized.plan)
 
     @property
