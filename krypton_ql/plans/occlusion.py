@@ -270,6 +270,9 @@ class OcclusionPlan(HeatmapPlan):
             reach = max(1, n // 8)
             bins.append(np.where(starts < reach, 0, np.where(starts + p > n - reach, 2, 1)))
         keys = np.ravel_multi_index(tuple(bins), (3,) * len(bins))
+        counts = np.unique(keys, return_counts=True)[1]
+        if len(counts) < 2 or counts.min() < 16:  # small groups run small batches: slower
+            return []
         full = plan_cost(self.logical, self.optimized.plan).incremental.fma * len(self.positions)
         groups, split = [], 0.0
         for key in np.unique(keys):
@@ -278,8 +281,8 @@ class OcclusionPlan(HeatmapPlan):
             optimized = optimize(self.logical, compile_options, positions)
             split += plan_cost(self.logical, optimized.plan).incremental.fma * len(members)
             groups.append(_Group(members, positions, optimized, lower(optimized.plan)))
-        if len(groups) < 2 or split > 0.95 * full or min(len(g.members) for g in groups) < 16:
-            return []  # small groups run small batches: slower than the one plan
+        if split > 0.95 * full:
+            return []
         log.info("%d border groups: %.0f%% of the grid plan's multiply-adds", len(groups),
                  100 * split / full)  # fmt: skip
         return groups
