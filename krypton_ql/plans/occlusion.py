@@ -78,12 +78,7 @@ class OcclusionPlan(HeatmapPlan):
 
             limits.check(self.physical, cuda=device.type == "cuda")
         self._compile_options = compile_options
-        self.groups = self._border_groups(compile_options)
-        if self.groups and self.backend is Backend.TRITON:
-            from runtime.kernels import limits
-
-            for group in self.groups:
-                limits.check(group.physical, cuda=device.type == "cuda")
+        self._device = device
         batching = self.physical.batching
         if not log.isEnabledFor(logging.INFO):  # the message computes the theoretical speedup
             return
@@ -250,6 +245,18 @@ class OcclusionPlan(HeatmapPlan):
             queries += executor.queries_run
         return scores, queries
 
+    @functools.cached_property
+    def groups(self) -> list[_Group]:
+        """The border groups the plan runs in (``_border_groups``; compiled when first run or
+        explained, so a plan only compiled pays nothing)."""
+        groups = self._border_groups(self._compile_options)
+        if groups and self.backend is Backend.TRITON:
+            from runtime.kernels import limits
+
+            for group in groups:
+                limits.check(group.physical, cuda=self._device.type == "cuda")
+        return groups
+
     def _border_groups(self, compile_options: Any) -> list[_Group]:
         """Exact grid plans split by the patch's distance to the border: along each axis, the
         positions within an eighth of the image of the first border, of the last, and the
@@ -257,10 +264,12 @@ class OcclusionPlan(HeatmapPlan):
         near a border, a box grows on one side only. Kept when it cuts the plan's predicted
         multiply-adds by at least 5% and every group has 16 queries or more (measured: VGG16
         and ResNet18 at 729 positions run 6–8% faster; at 49, whose corner groups hold one
-        query each, 1.3–1.5× slower); none for approximate plans and listed windows."""
+        query each, 1.3–1.5× slower); none for approximate plans, listed windows, and inputs
+        of other than 2 spatial axes."""
         if (
             self.options.tau < 1
             or self.occlusion.windows is not None
+            or len(self.positions.grid) != 2  # images: 9 groups (a volume's 27 cost more)
             or any(n < 3 for n in self.positions.grid)
         ):
             return []

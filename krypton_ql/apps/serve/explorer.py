@@ -280,19 +280,11 @@ class Explorer:
             self._compute_segments(run, put, image, started)
             return
         plan = self.plan(request, tuple(image.shape))
-        model = self.session.model(request.model)
-        with torch.no_grad():
-            logits = model.get()(image[None].float())[0]
-        classes = logits.shape[0]
-        target = int(logits.argmax()) if request.target is None else request.target
-        if not 0 <= target < classes:
-            raise InvalidInputError(f"class {target} is not one of the model's {classes}")
+        model, target = self._class(run, image)
         index = region_positions(plan, request.region)
         naive = self._naive_seconds(request.model, model.get(), image) * len(index)
         prepared = time.perf_counter()  # the plan compiled (or reused), the naive time measured
-        run.plan, run.label = plan, _label(model.classes, target)
-        run.base = float(torch.softmax(logits, 0)[target])
-        run.photo = self.display(image).clamp(0, 1)
+        run.plan = plan
         rows, cols = plan.grid
         put({
             "type": "start", "run": run.id, "rows": rows, "cols": cols,
@@ -312,6 +304,22 @@ class Explorer:
                        "naive_seconds": naive, "speedup": naive / computing}  # fmt: skip
         put({"type": "done", **run.summary})
 
+    def _class(self, run: Run, image: Tensor) -> tuple[Any, int]:
+        """The run's model and class (the request's, else the predicted one, checked), with
+        the clean probability, the class's name and the photo the page shows."""
+        request = run.request
+        model = self.session.model(request.model)
+        with torch.no_grad():
+            logits = model.get()(image[None].float())[0]
+        classes = logits.shape[0]
+        target = int(logits.argmax()) if request.target is None else request.target
+        if not 0 <= target < classes:
+            raise InvalidInputError(f"class {target} is not one of the model's {classes}")
+        run.label = _label(model.classes, target)
+        run.base = float(torch.softmax(logits, 0)[target])
+        run.photo = self.display(image).clamp(0, 1)
+        return model, target
+
     def _compute_segments(
         self, run: Run, put: Callable[[dict[str, Any]], None], image: Tensor, started: float
     ) -> None:
@@ -324,20 +332,12 @@ class Explorer:
         request = run.request
         if image.dim() != 3:
             raise InvalidInputError("segments are cut from pictures [C, H, W]")
-        model = self.session.model(request.model)
-        with torch.no_grad():
-            logits = model.get()(image[None].float())[0]
-        classes = logits.shape[0]
-        target = int(logits.argmax()) if request.target is None else request.target
-        if not 0 <= target < classes:
-            raise InvalidInputError(f"class {target} is not one of the model's {classes}")
+        model, target = self._class(run, image)
         labels = segments.segment(image, "slic", n_segments=request.segments)
         count = int(labels.max()) + 1
         naive = self._naive_seconds(request.model, model.get(), image) * count
         prepared = time.perf_counter()
-        run.label, run.labels = _label(model.classes, target), labels
-        run.base = float(torch.softmax(logits, 0)[target])
-        run.photo = self.display(image).clamp(0, 1)
+        run.labels = labels
         rows, cols = labels.shape
         put({
             "type": "start", "run": run.id, "rows": rows, "cols": cols, "positions": count,
