@@ -22,32 +22,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from typing import Any
 
 import torch
-import torchvision
 
-from krypton_ql import models, segments
+from benchmarks import common
+from krypton_ql import segments
 from krypton_ql.captum import FeatureAblation
 from krypton_ql.plans.regions import ablate
 
 PHOTOS = ("astronaut", "coffee", "rocket")
 TARGET = 3
-
-
-def _model(name: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    if name == "efficientnet_lite0":
-        return models.efficientnet_lite0()
-    return getattr(torchvision.models, name)().eval()
-
-
-def _image(name: str, photo: str) -> torch.Tensor:
-    if name == "efficientnet_lite0":
-        return models.preprocess(models.sample_photo(photo))[None]
-    return models.imagenet_transform(224)(models.sample_photo(photo))[None]
 
 
 def _timed(call: Any) -> tuple[Any, float]:
@@ -60,13 +46,13 @@ def _timed(call: Any) -> tuple[Any, float]:
 def run(name: str, count: int, ppes: list[int], plans: list[int]) -> list[dict]:
     from captum.attr import FeatureAblation as Captum
 
-    model = _model(name)
-    _image_warm = _image(name, PHOTOS[-1])
+    model = common.model(name)
+    _image_warm = common.photo(name, PHOTOS[-1])[None]
     FeatureAblation(model).attribute(_image_warm, target=TARGET, feature_mask=segments.segment(
         _image_warm[0], "slic", n_segments=count)[None, None])  # fmt: skip  # the export
     rows = []
     for photo in PHOTOS[:2]:
-        image = _image(name, photo)
+        image = common.photo(name, photo)[None]
         labels = segments.segment(image[0], "slic", n_segments=count)[None, None]
         captum = {}
         for ppe in ppes:
@@ -135,10 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         for count in (int(c) for c in args.segments.split(",")):
             rows += run(name, count, ppes, plans if count == 100 else [])
     if args.json:
-        meta = {"machine": platform.machine(), "threads": torch.get_num_threads(),
-                "torch": torch.__version__}  # fmt: skip
-        with open(args.json, "w") as handle:
-            json.dump({"meta": meta, "rows": rows}, handle, indent=2)
+        common.write_json(args.json, "rows", rows)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ is the plan as a whole against the sgemm rate of a 4096³ GEMM.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 from collections import defaultdict
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import torch
 import torchvision
 
+from benchmarks.common import write_json
 from compiler.physical import KernelId
 from krypton_ql import models
 from krypton_ql.options import Options
@@ -104,10 +103,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{row['seconds']:6.3f} s {row['gfma_s']:6.1f} GFMA/s (sgemm same shape "
                   f"{row['sgemm_same_shape_gfma_s']:.1f})")  # fmt: skip
     if args.json:
-        meta = {"machine": platform.machine(), "threads": torch.get_num_threads(),
-                "torch": torch.__version__}  # fmt: skip
-        with open(args.json, "w") as handle:
-            json.dump({"meta": meta, "results": results}, handle, indent=2)
+        write_json(args.json, "results", results)
 
 
 if __name__ == "__main__":

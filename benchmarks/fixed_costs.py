@@ -22,37 +22,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from typing import Any
 
 import torch
-import torchvision
 
 import krypton_ql as kql
+from benchmarks import common
 from compiler.importer import export, import_model
 from compiler.lower import lower
 from compiler.pipeline import optimize
-from krypton_ql import models
 from krypton_ql.options import Options
 from krypton_ql.plans.occlusion import OcclusionPlan
 from runtime.memory import default_budget
 
 PHOTOS = ("astronaut", "coffee", "rocket", "chelsea")
 GRIDS = {"49 positions (stride 32)": 32, "729 positions (stride 8)": 8}
-
-
-def _model(name: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    if name == "efficientnet_lite0":
-        return models.efficientnet_lite0()
-    return getattr(torchvision.models, name)().eval()
-
-
-def _image(name: str, photo: str) -> torch.Tensor:
-    if name == "efficientnet_lite0":
-        return models.preprocess(models.sample_photo(photo))
-    return models.imagenet_transform(224)(models.sample_photo(photo))
 
 
 def _clock(call: Any) -> tuple[Any, float]:
@@ -101,7 +86,7 @@ def naive(
 
 def loop(model: torch.nn.Module, name: str, stride: int) -> dict[str, Any]:
     """``occlusion_heatmap`` over the photos (first call apart) and the naive loop."""
-    images = [_image(name, photo) for photo in PHOTOS]
+    images = [common.photo(name, photo) for photo in PHOTOS]
     kql.plan_cache.clear()
     first, t_first = _clock(lambda: kql.occlusion_heatmap(
         model, images[0], patch=16, stride=stride, progress=False))  # fmt: skip
@@ -111,7 +96,6 @@ def loop(model: torch.nn.Module, name: str, stride: int) -> dict[str, Any]:
             model, image, patch=16, stride=stride, progress=False))  # fmt: skip
         rest.append(seconds)
     t_naive = []
-    worst = 0.0
     for image in images:
         scores, seconds = _clock(lambda image=image: naive(model, image, stride))
         t_naive.append(seconds)
@@ -130,7 +114,10 @@ def captum_loop(model: torch.nn.Module, name: str, ppes: tuple[int, ...] = (8, 3
 
     from krypton_ql.captum import Occlusion
 
-    batches = [torch.stack([_image(name, a), _image(name, b)]) for a, b in (PHOTOS[:2], PHOTOS[2:])]
+    batches = [
+        torch.stack([common.photo(name, a), common.photo(name, b)])
+        for a, b in (PHOTOS[:2], PHOTOS[2:])
+    ]
     arguments = {"sliding_window_shapes": (3, 16, 16), "strides": (3, 16, 16), "target": 3}
     kql.plan_cache.clear()
     ours, got = 0.0, []
@@ -162,8 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     ppes = tuple(int(p) for p in args.ppe.split(","))
     rows = []
     for name in args.models.split(","):
-        model = _model(name)
-        image = _image(name, PHOTOS[0])
+        model = common.model(name)
+        image = common.photo(name, PHOTOS[0])
         phases(model, image, 32)  # warm-up: first-use costs of torch and the importer
         for grid, stride in GRIDS.items():
             row = {"model": name, "grid": grid, "phases_s": phases(model, image, stride)}
@@ -177,10 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(row), flush=True)
         rows.append(row)
     if args.json:
-        meta = {"machine": platform.machine(), "threads": torch.get_num_threads(),
-                "torch": torch.__version__}  # fmt: skip
-        with open(args.json, "w") as handle:
-            json.dump({"meta": meta, "rows": rows}, handle, indent=2)
+        common.write_json(args.json, "rows", rows)
 
 
 if __name__ == "__main__":

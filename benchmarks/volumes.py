@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +37,7 @@ import torch
 from torch import nn
 
 import krypton_ql as kql
+from benchmarks.common import write_json
 from krypton_ql import quality
 
 MASK, OVERLAP, INTERVAL = 16, 0.6, 6  # MONAI's defaults: interval int(16·0.4) = 6
@@ -280,10 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             parser.error(f"unknown case {case!r}")
     if args.json:
-        meta = {"machine": platform.machine(), "threads": torch.get_num_threads(),
-                "torch": torch.__version__}  # fmt: skip
-        with open(args.json, "w") as handle:
-            json.dump({"meta": meta, "rows": rows}, handle, indent=2)
+        write_json(args.json, "rows", rows)
 
 
 if __name__ == "__main__":
