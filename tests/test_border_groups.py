@@ -4,12 +4,14 @@ grids, chosen positions, other fills, and progress over every group."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 import krypton_ql as kql
 from compiler.boxes import Positions
 from compiler.types import Size
+from krypton_ql.plans import occlusion
 from tests import oracle
 from tests.helpers import assert_matches_oracle, responsive
 
@@ -27,6 +29,13 @@ def _deep_cnn() -> nn.Module:
     return nn.Sequential(*layers).eval()
 
 
+@pytest.fixture
+def groups_pay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Border groups for these tiny models too: compiling a group counted as free."""
+    monkeypatch.setitem(occlusion.GROUP_COMPILE_FMA, False, 0.0)
+
+
+@pytest.mark.usefixtures("groups_pay")
 def test_border_groups_equal_the_oracle() -> None:
     image = torch.rand(3, 48, 48)
     model = responsive(_deep_cnn(), image, spread=8.0)
@@ -49,6 +58,7 @@ def test_border_groups_equal_the_oracle() -> None:
     assert seen[-1] == len(chosen) and result.queries == len(chosen)
 
 
+@pytest.mark.usefixtures("groups_pay")
 def test_border_groups_with_a_per_pixel_baseline() -> None:
     image = torch.rand(2, 3, 48, 48)
     model = responsive(_deep_cnn(), image, spread=8.0)
@@ -73,6 +83,16 @@ def test_border_groups_with_a_per_pixel_baseline() -> None:
         assert torch.allclose(got[n].double()[cells][:, cells], picked, atol=1e-4)
 
 
+def test_a_plan_whose_groups_cannot_pay_for_their_compile_compiles_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plan = kql.compile(_deep_cnn(), (3, 48, 48), patch=4, stride=1, score="logit")
+    compiled: list[object] = []
+    monkeypatch.setattr(occlusion, "optimize", lambda *args: compiled.append(args))
+    assert plan.groups == [] and compiled == []  # 2,025 queries of a tiny model: 9 compiles lose
+
+
+@pytest.mark.usefixtures("groups_pay")
 def test_small_grids_and_approximate_plans_run_as_one_plan() -> None:
     model = _deep_cnn()
     assert kql.compile(model, (3, 48, 48), patch=4, stride=8).groups == []  # groups too small

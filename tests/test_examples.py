@@ -48,7 +48,7 @@ def test_migrating_from_captum() -> None:
 
 
 def test_approximation_and_tuning(tmp_path) -> None:
-    output = _run("approximation_and_tuning.py", "--out", str(tmp_path))
+    output = _run("approximation_and_tuning.py", "--stride", "32", "--out", str(tmp_path))
     assert "tuned: τ =" in output and "≈" in output and "SSIM" in output
     assert (tmp_path / "astronaut.png").stat().st_size > 10_000
 

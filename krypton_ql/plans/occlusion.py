@@ -35,6 +35,15 @@ from runtime.weights import Weights
 
 log = logging.getLogger(__name__)
 
+# What compiling one border group costs (optimize and lower: 0.03–0.04 s for ResNet18 and VGG16
+# on the 2-core CPU), in the multiply-adds the device runs meanwhile (about 70 GFMA/s on that
+# CPU; a GPU's rate assumed at 25 TFMA/s, not yet measured), keyed by "is CUDA": border groups
+# are compiled only when their saving can pay for them. The split saved at most 18% of the one
+# plan's multiply-adds where measured (``MAX_GROUP_SAVING``: the bound checked before
+# compiling any group).
+GROUP_COMPILE_FMA = {False: 3e9, True: 1e12}
+MAX_GROUP_SAVING = 0.25
+
 
 class OcclusionPlan(HeatmapPlan):
     """A compiled occlusion workload for images of one shape. Build it with ``compile``."""
@@ -262,10 +271,11 @@ class OcclusionPlan(HeatmapPlan):
         positions within an eighth of the image of the first border, of the last, and the
         rest. Each group gets its own plan, whose boxes fit its queries (``boxes.fitted_box``):
         near a border, a box grows on one side only. Kept when it cuts the plan's predicted
-        multiply-adds by at least 5% and every group has 16 queries or more (measured: VGG16
-        and ResNet18 at 729 positions run 6–8% faster; at 49, whose corner groups hold one
-        query each, 1.3–1.5× slower); none for approximate plans, listed windows, and inputs
-        of other than 2 spatial axes."""
+        multiply-adds by at least 5% and by more than the groups' compile costs
+        (``GROUP_COMPILE_FMA``), and every group has 16 queries or more (measured: VGG16 and
+        ResNet18 at 729 positions run 6–8% faster; at 49, whose corner groups hold one query
+        each, 1.3–1.5× slower); none for approximate plans, listed windows, and inputs of
+        other than 2 spatial axes. A plan too small for groups to pay compiles none."""
         if (
             self.options.tau < 1
             or self.occlusion.windows is not None
@@ -283,6 +293,9 @@ class OcclusionPlan(HeatmapPlan):
         if len(counts) < 2 or counts.min() < 16:  # small groups run small batches: slower
             return []
         full = plan_cost(self.logical, self.optimized.plan).incremental.fma * len(self.positions)
+        compile_cost = len(counts) * GROUP_COMPILE_FMA[self._device.type == "cuda"]
+        if MAX_GROUP_SAVING * full < compile_cost:  # not even the best split would pay
+            return []
         groups, split = [], 0.0
         for key in np.unique(keys):
             members = np.flatnonzero(keys == key)
@@ -290,7 +303,7 @@ class OcclusionPlan(HeatmapPlan):
             optimized = optimize(self.logical, compile_options, positions)
             split += plan_cost(self.logical, optimized.plan).incremental.fma * len(members)
             groups.append(_Group(members, positions, optimized, lower(optimized.plan)))
-        if split > 0.95 * full:
+        if full - split < max(0.05 * full, compile_cost):
             return []
         log.info("%d border groups: %.0f%% of the grid plan's multiply-adds", len(groups),
                  100 * split / full)  # fmt: skip
