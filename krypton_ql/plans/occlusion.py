@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 # compiling any group).
 GROUP_COMPILE_FMA = {False: 3e9, True: 1e12}
 MAX_GROUP_SAVING = 0.25
+# Fewer queries per group run in batches too small to keep the GEMMs efficient.
+MIN_GROUP_QUERIES = 16
 
 
 class OcclusionPlan(HeatmapPlan):
@@ -290,7 +292,7 @@ class OcclusionPlan(HeatmapPlan):
             bins.append(np.where(starts < reach, 0, np.where(starts + p > n - reach, 2, 1)))
         keys = np.ravel_multi_index(tuple(bins), (3,) * len(bins))
         counts = np.unique(keys, return_counts=True)[1]
-        if len(counts) < 2 or counts.min() < 16:  # small groups run small batches: slower
+        if len(counts) < 2 or counts.min() < MIN_GROUP_QUERIES:
             return []
         full = plan_cost(self.logical, self.optimized.plan).incremental.fma * len(self.positions)
         compile_cost = len(counts) * GROUP_COMPILE_FMA[self._device.type == "cuda"]
