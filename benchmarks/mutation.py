@@ -182,6 +182,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         "WHERE predicates above an outer join are pushed into the scan below it",
     ),
     Mutation(
+        "dense-head-box-row",
+        "runtime/reference.py",
+        "at = tuple(o + i for o, i in zip(origin, lead))",
+        "at = tuple(o for o, i in zip(origin, lead))",
+        "a dense head's delta reads every row of the box at the box's first row",
+    ),
+    Mutation(
         "sql-view-over-patch",
         "compiler/relational.py",
         'return update + view, f"COALESCE({alias}u.v, {alias}v.v)"',

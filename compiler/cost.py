@@ -82,6 +82,9 @@ def incremental_cost(node: Node, inputs: list[Node]) -> Cost:
         return Cost(0, (node.schema.numel + _boxed_values(inputs[0])) * WORD)
     if strategy is Strategy.DELTA and isinstance(node.op, GlobalAvgPool):
         return Cost(0, (2 * _boxed_values(inputs[0]) + channels) * WORD)
+    if strategy is Strategy.DELTA and isinstance(node.op, Linear):  # W's box columns times Δ
+        boxed = _boxed_values(inputs[0])
+        return Cost(channels * boxed, (2 * boxed + 2 * channels) * WORD)
     if strategy is Strategy.DELTA and isinstance(node.op, RegionSum):  # Δ, and W over the box
         read = 3 if node.op.weights is not None else 2
         return Cost(0, (read * _boxed_values(inputs[0]) + channels) * WORD)

@@ -312,7 +312,9 @@ class Flatten:
 
 @dataclass(frozen=True, slots=True)
 class Linear:
-    """A fully-connected layer ``O(n) = Σ_f A.v·K(n, f) + b(n)``."""
+    """A fully-connected layer ``O(n) = Σ_f A.v·K(n, f) + b(n)``. A map input ``[C, *cells]``
+    is read flattened, ``f = c·|cells| + cell`` (the delta form of a dense head,
+    ``rules.push_delta_through_dense_head``)."""
 
     weight: WeightRef
     bias: WeightRef | None

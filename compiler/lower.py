@@ -13,6 +13,7 @@ from compiler.ir import (
     Concat,
     GlobalAvgPool,
     JoinAggregate,
+    Linear,
     Node,
     Pad,
     Pointwise,
@@ -121,6 +122,7 @@ def _delta_kernel(node: Node) -> KernelId:
         (Combine, KernelId.DELTA_COMBINE),
         (GlobalAvgPool, KernelId.DELTA_GLOBAL_POOL),
         (RegionSum, KernelId.DELTA_REGION_SUM),
+        (Linear, KernelId.DELTA_LINEAR),
     )
     for kinds, kernel in kernels:
         if isinstance(op, kinds):

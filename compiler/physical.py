@@ -30,6 +30,7 @@ class KernelId(enum.Enum):
     DELTA_COMBINE = "delta_combine"  # view_out + Δa ± Δb over the bounding box
     DELTA_GLOBAL_POOL = "delta_global_pool"  # pooled view + (ΣΔ)/HW
     DELTA_REGION_SUM = "delta_region_sum"  # region aggregate of the view + s·Σ_box Δ⊙W
+    DELTA_LINEAR = "delta_linear"  # a dense head's view output + W|box·Δ (box columns only)
     PROJECT = "project"  # view ⊕ patch as a full per-query tensor
     FULL = "full"  # the operator on full per-query tensors
 
@@ -41,6 +42,7 @@ BOXED = frozenset(KernelId) - {
     KernelId.FULL,
     KernelId.DELTA_GLOBAL_POOL,
     KernelId.DELTA_REGION_SUM,
+    KernelId.DELTA_LINEAR,
 }
 
 

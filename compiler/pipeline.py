@@ -32,6 +32,7 @@ from compiler.rules.fold_pad_into_conv import fold_pad_into_conv
 from compiler.rules.keep_clean_views import keep_clean_views
 from compiler.rules.merge_update_boxes import merge_update_boxes
 from compiler.rules.project_before_global import project_before_global
+from compiler.rules.push_delta_through_dense_head import push_delta_through_dense_head
 from compiler.rules.push_delta_through_global_pool import push_delta_through_global_pool
 from compiler.rules.push_delta_through_join import push_delta_through_join
 from compiler.rules.push_delta_through_map import push_delta_through_map
@@ -75,8 +76,11 @@ STAGES: tuple[Stage, ...] = (
         ),
         maintains=True,
     ),
-    # Runs once every box is known: the delta form's cost depends on the input boxes.
-    Stage("choose", (Rule(choose_linear_delta),), maintains=True),
+    # Runs once every box is known: the delta forms' costs depend on the input boxes (and a
+    # dense head's on how many queries share each box origin).
+    Stage(
+        "choose", (Rule(choose_linear_delta), Rule(push_delta_through_dense_head)), maintains=True
+    ),
     # Last: the batch size follows from the final plan's per-query buffers.
     Stage("batch", plan_rule=batch_occlusion_queries),
 )

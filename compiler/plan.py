@@ -189,8 +189,9 @@ def _verify_schema(node: Node, inputs: list[Node]) -> None:
     if isinstance(op, Flatten) and first.numel != out.numel:
         _fail(node, f"flattens {first.numel} values into {out.numel}")
     if isinstance(op, Linear) and (
-        out.shape[-1] != op.weight.shape[0] or first.shape[-1] != op.weight.shape[1]
-    ):
+        out.shape[-1] != op.weight.shape[0]
+        or (first.numel if first.is_spatial else first.shape[-1]) != op.weight.shape[1]
+    ):  # a spatial input is read flattened (a dense head's delta form)
         _fail(node, f"a {op.weight.shape} weight maps {first} to {out}")
     if isinstance(op, BatchNorm) and op.mean.shape[0] != out.channels:
         _fail(node, "batch norm statistics disagree with the channels")

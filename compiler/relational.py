@@ -154,7 +154,7 @@ class _Renderer:
         if isinstance(op, Flatten):
             return self._flatten()
         if isinstance(op, Linear):
-            return self._linear()
+            return self._linear(strategy is Strategy.DELTA)
         if isinstance(op, Softmax) and not op.log:
             return self._softmax()
         raise UnsupportedOperationError(
@@ -457,16 +457,31 @@ class _Renderer:
             f"FROM ({self._read_all(source)}) r"
         )
 
-    def _linear(self) -> str:
+    def _linear(self, delta: bool) -> str:
+        """``Σ_f W(n, f)·A(f) + b(n)``; a map input is read flattened (``f = c·HW + y·W +
+        x``). The delta form adds ``W(n, f)·(patch − view)`` over the box's cells to the view."""
         op = self.node.op
         assert isinstance(op, Linear)
         (source,) = self.node.inputs
+        i = self.index[source]
+        _, height, width = self._shape(self.nodes[i])
+        alias = "au" if delta else "r"
+        column = f"{alias}.c"
+        if self.nodes[i].schema.is_spatial:
+            column += f" * {height * width} + {alias}.y * {width} + {alias}.x"
+        if delta:
+            return (
+                "SELECT au.q, w.n AS c, 0 AS y, 0 AS x, MAX(vv.v) + SUM(w.v * (au.v - av.v)) AS v "
+                f"FROM u{i} au JOIN v{i} av ON av.c = au.c AND av.y = au.y AND av.x = au.x "
+                f"JOIN l{self.k} w ON w.c = {column} JOIN v{self.k} vv ON vv.c = w.n "
+                "GROUP BY au.q, w.n"
+            )
         bias, bias_join = "", ""
         if op.bias is not None:
             bias, bias_join = " + MAX(bb.v)", f" JOIN b{self.k} bb ON bb.n = w.n"
         return (
             f"SELECT r.q, w.n AS c, 0 AS y, 0 AS x, SUM(w.v * r.v){bias} AS v "
-            f"FROM ({self._read_all(source)}) r JOIN l{self.k} w ON w.c = r.c{bias_join} "
+            f"FROM ({self._read_all(source)}) r JOIN l{self.k} w ON w.c = {column}{bias_join} "
             "GROUP BY r.q, w.n"
         )
 

@@ -114,8 +114,9 @@ def _global(node: Node, inputs: list[Tensor], weights: Weights) -> Tensor:
         return result
     if isinstance(op, Flatten):
         return x.reshape(len(x), -1)  # also one value per image → [N, 1]
-    if isinstance(op, Linear):
-        return F.linear(x, weights[op.weight], weights.get(op.bias))
+    if isinstance(op, Linear):  # a map input is read flattened
+        flat = x if x.dim() <= 2 else x.reshape(len(x), -1)
+        return F.linear(flat, weights[op.weight], weights.get(op.bias))
     if isinstance(op, Softmax):
         return F.log_softmax(x, dim=1) if op.log else F.softmax(x, dim=1)
     if isinstance(op, Aten):

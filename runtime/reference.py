@@ -8,6 +8,7 @@ where ``inputs`` are the per-query values of the node's inputs (``Patch``, full 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -19,6 +20,7 @@ from compiler.ir import (
     Combine,
     GlobalAvgPool,
     JoinAggregate,
+    Linear,
     Map,
     Node,
     Occlude,
@@ -357,6 +359,37 @@ def delta_region_sum(node: Node, inputs: list[Value], env: Env) -> Value:
     return pooled + (values.sum(dim=spatial_dims) * op.scale).reshape(pooled.shape)
 
 
+def delta_linear(node: Node, inputs: list[Value], env: Env) -> Value:
+    """``L(flatten(V ⊕ Δ)) = L(flatten(V)) + W|box · Δ``: a dense head over its input box's
+    columns only. Queries whose boxes share an origin are multiplied together; the weight is
+    read cell-major (``Weights.cell_major``), so each run of the box along its last axis is
+    one contiguous block of it: no copy of the weight per query."""
+    op = node.op
+    assert isinstance(op, Linear)
+    (patch,) = inputs
+    assert isinstance(patch, Patch)
+    (source,) = node.inputs
+    change = _difference(source, patch, env)
+    values, box = change.values, tuple(change.values.shape[2:])
+    cells = tuple(env.views[source].shape[2:])
+    table = env.weights.cell_major(op.weight, values.shape[1], cells).to(values.dtype)
+    rows = values.permute(0, *range(2, values.dim()), 1)  # [B, *box, C]: cells, then channels
+    result = env.views[node.name][env.batch.image].clone()
+    origins = torch.stack(change.origin, dim=1)
+    unique, inverse = torch.unique(origins, dim=0, return_inverse=True)
+    for group, origin in enumerate(unique.tolist()):
+        members = (inverse == group).nonzero().squeeze(1)
+        part = rows[members]
+        change_out = result.new_zeros(len(members), table.shape[-1])
+        for lead in itertools.product(*(range(n) for n in box[:-1])):
+            at: tuple[int, ...] = tuple(o + i for o, i in zip(origin, lead))
+            columns = table[at][origin[-1] : origin[-1] + box[-1]].reshape(-1, table.shape[-1])
+            index: tuple[slice | int, ...] = (slice(None), *lead)
+            change_out.addmm_(part[index].reshape(len(members), -1), columns)
+        result[members] += change_out
+    return result
+
+
 KERNELS: dict[KernelId, Kernel] = {
     KernelId.VIEW: view,
     KernelId.OCCLUDE: occlude_patch,
@@ -375,6 +408,7 @@ KERNELS: dict[KernelId, Kernel] = {
     KernelId.DELTA_COMBINE: delta_combine,
     KernelId.DELTA_GLOBAL_POOL: delta_global_pool,
     KernelId.DELTA_REGION_SUM: delta_region_sum,
+    KernelId.DELTA_LINEAR: delta_linear,
     KernelId.PROJECT: project,
     KernelId.FULL: full,
 }

@@ -17,6 +17,7 @@ class Weights:
     def __init__(self, source: nn.Module | Mapping[str, Tensor]):
         self._module = source if isinstance(source, nn.Module) else nn.Module()
         self._cache: dict[str, Tensor] = {}
+        self._cell_major: dict[str, tuple[tuple[int, int], Tensor]] = {}
         if not isinstance(source, nn.Module):
             self._cache = {name: tensor.detach() for name, tensor in source.items()}
 
@@ -33,3 +34,18 @@ class Weights:
 
     def get(self, ref: WeightRef | None) -> Tensor | None:
         return None if ref is None else self[ref]
+
+    def cell_major(self, ref: WeightRef, channels: int, cells: tuple[int, ...]) -> Tensor:
+        """A dense head's weight ``[O, C·|cells|]`` laid out ``[*cells, C, O]``: a run of cells
+        along the last axis is one contiguous ``[run·C, O]`` block. Kept until the weight
+        changes (its version counter or storage)."""
+        weight = self[ref]
+        stamp = (weight._version, weight.data_ptr())
+        kept = self._cell_major.get(ref.path)
+        if kept is None or kept[0] != stamp:
+            outputs, d = weight.shape[0], len(cells)
+            table = weight.reshape(outputs, channels, *cells)
+            table = table.permute(*range(2, 2 + d), 1, 0).contiguous()
+            kept = (stamp, table)
+            self._cell_major[ref.path] = kept
+        return kept[1]

@@ -65,9 +65,9 @@ def _without_stack_traces() -> Iterator[None]:
     """Export without recording each node's Python stack (``node.meta["stack_trace"]``, which
     nothing here reads): symbolizing them was about 10% of ResNet18's export and a fifth of a
     small model's. Module paths (``nn_module_stack``) are kept."""
-    config = getattr(fx, "config", None)
+    config: Any = getattr(fx, "config", None)
     before = getattr(config, "do_not_emit_stack_traces", None)
-    if before is None:  # a torch without the switch
+    if config is None or before is None:  # a torch without the switch
         yield
         return
     config.do_not_emit_stack_traces = True
