@@ -184,8 +184,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "dense-head-box-row",
         "runtime/reference.py",
-        "at = tuple(o + i for o, i in zip(origin, lead))",
-        "at = tuple(o for o, i in zip(origin, lead))",
+        "at: tuple[int, ...] = tuple(o + i for o, i in zip(origin, lead))",
+        "at: tuple[int, ...] = tuple(o for o, i in zip(origin, lead))",
         "a dense head's delta reads every row of the box at the box's first row",
     ),
     Mutation(

@@ -8,12 +8,16 @@ view's output plus the box's columns of ``W`` times the difference ``Δ = patch 
 replaces projecting the box into a full per-query map, flattening it and multiplying every
 column (VGG-style dense heads: ``Linear(flatten(map))``).
 
-Chosen by cost: the delta multiplies ``|box|/|map|`` of the columns, but reads them per box
-origin where the full layer reads the weight once per batch of queries; a column read from
-memory costs about ``WEIGHT_READ_FMA`` multiply-adds (measured on the 2-core CPU: VGG16's
-25,088 → 4,096 layer ran at 3.2 GFMA/s for one row, memory-bound, and 26 GFMA/s for 49 rows).
-Queries whose boxes share an origin share the read, so the rule fires when
-``|box| · (1 + WEIGHT_READ_FMA · origins/queries) < |map|``.
+Chosen by cost: the delta multiplies ``|box|/|map|`` of the columns, but in one small product
+per box origin (queries sharing an origin share it), where the full layer is one large
+product per batch that reads the weight once. Per column, the delta's multiply-adds cost about
+``DELTA_FMA_COST`` of the full product's, and each read of a column's weights for one origin
+about ``WEIGHT_READ_FMA`` multiply-adds, so the rule fires when
+``|box| · (DELTA_FMA_COST + WEIGHT_READ_FMA · origins/queries) < |map|``. Both constants are
+fitted on the 2-core CPU (``benchmarks/dense_head.py``: a 1,024-wide head on a 64 × 16 × 16
+map, box 7 × 7, 100 origins: 841 queries ran 1.5× slower by the delta, 3,249 queries 1.17×
+faster), so the delta form pays on dense grids over maps much larger than their boxes; at
+224 px VGG16's box after the last pool is the whole 7 × 7 map and its head stays full.
 Preconditions: the layer reads a ``Flatten`` of a projected boxed map, and the flatten and the
 projection feed nothing else.
 """
@@ -26,7 +30,8 @@ from compiler.ir import Flatten, Linear, Node, Project, State, Strategy, Update
 from compiler.options import LinearStrategy
 from compiler.rules.base import RuleContext
 
-WEIGHT_READ_FMA = 8
+DELTA_FMA_COST = 2.7
+WEIGHT_READ_FMA = 66.0
 
 
 def push_delta_through_dense_head(node: Node, ctx: RuleContext) -> Node | None:
@@ -57,6 +62,7 @@ def push_delta_through_dense_head(node: Node, ctx: RuleContext) -> Node | None:
         return None
     origins = np.stack(ctx.origins(source.name), axis=1)
     shared = len(np.unique(origins, axis=0)) / len(origins)  # origins per query
-    if source.update.box.area * (1 + WEIGHT_READ_FMA * shared) < source.schema.size.area:
+    cost = source.update.box.area * (DELTA_FMA_COST + WEIGHT_READ_FMA * shared)
+    if cost < source.schema.size.area:
         return delta  # cheaper here
     return None
