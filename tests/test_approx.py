@@ -3,6 +3,7 @@ SSIM target, quality metrics, and the query-language options."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -418,6 +419,20 @@ def test_tune_measures_every_candidate_against_independent_heatmaps() -> None:
         t for t in (1.0, 0.9, 0.7, 0.5) if min(profile.taus[f"{t:g}"]) >= 0.9 + profile.margin
     ]
     assert profile.tau_for(0.9) == min(meeting)
+    # the profile says what it fits, and keeps it through JSON; older profiles still load
+    assert profile.model is not None and profile.model.startswith(f"{type(model).__name__} (")
+    assert profile.input_shape == [3, 16, 16] and profile.target == 0.9 and profile.images == 3
+    assert profile.report(0.9).splitlines()[0] == profile.fitted()
+    assert "patch 4, stride 2, SSIM 0.9, on 3 images" in profile.fitted()
+    restored = kql.Profile.from_json(profile.to_json())
+    assert restored.fitted() == profile.fitted()
+    older = json.loads(profile.to_json())
+    for key in ("model", "input_shape", "target", "images"):
+        del older[key]
+    assert kql.Profile.from_json(json.dumps(older)).taus == profile.taus
+    with torch.no_grad():
+        model[0].weight.add_(1.0)  # other weights: another digest
+    assert kql.plans.tuning._described(model) != profile.model
 
 
 def test_the_default_tuning_set() -> None:

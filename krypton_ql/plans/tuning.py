@@ -111,7 +111,8 @@ def tune(
     workload = exact_plan.occlusion
     profile = Profile(
         _per_axis(workload.patch), _per_axis(workload.stride), criterion,
-        drilldown_mode=drilldown_mode, margin=margin,
+        drilldown_mode=drilldown_mode, margin=margin, model=_described(model),
+        input_shape=list(shape), target=target, images=len(images),
     )  # fmt: skip
     profile.taus["1"] = [1.0] * len(images)
     for tau in sorted(taus, reverse=True):
@@ -135,6 +136,15 @@ def tune(
             if profile.score(scores) >= target:
                 break
     return profile
+
+
+def _described(model: nn.Module) -> str:
+    """The model a profile was tuned on: its class, parameter count and weights' digest."""
+    from krypton_ql import fingerprint
+
+    count = sum(p.numel() for p in model.parameters())
+    digest = fingerprint.weights_digest(model)[:12]
+    return f"{type(model).__name__} ({count:,} parameters, weights {digest})"
 
 
 def _per_axis(size: Size) -> int | list[int]:

@@ -30,6 +30,32 @@ class Profile:
     # only just meets the target on the sample is re-run for many new images, at more than
     # the cost of exact; 0 chooses the smallest τ that meets the target at all.
     margin: float = 0.02
+    # What the profile was tuned for (``kql.tune`` fills them; None in profiles written before
+    # they existed, or made by hand): the model (its class, parameter count and a digest of its
+    # weights), the input shape, the SSIM target asked for and how many sample images.
+    model: str | None = None
+    input_shape: list[int] | None = None
+    target: float | None = None
+    images: int | None = None
+
+    def fitted(self) -> str:
+        """What the profile fits, in words: the model, input, grid, target and sample.
+
+        >>> profile = Profile(16, 4, "min", model="EfficientNet (4,652,008 parameters)",
+        ...                   input_shape=[3, 224, 224], target=0.9, images=24)
+        >>> print(profile.fitted().replace(", i", ",\\ni"))
+        tuned for EfficientNet (4,652,008 parameters),
+        input [3, 224, 224], patch 16, stride 4, SSIM 0.9, on 24 images
+        """
+        parts = [f"tuned for {self.model or 'an unrecorded model'}"]
+        if self.input_shape is not None:
+            parts.append(f"input {list(self.input_shape)}")
+        parts += [f"patch {self.patch}", f"stride {self.stride}"]
+        if self.target is not None:
+            parts.append(f"SSIM {self.target:g}")
+        if self.images is not None:
+            parts.append(f"on {self.images} images")
+        return ", ".join(parts)
 
     def fits(self, patch: tuple[int, ...]) -> bool:
         """Whether this profile was tuned at ``patch`` (one int per spatial axis).
@@ -75,7 +101,8 @@ class Profile:
         """Every τ measured: its score (the criterion over the samples), the worst sample,
         and the margin to ``target``; the chosen τ marked."""
         chosen = self.tau_for(target)
-        lines = [
+        lines = [self.fitted()] if self.model is not None else []
+        lines += [
             f"τ      {self.criterion:>6}  worst   margin to SSIM {target:g} "
             f"(chosen: the smallest τ with ≥ {self.margin:+.3f})"
         ]
