@@ -24,19 +24,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from runtime.weights import tensor_version
+
 # Held while torch.export traces a model (it swaps the module's parameters for fake tensors
 # until it returns) and while a key is read from one: a thread never reads a half-exported model.
 MODEL_LOCK = threading.RLock()
-
-
-def tensor_version(tensor: Tensor) -> Hashable:
-    """A tensor's identity, storage, shape, dtype and in-place version (inference tensors,
-    which keep no version, count as 0)."""
-    try:
-        version = tensor._version
-    except RuntimeError:
-        version = 0
-    return (id(tensor), tensor.data_ptr(), tuple(tensor.shape), str(tensor.dtype), version)
 
 
 def versions(module: nn.Module) -> Hashable:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from compiler.ir import WeightRef
+
+
+def tensor_version(tensor: Tensor) -> Hashable:
+    """A tensor's identity, storage, shape, dtype and in-place version (inference tensors,
+    which keep no version, count as 0): it changes when the tensor's values may have."""
+    try:
+        version = tensor._version
+    except RuntimeError:
+        version = 0
+    return (id(tensor), tensor.data_ptr(), tuple(tensor.shape), str(tensor.dtype), version)
 
 
 class Weights:
@@ -17,7 +27,7 @@ class Weights:
     def __init__(self, source: nn.Module | Mapping[str, Tensor]):
         self._module = source if isinstance(source, nn.Module) else nn.Module()
         self._cache: dict[str, Tensor] = {}
-        self._cell_major: dict[str, tuple[tuple[int, int], Tensor]] = {}
+        self._cell_major: dict[str, tuple[Hashable, Tensor]] = {}
         if not isinstance(source, nn.Module):
             self._cache = {name: tensor.detach() for name, tensor in source.items()}
 
@@ -38,9 +48,9 @@ class Weights:
     def cell_major(self, ref: WeightRef, channels: int, cells: tuple[int, ...]) -> Tensor:
         """A dense head's weight ``[O, C·|cells|]`` laid out ``[*cells, C, O]``: a run of cells
         along the last axis is one contiguous ``[run·C, O]`` block. Kept until the weight
-        changes (its version counter or storage)."""
+        changes (``tensor_version``)."""
         weight = self[ref]
-        stamp = (weight._version, weight.data_ptr())
+        stamp = tensor_version(weight)
         kept = self._cell_major.get(ref.path)
         if kept is None or kept[0] != stamp:
             outputs, d = weight.shape[0], len(cells)

@@ -43,11 +43,7 @@ def push_delta_through_dense_head(node: Node, ctx: RuleContext) -> Node | None:
     if not isinstance(flat.op, Flatten) or ctx.consumers.get(flat.name) != (node.name,):
         return None
     (projected,) = ctx.inputs(flat)
-    if not isinstance(projected.op, Project) and (
-        projected.update is None or projected.update.strategy is not Strategy.PROJECT
-    ):
-        return None
-    if ctx.consumers.get(projected.name) != (flat.name,):
+    if not isinstance(projected.op, Project) or ctx.consumers.get(projected.name) != (flat.name,):
         return None
     (source,) = ctx.inputs(projected)
     if source.state is not State.BOX or not source.schema.is_spatial:
