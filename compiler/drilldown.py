@@ -148,31 +148,32 @@ def lowest(values: np.ndarray, fraction: float, exclude: np.ndarray | None = Non
 
 
 def lattice(shape: tuple[int, ...], period: float) -> np.ndarray:
-    """Stage-1 cells of the lattice mode: ``(i + a·j) mod period < 1``, one cell in
+    """Stage-1 cells of the lattice mode: ``(i + a·j + a²·k) mod period < 1``, one cell in
     ``period`` (which may be fractional), sheared (``a = 2`` from period 3.5 on) so that the
-    samples spread evenly.
+    samples spread evenly; any number of axes (a signal's ``i mod period < 1``).
 
     >>> lattice((3, 6), 3).astype(int).tolist()
     [[1, 0, 0, 1, 0, 0], [0, 0, 1, 0, 0, 1], [0, 1, 0, 0, 1, 0]]
     """
-    rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
     shear = 1 if period < 3.5 else 2
-    lattice: np.ndarray = np.mod(rows + shear * cols, period) < 1
+    axes = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    code = sum(axis * shear**k for k, axis in enumerate(axes))
+    lattice: np.ndarray = np.mod(code, period) < 1
     return lattice
 
 
 def reconstruct(values: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """Thin-plate-spline interpolation of the ``known`` cells of a map (each a neighbourhood
-    of 30 samples); known cells keep their values."""
+    """Thin-plate-spline interpolation of the ``known`` cells of a map of any number of axes
+    (each cell from a neighbourhood of 30 samples); known cells keep their values."""
     from scipy.interpolate import RBFInterpolator
 
-    rows, cols = np.meshgrid(np.arange(known.shape[0]), np.arange(known.shape[1]), indexing="ij")
-    cells = np.stack([rows.ravel(), cols.ravel()], 1).astype(np.float64)
+    axes = np.meshgrid(*(np.arange(n) for n in known.shape), indexing="ij")
+    cells = np.stack([axis.ravel() for axis in axes], 1).astype(np.float64)
     samples = cells[known.ravel()]
     neighbours = min(30, len(samples))
     spline = RBFInterpolator(
         samples, values[known], kernel="thin_plate_spline", neighbors=neighbours
     )
-    result: np.ndarray = spline(cells).reshape(known.shape)
-    result[known] = values[known]
+    result = values.astype(np.float64, copy=True)
+    result[~known] = spline(cells[~known.ravel()])
     return result

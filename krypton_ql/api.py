@@ -22,6 +22,7 @@ from krypton_ql.plans.build import build_plan
 from krypton_ql.plans.cache import PLANS
 from krypton_ql.plans.naive import naive_class_heatmap
 from krypton_ql.plans.regions import DEFAULT_MAX_PLANS, DEFAULT_RATIO, AblationResult, ablate
+from krypton_ql.plans.tuning import with_shipped_profile
 from runtime.fill import Fill
 
 
@@ -32,7 +33,8 @@ def compile(
     unless an approximation is asked for. ``patch`` and ``options`` are ``Options.build``'s
     (stride, color, target, score, batch size and memory budget, backend, precision, τ,
     drill-down, SSIM target with its profile and guard)."""
-    return build_plan(model, Options.build(input_shape, patch=patch, **options))
+    options = with_shipped_profile(model, input_shape, {**options, "patch": patch})
+    return build_plan(model, Options.build(input_shape, **options))
 
 
 def occlusion_heatmap(
@@ -181,8 +183,8 @@ def explain(model: nn.Module, input_shape: Any, **options: Any) -> str:
     after every rule; ``sql``: with the plan as SQL)."""
     verbose = options.pop("verbose", False)
     sql = options.pop("sql", False)
-    patch = options.pop("patch", None)
-    built = Options.build(input_shape, patch=patch, **options)
+    options = with_shipped_profile(model, input_shape, options)
+    built = Options.build(input_shape, **options)
     uses = PLANS.uses(model, built)
     kept = f"kept, served {uses} call{'s' if uses != 1 else ''}" if uses else "none kept yet"
     text = build_plan(model, built).explain(verbose=verbose, sql=sql)
@@ -240,7 +242,8 @@ def _incremental(
     images = check.images(image, d=options.get("spatial_dims"))
     keywords = dict(options)
     fill = keywords.pop("fill", None)
-    built = Options.build(tuple(images.shape[1:]), patch=patch, **keywords)
+    keywords = with_shipped_profile(model, images.shape[1:], {**keywords, "patch": patch})
+    built = Options.build(tuple(images.shape[1:]), **keywords)
     with PLANS.borrow(model, built) as plan:
         return plan.run(image, progress=progress, fill=fill)
 
@@ -261,7 +264,8 @@ def _incremental_classes(
     images = check.images(image, d=options.get("spatial_dims"))
     keywords = dict(options)
     classes = keywords.pop("target")
-    built = Options.build(tuple(images.shape[1:]), patch=patch, **keywords)
+    keywords = with_shipped_profile(model, images.shape[1:], {**keywords, "patch": patch})
+    built = Options.build(tuple(images.shape[1:]), **keywords)
     table = torch.tensor([classes], device=images.device)
     with PLANS.borrow(model, built) as plan:
         return plan.evaluate(images, targets=table, progress=progress).heatmaps[0]

@@ -20,6 +20,8 @@ from compiler.drilldown import DrillDown, DrillDownMode
 from compiler.errors import InvalidInputError
 from compiler.options import CompileOptions, LinearStrategy
 from compiler.types import Score, Size
+from krypton_ql.quality import planner
+from krypton_ql.quality.planner import Choice
 from krypton_ql.quality.profile import Profile
 from runtime.fill import Fill
 from runtime.measure import ConvChoice
@@ -474,8 +476,10 @@ def drilldown_settings(
 
 def resolve_ssim(
     ssim: Any, profile: Any, patch: Size, tau: Any, drilldown: Any, speedup: Any, mode: Any
-) -> tuple[float | None, Any, Any, Any]:
-    """``(tau, drilldown, speedup, drilldown_mode)`` for an ``ssim`` target from a profile."""
+) -> tuple[float | None, Any, Any, Any, Choice | None]:
+    """``(tau, drilldown, speedup, drilldown_mode, choice)`` for an ``ssim`` target from a
+    profile: the planner's choice (``quality.planner``) where the profile measured costs,
+    else the smallest τ (and drill-down) that met the target (``choice`` None)."""
     wanted = fraction("ssim", ssim)
     if tau is not None:
         raise InvalidInputError("give either tau or ssim (which chooses τ), not both", option="tau")
@@ -491,12 +495,39 @@ def resolve_ssim(
             option="patch",
         )
     assert wanted is not None
-    chosen = profile.tau_for(wanted)
+    if profile.costs and drilldown is None and speedup is None:
+        choice = planner.choose(profile, wanted)
+        chosen = choice.chosen
+        if chosen.speedup is not None:
+            return (
+                chosen.tau,
+                profile.drilldown_ratio,
+                chosen.speedup,
+                profile.drilldown_mode,
+                choice,
+            )
+        return chosen.tau, None, None, mode, choice
+    chosen_tau = profile.tau_for(wanted)
     if drilldown is None and speedup is None and profile.drilldown_ratio is not None:
         found = profile.speedup_for(wanted)
         if found is not None:
             drilldown, speedup, mode = profile.drilldown_ratio, found, profile.drilldown_mode
-    return chosen, drilldown, speedup, mode
+    return chosen_tau, drilldown, speedup, mode, None
+
+
+@dataclass(frozen=True, slots=True)
+class Refine:
+    """Coarse-to-fine refinement (``krypton_ql.plans.refine``): a lattice of one cell in
+    ``period``, then denser lattices until exact scores at a ``check`` fraction of the cells
+    estimate the heatmap's SSIM at ``target`` or more, ``step`` of the cells at a time where
+    the checks missed most; ``focus``: a fraction of the cells
+    where the first reconstruction drops most, computed with the lattice."""
+
+    target: float
+    period: float
+    check: float = 0.03
+    focus: float = 0.0
+    step: float = 0.08  # cells added by one refinement, as a fraction of all
 
 
 @dataclass(frozen=True, slots=True)
@@ -553,6 +584,8 @@ class Options:
     tau: float = 1.0  # 1 is exact
     drilldown: DrillDown | None = None  # None: one stage, every position
     guard: Guard | None = None  # an ssim target's per-image quality guard
+    refine: Refine | None = None  # an ssim target's coarse-to-fine refinement
+    choice: Choice | None = None  # what an ssim target chose, and the alternatives
 
     @classmethod
     def build(
@@ -622,16 +655,26 @@ class Options:
         checked = None
         if not isinstance(guard, bool):
             raise InvalidInputError(f"guard must be True or False, got {guard!r}", option="guard")
+        refine, chose = None, None
         if ssim is not None:
-            tau, drilldown, speedup, drilldown_mode = resolve_ssim(
+            tau, drilldown, speedup, drilldown_mode, chose = resolve_ssim(
                 ssim, profile, workload.patch, tau, drilldown, speedup, drilldown_mode
             )
+            if chose is not None and chose.chosen.period is not None:
+                refine = Refine(float(ssim), chose.chosen.period, profile.check)
             approximate = (tau or 1.0) < 1.0 or drilldown is not None or speedup is not None
-            if guard and approximate:
+            if guard and approximate and refine is None:
                 ladder = profile.ladder(tau or 1.0)
                 if drilldown is not None or speedup is not None:
                     ladder = (1.0,)  # a drill-down is guarded by the exact plan alone
                 checked = Guard(float(ssim), ladder)
+            if not guard and refine is not None:
+                raise InvalidInputError(
+                    "guard=False: the chosen coarse-to-fine refinement is its guard (it adds "
+                    "positions until the estimate meets the target); give tau= for an "
+                    "unguarded approximation",
+                    option="guard",
+                )
         elif profile is not None:
             raise InvalidInputError("profile= is read by ssim=; give ssim too", option="profile")
         threshold = fraction("tau", tau, default=1.0)
@@ -649,6 +692,8 @@ class Options:
             threshold,
             drilldown_settings(drilldown, speedup, workload.stride, drilldown_mode),
             checked,
+            refine,
+            chose,
         )
 
     def at_starts(self, starts: Sequence[Sequence[int]]) -> Options:
@@ -666,7 +711,7 @@ class Options:
                     f"a window at {values[-1]} of size {p} runs past axis {axis} ({n} cells)"
                 )
         workload = dataclasses.replace(self.occlusion, starts=axes)
-        return dataclasses.replace(self, occlusion=workload, drilldown=None)
+        return dataclasses.replace(self, occlusion=workload, drilldown=None, refine=None)
 
     def at_windows(self, starts: Sequence[Sequence[int]]) -> Options:
         """The same workload with one window per query at ``starts`` (one sequence per spatial
@@ -684,13 +729,13 @@ class Options:
                     f"({n} cells)"
                 )
         workload = dataclasses.replace(self.occlusion, windows=axes)
-        return dataclasses.replace(self, occlusion=workload, drilldown=None)
+        return dataclasses.replace(self, occlusion=workload, drilldown=None, refine=None)
 
     def stage(self, stride: int) -> Options:
         """The same workload, one stage at ``stride`` (a drill-down's coarse stage)."""
         stride_size = Size.of(stride, self.occlusion.stride.d)
         workload = dataclasses.replace(self.occlusion, stride=stride_size)
-        return dataclasses.replace(self, occlusion=workload, drilldown=None)
+        return dataclasses.replace(self, occlusion=workload, drilldown=None, refine=None)
 
     def compile_options(self, memory_budget: int) -> CompileOptions:
         """What the compiler reads; ``memory_budget`` is the device's, used when the options

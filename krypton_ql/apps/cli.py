@@ -141,9 +141,6 @@ def _add_serve(commands: Any) -> None:
         "--token", default=None, help="require this token (made for you off loopback)"
     )
     serve.add_argument(
-        "--profile", metavar="FILE", help="a tuning profile (kql.tune(…).save) for SSIM targets"
-    )
-    serve.add_argument(
         "--max-upload-mb", type=float, default=20, help="largest photo upload (default 20)"
     )
     serve.add_argument(
@@ -283,6 +280,18 @@ def _session_arguments(parser: argparse.ArgumentParser) -> None:
         "(segments => 'slic', n_segments => 100); repeatable",
     )
     parser.add_argument(
+        "--ssim",
+        type=float,
+        default=None,
+        metavar="TARGET",
+        help="an SSIM target in (0, 1) for every occlusion(…) scan that asks for no approximation "
+        "itself: the planner runs the cheapest plan predicted to meet it, or exact (the built-in "
+        "model's shipped profile serves it at patch 16, stride 4; else give --profile)",
+    )
+    parser.add_argument(
+        "--profile", metavar="FILE", help="a tuning profile (kql.tune(…).save) for SSIM targets"
+    )
+    parser.add_argument(
         "--max-pixels",
         type=int,
         default=None,
@@ -295,7 +304,7 @@ def _session(args: argparse.Namespace):
     """A session with the chosen model (also as ``model``) and ``--images`` as ``images``."""
     import krypton_ql as kql
     from compiler.errors import InvalidInputError
-    from krypton_ql import models, photos, volumes
+    from krypton_ql import models, options, photos, volumes
 
     if args.max_pixels is not None:
         if args.max_pixels < 1:
@@ -324,8 +333,11 @@ def _session(args: argparse.Namespace):
             )
         module, transform, display = models.efficientnet_lite0(), models.preprocess, None
         classes = models.imagenet_classes()
+    profile = kql.Profile.load(args.profile) if args.profile else None
     for alias in dict.fromkeys((name, "model")):
-        session.register_model(alias, module, transform=transform, classes=classes)
+        session.register_model(alias, module, transform=transform, classes=classes, profile=profile)
+    if args.ssim is not None:
+        session.ssim = options.fraction("ssim", args.ssim)
     files: list[Path] = []
     for path in args.images or []:
         path = Path(path)
@@ -450,7 +462,6 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import krypton_ql as kql
     from compiler.errors import InvalidInputError
     from krypton_ql.apps.serve import serve
     from krypton_ql.apps.serve.explorer import Explorer
@@ -461,10 +472,6 @@ def _serve(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--sql-timeout must be positive, got {args.sql_timeout}")
     session, _module, display = _session(args)
     name = args.arch or args.model or "efficientnet_lite0"
-    if args.profile:
-        profile = kql.Profile.load(args.profile)
-        for alias in (name, "model"):
-            session.model(alias).profile = profile
     images = "images" if args.images else "photos"
     explorer = Explorer(session, images, display, [name], int(args.max_upload_mb * 2**20),
                         sql_seconds=args.sql_timeout)  # fmt: skip

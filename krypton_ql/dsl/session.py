@@ -41,6 +41,7 @@ from krypton_ql.dsl.result import Result
 from krypton_ql.options import APPROXIMATE, APPROXIMATION_SETTINGS, Options
 from krypton_ql.plans.base import HeatmapPlan
 from krypton_ql.plans.build import build_plan
+from krypton_ql.plans.tuning import with_shipped_profile
 
 
 @dataclass
@@ -83,6 +84,9 @@ class Session:
         self.last_plan: Any = None  # the plan of the last statement's last occlusion call
         self.last_cached = 0  # occlusion calls of the last statement answered from the cache
         self.last_reruns = 0  # images the quality guard (ssim => …) ran again, last statement
+        # An SSIM target for every occlusion scan that asks for no approximation itself (the
+        # CLI's --ssim); None: exact unless a query asks.
+        self.ssim: float | None = None
         self._last_inputs: dict[str, Tensor] = {}
         self._last_sources: dict[str, Any] = {}  # image name → what was registered
         self._last_source: tuple[catalog.Images, catalog.Model, tuple[str, ...]] | None = None
@@ -291,6 +295,9 @@ class Session:
             self.last_timings = clock.split("duckdb")
             return result
         bound = bind(statement)
+        for scan in bound.scans:  # the session's SSIM target, where a scan states none
+            if self.ssim is not None and not scan.segmented and not set(scan.options) & APPROXIMATE:
+                scan.options["ssim"] = self.ssim
         if exact:
             bound = _without_approximation(bound)
         names = [f"kql_occlusion_{i}" for i in range(len(bound.scans))]
@@ -633,6 +640,8 @@ class Session:
         module = self._region_scores(scan, statement, module, images, keywords)
         if "ssim" in keywords:
             profile = self._models[scan.model].profile
+            if profile is None:  # the built-in model's shipped profile, where one fits
+                profile = with_shipped_profile(module, images.shape[1:], keywords).get("profile")
             if profile is None:
                 raise fail(
                     f"ssim needs a tuning profile for model '{scan.model}': run "

@@ -4,7 +4,9 @@ profile that ``ssim => …`` queries read. Above every plan: it compiles and run
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,13 @@ from krypton_ql.quality.profile import Profile
 log = logging.getLogger(__name__)
 
 TAUS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)  # the paper's τ grid
+# What ``tune`` measures by default: every other τ of the paper's grid (each costs a run over
+# the samples; the smallest is the cheapest base for a refinement).
+TUNED_TAUS = (0.8, 0.6, 0.4)
+MAX_BASE_COST = 0.6  # a τ that costs more leaves a refinement over it nothing to gain
+TAU_STOP = 0.1  # τs stop after the first whose mean SSIM is this far below the target
+# Profiles of the built-in model that ship with the package (``shipped``).
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "profiles"
 
 
 # The default tuning set (``tuning_images``): scikit-image's photos that the held-out checks
@@ -64,12 +73,14 @@ def tune(
     patch: int | tuple[int, ...] = 16,
     stride: int | tuple[int, ...] = 4,
     spatial_dims: int | None = None,
-    taus: tuple[float, ...] = TAUS,
+    taus: tuple[float, ...] = TUNED_TAUS,
     criterion: str = "min",
     drilldown: float | None = None,
     drilldown_mode: str = "lattice",
     speedups: tuple[float, ...] = (5.0, 4.0, 3.0, 2.0),
     margin: float = 0.02,
+    periods: tuple[float, ...] = (2.0, 3.0, 4.0, 6.0, 8.0),
+    fresh: bool = False,
     **options: Any,
 ) -> Profile:
     """Measure how τ (and, with ``drilldown=r``, drill-down speedup targets) trade quality on
@@ -86,7 +97,32 @@ def tune(
     so a τ on the edge costs more than it saves), and ``profile.report(ssim)`` shows every
     candidate with its margin. With ``drilldown``,
     speedup targets are tried from the largest down at the chosen τ until one meets ``ssim``.
+
+    Candidates for the planner (``quality.planner``): each τ's time per query over exact's;
+    τs are tried from the largest down and stop after the first whose mean SSIM falls more
+    than ``TAU_STOP`` below the target (SSIM falls with τ, ``benchmarks/tau_monotone.py``) —
+    except the smallest, the cheapest base for a refinement, always measured.
+    Every coarse-to-fine refinement from a lattice of one cell in each of ``periods`` is
+    replayed on the stored heatmaps (exact, and the smallest τ whose mean meets the target):
+    no model runs for them.
+
+    The built-in model's profiles for its default workloads ship with the package
+    (``SHIPPED``, each saying how it was made in ``made_by``): tuning the built-in model on
+    the default set at such a workload, with default settings, returns the shipped profile
+    at once (logged); ``fresh=True`` measures again.
     """
+    defaults = (TUNED_TAUS, (2.0, 3.0, 4.0, 6.0, 8.0), 0.02, "min")
+    settings = (tuple(taus), tuple(periods), margin, criterion)
+    if sample_images is None and not fresh and not options and drilldown is None:
+        from krypton_ql import models
+
+        found = None
+        if settings == defaults:
+            found = shipped(model, patch, stride, [3, models.CROP, models.CROP], ssim)
+        if found is not None:
+            log.info("kql.tune: the shipped profile fits (%s; made by %s); fresh=True "
+                     "measures again", found.fitted(), found.made_by)  # fmt: skip
+            return found
     if sample_images is None:
         images = tuning_images()
     else:
@@ -105,7 +141,9 @@ def tune(
         return build_plan(model, built)
 
     exact_plan = compile_plan(**options)
+    began = time.perf_counter()
     exact = exact_plan.run(images)
+    exact_seconds = time.perf_counter() - began
     if not 0 <= margin < 1:
         raise InvalidInputError(f"margin must be in [0, 1), got {margin!r}")
     workload = exact_plan.occlusion
@@ -115,16 +153,25 @@ def tune(
         input_shape=list(shape), target=target, images=len(images),
     )  # fmt: skip
     profile.taus["1"] = [1.0] * len(images)
+    profile.costs["1"] = 1.0
+    approximations: dict[float, Tensor] = {}
+    stopped = False
     for tau in sorted(taus, reverse=True):
         key = f"{tau:g}"
-        if key in profile.taus:
+        if key in profile.taus or (stopped and tau != min(taus)):
             continue
         plan = compile_plan(tau=tau, **options)
+        began = time.perf_counter()
         approx = plan.run(images)
+        profile.costs[key] = (time.perf_counter() - began) / exact_seconds
+        approximations[tau] = approx
         profile.taus[key] = [quality.ssim(e, a) for e, a in zip(exact, approx)]
-        log.info("τ=%s: SSIM %s", key, profile.taus[key])
+        log.info("τ=%s: SSIM %s, time %.2f of exact", key, profile.taus[key], profile.costs[key])
+        stopped = stopped or np.mean(profile.taus[key]) < target - TAU_STOP
     tau = profile.tau_for(target)
     log.info("%s", profile.report(target))
+    if periods:
+        _replay_refinements(profile, exact, approximations, periods, exact_seconds / len(images))
     if drilldown is not None:
         profile.drilldown_ratio = check.fraction("drilldown", drilldown)
         for speedup in sorted(speedups, reverse=True):
@@ -136,6 +183,99 @@ def tune(
             if profile.score(scores) >= target:
                 break
     return profile
+
+
+def _replay_refinements(
+    profile: Profile,
+    exact: Tensor,
+    approximations: dict[float, Tensor],
+    periods: tuple[float, ...],
+    seconds_per_image: float,
+) -> None:
+    """Replay every coarse-to-fine refinement (``plans.refine.coarse_to_fine``) on the stored
+    heatmaps — alone, and over each τ that took at most ``MAX_BASE_COST`` of exact's time —
+    and keep what each cost and reached, per image (``Profile.refine``)."""
+    from krypton_ql.options import Refine
+    from krypton_ql.plans.refine import coarse_to_fine
+
+    assert profile.target is not None
+    target = profile.target
+    profile.refine_target = target
+    costs = {float(t): c for t, c in profile.costs.items()}
+    bases: dict[str, Tensor | None] = {"": None}
+    for tau, maps in sorted(approximations.items()):
+        if costs[tau] <= MAX_BASE_COST:
+            bases[f"@{tau:g}"] = maps
+    truth = exact.detach().double().cpu().numpy()
+    for suffix, maps in bases.items():
+        values = None if maps is None else maps.detach().double().cpu().numpy()
+        for period in periods:
+            settings = Refine(target, float(period), profile.check)
+            runs: dict[str, list[float]] = {
+                "ssim": [], "queries": [], "exact": [], "overhead": [], "estimate": []
+            }  # fmt: skip
+            for n in range(len(truth)):
+                grid, size = truth[n].shape, truth[n].size
+                exact_at, base_at = (
+                    _lookup(truth[n]),
+                    None if values is None else _lookup(values[n]),
+                )
+                began = time.perf_counter()
+                outcome = coarse_to_fine(grid, settings, exact_at, base_at, seed=n)
+                runs["overhead"].append((time.perf_counter() - began) / seconds_per_image)
+                runs["ssim"].append(quality.ssim(truth[n], outcome.heatmaps[0]))
+                runs["queries"].append(outcome.queries / size)
+                runs["exact"].append(outcome.exact_queries / size)
+                runs["estimate"].append(outcome.estimate)
+            profile.refine[f"{period:g}{suffix}"] = runs
+            log.info("coarse-to-fine from 1/%g%s: SSIM %s, positions %s", period, suffix,
+                     [f"{v:.3f}" for v in runs["ssim"]],
+                     [f"{q + e:.2f}" for q, e in zip(runs["queries"], runs["exact"])])  # fmt: skip
+
+
+def _lookup(heatmap: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """A stored heatmap's scores at given row-major cells, ``[1, k]``."""
+    flat = heatmap.reshape(1, -1)
+    return lambda cells: flat[:, cells]
+
+
+def shipped(
+    model: nn.Module, patch: Any, stride: Any, input_shape: Any, ssim: float | None = None
+) -> Profile | None:
+    """The shipped profile (``SHIPPED``) of this model (class, parameter count, weights'
+    digest) at this patch, stride and input shape — replayed at SSIM ``ssim`` where given —
+    or None."""
+    if not SHIPPED.is_dir():
+        return None
+    described = None
+    for path in sorted(SHIPPED.glob("*.json")):
+        profile = Profile.load(path)
+        fits = (
+            profile.patch == patch and profile.stride == stride
+            and (ssim is None or profile.refine_target == ssim)
+            and list(profile.input_shape or ()) == list(input_shape)
+        )  # fmt: skip
+        if not fits:
+            continue
+        described = described or _described(model)
+        if profile.model == described:
+            return profile
+    return None
+
+
+def with_shipped_profile(
+    model: nn.Module, input_shape: Any, options: dict[str, Any]
+) -> dict[str, Any]:
+    """``options`` with the shipped profile (``shipped``) for an ``ssim`` target that gives no
+    ``profile``, where one fits the model and workload (unchanged otherwise)."""
+    if options.get("ssim") is None or options.get("profile") is not None:
+        return options
+    shape = tuple(input_shape)[-3:] if input_shape is not None else ()
+    found = shipped(model, options.get("patch"), options.get("stride", 1), shape)
+    if found is None:
+        return options
+    log.info("ssim=%s: the shipped profile (%s)", options["ssim"], found.fitted())
+    return {**options, "profile": found}
 
 
 def _described(model: nn.Module) -> str:

@@ -37,6 +37,18 @@ class Profile:
     input_shape: list[int] | None = None
     target: float | None = None
     images: int | None = None
+    # What the planner (``quality.planner``) weighs, from ``kql.tune``: each τ's time per query
+    # over exact's, measured ("1": 1.0); and each coarse-to-fine refinement replayed on the
+    # samples (key: the first lattice's period, "@τ" over a τ plan), per sample image — its
+    # SSIM against exact, the fractions of the positions run by the plan ("queries") and by
+    # the exact plan ("exact"), the reconstruction's time over an exact run's ("overhead") and
+    # the guard's last estimate — at the SSIM target ``refine_target``. Empty in profiles
+    # from before the planner: their τ (and drill-down) is chosen as it was.
+    costs: dict[str, float] = field(default_factory=dict)
+    refine: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    refine_target: float | None = None
+    check: float = 0.03  # the refinements' check fraction (``options.Refine.check``)
+    made_by: str | None = None  # how a shipped profile was made (a command, a machine)
 
     def fitted(self) -> str:
         """What the profile fits, in words: the model, input, grid, target and sample.
