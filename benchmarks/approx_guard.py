@@ -35,12 +35,20 @@ HELD_OUT = ("camera", "clock", "retina", "hubble_deep_field", "brick", "grass", 
             "cell", "text", "page")  # fmt: skip
 
 
+def photo(name: str) -> np.ndarray:
+    """A held-out photo ``H×W×3`` uint8 (grayscale ones stacked to three channels)."""
+    if name.startswith("stereo_motorcycle_"):
+        left, right, _ = skimage.data.stereo_motorcycle()
+        picture = left if name.endswith("left") else right
+    else:
+        picture = getattr(skimage.data, name)()
+    picture = picture if picture.ndim == 3 else np.stack([picture] * 3, -1)
+    return np.ascontiguousarray(picture[..., :3])
+
+
 def held_out() -> dict[str, torch.Tensor]:
-    photos = {name: getattr(skimage.data, name)() for name in HELD_OUT}
-    left, right, _ = skimage.data.stereo_motorcycle()
-    photos["stereo_motorcycle_left"], photos["stereo_motorcycle_right"] = left, right
-    gray = {n: p if p.ndim == 3 else np.stack([p] * 3, -1) for n, p in photos.items()}
-    return {name: models.preprocess(np.ascontiguousarray(p[..., :3])) for name, p in gray.items()}
+    names = [*HELD_OUT, "stereo_motorcycle_left", "stereo_motorcycle_right"]
+    return {name: models.preprocess(photo(name)) for name in names}
 
 
 def non_monotone(profile: kql.Profile) -> tuple[int, int]:

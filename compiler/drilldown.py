@@ -170,10 +170,13 @@ def reconstruct(values: np.ndarray, known: np.ndarray) -> np.ndarray:
     axes = np.meshgrid(*(np.arange(n) for n in known.shape), indexing="ij")
     cells = np.stack([axis.ravel() for axis in axes], 1).astype(np.float64)
     samples = cells[known.ravel()]
+    result = values.astype(np.float64, copy=True)
+    if len(samples) < cells.shape[1] + 2:  # too few for a spline's affine part: their mean
+        result[~known] = values[known].mean()
+        return result
     neighbours = min(30, len(samples))
     spline = RBFInterpolator(
         samples, values[known], kernel="thin_plate_spline", neighbors=neighbours
     )
-    result = values.astype(np.float64, copy=True)
     result[~known] = spline(cells[~known.ravel()])
     return result

@@ -428,3 +428,29 @@ def test_a_segment_query_writes_painted_segments_with_their_outlines(tmp_path: P
     capsys.readouterr()
     assert main(["query", sql, *arguments[:6], "--segments", "tiles"]) == 2
     assert "write NAME=LABEL_FILE" in capsys.readouterr().err
+
+
+def test_an_ssim_target_from_the_command_line(tmp_path: Path, capsys) -> None:
+    """``--ssim`` gives every scan that asks for no approximation its target: the built-in
+    model's shipped profile serves patch 16, stride 4; another grid needs ``--profile``, and a
+    profile file serves it."""
+    from krypton_ql.apps.cli import main
+    from tests.krypton_ql.test_refine import _profile
+
+    sql = "SELECT heatmap(prob) FROM occlusion(photos, model, patch => 16, stride => 4)"
+    assert main(["explain", sql, "--ssim", "0.9"]) == 0
+    out = capsys.readouterr().out
+    assert "== ≈ quality target: SSIM ≥ 0.9 per heatmap →" in out and "candidate" in out
+    assert main(["explain", sql, "--ssim", "1.5"]) == 2
+    assert "ssim must be" in capsys.readouterr().err
+    other = sql.replace("stride => 4", "stride => 16").replace("16,", "32,")
+    assert main(["explain", other, "--ssim", "0.9"]) == 2
+    assert "ssim needs a tuning profile" in capsys.readouterr().err
+    profile = _profile(patch=32, stride=16)
+    profile.save(tmp_path / "profile.json")
+    assert main(["explain", other, "--ssim", "0.9", "--profile", str(tmp_path / "p.json")]) == 2
+    assert main(["explain", other, "--ssim", "0.9", "--profile",
+                 str(tmp_path / "profile.json")]) == 0  # fmt: skip
+    assert "quality target: SSIM ≥ 0.9" in capsys.readouterr().out
+    assert main(["explain", other.replace(")", ", tau => 0.5)"), "--ssim", "0.9"]) == 0
+    assert "quality target" not in capsys.readouterr().out  # the scan's own approximation

@@ -298,3 +298,26 @@ def test_a_segment_run_hides_each_superpixel(tmp_path) -> None:
             assert response.status_code == 400 and message in response.json()["error"], options
     finally:
         explorer.close()
+
+
+def test_an_ssim_target_streams_its_refinement_round_by_round(explorer) -> None:
+    """With a profile whose planner picks coarse-to-fine refinement, a run puts each round's
+    reconstruction (every cell, the estimate after the first check) and ends with the
+    heatmap the plan computes, which meets the target against exact."""
+    from tests.krypton_ql.test_refine import _profile
+
+    explorer.session.model("model").profile = _profile()
+    client = _client(explorer)
+    run, events = _run(client, image="a", patch=4, stride=2, mode="ssim", value=0.9)
+    cells = [e for e in events if e["type"] == "cells"]
+    assert events[-1]["type"] == "done" and len(cells) >= 2
+    rows, cols = events[0]["rows"], events[0]["cols"]
+    assert all(len(e["index"]) == rows * cols for e in cells)  # whole reconstructions
+    assert cells[0]["done"] < rows * cols and "ssim_estimate" in cells[-1]
+    assert [e["stage"] for e in cells[:-1]] == sorted(e["stage"] for e in cells[:-1])
+    model = explorer.session.model("model").get()
+    plan = kql.compile(model, explorer.image("a").shape, patch=4, stride=2, ssim=0.9,
+                       profile=_profile())  # fmt: skip
+    assert "coarse-to-fine" in plan.explain()
+    exact = kql.occlusion_heatmap(model, explorer.image("a"), patch=4, stride=2, progress=False)
+    assert kql.quality.ssim(exact, _received(events, rows, cols)) >= 0.85

@@ -56,6 +56,7 @@ from krypton_ql import fingerprint
 from krypton_ql.options import Options
 from krypton_ql.plans.cache import PLANS
 from krypton_ql.plans.regions import ablate
+from krypton_ql.plans.tuning import with_shipped_profile
 from runtime.fill import Fill
 
 log = logging.getLogger(__name__)
@@ -90,10 +91,19 @@ class Occlusion(CaptumOcclusion):
     """``captum.attr.Occlusion`` with krypton-ql's incremental engine underneath (a subclass
     of Captum's: what Captum's wrappers such as ``NoiseTunnel`` ask of it is Captum's)."""
 
-    def __init__(self, forward_func: Any):
+    def __init__(self, forward_func: Any, *, ssim: float | None = None, profile: Any = None):
+        """``ssim`` (off by default: Captum's exact attributions): an explicit approximation —
+        the accelerated calls run the cheapest plan predicted to keep each heatmap's SSIM
+        against exact at ``ssim`` or more (``krypton_ql.quality.planner``), from ``profile``
+        (``kql.tune(model, …, score="logit")``: the attributions are logit differences) or,
+        for the built-in model at patch 16, stride 4, its shipped profile. Calls handed to
+        Captum stay exact."""
         super().__init__(forward_func)
         self.last_plan: Any = None  # the plan of the last accelerated call (for explain())
         self.delegated: str | None = None  # why the last call went to Captum, if it did
+        if ssim is None and profile is not None:
+            raise InvalidInputError("profile= is read by ssim=; give ssim too", option="profile")
+        self.approximation = {} if ssim is None else {"ssim": ssim, "profile": profile}
 
     @_unwrappable
     def attribute(
@@ -138,8 +148,12 @@ class Occlusion(CaptumOcclusion):
         targets = _targets(0 if target is None else target, len(images), images.device)
         with ExitStack() as held:
             try:
+                keywords = with_shipped_profile(
+                    self.forward_func, images.shape[1:],
+                    {"patch": window[1:], "stride": steps[1:], **self.approximation},
+                )  # fmt: skip
                 options = Options.build(
-                    tuple(images.shape[1:]), patch=window[1:], stride=steps[1:],
+                    tuple(images.shape[1:]), **keywords,
                     color=0.0 if baseline is None else _number(baseline, 0.0), score="logit",
                     spatial_dims=images.dim() - 2,
                 )  # fmt: skip

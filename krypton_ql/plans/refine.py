@@ -29,6 +29,7 @@ plans.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -54,6 +55,9 @@ LEVELS = (16.0, 12.0, 8.0, 6.0, 4.0, 3.0, 2.0, 1.5, 1.0)
 MIN_CHECKS = 16  # exact cells per check, at the least
 
 Lookup = Callable[[np.ndarray], np.ndarray]  # row-major cells [k] → scores [T, k]
+# Called after each reconstruction: (round, the map [T, cells], computed cells [cells], the
+# last estimate or None before the first check).
+Observer = Callable[[int, np.ndarray, np.ndarray, float | None], None]
 
 
 @dataclass
@@ -79,13 +83,17 @@ def coarse_to_fine(
     exact_at: Lookup,
     base_at: Lookup | None = None,
     seed: int = 0,
+    observe: Observer | None = None,
 ) -> Outcome:
     """Refine one heatmap (the module docstring's rounds) from ``exact_at``, the exact plan's
     scores at given cells; ``base_at`` (a τ plan's, run once at every cell) carries the fine
-    structure: then only the difference from it is interpolated."""
+    structure: then only the difference from it is interpolated. ``observe`` sees each
+    reconstruction (a progressive display)."""
     size = math.prod(grid)
     rng = np.random.default_rng(seed)
     known = drill.lattice(grid, settings.period).reshape(-1)
+    if min(grid) < 3:  # too small a heatmap to estimate an SSIM of (or to save on): exact
+        known[:] = True
     first = exact_at(np.flatnonzero(known))
     base = np.zeros((len(first), size)) if base_at is None else base_at(np.arange(size))
     maps = base.copy()
@@ -109,6 +117,8 @@ def coarse_to_fine(
         return np.stack(rebuilt)
 
     current = reconstruction()
+    if observe is not None:
+        observe(0, current, known, None)
     if settings.focus > 0:
         lowest = np.argsort(np.where(known, np.inf, current.min(axis=0)), kind="stable")
         extra = lowest[: math.ceil(settings.focus * size)]
@@ -132,6 +142,8 @@ def coarse_to_fine(
         misses = np.abs(current[:, chosen] - truth).max(axis=0)
         add(_refinement(grid, levels, known, chosen, misses, math.ceil(settings.step * size)))
         current = reconstruction()
+        if observe is not None:
+            observe(len(outcome.estimates), current, known, outcome.estimates[-1])
     outcome.exact_all = bool(known.all())
     outcome.heatmaps = reconstruction().reshape(-1, *grid)
     outcome.known = known.reshape(grid)
@@ -182,6 +194,10 @@ class RefinePlan(HeatmapPlan):
         self.inner = inner
         self._exact: HeatmapPlan | None = None
         self.last_outcomes: list[Outcome] = []
+        # Sees each image's reconstructions (image, round, map, computed cells, estimate):
+        # the explorer streams them.
+        self.observer: Callable[[int, int, np.ndarray, np.ndarray, float | None], None] | None
+        self.observer = None
 
     @property
     def positions(self) -> Any:  # type: ignore[override]  # read-only: the inner plan's
@@ -292,6 +308,7 @@ class RefinePlan(HeatmapPlan):
                 lambda cells: lookup(exact, cells),
                 None if exact is self.inner else (lambda cells: lookup(self.inner, cells)),
                 seed=n,
+                observe=None if self.observer is None else functools.partial(self.observer, n),
             )
             self.last_outcomes.append(outcome)
             heatmaps.append(torch.as_tensor(outcome.heatmaps, dtype=torch.float32))

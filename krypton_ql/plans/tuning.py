@@ -245,8 +245,9 @@ def shipped(
     """The shipped profile (``SHIPPED``) of this model (class, parameter count, weights'
     digest) at this patch, stride and input shape — replayed at SSIM ``ssim`` where given —
     or None."""
-    if not SHIPPED.is_dir():
+    if not SHIPPED.is_dir() or not isinstance(model, nn.Module):
         return None
+    patch, stride = _plain(patch), _plain(stride)
     described = None
     for path in sorted(SHIPPED.glob("*.json")):
         profile = Profile.load(path)
@@ -285,6 +286,18 @@ def _described(model: nn.Module) -> str:
     count = sum(p.numel() for p in model.parameters())
     digest = fingerprint.weights_digest(model)[:12]
     return f"{type(model).__name__} ({count:,} parameters, weights {digest})"
+
+
+def _plain(value: Any) -> Any:
+    """A patch or stride as a profile keeps it: an int where every axis has it, else a list.
+
+    >>> _plain(16), _plain((16, 16)), _plain([2, 8, 8])
+    (16, 16, [2, 8, 8])
+    """
+    if isinstance(value, int) or value is None:
+        return value
+    values = [int(v) for v in value]
+    return values[0] if len(set(values)) == 1 else values
 
 
 def _per_axis(size: Size) -> int | list[int]:

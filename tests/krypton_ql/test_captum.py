@@ -257,3 +257,27 @@ def test_every_rank_window_and_baseline_captum_takes(d, shape, window, strides, 
     got = ours.attribute(images, **arguments)
     assert ours.delegated is None
     _assert_close(got, captum.Occlusion(model).attribute(images, **arguments), model, images)
+
+
+def test_an_ssim_target_is_an_explicit_option_and_stays_close_to_captum() -> None:
+    """Off by default (the attributions equal Captum's); with ``ssim=`` and a profile the
+    planner's plan runs (explain says which), and the attributions keep the structure of
+    Captum's exact ones."""
+    from krypton_ql import quality
+    from tests.helpers import small_cnn
+    from tests.krypton_ql.test_refine import _profile
+
+    torch.manual_seed(7)
+    model, images = small_cnn(), torch.rand(2, 3, 20, 20)
+    call = dict(sliding_window_shapes=(3, 4, 4), strides=(3, 2, 2), target=1)
+    expected = captum.Occlusion(model).attribute(images, **call)
+    exact = Occlusion(model)
+    assert torch.allclose(exact.attribute(images, **call), expected, atol=1e-5)
+    assert "quality target" not in exact.last_plan.explain()
+    approximate = Occlusion(model, ssim=0.9, profile=_profile())
+    got = approximate.attribute(images, **call)
+    assert "→ ≈ coarse-to-fine" in approximate.last_plan.explain()
+    for n in range(2):
+        assert quality.ssim(expected[n, 0], got[n, 0]) >= 0.85
+    with pytest.raises(KryptonError, match="profile= is read by ssim="):
+        Occlusion(model, profile=_profile())

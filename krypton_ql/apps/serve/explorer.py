@@ -49,6 +49,7 @@ from krypton_ql.apps.serve.runs import (
     statement,
     stream,
 )
+from krypton_ql.plans.tuning import with_shipped_profile
 
 log = logging.getLogger(__name__)
 
@@ -244,12 +245,15 @@ class Explorer:
         if key not in self._plans:
             options = request.options()
             if request.mode == "ssim":
-                if model.profile is None:
+                profile = model.profile or with_shipped_profile(model.get(), shape, options).get(
+                    "profile"
+                )  # the built-in model's, where it fits
+                if profile is None:
                     raise InvalidInputError(
                         "ssim needs a tuning profile: start kql serve with --profile FILE "
                         "(kql.tune(…).save(FILE)), or choose tau"
                     )
-                options["profile"] = model.profile
+                options["profile"] = profile
             if len(self._plans) >= 16:  # the oldest plan goes first
                 self._plans.pop(next(iter(self._plans)))
             self._plans[key] = kql.compile(model.get(), shape, **options)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from compiler.errors import InvalidInputError
+from krypton_ql.plans.refine import RefinePlan
 
 MODES = ("exact", "tau", "ssim")
 HIDES = ("patches", "segments")  # a patch slid over a grid, or each SLIC superpixel in turn
@@ -244,11 +245,40 @@ def stream(
     started: float,
 ) -> int | None:
     """Evaluate the run's positions ``index`` coarse to fine, in chunks (an SSIM target: in one
-    evaluation, whose guard needs the whole heatmap), putting a ``cells`` event per chunk; the
-    queries run, or None when the run was cancelled (its ``cancelled`` event put)."""
+    evaluation, whose guard needs the whole heatmap; a coarse-to-fine refinement puts every
+    round's reconstruction as it goes), putting a ``cells`` event per chunk; the queries run,
+    or None when the run was cancelled (its ``cancelled`` event put)."""
     rows, cols = plan.grid
     heatmap = torch.full((rows * cols,), float("nan"))
     ssim = run.request.mode == "ssim"
+    refine = getattr(plan, "plan", plan)  # an SSIM target's chosen plan
+    if ssim and isinstance(refine, RefinePlan):  # stream each round's reconstruction
+
+        def observe(
+            _image: int, level: int, values: np.ndarray, known: np.ndarray, estimate: float | None
+        ) -> None:
+            event = {
+                "type": "cells", "index": index.tolist(), "values": values[0][index].tolist(),
+                "done": int(known[index].sum()), "total": len(index), "queries": int(known.sum()),
+                "elapsed": time.perf_counter() - started, "stage": level,
+            }  # fmt: skip
+            if estimate is not None:
+                event["ssim_estimate"] = estimate
+            put(event)
+
+        refine.observer = observe
+    try:
+        return _stream(run, plan, image, target, index, put, started, heatmap, ssim)
+    finally:
+        if ssim and isinstance(refine, RefinePlan):
+            refine.observer = None
+
+
+def _stream(
+    run: Run, plan: Any, image: Tensor, target: int, index: np.ndarray,
+    put: Callable[[dict[str, Any]], None], started: float, heatmap: Tensor, ssim: bool,
+) -> int | None:  # fmt: skip
+    rows, cols = plan.grid
     done = queries = 0
     for level, chosen in enumerate(_chunks(plan, index, cols, ssim)):
 
