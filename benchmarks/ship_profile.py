@@ -17,7 +17,11 @@ import torch
 
 import krypton_ql as kql
 from krypton_ql import models
-from krypton_ql.plans.tuning import SHIPPED
+from krypton_ql.plans.tuning import SHIPPED, measure_costs
+
+
+def _rounded(costs: dict[str, float]) -> str:
+    return ", ".join(f"τ={key} {value:.2f}" for key, value in sorted(costs.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,11 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     profile = kql.tune(model, ssim=args.ssim, patch=args.patch, stride=args.stride, fresh=True)
     seconds = time.perf_counter() - began
+    tuned = dict(profile.costs)
+    profile.costs = measure_costs(model, profile)
     profile.made_by = (
         f"python -m benchmarks.ship_profile --patch {args.patch} --stride {args.stride} "
         f"--ssim {args.ssim:g}: kql.tune(fresh=True) on the default tuning set, "
         f"{seconds:.0f} s on {platform.machine()} with {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, fp32, {time.strftime('%Y-%m-%d')}"
+        f"torch {torch.__version__}, fp32, {time.strftime('%Y-%m-%d')}; costs timed again "
+        "with measure_costs (exact and each τ in turn on four tuning images; the tune's own, "
+        f"each over the whole set at another time: {_rounded(tuned)})"
     )
     SHIPPED.mkdir(parents=True, exist_ok=True)
     path = SHIPPED / f"efficientnet_lite0-p{args.patch}-s{args.stride}-ssim{args.ssim:g}.json"

@@ -378,7 +378,8 @@ def test_tau_tuned_on_some_photos_holds_on_others() -> None:
     sample = torch.stack([photos["chelsea"], photos["coffee"]])
     profile = kql.tune(model, sample, ssim=0.9, patch=32, stride=16)
     assert profile.tau_for(0.9) < 1.0  # it found an approximation
-    assert len(profile.taus) == len(kql.plans.tuning.TAUS)  # every candidate measured
+    # τs measured from the largest down, the smallest always; each timed against exact
+    assert {"1", "0.4"} <= set(profile.taus) and set(profile.costs) == set(profile.taus)
     restored = kql.Profile.from_json(profile.to_json())
     for name in ("astronaut", "rocket"):
         exact = kql.occlusion_heatmap(model, photos[name], patch=32, stride=16)

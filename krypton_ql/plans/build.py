@@ -56,7 +56,10 @@ class ChosenPlan(HeatmapPlan):
         self.plan, self.choice = plan, choice
 
     def __getattr__(self, name: str) -> Any:  # the chosen plan's own (last_reruns, …)
-        return getattr(self.__dict__["plan"], name)
+        plan = self.__dict__.get("plan")
+        if plan is None:  # not built yet (a copy, an unpickling)
+            raise AttributeError(name)
+        return getattr(plan, name)
 
     @property
     def positions(self) -> Any:  # type: ignore[override]  # read-only: the chosen plan's

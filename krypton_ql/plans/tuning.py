@@ -185,6 +185,31 @@ def tune(
     return profile
 
 
+def measure_costs(
+    model: nn.Module, profile: Profile, images: Tensor | None = None, **options: Any
+) -> dict[str, float]:
+    """Each τ of ``profile.costs``: its time per heatmap over exact's on this machine, timed
+    image by image with exact and every τ in turn (so that a machine busy for a while slows
+    them alike) on ``images`` (default: the first four of ``tuning_images()``). A profile's
+    costs are the tuning machine's; ``profile.costs = measure_costs(model, profile)`` fits them
+    to another (a GPU, a busier CPU)."""
+    images = tuning_images()[:4] if images is None else images
+    shape = tuple(images.shape[1:])
+    patch, stride = profile.patch, profile.stride
+    plans = {
+        key: build_plan(model, Options.build(shape, patch=patch, stride=stride,
+                                             tau=float(key), **options))
+        for key in profile.costs
+    }  # fmt: skip
+    seconds = dict.fromkeys(plans, 0.0)
+    for image in images:
+        for key, plan in plans.items():
+            began = time.perf_counter()
+            plan.run(image, progress=False)
+            seconds[key] += time.perf_counter() - began
+    return {key: value / seconds["1"] for key, value in seconds.items()}
+
+
 def _replay_refinements(
     profile: Profile,
     exact: Tensor,
