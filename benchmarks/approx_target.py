@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", default=None, help="a saved profile instead of tuning")
     parser.add_argument("--save-profile", default=None)
     parser.add_argument("--photos", type=int, default=12, help="how many held-out photos")
+    parser.add_argument("--drilldown", type=float, default=None, help="also tune drill-down")
     parser.add_argument("--naive-sample", type=int, default=64)
     parser.add_argument("--naive-batch", type=int, default=4)
     parser.add_argument("--json", default=None)
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
         profile = kql.tune(model, ssim=args.ssim, **grid)  # the shipped one, where it fits
     else:
         sample = kql.tuning_images(transform(args.model))[: args.tune_images]
-        profile = kql.tune(model, sample, ssim=args.ssim, **grid)
+        profile = kql.tune(model, sample, ssim=args.ssim, drilldown=args.drilldown, **grid)
     tuning_seconds = time.perf_counter() - began
     if args.save_profile:
         profile.save(args.save_profile)
