@@ -475,7 +475,7 @@ def drilldown_settings(
 
 
 def resolve_ssim(
-    ssim: Any, profile: Any, patch: Size, tau: Any, drilldown: Any, speedup: Any, mode: Any
+    ssim: Any, profile: Any, workload: Occlusion, tau: Any, drilldown: Any, speedup: Any, mode: Any
 ) -> tuple[float | None, Any, Any, Any, Choice | None]:
     """``(tau, drilldown, speedup, drilldown_mode, choice)`` for an ``ssim`` target from a
     profile: the planner's choice (``quality.planner``) where the profile measured costs,
@@ -489,6 +489,7 @@ def resolve_ssim(
             "then pass profile=profile",
             option="ssim",
         )
+    patch = workload.patch
     if not profile.fits(tuple(patch)):
         raise InvalidInputError(
             f"the profile was tuned at patch {profile.patch}, this workload uses patch {patch}",
@@ -496,7 +497,8 @@ def resolve_ssim(
         )
     assert wanted is not None
     if profile.costs and drilldown is None and speedup is None:
-        choice = planner.choose(profile, wanted)
+        # A refinement's replay holds for the grid it was replayed on.
+        choice = planner.choose(profile, wanted, profile.fits(tuple(workload.stride), "stride"))
         chosen = choice.chosen
         if chosen.speedup is not None:
             return (
@@ -658,7 +660,7 @@ class Options:
         refine, chose = None, None
         if ssim is not None:
             tau, drilldown, speedup, drilldown_mode, chose = resolve_ssim(
-                ssim, profile, workload.patch, tau, drilldown, speedup, drilldown_mode
+                ssim, profile, workload, tau, drilldown, speedup, drilldown_mode
             )
             if chose is not None and chose.chosen.period is not None:
                 refine = Refine(float(ssim), chose.chosen.period, profile.check)
@@ -699,6 +701,7 @@ class Options:
     def at_starts(self, starts: Sequence[Sequence[int]]) -> Options:
         """The same workload with windows at every combination of ``starts`` (one increasing
         sequence per spatial axis, each window inside the input) instead of the stride's."""
+        self._regular_grid_only()
         patch, spatial = self.occlusion.patch, self.shape[1:]
         axes = tuple(tuple(int(v) for v in axis) for axis in starts)
         if len(axes) != patch.d:
@@ -716,6 +719,7 @@ class Options:
     def at_windows(self, starts: Sequence[Sequence[int]]) -> Options:
         """The same workload with one window per query at ``starts`` (one sequence per spatial
         axis, the queries' first cells; each window inside the input)."""
+        self._regular_grid_only()
         patch, spatial = self.occlusion.patch, self.shape[1:]
         axes = tuple(tuple(int(v) for v in axis) for axis in starts)
         if len(axes) != patch.d or len({len(a) for a in axes}) != 1 or not axes[0]:
@@ -730,6 +734,14 @@ class Options:
                 )
         workload = dataclasses.replace(self.occlusion, windows=axes)
         return dataclasses.replace(self, occlusion=workload, drilldown=None, refine=None)
+
+    def _regular_grid_only(self) -> None:
+        if self.refine is not None:
+            raise InvalidInputError(
+                "the SSIM target chose a coarse-to-fine refinement, which runs on a stride's "
+                "regular grid, not on windows placed one by one; give tau= instead",
+                option="ssim",
+            )
 
     def stage(self, stride: int) -> Options:
         """The same workload, one stage at ``stride`` (a drill-down's coarse stage)."""

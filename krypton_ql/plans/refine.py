@@ -94,19 +94,28 @@ def coarse_to_fine(
     known = drill.lattice(grid, settings.period).reshape(-1)
     if min(grid) < 3:  # too small a heatmap to estimate an SSIM of (or to save on): exact
         known[:] = True
-    first = exact_at(np.flatnonzero(known))
-    base = np.zeros((len(first), size)) if base_at is None else base_at(np.arange(size))
+    count = max(MIN_CHECKS, math.ceil(settings.check * size))
+
+    def draw(taken: np.ndarray) -> np.ndarray:
+        """The next check: random cells not computed (nor about to be)."""
+        pool = np.flatnonzero(~taken)
+        return np.sort(rng.choice(pool, min(pool.size, count), replace=False))
+
+    # One exact call per round: the cells that refine the map, with the next check's cells.
+    lattice = np.flatnonzero(known)
+    chosen = draw(known) if settings.focus == 0 else np.zeros(0, dtype=np.int64)
+    values = exact_at(np.concatenate([lattice, chosen]))
+    base = np.zeros((len(values), size)) if base_at is None else base_at(np.arange(size))
     maps = base.copy()
-    maps[:, known] = first
+    maps[:, lattice] = values[:, : lattice.size]
+    checked = values[:, lattice.size :]
     outcome = Outcome(maps.reshape(-1, *grid), known.reshape(grid))
     outcome.queries = 0 if base_at is None else size
-    outcome.exact_queries = int(known.sum())
+    outcome.exact_queries = int(lattice.size + chosen.size)
 
-    def add(cells: np.ndarray) -> None:
-        if cells.size:
-            maps[:, cells] = exact_at(cells)
-            known[cells] = True
-            outcome.exact_queries += int(cells.size)
+    def add(cells: np.ndarray, scores: np.ndarray) -> None:
+        maps[:, cells] = scores
+        known[cells] = True
 
     def reconstruction() -> np.ndarray:
         if known.all():
@@ -122,25 +131,35 @@ def coarse_to_fine(
     if settings.focus > 0:
         lowest = np.argsort(np.where(known, np.inf, current.min(axis=0)), kind="stable")
         extra = lowest[: math.ceil(settings.focus * size)]
-        add(extra[~known[extra]])
+        extra = extra[~known[extra]]
+        chosen = draw(known | np.isin(np.arange(size), extra))
+        cells = np.concatenate([extra, chosen])
+        values = exact_at(cells) if cells.size else np.zeros((len(maps), 0))
+        outcome.exact_queries += int(cells.size)
+        add(extra, values[:, : extra.size])
+        checked = values[:, extra.size :]
         current = reconstruction()
     levels = [level for level in LEVELS if level < settings.period]
-    while not known.all():
-        pool = np.flatnonzero(~known)
-        count = min(pool.size, max(MIN_CHECKS, math.ceil(settings.check * size)))
-        chosen = np.sort(rng.choice(pool, count, replace=False))
-        fixed = np.flatnonzero(known)
-        add(chosen)
-        truth = maps[:, chosen]
+    while chosen.size:
         estimate = min(
-            quality.ssim_estimate(current[t].reshape(grid), chosen, truth[t], exact=fixed)
+            quality.ssim_estimate(current[t].reshape(grid), chosen, checked[t],
+                                  exact=np.flatnonzero(known))
             for t in range(len(maps))
-        )
+        )  # fmt: skip
         outcome.estimates.append(float(estimate))
+        misses = np.abs(current[:, chosen] - checked).max(axis=0)
+        add(chosen, checked)
         if estimate >= settings.target:
             break
-        misses = np.abs(current[:, chosen] - truth).max(axis=0)
-        add(_refinement(grid, levels, known, chosen, misses, math.ceil(settings.step * size)))
+        step = _refinement(grid, levels, known, chosen, misses, math.ceil(settings.step * size))
+        taken = known.copy()
+        taken[step] = True
+        chosen = draw(taken)
+        cells = np.concatenate([step, chosen])
+        values = exact_at(cells) if cells.size else np.zeros((len(maps), 0))
+        outcome.exact_queries += int(cells.size)
+        add(step, values[:, : step.size])
+        checked = values[:, step.size :]
         current = reconstruction()
         if observe is not None:
             observe(len(outcome.estimates), current, known, outcome.estimates[-1])

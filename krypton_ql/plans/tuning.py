@@ -113,7 +113,8 @@ def tune(
     """
     defaults = (TUNED_TAUS, (2.0, 3.0, 4.0, 6.0, 8.0), 0.02, "min")
     settings = (tuple(taus), tuple(periods), margin, criterion)
-    if sample_images is None and not fresh and not options and drilldown is None:
+    default_set = sample_images is None or _is_default_set(sample_images)
+    if default_set and not fresh and not options and drilldown is None:
         from krypton_ql import models
 
         found = None
@@ -256,6 +257,19 @@ def _replay_refinements(
             log.info("coarse-to-fine from 1/%g%s: SSIM %s, positions %s", period, suffix,
                      [f"{v:.3f}" for v in runs["ssim"]],
                      [f"{q + e:.2f}" for q, e in zip(runs["queries"], runs["exact"])])  # fmt: skip
+
+
+def _is_default_set(images: Any) -> bool:
+    """Whether ``images`` are the default tuning set through the built-in model's
+    preprocessing (``tuning_images()``, passed explicitly)."""
+    if not isinstance(images, Tensor) or tuple(images.shape) != (
+        len(TUNING_PHOTOS) * 3,
+        3,
+        224,
+        224,
+    ):
+        return False
+    return bool(torch.equal(images.cpu(), tuning_images()))
 
 
 def _lookup(heatmap: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:

@@ -88,8 +88,10 @@ class Choice:
         return "\n".join(lines)
 
 
-def candidates(profile: Profile, target: float) -> list[Candidate]:
-    """Every candidate the profile measured, with its predicted cost at ``target``."""
+def candidates(profile: Profile, target: float, grid_fits: bool = True) -> list[Candidate]:
+    """Every candidate the profile measured, with its predicted cost at ``target``; the
+    refinements only where the workload's grid is the one they were replayed on
+    (``grid_fits``)."""
     found = [Candidate("exact", 1.0, 1.0, 1.0, True)]
     cost_of = {float(key): value for key, value in profile.costs.items()}
     for key, scores in profile.taus.items():
@@ -101,7 +103,7 @@ def candidates(profile: Profile, target: float) -> list[Candidate]:
         qualifies = profile.score(scores) >= target + profile.margin - 1e-12
         found.append(Candidate(f"τ={tau:g}", cost, 1 - below, min(scores), qualifies, tau=tau))
     tuned = profile.refine_target
-    if tuned is not None and target <= tuned + 1e-12:
+    if grid_fits and tuned is not None and target <= tuned + 1e-12:
         for key, runs in profile.refine.items():
             period, _, tau_key = key.partition("@")
             tau = float(tau_key or 1.0)
@@ -132,9 +134,10 @@ def candidates(profile: Profile, target: float) -> list[Candidate]:
     return found
 
 
-def choose(profile: Profile, target: float) -> Choice:
-    """The cheapest qualifying candidate predicted ``MIN_GAIN``× faster than exact, else exact."""
-    found = candidates(profile, target)
+def choose(profile: Profile, target: float, grid_fits: bool = True) -> Choice:
+    """The cheapest qualifying candidate predicted ``MIN_GAIN``× faster than exact, else exact
+    (``grid_fits``: as ``candidates`` has it)."""
+    found = candidates(profile, target, grid_fits)
     exact = found[0]
     fast = [c for c in found[1:] if c.qualifies and c.gain >= MIN_GAIN]
     if fast:

@@ -69,14 +69,18 @@ class Profile:
             parts.append(f"on {self.images} images")
         return ", ".join(parts)
 
-    def fits(self, patch: tuple[int, ...]) -> bool:
-        """Whether this profile was tuned at ``patch`` (one int per spatial axis).
+    def fits(self, size: tuple[int, ...], what: str = "patch") -> bool:
+        """Whether this profile was tuned at this ``patch`` (or ``stride``; one int per spatial
+        axis).
 
         >>> Profile(16, 8, "min").fits((16, 16, 16)), Profile([2, 8, 8], 4, "min").fits((8, 8, 8))
         (True, False)
+        >>> Profile(16, 8, "min").fits((4, 4), "stride")
+        False
         """
-        tuned = self.patch if isinstance(self.patch, list) else [self.patch] * len(patch)
-        return list(patch) == list(tuned)
+        value = self.patch if what == "patch" else self.stride
+        tuned = value if isinstance(value, list) else [value] * len(size)
+        return list(size) == list(tuned)
 
     def score(self, values: list[float]) -> float:
         return float(np.min(values) if self.criterion == "min" else np.mean(values))
@@ -111,7 +115,8 @@ class Profile:
 
     def report(self, target: float) -> str:
         """Every τ measured: its score (the criterion over the samples), the worst sample,
-        and the margin to ``target``; the chosen τ marked."""
+        and the margin to ``target``; the chosen τ marked; then, where the profile measured
+        costs, the planner's choice at ``target`` among every candidate."""
         chosen = self.tau_for(target)
         lines = [self.fitted()] if self.model is not None else []
         lines += [
@@ -123,6 +128,10 @@ class Profile:
             mark = "  ← chosen" if float(key) == chosen else ""
             lines.append(f"{float(key):<5g}  {score:6.3f}  {min(values):6.3f}  "
                          f"{score - target:+.3f}{mark}")  # fmt: skip
+        if self.costs:  # what the planner would run at this target, and why
+            from krypton_ql.quality import planner
+
+            lines += ["", planner.choose(self, target).explain()]
         return "\n".join(lines)
 
     def speedup_for(self, target: float) -> float | None:

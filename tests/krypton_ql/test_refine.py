@@ -185,9 +185,11 @@ def test_the_built_in_model_ships_its_profile() -> None:
     assert profile.made_by is not None and "benchmarks.ship_profile" in profile.made_by
     assert profile.images == len(kql.tuning_images()) and profile.refine_target == 0.9
     assert profile.model == tuning._described(model)
+    given = kql.tune(model, kql.tuning_images(), ssim=0.9, patch=16, stride=4)
+    assert given.to_json() == profile.to_json()  # the default set, passed: the same profile
     assert tuning.shipped(model, 16, 8, [3, 224, 224]) is None  # another grid: tune it
     plan = kql.compile(model, (3, 224, 224), patch=16, stride=4, ssim=0.9)
     assert "quality target: SSIM ≥ 0.9" in plan.explain()
     with torch.no_grad():
-        model.classifier.bias.add_(1.0)  # other weights: the shipped profile does not fit
+        model._fc.bias.add_(1.0)  # other weights: the shipped profile does not fit
     assert tuning.shipped(model, 16, 4, [3, 224, 224]) is None
