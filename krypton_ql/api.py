@@ -33,8 +33,8 @@ def compile(
     unless an approximation is asked for. ``patch`` and ``options`` are ``Options.build``'s
     (stride, color, target, score, batch size and memory budget, backend, precision, τ,
     drill-down, SSIM target with its profile and guard)."""
-    options = with_shipped_profile(model, input_shape, {**options, "patch": patch})
-    return build_plan(model, Options.build(input_shape, **options))
+    keywords = with_shipped_profile(model, input_shape, {**options, "patch": patch})
+    return build_plan(model, Options.build(input_shape, **keywords))
 
 
 def occlusion_heatmap(

@@ -299,7 +299,7 @@ class RefinePlan(HeatmapPlan):
             one = images[n : n + 1]
             part = None if fill is None else fill.select(slice(n, n + 1), d)
             # The first lookup (the lattice) finds the targets; the rest score the same ones.
-            state: dict[str, Tensor | None] = {
+            state: dict[str, Any] = {
                 "targets": None if targets is None else targets[n : n + 1]
             }
 

@@ -168,7 +168,7 @@ def tune(
         approximations[tau] = approx
         profile.taus[key] = [quality.ssim(e, a) for e, a in zip(exact, approx)]
         log.info("τ=%s: SSIM %s, time %.2f of exact", key, profile.taus[key], profile.costs[key])
-        stopped = stopped or np.mean(profile.taus[key]) < target - TAU_STOP
+        stopped = stopped or bool(np.mean(profile.taus[key]) < target - TAU_STOP)
     tau = profile.tau_for(target)
     log.info("%s", profile.report(target))
     if periods:
@@ -229,9 +229,9 @@ def _replay_refinements(
     profile.refine_target = target
     costs = {float(t): c for t, c in profile.costs.items()}
     bases: dict[str, Tensor | None] = {"": None}
-    for tau, maps in sorted(approximations.items()):
+    for tau, approx in sorted(approximations.items()):
         if costs[tau] <= MAX_BASE_COST:
-            bases[f"@{tau:g}"] = maps
+            bases[f"@{tau:g}"] = approx
     truth = exact.detach().double().cpu().numpy()
     for suffix, maps in bases.items():
         values = None if maps is None else maps.detach().double().cpu().numpy()
