@@ -299,9 +299,7 @@ class RefinePlan(HeatmapPlan):
             one = images[n : n + 1]
             part = None if fill is None else fill.select(slice(n, n + 1), d)
             # The first lookup (the lattice) finds the targets; the rest score the same ones.
-            state: dict[str, Any] = {
-                "targets": None if targets is None else targets[n : n + 1]
-            }
+            state: dict[str, Any] = {"targets": None if targets is None else targets[n : n + 1]}
 
             def lookup(
                 plan: HeatmapPlan,
