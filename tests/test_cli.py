@@ -452,5 +452,5 @@ def test_an_ssim_target_from_the_command_line(tmp_path: Path, capsys) -> None:
     assert main(["explain", other, "--ssim", "0.9", "--profile",
                  str(tmp_path / "profile.json")]) == 0  # fmt: skip
     assert "quality target: SSIM ≥ 0.9" in capsys.readouterr().out
-    assert main(["explain", other.replace(")", ", tau => 0.5)"), "--ssim", "0.9"]) == 0
+    assert main(["explain", other.replace("16)", "16, tau => 0.5)"), "--ssim", "0.9"]) == 0
     assert "quality target" not in capsys.readouterr().out  # the scan's own approximation

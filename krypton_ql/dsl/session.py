@@ -646,8 +646,8 @@ class Session:
                 raise fail(
                     f"ssim needs a tuning profile for model '{scan.model}': run "
                     f"session.tune('{scan.model}', '<images>', ssim=…) or register the "
-                    "model with profile=kql.tune(…)",
-                    scan.option_nodes["ssim"],
+                    "model with profile=kql.tune(…) (or give --profile FILE)",
+                    scan.option_nodes.get("ssim", scan.call),  # none: the session's target
                     statement.text,
                 )
             keywords["profile"] = profile

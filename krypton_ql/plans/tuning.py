@@ -20,6 +20,7 @@ from krypton_ql import quality
 from krypton_ql.options import Options
 from krypton_ql.plans.base import HeatmapPlan
 from krypton_ql.plans.build import build_plan
+from krypton_ql.quality import planner
 from krypton_ql.quality.profile import Profile
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ def tune(
     log.info("%s", profile.report(target))
     if periods:
         _replay_refinements(profile, exact, approximations, periods, exact_seconds / len(images))
+        log.info("%s", planner.choose(profile, target).explain())
     if drilldown is not None:
         profile.drilldown_ratio = check.fraction("drilldown", drilldown)
         for speedup in sorted(speedups, reverse=True):

@@ -115,8 +115,8 @@ class Profile:
 
     def report(self, target: float) -> str:
         """Every τ measured: its score (the criterion over the samples), the worst sample,
-        and the margin to ``target``; the chosen τ marked; then, where the profile measured
-        costs, the planner's choice at ``target`` among every candidate."""
+        and the margin to ``target``; the chosen τ marked (``quality.planner.choose(profile,
+        target).explain()`` weighs every candidate, refinements included)."""
         chosen = self.tau_for(target)
         lines = [self.fitted()] if self.model is not None else []
         lines += [
@@ -128,10 +128,6 @@ class Profile:
             mark = "  ← chosen" if float(key) == chosen else ""
             lines.append(f"{float(key):<5g}  {score:6.3f}  {min(values):6.3f}  "
                          f"{score - target:+.3f}{mark}")  # fmt: skip
-        if self.costs:  # what the planner would run at this target, and why
-            from krypton_ql.quality import planner
-
-            lines += ["", planner.choose(self, target).explain()]
         return "\n".join(lines)
 
     def speedup_for(self, target: float) -> float | None:
