@@ -92,3 +92,22 @@ class HeatmapPlan(abc.ABC):
         result = self.evaluate(image, progress=progress, fill=fill)
         heatmaps = result.heatmaps[:, 0]
         return heatmaps[0] if image.dim() == self.positions.d + 1 else heatmaps
+
+
+class WrappingPlan(HeatmapPlan):
+    """A plan around another, ``inner`` (a guard, a refinement, a planner's choice): the
+    positions, geometry and classes are the inner plan's."""
+
+    inner: HeatmapPlan
+
+    @property
+    def positions(self) -> Any:  # type: ignore[override]  # read-only: the inner plan's
+        return self.inner.positions
+
+    @property
+    def occlusion(self) -> Any:
+        return self.inner.occlusion
+
+    @property
+    def classes(self) -> int:
+        return self.inner.classes

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from compiler.drilldown import DrillDownMode
 from krypton_ql import options as check
 from krypton_ql.options import Options
-from krypton_ql.plans.base import HeatmapPlan, OcclusionResult, ProgressArg
+from krypton_ql.plans.base import HeatmapPlan, OcclusionResult, ProgressArg, WrappingPlan
 from krypton_ql.plans.drilldown import DrillDownPlan
 from krypton_ql.plans.guarded import GuardedPlan
 from krypton_ql.plans.occlusion import OcclusionPlan
@@ -48,37 +48,25 @@ def _unguarded(model: nn.Module, options: Options) -> HeatmapPlan:
     return DrillDownPlan(OcclusionPlan(model, options.stage(settings.coarse)), fine, settings)
 
 
-class ChosenPlan(HeatmapPlan):
+class ChosenPlan(WrappingPlan):
     """The plan an ``ssim`` target chose (``quality.planner``): runs ``plan``; its explain
     starts with the choice — the alternatives weighed and their predicted speedups."""
 
     def __init__(self, plan: HeatmapPlan, choice: Choice) -> None:
-        self.plan, self.choice = plan, choice
+        self.inner, self.choice = plan, choice
 
     def __getattr__(self, name: str) -> Any:  # the chosen plan's own (last_reruns, …)
-        plan = self.__dict__.get("plan")
+        plan = self.__dict__.get("inner")
         if plan is None:  # not built yet (a copy, an unpickling)
             raise AttributeError(name)
         return getattr(plan, name)
 
     @property
-    def positions(self) -> Any:  # type: ignore[override]  # read-only: the chosen plan's
-        return self.plan.positions
-
-    @property
-    def occlusion(self) -> Any:
-        return self.plan.occlusion
-
-    @property
-    def classes(self) -> int:
-        return self.plan.classes
-
-    @property
     def theoretical_speedup(self) -> float:
-        return self.plan.theoretical_speedup
+        return self.inner.theoretical_speedup
 
     def explain(self, verbose: bool = False, sql: bool = False) -> str:
-        return self.choice.explain() + "\n\n" + self.plan.explain(verbose, sql)
+        return self.choice.explain() + "\n\n" + self.inner.explain(verbose, sql)
 
     def evaluate(
         self,
@@ -90,6 +78,6 @@ class ChosenPlan(HeatmapPlan):
         reuse_clean: bool = False,
         fill: Fill | None = None,
     ) -> OcclusionResult:
-        return self.plan.evaluate(image, targets=targets, positions=positions,
+        return self.inner.evaluate(image, targets=targets, positions=positions,
                                   progress=progress, reuse_clean=reuse_clean,
                                   fill=fill)  # fmt: skip

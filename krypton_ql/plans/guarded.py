@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from krypton_ql import options as check
 from krypton_ql.options import Options
-from krypton_ql.plans.base import HeatmapPlan, OcclusionResult, ProgressArg
+from krypton_ql.plans.base import HeatmapPlan, OcclusionResult, ProgressArg, WrappingPlan
 from krypton_ql.plans.occlusion import OcclusionPlan
 from krypton_ql.quality import metrics as quality
 from runtime.fill import Fill
@@ -31,7 +31,7 @@ from runtime.fill import Fill
 MIN_SAMPLES = 16  # exact positions sampled per heatmap, at the least
 
 
-class GuardedPlan(HeatmapPlan):
+class GuardedPlan(WrappingPlan):
     """An approximate plan (``inner``: ``options`` without the guard) whose every heatmap is
     checked against exact samples (see the module docstring)."""
 
@@ -43,18 +43,6 @@ class GuardedPlan(HeatmapPlan):
         self.inner = inner
         self._plans: dict[float, HeatmapPlan] = {}
         self.last_reruns = 0  # images of the last evaluate that ran again, at any rung
-
-    @property
-    def positions(self) -> Any:  # type: ignore[override]  # read-only: the inner plan's
-        return self.inner.positions
-
-    @property
-    def occlusion(self) -> Any:
-        return self.inner.occlusion
-
-    @property
-    def classes(self) -> int:
-        return self.inner.classes
 
     @property
     def theoretical_speedup(self) -> float:

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from compiler import drilldown as drill
 from krypton_ql import options as check
 from krypton_ql.options import Options, Refine
-from krypton_ql.plans.base import HeatmapPlan, OcclusionResult, ProgressArg
+from krypton_ql.plans.base import HeatmapPlan, OcclusionResult, ProgressArg, WrappingPlan
 from krypton_ql.plans.occlusion import OcclusionPlan
 from krypton_ql.quality import metrics as quality
 from runtime.fill import Fill
@@ -202,7 +202,7 @@ def _refinement(
     return np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
 
 
-class RefinePlan(HeatmapPlan):
+class RefinePlan(WrappingPlan):
     """A coarse-to-fine plan (the module docstring): ``inner`` is the exact plan, or the τ
     plan that runs at every cell first; the exact plan runs the lattice, the checks and the
     refinements."""
@@ -217,18 +217,6 @@ class RefinePlan(HeatmapPlan):
         # the explorer streams them.
         self.observer: Callable[[int, int, np.ndarray, np.ndarray, float | None], None] | None
         self.observer = None
-
-    @property
-    def positions(self) -> Any:  # type: ignore[override]  # read-only: the inner plan's
-        return self.inner.positions
-
-    @property
-    def occlusion(self) -> Any:
-        return self.inner.occlusion
-
-    @property
-    def classes(self) -> int:
-        return self.inner.classes
 
     @property
     def theoretical_speedup(self) -> float:

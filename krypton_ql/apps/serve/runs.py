@@ -251,7 +251,7 @@ def stream(
     rows, cols = plan.grid
     heatmap = torch.full((rows * cols,), float("nan"))
     ssim = run.request.mode == "ssim"
-    refine = getattr(plan, "plan", plan)  # an SSIM target's chosen plan
+    refine = getattr(plan, "inner", plan)  # an SSIM target's chosen plan
     if ssim and isinstance(refine, RefinePlan):  # stream each round's reconstruction
 
         def observe(
