@@ -3,8 +3,10 @@ profile that ``ssim => …`` queries read. Above every plan: it compiles and run
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -286,23 +288,27 @@ def shipped(
     """The shipped profile (``SHIPPED``) of this model (class, parameter count, weights'
     digest) at this patch, stride and input shape — replayed at SSIM ``ssim`` where given —
     or None."""
-    if not SHIPPED.is_dir() or not isinstance(model, nn.Module):
+    if not isinstance(model, nn.Module):
         return None
     patch, stride = _plain(patch), _plain(stride)
-    described = None
-    for path in sorted(SHIPPED.glob("*.json")):
-        profile = Profile.load(path)
+    for text in _shipped_texts():
+        profile = Profile.from_json(text)  # a fresh copy: the caller may change it
         fits = (
             profile.patch == patch and profile.stride == stride
             and (ssim is None or profile.refine_target == ssim)
             and list(profile.input_shape or ()) == list(input_shape)
         )  # fmt: skip
-        if not fits:
-            continue
-        described = described or _described(model)
-        if profile.model == described:
+        if fits and profile.model == _described(model):
             return profile
     return None
+
+
+@functools.cache
+def _shipped_texts() -> tuple[str, ...]:
+    """The shipped profiles' JSON, read once (package data)."""
+    if not SHIPPED.is_dir():
+        return ()
+    return tuple(path.read_text() for path in sorted(SHIPPED.glob("*.json")))
 
 
 def with_shipped_profile(
@@ -321,12 +327,22 @@ def with_shipped_profile(
 
 
 def _described(model: nn.Module) -> str:
-    """The model a profile was tuned on: its class, parameter count and weights' digest."""
+    """The model a profile was tuned on: its class, parameter count and weights' digest (kept
+    per model while its weights stay the same version: hashing them takes a while)."""
     from krypton_ql import fingerprint
 
+    version = fingerprint.versions(model)
+    kept = _DESCRIPTIONS.get(model)
+    if kept is not None and kept[0] == version:
+        return kept[1]
     count = sum(p.numel() for p in model.parameters())
     digest = fingerprint.weights_digest(model)[:12]
-    return f"{type(model).__name__} ({count:,} parameters, weights {digest})"
+    described = f"{type(model).__name__} ({count:,} parameters, weights {digest})"
+    _DESCRIPTIONS[model] = (version, described)
+    return described
+
+
+_DESCRIPTIONS: weakref.WeakKeyDictionary[nn.Module, tuple[Any, str]] = weakref.WeakKeyDictionary()
 
 
 def _plain(value: Any) -> Any:
